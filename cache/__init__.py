@@ -1,0 +1,1 @@
+"""Segment cache: keys, value codec, and the Redis-backed store."""

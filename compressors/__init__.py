@@ -1,0 +1,1 @@
+"""Compressors: segmenter, the compressors themselves, and their registry."""

@@ -1,0 +1,351 @@
+"""LLMLingua-2: keep the words a token classifier scores as important.
+
+The model is any LLMLingua-2 checkpoint: a token classifier with two labels
+(label 1 = keep), BERT WordPiece or XLM-R SentencePiece. For each segment we
+run the classifier once and cache, per word, its character span, its keep
+score (the mean keep probability of its tokens) and its token count. Those do
+not depend on the rate or the query, so the same text at any rate is a cache
+hit. `render` then picks the words to keep for the request's budget and
+rebuilds the text from exact substrings of the input.
+
+Where this differs from the reference `llmlingua` package, and why:
+- Selection: the reference keeps, per 512-token chunk, words whose score is
+  above a percentile of the chunk's token-weighted scores. We rank all words
+  of a context by score and keep the best ones while their tokens fit in
+  round(rate * context tokens). This meets the budget exactly (the reference
+  percentile keeps somewhat fewer), spends it where the scores are highest
+  across the whole context instead of equally per chunk, and makes
+  target_tokens exact.
+- Token counts use the classifier's own tokenizer; the reference counts with
+  tiktoken's cl100k (a GPT tokenizer). This avoids a second tokenizer and its
+  download, and is the unit every other number in the response uses.
+- Output: kept words are cut from the input by tokenizer offsets, so case,
+  accents, punctuation and spacing are preserved (the reference decodes
+  tokens, which lowercases with uncased tokenizers and respaces punctuation).
+- force_tokens match the text (any occurrence, also inside or across words,
+  and whitespace such as "\n") instead of being swapped for added tokens
+  before the model runs; the model input, and so the cache, stays the same
+  whatever a request forces.
+"""
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+from cache.codec import Kind
+
+from .base import ContextParts, InvalidParams, Rendered, Segment
+from .models import fingerprint
+from .segmenter import split_segments
+
+NAME = "llmlingua2"
+DEFAULT_RATE = 0.5
+MAX_FORCE_TOKENS = 100
+_DIGIT = re.compile(r"[0-9]")
+_SPACE_RUN = re.compile(r"\s+")
+
+
+@dataclass
+class Params:
+    rate: float | None = None
+    target_tokens: int | None = None
+    force_tokens: list[str] = field(default_factory=list)
+    force_reserve_digit: bool = False
+    drop_consecutive: bool = False
+
+    def check(self) -> None:
+        if self.rate is not None and self.target_tokens is not None:
+            raise InvalidParams(
+                "llmlingua2.rate and llmlingua2.target_tokens are mutually exclusive; set one"
+            )
+        if self.rate is not None and not 0.0 < self.rate <= 1.0:  # NaN fails too
+            raise InvalidParams(f"llmlingua2.rate must be in (0, 1], got {self.rate}")
+        if self.target_tokens is not None and self.target_tokens <= 0:
+            raise InvalidParams(
+                f"llmlingua2.target_tokens must be > 0, got {self.target_tokens}"
+            )
+        if len(self.force_tokens) > MAX_FORCE_TOKENS:
+            raise InvalidParams(
+                f"llmlingua2.force_tokens has {len(self.force_tokens)} entries; "
+                f"the limit is {MAX_FORCE_TOKENS}"
+            )
+        for i, t in enumerate(self.force_tokens):
+            if t == "":
+                raise InvalidParams(f"llmlingua2.force_tokens[{i}] is empty")
+
+
+class LLMLingua2:
+    name = NAME
+    kind = Kind.WORD_SCORES
+    output = "text"
+    Params = Params
+
+    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 16):
+        path = _resolve(model_path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        if config.num_labels != 2:
+            raise ValueError(
+                f"{model_path} is not an LLMLingua-2 checkpoint: a token classifier "
+                f"with 2 labels (1 = keep) is required, it has {config.num_labels}"
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{model_path}: a fast tokenizer (tokenizer.json) is required")
+        self.model = AutoModelForTokenClassification.from_pretrained(
+            path, trust_remote_code=False, dtype=torch.float32
+        ).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.model_id = str(model_path)
+        self.fingerprint = fingerprint(path)
+        window = min(config.max_position_embeddings, self.tokenizer.model_max_length, 512)
+        self.window = window - self.tokenizer.num_special_tokens_to_add(pair=False)
+        # Segments leave a few tokens of slack: a segment re-tokenized on its
+        # own can differ by a token or two at its edges.
+        self.max_segment_tokens = self.window - 8
+        # Special tokens around the text: [CLS] ... [SEP] or <s> ... </s>.
+        self.prefix_ids, self.suffix_ids = _special_affixes(self.tokenizer)
+
+    # -- segment -----------------------------------------------------------
+
+    def segment(self, text: str) -> list[Segment]:
+        return split_segments(text, self.tokenizer, self.max_segment_tokens)
+
+    # -- encode: the model pass, cached per segment ------------------------
+
+    def encode(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        """Per segment: word spans [n, 2] (int32, segment-relative), keep
+        scores [n] (float32) and token counts [n] (int32)."""
+        words = [self._words(t) for t in texts]
+        # Every model input is at most `window` tokens; a segment that is
+        # longer (only when re-tokenization grew it) spans several inputs.
+        inputs = []  # (segment index, token ids)
+        for si, (ids, _, _) in enumerate(words):
+            for k in range(0, max(len(ids), 1), self.window):
+                inputs.append((si, ids[k : k + self.window]))
+        probs: list[list[np.ndarray]] = [[] for _ in texts]
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1]))
+        chunks: dict[int, np.ndarray] = {}
+        for b in range(0, len(order), self.batch_size):
+            batch = [inputs[i] for i in order[b : b + self.batch_size]]
+            for i, p in zip(order[b : b + self.batch_size], self._keep_probs([ids for _, ids in batch])):
+                chunks[i] = p
+        for i, (si, _) in enumerate(inputs):
+            probs[si].append(chunks[i])
+
+        out = []
+        for (ids, spans, word_of_token), p in zip(words, probs):
+            token_probs = np.concatenate(p)[: len(ids)]
+            n_words = len(spans)
+            counts = np.bincount(word_of_token, minlength=n_words).astype(np.int32)
+            sums = np.bincount(word_of_token, weights=token_probs, minlength=n_words)
+            scores = (sums / np.maximum(counts, 1)).astype(np.float32)
+            out.append({
+                "spans": np.asarray(spans, dtype=np.int32).reshape(n_words, 2),
+                "scores": scores,
+                "tokens": counts,
+            })
+        return out
+
+    def _words(self, text: str):
+        """Token ids, word spans, and the word index of every token.
+
+        A word is a run of tokens of one pre-tokenizer word; a token made only
+        of punctuation is a word of its own (as in the reference package).
+        A word's span reaches over characters no token covers (for example a
+        zero-width space), so nothing between words is lost.
+        """
+        enc = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        ids, offsets, word_ids = enc["input_ids"], enc["offset_mapping"], enc.word_ids()
+        spans: list[list[int]] = []
+        word_of_token = np.zeros(len(ids), dtype=np.int64)
+        waiting = []  # zero-width tokens: they join the next word
+        prev_wid, prev_punct = None, False
+        for t, ((s, e), wid) in enumerate(zip(offsets, word_ids)):
+            if e <= s:
+                waiting.append(t)
+                continue
+            punct = _is_punct(text[s:e])
+            if not spans or wid != prev_wid or punct or prev_punct:
+                spans.append([s, e])
+            else:
+                spans[-1][1] = e
+            word_of_token[waiting + [t]] = len(spans) - 1
+            waiting, prev_wid, prev_punct = [], wid, punct
+        word_of_token[waiting] = max(len(spans) - 1, 0)
+        for a, b in zip(spans, spans[1:]):
+            while a[1] < b[0] and not text[a[1]].isspace():
+                a[1] += 1
+        if spans:
+            while spans[-1][1] < len(text) and not text[spans[-1][1]].isspace():
+                spans[-1][1] += 1
+        return ids, spans, word_of_token
+
+    @torch.inference_mode()
+    def _keep_probs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        """Keep probability of every token, for a batch of token-id lists."""
+        tok = self.tokenizer
+        seqs = [self.prefix_ids + ids + self.suffix_ids for ids in batch]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logits = self.model(  # [batch, width, 2]
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+        ).logits
+        keep = logits.float().softmax(-1)[..., 1].cpu().numpy()  # [batch, width]
+        n = len(self.prefix_ids)
+        return [keep[i, n : n + len(ids)] for i, ids in enumerate(batch)]
+
+    # -- render: the request's budget applied to cached scores -------------
+
+    def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
+        words = [_context_words(c) for c in contexts]
+        totals = [int(w["tokens"].sum()) for w in words]
+        budgets = _budgets(totals, params)
+        return [
+            self._render_one(c.text, w, total, budget, params)
+            for c, w, total, budget in zip(contexts, words, totals, budgets)
+        ]
+
+    def _render_one(self, text, w, total, budget, params: Params) -> Rendered:
+        spans, scores, tokens = w["spans"], w["scores"].astype(np.float64), w["tokens"]
+        forced = np.zeros(len(spans), dtype=bool)
+        if params.force_reserve_digit:
+            forced |= np.array([bool(_DIGIT.search(text[s:e])) for s, e in spans], dtype=bool)
+        # Occurrences of force tokens: words they touch are kept; those that
+        # touch no word (whitespace such as "\n") become items of their own.
+        force_hits = np.zeros(len(spans), dtype=bool)
+        extra = []
+        for ft in dict.fromkeys(params.force_tokens):
+            for m in re.finditer(re.escape(ft), text):
+                lo = np.searchsorted(spans[:, 1], m.start(), side="right")
+                hi = np.searchsorted(spans[:, 0], m.end(), side="left")
+                if lo < hi:
+                    force_hits[lo:hi] = True
+                else:
+                    extra.append((m.start(), m.end()))
+        forced |= force_hits
+
+        # Rank: forced first, then by score (highest first), then by position.
+        rank = np.lexsort((np.arange(len(spans)), -scores, ~forced))
+        within = np.cumsum(tokens[rank]) <= budget
+        keep = np.zeros(len(spans), dtype=bool)
+        keep[rank[within]] = True
+        keep |= forced
+
+        items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
+                 for i, (s, e) in enumerate(spans) if keep[i]]
+        items += [(s, e, True, 0) for s, e in set(extra)]
+        items.sort()
+        if params.drop_consecutive:
+            items = _drop_consecutive(text, items, set(params.force_tokens))
+        return Rendered(
+            original_tokens=total,
+            compressed_tokens=sum(t for _, _, _, t in items),
+            text=_join(text, [(s, e) for s, e, _, _ in items]),
+        )
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def _resolve(model_path: str) -> Path:
+    """A local directory for a directory path or a hub id."""
+    p = Path(model_path).expanduser()
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_path))
+    except Exception as e:  # noqa: BLE001 - offline, unknown id, auth
+        raise FileNotFoundError(
+            f"llmlingua2 model {model_path!r} is neither a directory nor a reachable "
+            f"hub id ({type(e).__name__}). Pass a checkpoint directory with "
+            f"--llmlingua2-model or SEGPRESS_LLMLINGUA2_MODEL."
+        ) from e
+
+
+def _special_affixes(tok) -> tuple[list[int], list[int]]:
+    """Ids of the special tokens the tokenizer puts before and after a text."""
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    raise ValueError("cannot locate the text between the tokenizer's special tokens")
+
+
+def _is_punct(s: str) -> bool:
+    return all(unicodedata.category(c).startswith("P") for c in s)
+
+
+def _context_words(c: ContextParts) -> dict[str, np.ndarray]:
+    """All words of a context, with spans relative to the context."""
+    spans = [e["spans"] + seg.start for seg, e in zip(c.segments, c.encoded)]
+    return {
+        "spans": np.concatenate(spans) if spans else np.zeros((0, 2), np.int32),
+        "scores": np.concatenate([e["scores"] for e in c.encoded]) if c.encoded else np.zeros(0, np.float32),
+        "tokens": np.concatenate([e["tokens"] for e in c.encoded]) if c.encoded else np.zeros(0, np.int32),
+    }
+
+
+def _budgets(totals: list[int], params: Params) -> list[int]:
+    """Tokens each context may keep."""
+    if params.target_tokens is None:
+        rate = DEFAULT_RATE if params.rate is None else params.rate
+        return [int(round(rate * t)) for t in totals]
+    grand = sum(totals)
+    if params.target_tokens >= grand:
+        return list(totals)
+    # Share the target in proportion to length (largest remainder), so the
+    # budgets add up to exactly target_tokens.
+    exact = [params.target_tokens * t / grand for t in totals]
+    budgets = [int(x) for x in exact]
+    short = params.target_tokens - sum(budgets)
+    for i in sorted(range(len(totals)), key=lambda i: budgets[i] - exact[i])[:short]:
+        budgets[i] += 1
+    return budgets
+
+
+def _drop_consecutive(text, items, force_tokens):
+    """Drops a forced item equal to the previous forced item when no other
+    kept word lies between them."""
+    out, last_forced, between = [], None, False
+    for s, e, is_forced, t in items:
+        piece = text[s:e]
+        if is_forced and piece in force_tokens:
+            if piece == last_forced and not between:
+                continue
+            last_forced, between = piece, False
+        else:
+            between = True
+        out.append((s, e, is_forced, t))
+    return out
+
+
+def _join(text: str, spans: list[tuple[int, int]]) -> str:
+    """Kept pieces in order, separated by whitespace cut from the input: the
+    last whitespace run since the previous piece, preferring one with a line
+    break, so paragraphs and lines stay apart."""
+    parts, prev_end = [], None
+    for s, e in spans:
+        if prev_end is not None:
+            gap = text[prev_end:s]
+            runs = _SPACE_RUN.findall(gap)
+            lines = [r for r in runs if "\n" in r]
+            if lines or runs:
+                parts.append((lines or runs)[-1])
+        parts.append(text[s:e])
+        prev_end = e
+    return "".join(parts)

@@ -1,0 +1,73 @@
+"""Cuts a context into segments that fit a model window.
+
+Deterministic and tokenizer-aware: the text is tokenized once, and segments
+are packed greedily from the start, each at most `max_tokens` tokens and
+ending on a sentence boundary where one exists in the window (else on
+whitespace, else mid-word). The same text always gives the same segments, so
+a context that appears in two requests is cached once.
+
+Segments never include the whitespace around them: `context[start:end]` is
+the segment's text, and the gaps between segments are whitespace the
+compressor can still see in the context.
+"""
+
+import re
+
+from .base import Segment
+
+# A sentence ends with . ! ? (or their full-width forms, or an ellipsis),
+# optionally followed by closing quotes or brackets.
+_SENTENCE_END = re.compile(r"[.!?\u2026\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*$")
+_CJK_STOP = ("\u3002", "\uff01", "\uff1f")  # 。！？ end a sentence without a space
+
+
+def split_segments(text: str, tokenizer, max_tokens: int) -> list[Segment]:
+    offsets = token_offsets(text, tokenizer)
+    n = len(offsets)
+    segments: list[Segment] = []
+    i = 0
+    while i < n:
+        j = min(i + max_tokens, n)
+        if j < n:
+            j = _best_cut(text, offsets, i, j)
+        start, end = offsets[i][0], offsets[j - 1][1]
+        segments.append(Segment(start, end, text[start:end], j - i))
+        i = j
+    return segments
+
+
+def token_offsets(text: str, tokenizer) -> list[tuple[int, int]]:
+    """Character spans of the tokens of `text`, without special tokens.
+
+    Zero-width tokens are merged into the next token, so every span is
+    non-empty and spans are increasing.
+    """
+    enc = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
+    spans: list[tuple[int, int]] = []
+    pending = None
+    for s, e in enc["offset_mapping"]:
+        if e <= s:
+            pending = s if pending is None else pending
+            continue
+        if pending is not None:
+            s, pending = min(s, pending), None
+        spans.append((s, e))
+    return spans
+
+
+def _best_cut(text: str, offsets, i: int, j: int) -> int:
+    """The token index to end the segment [i, cut) at, i < cut <= j."""
+    word_cut = None
+    for k in range(j, i, -1):  # cut between token k-1 and token k
+        prev_end, next_start = offsets[k - 1][1], offsets[k][0]
+        gap = text[prev_end:next_start]
+        before = text[max(0, prev_end - 4) : prev_end]
+        if ("\n" in gap) or (gap.strip() == "" and gap and _SENTENCE_END.search(before)):
+            return k
+        if before.endswith(_CJK_STOP):
+            return k
+        if word_cut is None and gap and gap.isspace():
+            word_cut = k
+    return word_cut if word_cut is not None else j

@@ -1,0 +1,150 @@
+"""The `segpress` command.
+
+    segpress serve [--port 50051] [--redis-url URL] ...
+    segpress compress FILE|- [--server HOST:PORT] [--rate R | --target-tokens N] [--json]
+    segpress info [--server HOST:PORT]
+    segpress models build
+
+Every `serve` flag also reads an environment variable (see service.config).
+`compress` without --server runs the compressor in this process.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from google.protobuf import json_format
+
+from . import config as cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    ap = argparse.ArgumentParser(prog="segpress", description="segment-wise context compression")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    cfg.add_arguments(serve)
+
+    comp = sub.add_parser("compress", help="compress a file or stdin")
+    comp.add_argument("input", nargs="?", default="-", help="text file, or - for stdin")
+    comp.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
+    comp.add_argument("--compressor", default="", help="compressor name (default: the server's)")
+    comp.add_argument("--rate", type=float, help="fraction of tokens to keep, in (0, 1]")
+    comp.add_argument("--target-tokens", type=int, help="number of tokens to keep")
+    comp.add_argument("--query", help="query or question (for query-aware compressors)")
+    comp.add_argument("--force-token", action="append", default=[], dest="force_tokens",
+                      help="string to always keep (repeatable)")
+    comp.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
+    comp.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
+    comp.add_argument("--namespace", default="")
+    comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device"])
+
+    info = sub.add_parser("info", help="describe a server (or the local setup)")
+    info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
+    cfg.add_arguments(info, ["llmlingua2_model", "cache_dir", "device"])
+
+    models = sub.add_parser("models", help="manage model files")
+    models.add_argument("action", choices=["build"], help="build: build the default checkpoints")
+    cfg.add_arguments(models, ["cache_dir"])
+
+    args = ap.parse_args(argv)
+    config = cfg.from_args(args)
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return {"serve": _serve, "compress": _compress, "info": _info, "models": _models}[
+        args.command](args, config)
+
+
+def _serve(args, config) -> int:
+    from .server import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def _compress(args, config) -> int:
+    from segpress import SegpressClient, SegpressError
+
+    text = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()
+    req = SegpressClient.request(
+        [text], query=args.query, compressor=args.compressor, rate=args.rate,
+        target_tokens=args.target_tokens, force_tokens=args.force_tokens,
+        force_reserve_digit=args.force_reserve_digit, cache=args.cache,
+        namespace=args.namespace,
+    )
+    if args.server:
+        with SegpressClient(args.server) as client:
+            try:
+                resp = client._call(client._stub.Compress, req, None)
+            except SegpressError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    else:
+        from .pipeline import RequestError
+
+        try:
+            resp = asyncio.run(_local(config, lambda p: p.compress(req)))
+        except RequestError as e:
+            print(f"error: {e.code.name}: {e.message}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json_format.MessageToJson(resp, preserving_proto_field_name=True))
+    else:
+        print(resp.text)
+        s = resp.stats
+        print(f"# {s.original_tokens} -> {s.compressed_tokens} tokens ({s.ratio:.2f}x), "
+              f"cache hits {s.cache_hits}/{s.segments}", file=sys.stderr)
+    return 0
+
+
+def _info(args, config) -> int:
+    if args.server:
+        from segpress import SegpressClient
+
+        with SegpressClient(args.server) as client:
+            resp = client.info()
+    else:
+        async def info(p):
+            return p.info()
+        resp = asyncio.run(_local(config, info))
+    print(json_format.MessageToJson(resp, preserving_proto_field_name=True))
+    return 0
+
+
+def _models(args, config) -> int:
+    from compressors.models import ensure_default_llmlingua2, fingerprint
+
+    path = ensure_default_llmlingua2(config.models_dir)
+    print(json.dumps({"llmlingua2": str(path), "fingerprint": fingerprint(path)}))
+    return 0
+
+
+async def _local(config, run):
+    """Runs `run(pipeline)` with in-process models; cache only with --redis-url."""
+    from compressors.registry import build_all
+
+    from .pipeline import Pipeline
+    from .server import make_store
+
+    store = None
+    if config.redis_url:
+        store, _ = await make_store(config)
+    pipeline = Pipeline(config, build_all(config), store)
+    try:
+        return await run(pipeline)
+    finally:
+        pipeline.close()
+        if store is not None:
+            await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""All configuration, in one place.
+
+Every setting is a field below. Each can be set by a command-line flag
+(`--redis-url`) or an environment variable (`SEGPRESS_REDIS_URL`); a flag
+wins over the environment, the environment over the default. Defaults work on
+a laptop: no Redis URL means an embedded Redis under the cache directory.
+"""
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _default_cache_dir() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segpress")
+
+
+@dataclass
+class Config:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)"})
+    redis_url: str = field(default="", metadata={
+        "help": "redis://, rediss://, unix:// or redis+cluster:// URL; empty starts an "
+                "embedded Redis under --cache-dir"})
+    cache_dir: str = field(default_factory=_default_cache_dir, metadata={
+        "help": "embedded Redis data and built models live here"})
+    cache_ttl_s: int = field(default=7 * 24 * 3600, metadata={
+        "help": "seconds a cached segment lives (0: no expiry)"})
+    cache_timeout_s: float = field(default=0.25, metadata={
+        "help": "a Redis operation slower than this is a miss"})
+    cache_retry_s: float = field(default=1.0, metadata={
+        "help": "after a Redis failure, serve without cache this long before retrying"})
+    llmlingua2_model: str = field(default="", metadata={
+        "help": "LLMLingua-2 checkpoint directory or hub id; empty builds the default "
+                "under --cache-dir/models"})
+    device: str = field(default="cpu", metadata={"help": "torch device for models"})
+    torch_threads: int = field(default=0, metadata={
+        "help": "torch intra-op threads for the model (0: torch's default)"})
+    batch_size: int = field(default=16, metadata={"help": "segments per model forward pass"})
+    max_contexts: int = field(default=256, metadata={"help": "most contexts per request"})
+    max_request_bytes: int = field(default=8 << 20, metadata={
+        "help": "most UTF-8 bytes of contexts plus query per request"})
+    max_message_bytes: int = field(default=16 << 20, metadata={
+        "help": "largest gRPC message accepted or sent"})
+    stream_window: int = field(default=8, metadata={
+        "help": "requests of one CompressStream processed at once"})
+    grace_s: float = field(default=10.0, metadata={
+        "help": "on SIGTERM, seconds in-flight requests get to finish"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+
+    @property
+    def models_dir(self) -> str:
+        return str(Path(self.cache_dir) / "models")
+
+
+def env_name(name: str) -> str:
+    return "SEGPRESS_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Adds a flag for each field (or for those in `names`)."""
+    for f in fields(Config):
+        if names is not None and f.name not in names:
+            continue
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(_default(f)) if not isinstance(_default(f), bool) else _bool,
+            default=None,
+            help=f"{f.metadata['help']} (env {env_name(f.name)}, default {_default(f)!r})",
+        )
+
+
+def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
+    """Flags over environment over defaults."""
+    values = {}
+    for f in fields(Config):
+        flag = getattr(args, f.name, None) if args is not None else None
+        if flag is not None:
+            values[f.name] = flag
+        elif env_name(f.name) in env:
+            raw = env[env_name(f.name)]
+            kind = type(_default(f))
+            try:
+                values[f.name] = _bool(raw) if kind is bool else kind(raw)
+            except ValueError:
+                raise SystemExit(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+    return Config(**values)
+
+
+def _default(f):
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+def _bool(s: str) -> bool:
+    return str(s).lower() in ("1", "true", "yes", "on")

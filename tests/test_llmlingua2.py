@@ -1,0 +1,118 @@
+"""The llmlingua2 compressor on the real MiniLM checkpoint."""
+
+import re
+
+import numpy as np
+import pytest
+
+from compressors.base import ContextParts, InvalidParams
+from compressors.llmlingua2 import Params
+
+
+def compress(c, texts, **params):
+    texts = [texts] if isinstance(texts, str) else texts
+    parts = []
+    for t in texts:
+        segs = c.segment(t)
+        parts.append(ContextParts(t, segs, c.encode([s.text for s in segs])))
+    return c.render(parts, Params(**params))
+
+
+def assert_faithful(original: str, compressed: str):
+    """Every non-space run of the output is an exact substring of the input,
+    and the output's characters are an ordered subsequence of the input's."""
+    for piece in compressed.split():
+        assert piece in original, piece
+    pos = 0
+    for ch in compressed:
+        pos = original.find(ch, pos)
+        assert pos >= 0, f"{ch!r} out of order"
+        pos += 1
+
+
+def test_encode_shapes_and_scores(llmlingua2, sample_text):
+    (enc,) = llmlingua2.encode([sample_text[:500]])
+    n = len(enc["scores"])
+    assert enc["spans"].shape == (n, 2) and enc["tokens"].shape == (n,)
+    assert ((enc["scores"] >= 0) & (enc["scores"] <= 1)).all()
+    assert (np.diff(enc["spans"][:, 0]) > 0).all()
+
+
+def test_encode_is_deterministic_and_batch_independent(llmlingua2, sample_text):
+    paras = sample_text.split("\n\n")
+    alone = [llmlingua2.encode([p])[0] for p in paras[:3]]
+    batched = llmlingua2.encode(paras[:3])
+    for a, b in zip(alone, batched):
+        assert np.array_equal(a["spans"], b["spans"])
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.33, 0.5, 0.8])
+def test_rate_keeps_that_share_of_tokens(llmlingua2, sample_text, rate):
+    (r,) = compress(llmlingua2, sample_text, rate=rate)
+    assert r.compressed_tokens <= round(rate * r.original_tokens)
+    assert r.compressed_tokens >= round(rate * r.original_tokens) - 5
+    assert_faithful(sample_text, r.text)
+
+
+def test_rate_one_keeps_everything(llmlingua2, sample_text):
+    (r,) = compress(llmlingua2, sample_text, rate=1.0)
+    assert r.compressed_tokens == r.original_tokens
+    assert r.text == sample_text.strip()
+
+
+def test_target_tokens_is_shared_across_contexts(llmlingua2, sample_text):
+    paras = [p for p in sample_text.split("\n\n") if p.strip()]
+    out = compress(llmlingua2, paras, target_tokens=100)
+    assert sum(r.compressed_tokens for r in out) <= 100
+    assert sum(r.compressed_tokens for r in out) >= 90
+    assert all(r.compressed_tokens > 0 for r in out)
+    total = sum(r.original_tokens for r in out)
+    (everything,) = compress(llmlingua2, paras[0], target_tokens=total * 10)
+    assert everything.compressed_tokens == everything.original_tokens
+
+
+def test_case_accents_and_scripts_come_back_exactly(llmlingua2):
+    text = ("Über Ärger: José's café in São Paulo serves 東京 ramen 🍜 and Ελληνικά "
+            "dishes; Привет, мир! The CEO of NASA said “OK”. العربية עברית हिन्दी 👩‍🔬 done.")
+    for rate in (0.3, 0.6, 1.0):
+        (r,) = compress(llmlingua2, text, rate=rate)
+        assert_faithful(text, r.text)
+    (r,) = compress(llmlingua2, text, rate=1.0)
+    assert r.text == text
+    assert "CEO" in r.text and "NASA" in r.text and "Über" in r.text
+
+
+def test_force_tokens_and_digits(llmlingua2, sample_text):
+    (r,) = compress(llmlingua2, sample_text, rate=0.1, force_tokens=["Ardmore", "\n"],
+                    force_reserve_digit=True)
+    assert_faithful(sample_text, r.text)
+    assert r.text.count("Ardmore") == sample_text.count("Ardmore")
+    for number in re.findall(r"\d+", sample_text):
+        assert number in r.text
+    # "\n" occurrences between paragraphs survive.
+    assert r.text.count("\n") == sample_text.count("\n")
+
+
+def test_drop_consecutive_collapses_repeated_forced_strings(llmlingua2):
+    text = "Alpha beta.\n\n\n\nGamma delta.\n\nEpsilon."
+    (keep,) = compress(llmlingua2, text, rate=0.01, force_tokens=["\n"])
+    (drop,) = compress(llmlingua2, text, rate=0.01, force_tokens=["\n"], drop_consecutive=True)
+    assert keep.text.count("\n") == 6
+    assert drop.text.count("\n") < keep.text.count("\n")
+    assert drop.text.count("\n") >= 1
+
+
+@pytest.mark.parametrize("params,field", [
+    (dict(rate=0.0), "rate"),
+    (dict(rate=1.5), "rate"),
+    (dict(rate=float("nan")), "rate"),
+    (dict(target_tokens=0), "target_tokens"),
+    (dict(target_tokens=-3), "target_tokens"),
+    (dict(rate=0.5, target_tokens=10), "mutually exclusive"),
+    (dict(force_tokens=[""]), "force_tokens[0]"),
+    (dict(force_tokens=["x"] * 101), "force_tokens"),
+])
+def test_bad_params_name_the_field(params, field):
+    with pytest.raises(InvalidParams, match=re.escape(field)):
+        Params(**params).check()
