@@ -41,7 +41,7 @@ from cache.codec import Kind
 
 from .base import ContextParts, InvalidParams, Rendered, Segment
 from .models import fingerprint
-from .segmenter import split_segments
+from .segmenter import split_segments, trim_spaces
 
 NAME = "llmlingua2"
 DEFAULT_RATE = 0.5
@@ -163,7 +163,8 @@ class LLMLingua2:
         enc = self.tokenizer(
             text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
-        ids, offsets, word_ids = enc["input_ids"], enc["offset_mapping"], enc.word_ids()
+        ids, word_ids = enc["input_ids"], enc.word_ids()
+        offsets = trim_spaces(text, enc["offset_mapping"])
         spans: list[list[int]] = []
         word_of_token = np.zeros(len(ids), dtype=np.int64)
         waiting = []  # zero-width tokens: they join the next word
@@ -209,7 +210,7 @@ class LLMLingua2:
     # -- render: the request's budget applied to cached scores -------------
 
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
-        words = [_context_words(c) for c in contexts]
+        words = [context_words(c) for c in contexts]
         totals = [int(w["tokens"].sum()) for w in words]
         budgets = _budgets(totals, params)
         return [
@@ -218,42 +219,52 @@ class LLMLingua2:
         ]
 
     def _render_one(self, text, w, total, budget, params: Params) -> Rendered:
-        spans, scores, tokens = w["spans"], w["scores"].astype(np.float64), w["tokens"]
-        forced = np.zeros(len(spans), dtype=bool)
-        if params.force_reserve_digit:
-            forced |= np.array([bool(_DIGIT.search(text[s:e])) for s, e in spans], dtype=bool)
-        # Occurrences of force tokens: words they touch are kept; those that
-        # touch no word (whitespace such as "\n") become items of their own.
-        force_hits = np.zeros(len(spans), dtype=bool)
-        extra = []
-        for ft in dict.fromkeys(params.force_tokens):
-            for m in re.finditer(re.escape(ft), text):
-                lo = np.searchsorted(spans[:, 1], m.start(), side="right")
-                hi = np.searchsorted(spans[:, 0], m.end(), side="left")
-                if lo < hi:
-                    force_hits[lo:hi] = True
-                else:
-                    extra.append((m.start(), m.end()))
-        forced |= force_hits
-
-        # Rank: forced first, then by score (highest first), then by position.
-        rank = np.lexsort((np.arange(len(spans)), -scores, ~forced))
-        within = np.cumsum(tokens[rank]) <= budget
-        keep = np.zeros(len(spans), dtype=bool)
-        keep[rank[within]] = True
-        keep |= forced
-
-        items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
-                 for i, (s, e) in enumerate(spans) if keep[i]]
-        items += [(s, e, True, 0) for s, e in set(extra)]
-        items.sort()
-        if params.drop_consecutive:
-            items = _drop_consecutive(text, items, set(params.force_tokens))
+        items = select(text, w, budget, params)
         return Rendered(
             original_tokens=total,
             compressed_tokens=sum(t for _, _, _, t in items),
             text=_join(text, [(s, e) for s, e, _, _ in items]),
         )
+
+
+def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
+    """The items to keep, in text order: (start, end, forced, tokens).
+
+    Items are the context's words plus forced strings that touch no word
+    (whitespace such as "\n", 0 tokens)."""
+    spans, scores, tokens = w["spans"], w["scores"].astype(np.float64), w["tokens"]
+    forced = np.zeros(len(spans), dtype=bool)
+    if params.force_reserve_digit:
+        forced |= np.array([bool(_DIGIT.search(text[s:e])) for s, e in spans], dtype=bool)
+    # Occurrences of force tokens: words they touch are kept; those that
+    # touch no word become items of their own.
+    force_hits = np.zeros(len(spans), dtype=bool)
+    extra = set()
+    for ft in dict.fromkeys(params.force_tokens):
+        for m in re.finditer(re.escape(ft), text):
+            lo = np.searchsorted(spans[:, 1], m.start(), side="right")
+            hi = np.searchsorted(spans[:, 0], m.end(), side="left")
+            if lo < hi:
+                force_hits[lo:hi] = True
+            else:
+                extra.add((m.start(), m.end()))
+    forced |= force_hits
+
+    # Rank: forced first, then by score (highest first), then by position;
+    # keep the longest prefix of the ranking that fits the budget.
+    rank = np.lexsort((np.arange(len(spans)), -scores, ~forced))
+    within = np.cumsum(tokens[rank]) <= budget
+    keep = np.zeros(len(spans), dtype=bool)
+    keep[rank[within]] = True
+    keep |= forced
+
+    items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
+             for i, (s, e) in enumerate(spans) if keep[i]]
+    items += [(s, e, True, 0) for s, e in extra]
+    items.sort()
+    if params.drop_consecutive:
+        items = _drop_consecutive(text, items, set(params.force_tokens))
+    return items
 
 
 # -- helpers ----------------------------------------------------------------
@@ -290,7 +301,7 @@ def _is_punct(s: str) -> bool:
     return all(unicodedata.category(c).startswith("P") for c in s)
 
 
-def _context_words(c: ContextParts) -> dict[str, np.ndarray]:
+def context_words(c: ContextParts) -> dict[str, np.ndarray]:
     """All words of a context, with spans relative to the context."""
     spans = [e["spans"] + seg.start for seg, e in zip(c.segments, c.encoded)]
     return {

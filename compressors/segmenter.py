@@ -47,7 +47,7 @@ def token_offsets(text: str, tokenizer) -> list[tuple[int, int]]:
     )
     spans: list[tuple[int, int]] = []
     pending = None
-    for s, e in enc["offset_mapping"]:
+    for s, e in trim_spaces(text, enc["offset_mapping"]):
         if e <= s:
             pending = s if pending is None else pending
             continue
@@ -55,6 +55,19 @@ def token_offsets(text: str, tokenizer) -> list[tuple[int, int]]:
             s, pending = min(s, pending), None
         spans.append((s, e))
     return spans
+
+
+def trim_spaces(text: str, offsets) -> list[tuple[int, int]]:
+    """Token spans without surrounding whitespace: SentencePiece tokenizers
+    can include the space a "▁" stands for; a bare "▁" becomes empty."""
+    out = []
+    for s, e in offsets:
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        out.append((s, e))
+    return out
 
 
 def _best_cut(text: str, offsets, i: int, j: int) -> int:

@@ -7,6 +7,7 @@ import pytest
 
 from compressors.base import ContextParts, InvalidParams
 from compressors.llmlingua2 import Params
+from helpers import assert_faithful
 
 
 def compress(c, texts, **params):
@@ -16,18 +17,6 @@ def compress(c, texts, **params):
         segs = c.segment(t)
         parts.append(ContextParts(t, segs, c.encode([s.text for s in segs])))
     return c.render(parts, Params(**params))
-
-
-def assert_faithful(original: str, compressed: str):
-    """Every non-space run of the output is an exact substring of the input,
-    and the output's characters are an ordered subsequence of the input's."""
-    for piece in compressed.split():
-        assert piece in original, piece
-    pos = 0
-    for ch in compressed:
-        pos = original.find(ch, pos)
-        assert pos >= 0, f"{ch!r} out of order"
-        pos += 1
 
 
 def test_encode_shapes_and_scores(llmlingua2, sample_text):
