@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_arguments(serve)
 
     comp = sub.add_parser("compress", help="compress a file or stdin")
-    comp.add_argument("input", nargs="?", default="-", help="text file, or - for stdin")
+    comp.add_argument("input", nargs="?", default="-",
+                      help="text file, - for stdin, or 'sample' for the bundled sample")
     comp.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
     comp.add_argument("--compressor", default="", help="compressor name (default: the server's)")
     comp.add_argument("--rate", type=float, help="fraction of tokens to keep, in (0, 1]")
@@ -49,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
     cfg.add_arguments(info, ["llmlingua2_model", "cache_dir", "device"])
 
+    bench = sub.add_parser("bench", help="compression throughput against the reference")
+    bench.add_argument("--docs", type=int, default=16, help="documents (about 620 tokens each)")
+    bench.add_argument("--rate", type=float, default=0.33)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--no-reference", action="store_true", help="skip the llmlingua package")
+    bench.add_argument("--json", action="store_true")
+    cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size"])
+
     models = sub.add_parser("models", help="manage model files")
     models.add_argument("action", choices=["build"], help="build: build the default checkpoints")
     cfg.add_arguments(models, ["cache_dir"])
@@ -59,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    return {"serve": _serve, "compress": _compress, "info": _info, "models": _models}[
-        args.command](args, config)
+    commands = {"serve": _serve, "compress": _compress, "info": _info, "models": _models,
+                "bench": _bench}
+    return commands[args.command](args, config)
+
+
+def sample_path():
+    """A sample document that ships with segpress."""
+    from pathlib import Path
+
+    return Path(__file__).parent / "data" / "sample.txt"
 
 
 def _serve(args, config) -> int:
@@ -73,7 +90,11 @@ def _serve(args, config) -> int:
 def _compress(args, config) -> int:
     from segpress import SegpressClient, SegpressError
 
-    text = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()
+    if args.input == "-":
+        text = sys.stdin.read()
+    else:
+        path = sample_path() if args.input == "sample" else args.input
+        text = open(path, encoding="utf-8").read()
     req = SegpressClient.request(
         [text], query=args.query, compressor=args.compressor, rate=args.rate,
         target_tokens=args.target_tokens, force_tokens=args.force_tokens,
@@ -117,6 +138,12 @@ def _info(args, config) -> int:
         resp = asyncio.run(_local(config, info))
     print(json_format.MessageToJson(resp, preserving_proto_field_name=True))
     return 0
+
+
+def _bench(args, config) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args, config)
 
 
 def _models(args, config) -> int:

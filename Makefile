@@ -1,0 +1,28 @@
+# Set-up is part of every target: the first run creates .venv and installs
+# segpress with its test and codegen extras (torch from PyPI, a few minutes).
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: serve test generate bench
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[test,dev]"
+	touch $(STAMP)
+
+# The main job: the gRPC server on 127.0.0.1:50051 with its embedded Redis.
+serve: $(STAMP)
+	$(VENV)/bin/segpress serve
+
+# Every test, against a real Redis and a real gRPC server it starts itself.
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+# Regenerate client code after editing proto/.
+generate: $(STAMP)
+	$(VENV)/bin/python clients/generate.py
+
+bench: $(STAMP)
+	$(VENV)/bin/segpress bench
