@@ -52,14 +52,15 @@ def test_compress_is_faithful_and_reports_stats(client, sample_text):
 
 def test_repeat_is_all_hits_and_identical(client, sample_text):
     text = sample_text + "\n\nThis copy ends with a sentence about repeat requests."
-    first = client.compress([text], rate=0.4)
-    second = client.compress([text], rate=0.4)
+    ns = "repeat-test"  # other tests compress the sample too
+    first = client.compress([text], rate=0.4, namespace=ns)
+    second = client.compress([text], rate=0.4, namespace=ns)
     assert first.stats.cache_misses == first.stats.segments and first.stats.cache_hits == 0
     assert second.stats.cache_hits == second.stats.segments and second.stats.cache_misses == 0
     assert second.text == first.text and list(second.contexts) == list(first.contexts)
     # Another rate and another budget: the cached scores serve both.
-    other = client.compress([text], rate=0.7)
-    budget = client.compress([text], target_tokens=50)
+    other = client.compress([text], rate=0.7, namespace=ns)
+    budget = client.compress([text], target_tokens=50, namespace=ns)
     assert other.stats.cache_hits == other.stats.segments
     assert budget.stats.cache_hits == budget.stats.segments
     assert len(other.text) > len(first.text) and budget.stats.compressed_tokens <= 50
