@@ -40,7 +40,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 from cache.codec import Kind
 
 from .base import ContextParts, InvalidParams, Rendered, Segment
-from .models import fingerprint
+from .models import fingerprint, resolve_dtype
 from .segmenter import split_segments, trim_spaces
 
 NAME = "llmlingua2"
@@ -85,7 +85,8 @@ class LLMLingua2:
     output = "text"
     Params = Params
 
-    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 16):
+    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 16,
+                 dtype: str = "float32"):
         path = _resolve(model_path)
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         if config.num_labels != 2:
@@ -96,13 +97,17 @@ class LLMLingua2:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if not self.tokenizer.is_fast:
             raise ValueError(f"{model_path}: a fast tokenizer (tokenizer.json) is required")
+        self.dtype = resolve_dtype(dtype, device)
         self.model = AutoModelForTokenClassification.from_pretrained(
-            path, trust_remote_code=False, dtype=torch.float32
+            path, trust_remote_code=False, dtype=getattr(torch, self.dtype)
         ).to(device).eval()
         self.device = device
         self.batch_size = batch_size
         self.model_id = str(model_path)
         self.fingerprint = fingerprint(path)
+        # What cache keys name: the weights and the precision they ran in
+        # (bfloat16 scores differ from float32 ones in the third decimal).
+        self.cache_id = f"{self.fingerprint}:{self.dtype}"
         window = min(config.max_position_embeddings, self.tokenizer.model_max_length, 512)
         self.window = window - self.tokenizer.num_special_tokens_to_add(pair=False)
         # Segments leave a few tokens of slack: a segment re-tokenized on its

@@ -82,3 +82,19 @@ def fingerprint(model_dir: str | os.PathLike) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """"float32" or "bfloat16"; "auto" picks bfloat16 on CUDA and on CPUs with
+    native bf16 instructions (where it runs about twice as fast), else float32."""
+    if name in ("float32", "bfloat16"):
+        return name
+    if name != "auto":
+        raise ValueError(f"model dtype must be float32, bfloat16 or auto, got {name!r}")
+    if device.startswith("cuda"):
+        return "bfloat16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

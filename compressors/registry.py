@@ -7,7 +7,8 @@ def _llmlingua2(config):
     from .llmlingua2 import LLMLingua2
 
     path = config.llmlingua2_model or str(ensure_default_llmlingua2(config.models_dir))
-    return LLMLingua2(path, device=config.device, batch_size=config.batch_size)
+    return LLMLingua2(path, device=config.device, batch_size=config.batch_size,
+                      dtype=config.model_dtype)
 
 
 BUILDERS = {"llmlingua2": _llmlingua2}

@@ -33,13 +33,16 @@ def bench_texts(sample: str, n_docs: int) -> list[str]:
 
 
 def run(config: Config, texts: list[str], rate: float, repeats: int, with_reference: bool) -> dict:
-    comp = LLMLingua2(config.llmlingua2_model, device=config.device, batch_size=config.batch_size)
+    comp = LLMLingua2(config.llmlingua2_model, device=config.device, batch_size=config.batch_size,
+                      dtype=config.model_dtype)
     pipeline = Pipeline(config, {"llmlingua2": comp}, store=None)
     req = SegpressClient.request(texts, rate=rate, cache="bypass")
     tokens = sum(len(comp.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
+    loop = asyncio.new_event_loop()  # one loop: the pipeline's batcher lives on it
+
     def segpress_run():
-        asyncio.run(pipeline.compress(req))
+        loop.run_until_complete(pipeline.compress(req))
 
     # The ceiling: only the forward passes, over the segments segpress would
     # feed the model, batched and length-sorted the same way.
@@ -66,7 +69,8 @@ def run(config: Config, texts: list[str], rate: float, repeats: int, with_refere
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    pipeline.close()
+    loop.run_until_complete(pipeline.close())
+    loop.close()
     result = {"tokens": tokens, "documents": len(texts), "rate": rate,
               "torch_threads": torch.get_num_threads(), "methods": {}}
     base = statistics.median(times["segpress llmlingua2"])

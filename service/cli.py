@@ -12,13 +12,13 @@ Every `serve` flag also reads an environment variable (see service.config).
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 
 from google.protobuf import json_format
 
 from . import config as cfg
+from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = ap.parse_args(argv)
     config = cfg.from_args(args)
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(config.log_level, config.log_format)
     commands = {"serve": _serve, "compress": _compress, "info": _info, "models": _models,
                 "bench": _bench}
     return commands[args.command](args, config)
@@ -168,7 +165,7 @@ async def _local(config, run):
     try:
         return await run(pipeline)
     finally:
-        pipeline.close()
+        await pipeline.close()
         if store is not None:
             await store.close()
 

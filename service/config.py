@@ -47,7 +47,27 @@ class Config:
         "help": "requests of one CompressStream processed at once"})
     grace_s: float = field(default=10.0, metadata={
         "help": "on SIGTERM, seconds in-flight requests get to finish"})
+    model_dtype: str = field(default="auto", metadata={
+        "help": "float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 "
+                "instructions or on CUDA, else float32)"})
+    max_request_tokens: int = field(default=400_000, metadata={
+        "help": "most tokens (all contexts, compressor's tokenizer) per request"})
+    max_queue: int = field(default=64, metadata={
+        "help": "most requests in progress at once; more are refused with UNAVAILABLE"})
+    max_batch_segments: int = field(default=64, metadata={
+        "help": "most segments gathered from concurrent requests into one model call"})
+    auth_tokens: str = field(default="", metadata={
+        "help": "bearer tokens as token=namespace,...; empty with no file: auth off"})
+    auth_tokens_file: str = field(default="", metadata={
+        "help": "file of 'token namespace' lines"})
+    tls_cert: str = field(default="", metadata={"help": "PEM server certificate (enables TLS)"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(default="", metadata={
+        "help": "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"})
+    metrics_port: int = field(default=9464, metadata={
+        "help": "Prometheus metrics HTTP port on --host (0: off)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    log_format: str = field(default="text", metadata={"help": "text or json (one object per line)"})
 
     @property
     def models_dir(self) -> str:

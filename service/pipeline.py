@@ -14,6 +14,8 @@ Threads: the asyncio event loop only moves data. Tokenizing and rendering run
 in a small CPU pool; model forward passes run in one dedicated model thread
 (torch itself uses its intra-op threads inside a forward pass), so inference
 never blocks the loop and passes never compete with each other for cores.
+Missing segments from concurrent requests are gathered into shared model
+calls by the compressor's MicroBatcher (service/batcher.py).
 """
 
 import asyncio
@@ -28,8 +30,11 @@ from cache.keys import segment_key
 from compressors.base import ContextParts, InvalidParams
 from segpress.v1 import segpress_pb2 as pb
 
-from . import __version__
+from . import __version__, metrics
+from .auth import check_namespace
+from .batcher import MicroBatcher
 from .config import Config
+from .errors import RequestError
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _CACHE_MODES = {
@@ -40,15 +45,6 @@ _CACHE_MODES = {
 }
 
 
-class RequestError(Exception):
-    """A request the server refuses; becomes a gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class Pipeline:
     def __init__(self, config: Config, compressors: dict, store=None):
         self.config = config
@@ -56,9 +52,11 @@ class Pipeline:
         self.store = store
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="segpress-model")
         self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-cpu")
-        self._inflight: dict[str, asyncio.Future] = {}  # cache key -> encoded segment
+        self._batchers: dict[str, MicroBatcher] = {}
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -111,11 +109,14 @@ class Pipeline:
 
     # -- the flow ------------------------------------------------------------
 
-    async def compress(self, req: pb.CompressRequest) -> pb.CompressResponse:
+    async def compress(self, req: pb.CompressRequest, granted_namespace: str | None = None
+                       ) -> pb.CompressResponse:
+        """Compresses one request. `granted_namespace` is the caller's token's
+        namespace when authentication is on (see service.auth)."""
         t0 = time.perf_counter()
         compressor, params = self.validate(req)
+        namespace = check_namespace(req.namespace, granted_namespace)
         mode = _CACHE_MODES[req.cache_mode]
-        namespace = req.namespace or "default"
         loop = asyncio.get_running_loop()
         stats = pb.Stats()
         tm = stats.timings
@@ -125,7 +126,12 @@ class Pipeline:
         segmented = await loop.run_in_executor(
             self.cpu_pool, lambda: [compressor.segment(c) for c in req.contexts])
         tm.segment_ms = _ms(t)
-        keys = [[segment_key(namespace, compressor.name, compressor.fingerprint, s.text)
+        n_tokens = sum(s.n_tokens for segs in segmented for s in segs)
+        if n_tokens > self.config.max_request_tokens:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"contexts are {n_tokens} tokens; the limit is "
+                               f"max_request_tokens={self.config.max_request_tokens}")
+        keys = [[segment_key(namespace, compressor.name, compressor.cache_id, s.text)
                  for s in segs] for segs in segmented]
         texts = {k: s.text for ks, segs in zip(keys, segmented) for k, s in zip(ks, segs)}
 
@@ -148,7 +154,7 @@ class Pipeline:
         # Encode what is missing, sharing work with concurrent requests.
         missing = {k: txt for k, txt in texts.items() if k not in found}
         t = time.perf_counter()
-        computed, owned = await self._encode(compressor, missing)
+        computed, owned = await self._batcher(compressor).encode(missing) if missing else ({}, [])
         tm.encode_ms = _ms(t)
         found.update(computed)
 
@@ -188,48 +194,14 @@ class Pipeline:
             stats.rate = stats.compressed_tokens / stats.original_tokens
         tm.total_ms = _ms(t0)
         resp.stats.CopyFrom(stats)
+        _record(stats)
         return resp
 
-    async def _encode(self, compressor, missing: dict[str, str]):
-        """Encoded values for `missing` (key -> text), and the keys this
-        request computed itself (the others it awaited from another request)."""
-        if not missing:
-            return {}, []
-        loop = asyncio.get_running_loop()
-        waits = {k: self._inflight[k] for k in missing if k in self._inflight}
-        owned = [k for k in missing if k not in waits]
-        if owned:
-            futures = {k: loop.create_future() for k in owned}
-            self._inflight.update(futures)
-            # The pass runs as its own task: a caller that gives up (deadline)
-            # does not cancel it for the other requests waiting on it.
-            task = asyncio.ensure_future(
-                self._run_encode(compressor, [missing[k] for k in owned], futures))
-            waits.update(futures)
-            await asyncio.shield(task)
-        out = {}
-        for k, fut in waits.items():
-            out[k] = await asyncio.shield(fut)
-        return out, owned
-
-    async def _run_encode(self, compressor, texts, futures):
-        loop = asyncio.get_running_loop()
-        try:
-            encoded = await loop.run_in_executor(self.model_pool, compressor.encode, texts)
-        except BaseException as e:
-            for k, fut in futures.items():
-                self._inflight.pop(k, None)
-                if fut.done():
-                    continue
-                if isinstance(e, asyncio.CancelledError):
-                    fut.cancel()
-                else:
-                    fut.set_exception(e)
-                    fut.exception()  # mark retrieved; awaiting callers still see it
-            raise
-        for (k, fut), value in zip(futures.items(), encoded):
-            self._inflight.pop(k, None)
-            fut.set_result(value)
+    def _batcher(self, compressor) -> MicroBatcher:
+        if compressor.name not in self._batchers:
+            self._batchers[compressor.name] = MicroBatcher(
+                compressor, self.model_pool, self.config.max_batch_segments)
+        return self._batchers[compressor.name]
 
     # -- info ----------------------------------------------------------------
 
@@ -270,6 +242,18 @@ def _max_force_tokens() -> int:
     from compressors.llmlingua2 import MAX_FORCE_TOKENS
 
     return MAX_FORCE_TOKENS
+
+
+def _record(stats: pb.Stats) -> None:
+    """Adds a finished request's numbers to the Prometheus metrics."""
+    tm = stats.timings
+    for stage in ("segment", "cache_lookup", "encode", "cache_store", "render"):
+        metrics.STAGE.labels(stage).observe(getattr(tm, f"{stage}_ms") / 1000.0)
+    metrics.CACHE.labels("hit").inc(stats.cache_hits)
+    metrics.CACHE.labels("miss").inc(stats.cache_misses)
+    metrics.CACHE_ERRORS.inc(stats.cache_errors)
+    metrics.TOKENS.labels("in").inc(stats.original_tokens)
+    metrics.TOKENS.labels("out").inc(stats.compressed_tokens)
 
 
 def _ms(t0: float) -> float:

@@ -1,13 +1,19 @@
 """The gRPC server: the Segpress service, health, reflection, shutdown.
 
-Errors a request causes become their gRPC status (see pipeline.RequestError);
-anything unexpected is logged with the request id and answered INTERNAL, and
-the server keeps serving.
+Every call goes through `_guard`: authentication (service.auth), the
+in-progress limit (`--max-queue`: more requests than that at once are
+refused with UNAVAILABLE so clients back off instead of piling up), metrics
+and one structured log line. Errors a request causes become their gRPC status
+(RequestError); anything unexpected is logged with the request id and
+answered INTERNAL, and the server keeps serving.
 """
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,63 +25,103 @@ from compressors.registry import build_all
 from segpress.v1 import segpress_pb2 as pb
 from segpress.v1 import segpress_pb2_grpc as pb_grpc
 
+from . import metrics
+from .auth import Authenticator
 from .config import Config
-from .pipeline import Pipeline, RequestError
+from .errors import RequestError
+from .pipeline import Pipeline
 
 log = logging.getLogger("segpress.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segpress"].full_name
 
 
 class SegpressServicer(pb_grpc.SegpressServicer):
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline, auth: Authenticator):
         self.pipeline = pipeline
+        self.auth = auth
+        self.in_progress = 0
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, method: str, context, request_id: str = ""):
+        """Auth, the in-progress limit, metrics and the access log of one call;
+        yields the caller's namespace (None when auth is off)."""
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self.in_progress += 1
+        metrics.IN_PROGRESS.set(self.in_progress)
+        try:
+            namespace = self.auth.namespace(context.invocation_metadata())
+            limit = self.pipeline.config.max_queue
+            if self.in_progress > limit:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                                   f"server overloaded: more than max_queue={limit} requests "
+                                   "in progress; retry with backoff")
+            yield namespace
+        except RequestError as e:
+            code = e.code
+            await context.abort(e.code, e.message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # noqa: BLE001 - never take the server down
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method, extra={"request_id": request_id})
+            await context.abort(code, "internal error; see the server log")
+        finally:
+            self.in_progress -= 1
+            metrics.IN_PROGRESS.set(self.in_progress)
+            elapsed = time.perf_counter() - t0
+            metrics.REQUESTS.labels(method, code.name).inc()
+            metrics.LATENCY.labels(method).observe(elapsed)
+            log.info("%s %s %.1fms", method, code.name, elapsed * 1000,
+                     extra={"request_id": request_id, "method": method, "code": code.name,
+                            "ms": round(elapsed * 1000, 2)})
 
     async def Compress(self, request, context):
-        try:
-            return await self.pipeline.compress(request)
-        except RequestError as e:
-            await context.abort(e.code, e.message)
-        except Exception:  # noqa: BLE001 - never take the server down
-            log.exception("request %r failed", request.request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
+        async with self._guard("Compress", context, request.request_id) as namespace:
+            return await self.pipeline.compress(request, namespace)
 
     async def CompressStream(self, request_iterator, context):
         # Up to `stream_window` requests run at once; results go out in order.
-        pending: asyncio.Queue = asyncio.Queue(maxsize=self.pipeline.config.stream_window)
+        async with self._guard("CompressStream", context) as namespace:
+            pending: asyncio.Queue = asyncio.Queue(maxsize=self.pipeline.config.stream_window)
 
-        async def read():
+            async def read():
+                try:
+                    async for req in request_iterator:
+                        await pending.put(asyncio.ensure_future(self._one(req, namespace)))
+                finally:
+                    await pending.put(None)
+
+            reader = asyncio.ensure_future(read())
+            index = 0
             try:
-                async for req in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._one(req)))
+                while (task := await pending.get()) is not None:
+                    code, message, resp = await task
+                    item = pb.CompressStreamResponse(
+                        index=index, status=pb.ItemStatus(code=code, message=message))
+                    if resp is not None:
+                        item.response.CopyFrom(resp)
+                    index += 1
+                    yield item
+                await reader  # surfaces a broken request stream
             finally:
-                await pending.put(None)
+                reader.cancel()
 
-        reader = asyncio.ensure_future(read())
-        index = 0
+    async def _one(self, req, namespace):
         try:
-            while (task := await pending.get()) is not None:
-                code, message, resp = await task
-                item = pb.CompressStreamResponse(
-                    index=index, status=pb.ItemStatus(code=code, message=message))
-                if resp is not None:
-                    item.response.CopyFrom(resp)
-                index += 1
-                yield item
-            await reader  # surfaces a broken request stream
-        finally:
-            reader.cancel()
-
-    async def _one(self, req):
-        try:
-            return 0, "", await self.pipeline.compress(req)
+            return 0, "", await self.pipeline.compress(req, namespace)
         except RequestError as e:
             return e.code.value[0], e.message, None
         except Exception:  # noqa: BLE001
-            log.exception("stream item %r failed", req.request_id)
-            return grpc.StatusCode.INTERNAL.value[0], "internal error; see server log", None
+            log.exception("stream item failed", extra={"request_id": req.request_id})
+            return grpc.StatusCode.INTERNAL.value[0], "internal error; see the server log", None
 
     async def Info(self, request, context):
-        return self.pipeline.info()
+        async with self._guard("Info", context):
+            return self.pipeline.info()
 
 
 async def make_store(config: Config):
@@ -89,12 +135,29 @@ async def make_store(config: Config):
     return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s), embedded
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+def _credentials(config: Config):
+    """TLS server credentials, or None for plaintext."""
+    if not config.tls_cert:
+        if config.tls_client_ca:
+            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not config.tls_key:
+        raise SystemExit("--tls-cert needs --tls-key")
+    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=ca, require_client_auth=ca is not None,
+    )
+
+
+async def serve(config: Config) -> None:
     """Runs the server until SIGTERM or SIGINT."""
     if config.torch_threads:
         import torch
 
         torch.set_num_threads(config.torch_threads)
+    auth = Authenticator.from_config(config)
+    credentials = _credentials(config)
     compressors = build_all(config)
     store, embedded = await make_store(config)
     pipeline = Pipeline(config, compressors, store)
@@ -104,25 +167,31 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_SegpressServicer_to_server(SegpressServicer(pipeline), server)
+    pb_grpc.add_SegpressServicer_to_server(SegpressServicer(pipeline, auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    metrics.serve_metrics(config.host, config.metrics_port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("segpress listening on %s:%d", config.host, port)
+    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s)", config.host, port,
+             "TLS" if credentials else "plaintext", "on" if auth.enabled else "off",
+             config.metrics_port or "off")
     for name, c in compressors.items():
-        log.info("compressor %s: model %s fingerprint %s", name, c.model_id, c.fingerprint[:16])
+        log.info("compressor %s: model %s fingerprint %s dtype %s", name, c.model_id,
+                 c.fingerprint[:16], getattr(c, "dtype", "-"))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
     await stop.wait()
 
     # Graceful shutdown: report NOT_SERVING first so load balancers stop
@@ -131,7 +200,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_s)
     await store.close()
-    pipeline.close()
+    await pipeline.close()
     if embedded is not None:
         embedded.shutdown()
     log.info("stopped")

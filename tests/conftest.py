@@ -112,7 +112,8 @@ class ServerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="segpress-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**os.environ, "SEGPRESS_METRICS_PORT": "0", **env},
+            stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.target = f"127.0.0.1:{self.port}"
         self.wait_serving()

@@ -46,7 +46,7 @@ def test_concurrent_requests_for_a_missing_segment_compute_it_once(pipeline_part
             req = SegpressClient.request([text], rate=0.5, namespace="single-flight")
             return await asyncio.gather(*[pipeline.compress(req) for _ in range(6)])
         finally:
-            pipeline.close()
+            await pipeline.close()
             await store.close()
 
     outs = asyncio.run(run())
@@ -67,7 +67,7 @@ def test_without_a_store_every_request_computes(pipeline_parts):
             b = await pipeline.compress(req)
             return a, b
         finally:
-            pipeline.close()
+            await pipeline.close()
 
     a, b = asyncio.run(run())
     assert a.stats.cache_misses == b.stats.cache_misses == 1

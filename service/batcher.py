@@ -1,0 +1,101 @@
+"""Micro-batching and single flight for model work.
+
+Requests hand their missing segments (cache key -> text) to the compressor's
+batcher:
+- Single flight: a segment already queued or running for another request is
+  not queued again; both requests wait for the same result.
+- Micro-batching: one worker task per compressor takes everything waiting
+  (up to `max_segments`) and runs it as one `encode` call in the model
+  thread; the compressor sorts those segments by length and cuts them into
+  forward passes of `batch_size`, so little is wasted on padding. While a
+  call runs, new work queues up and goes out in the next call: under load,
+  batches fill by themselves, and an idle server adds no waiting time.
+- Deadlines: when every request waiting for a segment has gone (deadline
+  passed, client cancelled) before its batch starts, the segment is skipped.
+"""
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from . import metrics
+
+
+@dataclass
+class _Job:
+    text: str
+    future: asyncio.Future
+    waiters: int = 0
+
+
+@dataclass
+class MicroBatcher:
+    compressor: object
+    model_pool: Executor
+    max_segments: int
+    _inflight: dict = field(default_factory=dict)  # key -> _Job, queued or running
+    _queue: list = field(default_factory=list)  # [(key, _Job)] not started
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _worker: asyncio.Task | None = None
+
+    async def encode(self, work: dict[str, str]) -> tuple[dict[str, dict], list[str]]:
+        """Encoded values for `work` (key -> text), and the keys this call
+        queued itself (the others were already on their way)."""
+        loop = asyncio.get_running_loop()
+        jobs, owned = {}, []
+        for key, text in work.items():
+            job = self._inflight.get(key)
+            if job is None or job.future.cancelled():
+                job = self._inflight[key] = _Job(text, loop.create_future())
+                self._queue.append((key, job))
+                owned.append(key)
+            job.waiters += 1
+            jobs[key] = job
+        metrics.ENCODE_QUEUE.set(len(self._queue))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._run())
+        self._wake.set()
+        try:
+            # shield: one caller giving up must not cancel the shared result.
+            return {key: await asyncio.shield(job.future) for key, job in jobs.items()}, owned
+        finally:
+            for job in jobs.values():
+                job.waiters -= 1
+                if job.waiters == 0 and not job.future.done():
+                    job.future.cancel()  # nobody waits any more: skip it
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[: self.max_segments]
+                del self._queue[: self.max_segments]
+                metrics.ENCODE_QUEUE.set(len(self._queue))
+                for key, job in batch:
+                    if job.future.cancelled() and self._inflight.get(key) is job:
+                        del self._inflight[key]
+                batch = [(k, j) for k, j in batch if not j.future.done()]
+                if not batch:
+                    continue
+                metrics.BATCH_SEGMENTS.observe(len(batch))
+                try:
+                    out = await loop.run_in_executor(
+                        self.model_pool, self.compressor.encode, [j.text for _, j in batch])
+                except Exception as e:  # noqa: BLE001 - handed to every waiter
+                    out = [e] * len(batch)
+                for (key, job), value in zip(batch, out):
+                    if self._inflight.get(key) is job:
+                        del self._inflight[key]
+                    if job.future.done():
+                        continue
+                    if isinstance(value, Exception):
+                        job.future.set_exception(value)
+                    else:
+                        job.future.set_result(value)

@@ -1,0 +1,24 @@
+"""Prometheus metrics, served on a side HTTP port (--metrics-port)."""
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("segpress_requests_total", "Finished requests", ["method", "code"])
+LATENCY = Histogram("segpress_request_seconds", "Request latency", ["method"],
+                    buckets=_LATENCY_BUCKETS)
+STAGE = Histogram("segpress_stage_seconds", "Time per request stage", ["stage"],
+                  buckets=_LATENCY_BUCKETS)
+CACHE = Counter("segpress_cache_segments_total", "Segments by cache outcome",
+                ["outcome"])  # hit, miss
+CACHE_ERRORS = Counter("segpress_cache_errors_total", "Failed cache operations")
+TOKENS = Counter("segpress_tokens_total", "Tokens in and out", ["direction"])  # in, out
+BATCH_SEGMENTS = Histogram("segpress_model_batch_segments", "Segments per model call",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+IN_PROGRESS = Gauge("segpress_requests_in_progress", "Requests being processed")
+ENCODE_QUEUE = Gauge("segpress_encode_queue_segments", "Segments waiting for the model")
+
+
+def serve_metrics(host: str, port: int) -> None:
+    if port:
+        start_http_server(port, addr=host)
