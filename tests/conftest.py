@@ -107,7 +107,8 @@ def llmlingua2(model_dir):
 class ServerProcess:
     """`segpress serve` in a subprocess, on a free port."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, credentials=None):
+        self.credentials = credentials  # grpc.ChannelCredentials for a TLS server
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="segpress-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
@@ -122,7 +123,7 @@ class ServerProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.time() + timeout_s
-        with grpc.insecure_channel(self.target) as ch:
+        with self.channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.time() < deadline:
                 if self.proc.poll() is not None:
@@ -135,6 +136,11 @@ class ServerProcess:
                     pass
                 time.sleep(0.2)
         raise RuntimeError(f"server not serving after {timeout_s}s:\n{self.output()}")
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.credentials)
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
