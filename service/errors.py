@@ -9,3 +9,19 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class Undecodable:
+    """Stands in for a request message that did not parse, so the call can
+    answer INVALID_ARGUMENT instead of gRPC's generic INTERNAL."""
+
+    request_id = ""
+
+    def __init__(self, message_type: str):
+        self.message_type = message_type
+
+    def error(self) -> RequestError:
+        return RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {self.message_type}: the bytes are not valid "
+            "protobuf, or a string field holds invalid UTF-8 (send text as UTF-8)")

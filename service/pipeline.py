@@ -34,7 +34,7 @@ from . import __version__, metrics
 from .auth import check_namespace
 from .batcher import MicroBatcher
 from .config import Config
-from .errors import RequestError
+from .errors import RequestError, Undecodable
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _CACHE_MODES = {
@@ -64,6 +64,8 @@ class Pipeline:
 
     def validate(self, req: pb.CompressRequest):
         """The compressor and its parameters, or RequestError."""
+        if isinstance(req, Undecodable):
+            raise req.error()
         cfg = self.config
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED

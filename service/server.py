@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,7 +29,7 @@ from segpress.v1 import segpress_pb2_grpc as pb_grpc
 from . import metrics
 from .auth import Authenticator
 from .config import Config
-from .errors import RequestError
+from .errors import RequestError, Undecodable
 from .pipeline import Pipeline
 
 log = logging.getLogger("segpress.server")
@@ -121,7 +122,38 @@ class SegpressServicer(pb_grpc.SegpressServicer):
 
     async def Info(self, request, context):
         async with self._guard("Info", context):
+            if isinstance(request, Undecodable):
+                raise request.error()
             return self.pipeline.info()
+
+
+def _parser(message_class):
+    """A request deserializer that hands bad bytes to the servicer as
+    Undecodable instead of failing the call with INTERNAL."""
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Undecodable(message_class.DESCRIPTOR.full_name)
+    return parse
+
+
+def add_service(servicer: SegpressServicer, server) -> None:
+    """Registers the service like the generated add_SegpressServicer_to_server,
+    with lenient request parsing."""
+    handlers = {
+        "Compress": grpc.unary_unary_rpc_method_handler(
+            servicer.Compress, request_deserializer=_parser(pb.CompressRequest),
+            response_serializer=pb.CompressResponse.SerializeToString),
+        "CompressStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CompressStream, request_deserializer=_parser(pb.CompressRequest),
+            response_serializer=pb.CompressStreamResponse.SerializeToString),
+        "Info": grpc.unary_unary_rpc_method_handler(
+            servicer.Info, request_deserializer=_parser(pb.InfoRequest),
+            response_serializer=pb.InfoResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 async def make_store(config: Config):
@@ -167,7 +199,7 @@ async def serve(config: Config) -> None:
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_SegpressServicer_to_server(SegpressServicer(pipeline, auth), server)
+    add_service(SegpressServicer(pipeline, auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

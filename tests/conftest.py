@@ -163,6 +163,7 @@ def server(redis_proc, model_dir, tmp_path_factory):
         "SEGPRESS_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "SEGPRESS_MAX_CONTEXTS": "16",
         "SEGPRESS_MAX_REQUEST_BYTES": "200000",
+        "SEGPRESS_MAX_REQUEST_TOKENS": "20000",
         "SEGPRESS_CACHE_RETRY_S": "0.5",
     })
     yield s

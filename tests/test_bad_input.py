@@ -1,0 +1,147 @@
+"""Bad input: every malformed request gets a precise status and a message
+that names the field or limit, and the server keeps serving.
+
+The session server runs with max_contexts=16, max_request_bytes=200000,
+max_request_tokens=20000 (see conftest.py).
+"""
+
+import math
+
+import grpc
+import pytest
+from helpers import assert_faithful
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segpress import SegpressClient, SegpressError, pb
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+BAD = [
+    (dict(contexts=[]), INVALID, "contexts is empty"),
+    (dict(contexts=[""]), INVALID, "contexts[0] is empty"),
+    (dict(contexts=["ok", "  \n "]), INVALID, "contexts[1] is empty"),
+    (dict(contexts=["\t"]), INVALID, "contexts[0] is empty or only whitespace"),
+    (dict(contexts=["\u3000\u00a0"]), INVALID, "contexts[0] is empty or only whitespace"),
+    (dict(contexts=["a", "b", "c", ""]), INVALID, "contexts[3] is empty"),
+    (dict(contexts=["x"] * 17), EXHAUSTED, "max_contexts=16"),
+    (dict(contexts=["word " * 50000]), EXHAUSTED, "max_request_bytes=200000"),
+    (dict(contexts=["short"], query="q" * 250000), EXHAUSTED, "max_request_bytes=200000"),
+    (dict(contexts=["wörd " * 25000]), EXHAUSTED, "max_request_tokens=20000"),
+    (dict(contexts=["x"], compressor="nope"), INVALID, "unknown compressor 'nope'; available: llmlingua2"),
+    (dict(contexts=["x"], compressor="LLMLingua2"), INVALID, "unknown compressor 'LLMLingua2'"),
+    (dict(contexts=["x"], cache_mode=7), INVALID, "unknown cache_mode 7"),
+    (dict(contexts=["x"], cache_mode=-1), INVALID, "unknown cache_mode -1"),
+    (dict(contexts=["x"], namespace="a b"), INVALID, "namespace must be 1-128 characters"),
+    (dict(contexts=["x"], namespace="n" * 129), INVALID, "namespace must be 1-128 characters"),
+    (dict(contexts=["x"], namespace="tenant/../other"), INVALID, "namespace must be"),
+    (dict(contexts=["x"], namespace="мир"), INVALID, "namespace must be"),
+    (dict(contexts=["x"], request_id="r" * 129), INVALID, "request_id is longer than 128 bytes"),
+    (dict(contexts=["x"], request_id="€" * 43), INVALID, "request_id is longer than 128 bytes"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=0.0)), INVALID, "llmlingua2.rate must be in (0, 1], got 0.0"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=1.01)), INVALID, "llmlingua2.rate must be in (0, 1]"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=-0.5)), INVALID, "llmlingua2.rate"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=math.inf)), INVALID, "llmlingua2.rate must be in (0, 1], got inf"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=math.nan)), INVALID, "llmlingua2.rate must be in (0, 1], got nan"),
+    (dict(contexts=["x"], llmlingua2=dict(target_tokens=0)), INVALID, "llmlingua2.target_tokens must be > 0, got 0"),
+    (dict(contexts=["x"], llmlingua2=dict(target_tokens=-1)), INVALID, "llmlingua2.target_tokens must be > 0"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=0.5, target_tokens=5)), INVALID, "mutually exclusive"),
+    (dict(contexts=["x"], llmlingua2=dict(rate=1.0, target_tokens=1)), INVALID, "mutually exclusive"),
+    (dict(contexts=["x"], llmlingua2=dict(force_tokens=[""])), INVALID, "force_tokens[0] is empty"),
+    (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a", "b", "c", ""])), INVALID, "force_tokens[3] is empty"),
+    (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a"] * 101)), INVALID, "the limit is 100"),
+]
+
+
+def rpc(client, req, timeout=30):
+    return client._call(client._stub.Compress, req, timeout)
+
+
+@pytest.mark.parametrize("fields,code,message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_request_gets_precise_status_and_server_keeps_serving(client, fields, code, message):
+    with pytest.raises(SegpressError) as e:
+        rpc(client, pb.CompressRequest(**fields))
+    assert e.value.code == code
+    assert message in e.value.details
+    assert client.compress(["Still serving after a bad request."]).text
+
+
+def raw_call(server, payload: bytes, method="Compress"):
+    """Sends raw bytes as the request message."""
+    with server.channel() as ch:
+        call = ch.unary_unary(f"/segpress.v1.Segpress/{method}",
+                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        return call(payload, timeout=10)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x0a\x03\xff\xfe\xfd",   # contexts[0] = invalid UTF-8
+    b"\x12\x02\xc3\x28",       # query = invalid UTF-8
+    b"\xff\xff\xff\xff",       # not protobuf at all
+    b"\x0a\x80",               # truncated length
+], ids=["utf8-context", "utf8-query", "garbage", "truncated"])
+def test_undecodable_request_is_invalid_argument(server, client, payload):
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, payload)
+    assert e.value.code() == INVALID
+    assert "not a valid segpress.v1.CompressRequest" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, b"\xff\xff", method="Info")
+    assert e.value.code() == INVALID
+    assert client.compress(["Still serving."]).text
+
+
+def test_message_over_grpc_limit_is_resource_exhausted(server):
+    # The server's max_message_bytes default is 16 MiB; send 17 MiB.
+    with SegpressClient(server.target, max_message_bytes=64 << 20) as c:
+        with pytest.raises(SegpressError) as e:
+            c.compress(["a" * (17 << 20)])
+        assert e.value.code == EXHAUSTED
+        assert c.compress(["Still serving."]).text
+
+
+def test_expired_deadline_and_the_server_keeps_serving(client, sample_text):
+    with pytest.raises(SegpressError) as e:
+        client.compress([sample_text * 20], cache="bypass", timeout_s=0.001)
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert client.compress(["Still serving after a deadline."]).text
+
+
+def test_unusual_but_valid_text_is_accepted(client):
+    for text in ["\x00nul byte inside", "a", "🍜" * 50, "x" * 5000, "Ω≈ç√∫˜µ≤≥÷ \u200b\u202e rtl"]:
+        r = client.compress([text], rate=0.5)
+        assert_faithful(text, r.text)
+
+
+ALLOWED = {INVALID, EXHAUSTED}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    contexts=st.lists(st.text(max_size=300), max_size=20),
+    rate=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    target=st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+    cache_mode=st.integers(-3, 6),
+    namespace=st.text(max_size=140),
+    compressor=st.sampled_from(["", "llmlingua2", "nope", "LLMLINGUA2"]),
+    force=st.lists(st.text(max_size=5), max_size=4),
+)
+def test_fuzzed_requests_get_a_response_or_a_precise_error(
+        client, contexts, rate, target, cache_mode, namespace, compressor, force):
+    req = pb.CompressRequest(contexts=contexts, cache_mode=cache_mode, namespace=namespace,
+                             compressor=compressor)
+    if rate is not None:
+        req.llmlingua2.rate = rate
+    if target is not None:
+        req.llmlingua2.target_tokens = target
+    req.llmlingua2.force_tokens.extend(force)
+    try:
+        resp = rpc(client, req)
+    except SegpressError as e:
+        assert e.code in ALLOWED, (e.code, e.details)
+        assert e.details
+        return
+    assert len(resp.contexts) == len(contexts)
+    for original, out in zip(contexts, resp.contexts):
+        assert_faithful(original, out.text)
