@@ -199,7 +199,8 @@ async def serve(config: Config) -> None:
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    add_service(SegpressServicer(pipeline, auth), server)
+    servicer = SegpressServicer(pipeline, auth)
+    add_service(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -227,10 +228,17 @@ async def serve(config: Config) -> None:
     await stop.wait()
 
     # Graceful shutdown: report NOT_SERVING first so load balancers stop
-    # sending, then let in-flight requests finish within the grace period.
+    # sending, refuse new calls, let in-flight requests finish within the
+    # grace period, then end what is left (such as health Watch streams,
+    # which would otherwise hold the server for the whole grace period).
     log.info("shutting down: health NOT_SERVING, %.0fs grace", config.grace_s)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.grace_s)
+    stopping = asyncio.ensure_future(server.stop(config.grace_s))
+    deadline = loop.time() + config.grace_s
+    while servicer.in_progress and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await server.stop(0)
+    await stopping
     await store.close()
     await pipeline.close()
     if embedded is not None:

@@ -1,8 +1,6 @@
-"""Redis failures, the embedded Redis, and graceful shutdown, each with its
-own server process."""
+"""Redis stopped mid-run and the embedded Redis, each with its own server
+process. (Shutdown: test_load.py; other Redis faults: test_faults.py.)"""
 
-import signal
-import threading
 import time
 
 import pytest
@@ -69,26 +67,3 @@ def test_embedded_redis_when_no_url(model_dir, tmp_path):
         assert "started embedded Redis" in server.output()
     finally:
         assert server.stop() == 0
-
-
-def test_sigterm_lets_in_flight_requests_finish(model_dir, redis_proc, tmp_path, sample_text):
-    server = ServerProcess({
-        "SEGPRESS_REDIS_URL": redis_proc.url,
-        "SEGPRESS_LLMLINGUA2_MODEL": model_dir,
-        "SEGPRESS_CACHE_DIR": str(tmp_path),
-    })
-    result = {}
-
-    def slow_request():
-        with SegpressClient(server.target, timeout_s=60) as c:
-            big = [f"{i}: {sample_text}" for i in range(12)]
-            result["resp"] = c.compress(big, rate=0.5, cache="bypass")
-
-    t = threading.Thread(target=slow_request)
-    t.start()
-    time.sleep(1.0)  # the request is now in the model
-    server.proc.send_signal(signal.SIGTERM)
-    t.join(60)
-    assert server.proc.wait(60) == 0
-    assert result["resp"].stats.segments >= 12
-    assert "shutting down" in server.output()
