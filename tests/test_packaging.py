@@ -6,7 +6,6 @@ import subprocess
 import sys
 import venv
 
-import pytest
 from conftest import ROOT, DATA
 from helpers import assert_faithful
 
