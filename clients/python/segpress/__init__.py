@@ -5,9 +5,13 @@
     with SegpressClient("localhost:50051") as client:
         resp = client.compress(["a long context ..."], rate=0.33)
         print(resp.text, resp.stats.ratio)
+
+`AsyncSegpressClient` is the asyncio version; `segpress.tensors` converts
+soft-token tensors to and from numpy (and torch, when installed).
 """
 
-from .client import SegpressClient, SegpressError
+from .aio import AsyncSegpressClient
+from .client import Retry, SegpressClient, SegpressError
 from .v1 import segpress_pb2 as pb
 
-__all__ = ["SegpressClient", "SegpressError", "pb"]
+__all__ = ["AsyncSegpressClient", "Retry", "SegpressClient", "SegpressError", "pb"]

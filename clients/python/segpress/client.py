@@ -1,11 +1,30 @@
-"""A thin, typed wrapper over the generated gRPC stub."""
+"""Typed wrappers over the generated gRPC stub.
 
+`SegpressClient` blocks; `AsyncSegpressClient` (in `aio.py`) is its asyncio
+twin. Both take the same connection options: plaintext by default, TLS with
+`tls=True` or any certificate option, an auth token, a default deadline and
+retries of unary calls that fail with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 
 from .v1 import segpress_pb2 as pb
 from .v1 import segpress_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+# PEM bytes, or the path of a PEM file.
+Pem = bytes | str | os.PathLike[str]
 
 _CACHE_MODES = {
     "use": pb.CACHE_MODE_USE,
@@ -23,63 +42,101 @@ class SegpressError(Exception):
         self.details = details
 
 
-class SegpressClient:
-    """Synchronous client. `target` is "host:port"."""
+@dataclass(frozen=True)
+class Retry:
+    """How unary calls are retried when they fail with UNAVAILABLE (server
+    overloaded, restarting or not reachable yet); other codes never are.
 
-    def __init__(self, target: str, timeout_s: float = 60.0, max_message_bytes: int = 64 << 20):
+    At most `attempts` tries in all (1 disables retries). Before retry n
+    (from 0) the client sleeps a random time in [0, min(max_backoff_s,
+    initial_backoff_s * multiplier**n)] ("full jitter"), and gives up early
+    when that sleep would pass the call's deadline. Streams are not retried.
+    """
+
+    attempts: int = 3
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"Retry.attempts must be >= 1, got {self.attempts}")
+
+    def delay_s(self, error: grpc.RpcError, attempt: int, deadline: float) -> float | None:
+        """Seconds to sleep before retrying after try number `attempt` (from
+        1) failed with `error`, or None to give up."""
+        if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.attempts:
+            return None
+        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        delay = random.uniform(0, cap)
+        return delay if time.monotonic() + delay < deadline else None
+
+
+class CompressOptions(TypedDict, total=False):
+    """Keywords of `compress()`; see `SegpressClient.request()`."""
+
+    query: str | None
+    compressor: str
+    rate: float | None
+    target_tokens: int | None
+    force_tokens: Sequence[str]
+    force_reserve_digit: bool
+    drop_consecutive: bool
+    cache: str
+    namespace: str
+    request_id: str
+
+
+def _read_pem(pem: Pem | None) -> bytes | None:
+    if pem is None or isinstance(pem, bytes):
+        return pem
+    with open(pem, "rb") as f:
+        return f.read()
+
+
+class _ClientBase:
+    """Connection settings and request building shared by both clients;
+    `_grpc` is the module whose channels a subclass uses (grpc or grpc.aio)."""
+
+    _grpc: Any = grpc
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float = 60.0,
+        max_message_bytes: int = 64 << 20,
+        *,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
+        token: str | None = None,
+        retry: Retry = Retry(),
+    ):
+        """Connects to `target` ("host:port"). Plaintext unless `tls` is set
+        or a certificate is given: `root_certificates` are the CAs trusted to
+        sign the server's certificate (default: the system's), and
+        `client_cert` with `client_key` authenticate this client (mutual TLS).
+        Each is PEM bytes or a file path. `token` is sent as
+        `authorization: Bearer <token>` metadata on every call. `timeout_s`
+        is the deadline of unary calls that pass none (streams have none
+        unless given); `retry` says how UNAVAILABLE is retried."""
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key must be given together")
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=[
+        self.retry = retry
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-        ])
+        ]
+        if tls or root_certificates is not None or client_cert is not None:
+            credentials = grpc.ssl_channel_credentials(
+                _read_pem(root_certificates), _read_pem(client_key), _read_pem(client_cert))
+            self._channel = self._grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = self._grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.SegpressStub(self._channel)
-
-    def __enter__(self) -> "SegpressClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def compress(
-        self,
-        contexts: Sequence[str] | str,
-        *,
-        query: str | None = None,
-        compressor: str = "",
-        rate: float | None = None,
-        target_tokens: int | None = None,
-        force_tokens: Sequence[str] = (),
-        force_reserve_digit: bool = False,
-        drop_consecutive: bool = False,
-        cache: str = "use",
-        namespace: str = "",
-        request_id: str = "",
-        timeout_s: float | None = None,
-    ) -> pb.CompressResponse:
-        """Compresses `contexts` (one string or a list); raises SegpressError."""
-        req = self.request(
-            contexts, query=query, compressor=compressor, rate=rate,
-            target_tokens=target_tokens, force_tokens=force_tokens,
-            force_reserve_digit=force_reserve_digit, drop_consecutive=drop_consecutive,
-            cache=cache, namespace=namespace, request_id=request_id,
-        )
-        return self._call(self._stub.Compress, req, timeout_s)
-
-    def compress_stream(
-        self, requests: Iterable[pb.CompressRequest], timeout_s: float | None = None
-    ) -> Iterator[pb.CompressStreamResponse]:
-        """Sends `requests` (see `request()`) on one stream; yields a result per
-        request, in order, each with its own status."""
-        try:
-            yield from self._stub.CompressStream(iter(requests), timeout=timeout_s)
-        except grpc.RpcError as e:
-            raise SegpressError(e.code(), e.details()) from None
-
-    def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
-        return self._call(self._stub.Info, pb.InfoRequest(), timeout_s)
 
     @staticmethod
     def request(
@@ -119,8 +176,55 @@ class SegpressClient:
             params.drop_consecutive = drop_consecutive
         return req
 
-    def _call(self, method, req, timeout_s):
+
+class SegpressClient(_ClientBase):
+    """Blocking client; see `_ClientBase.__init__` for the options."""
+
+    _channel: grpc.Channel
+
+    def __enter__(self) -> SegpressClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def compress(
+        self, contexts: Sequence[str] | str, *, timeout_s: float | None = None,
+        **options: Unpack[CompressOptions],
+    ) -> pb.CompressResponse:
+        """Compresses `contexts` (one string or a list); `options` are the
+        keywords of `request()`. Raises SegpressError."""
+        return self._call(self._stub.Compress, self.request(contexts, **options), timeout_s)
+
+    def compress_stream(
+        self, requests: Iterable[pb.CompressRequest], timeout_s: float | None = None
+    ) -> Iterator[pb.CompressStreamResponse]:
+        """Sends `requests` (see `request()`) on one stream; yields a result per
+        request, in order, each with its own status."""
         try:
-            return method(req, timeout=timeout_s or self.timeout_s)
+            yield from self._stub.CompressStream(
+                iter(requests), timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as e:
             raise SegpressError(e.code(), e.details()) from None
+
+    def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
+        """Describes the server: version, compressors, models and limits."""
+        return self._call(self._stub.Info, pb.InfoRequest(), timeout_s)
+
+    def _call(self, method: Any, req: Any, timeout_s: float | None) -> Any:
+        """One unary call with the client's metadata and deadline, retried
+        on UNAVAILABLE; raises SegpressError."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        attempt = 1
+        while True:
+            try:
+                return method(req, timeout=deadline - time.monotonic(), metadata=self._metadata)
+            except grpc.RpcError as e:
+                delay = self.retry.delay_s(e, attempt, deadline)
+                if delay is None:
+                    raise SegpressError(e.code(), e.details()) from None
+            time.sleep(delay)
+            attempt += 1
