@@ -4,6 +4,8 @@
     segpress compress FILE|- [--server HOST:PORT] [--rate R | --target-tokens N] [--json]
     segpress info [--server HOST:PORT]
     segpress models pull|list [--json]
+    segpress train llmlingua2 [--epochs N] ...
+    segpress eval [--split dev|test] [--examples N] [--rates 0.33,0.5] ...
 
 Every `serve` flag also reads an environment variable (see service.config).
 `compress` without --server runs the compressor in this process.
@@ -50,13 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
     cfg.add_arguments(info, ["llmlingua2_model", "cache_dir", "device"])
 
-    bench = sub.add_parser("bench", help="compression throughput against the reference")
+    bench = sub.add_parser("bench", help="speed: cold, warm, per-token cost, concurrency")
     bench.add_argument("--docs", type=int, default=16, help="documents (about 620 tokens each)")
     bench.add_argument("--rate", type=float, default=0.33)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--no-reference", action="store_true", help="skip the llmlingua package")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (no 100k-token run)")
     bench.add_argument("--json", action="store_true")
-    cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size"])
+    cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size",
+                              "model_dtype", "redis_url"])
 
     models = sub.add_parser("models", help="manage model files")
     models.add_argument("action", choices=["pull", "list"],
@@ -65,11 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--json", action="store_true")
     cfg.add_arguments(models, ["cache_dir"])
 
+    train = sub.add_parser("train", help="train a model (writes compressors/weights/)")
+    train_models = train.add_subparsers(dest="model", required=True)
+    ll2 = train_models.add_parser("llmlingua2", help="the default llmlingua2 classifier "
+                                  "(defaults: compressors/train_llmlingua2.py TrainConfig)")
+    for flag, kind in (("seed", int), ("epochs", int), ("train-layers", int), ("lr", float),
+                       ("head-lr", float), ("batch-size", int)):
+        ll2.add_argument("--" + flag, type=kind)
+    ll2.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
+    cfg.add_arguments(ll2, ["cache_dir", "torch_threads"])
+
+    ev = sub.add_parser("eval", help="compression quality: reader accuracy against compression ratio")
+    from .evaluation.cli import add_arguments as add_eval_arguments
+    add_eval_arguments(ev)
+    cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
+
+    from . import batch
+    batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
+
     args = ap.parse_args(argv)
     config = cfg.from_args(args)
     setup_logging(config.log_level, config.log_format)
     commands = {"serve": _serve, "compress": _compress, "info": _info, "models": _models,
-                "bench": _bench}
+                "bench": _bench, "batch": batch.main}
+    commands.update(train=_train, eval=_eval)
     return commands[args.command](args, config)
 
 
@@ -160,6 +183,18 @@ def _models(args, config) -> int:
         for r in rows:
             print(f"{r['name']:<24} {r['state']:<8} {r.get('fingerprint', '-'):<64}  {r['path']}")
     return 0 if all(r["state"] == "ok" for r in rows) else 1
+
+
+def _train(args, config) -> int:
+    from compressors.train_llmlingua2 import main as train_main
+
+    return train_main(args, config)
+
+
+def _eval(args, config) -> int:
+    from .evaluation.cli import main as eval_main
+
+    return eval_main(args, config)
 
 
 async def _local(config, run):
