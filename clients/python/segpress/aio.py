@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from .client import CompressOptions, SegpressError, _ClientBase
+from .client import CompressOptions, SegpressError, T, _ClientBase
 from .v1 import segpress_pb2 as pb
+from .v1 import segpress_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -28,6 +29,7 @@ class AsyncSegpressClient(_ClientBase):
 
     _grpc = grpc.aio
     _channel: grpc.aio.Channel
+    _stub: pb_grpc.SegpressAsyncStub
 
     async def __aenter__(self) -> AsyncSegpressClient:
         return self
@@ -54,12 +56,13 @@ class AsyncSegpressClient(_ClientBase):
         """Sends `requests` (see `request()`; a plain or an async iterable) on
         one stream; yields a result per request, in order, each with its own
         status."""
-        call = self._stub.CompressStream(requests, timeout=timeout_s, metadata=self._metadata)
+        it = aiter(requests) if isinstance(requests, AsyncIterable) else iter(requests)
+        call = self._stub.CompressStream(it, timeout=timeout_s, metadata=self._metadata)
         try:
             async for resp in call:
                 yield resp
         except grpc.RpcError as e:
-            raise SegpressError(e.code(), e.details()) from None
+            raise SegpressError(e.code(), e.details() or "") from None
         finally:
             call.cancel()  # a no-op once the stream is done; ends it if the caller stopped early
 
@@ -67,7 +70,7 @@ class AsyncSegpressClient(_ClientBase):
         """Describes the server: version, compressors, models and limits."""
         return await self._call(self._stub.Info, pb.InfoRequest(), timeout_s)
 
-    async def _call(self, method: Any, req: Any, timeout_s: float | None) -> Any:
+    async def _call(self, method: Callable[..., Awaitable[T]], req: Any, timeout_s: float | None) -> T:
         """One unary call with the client's metadata and deadline, retried
         on UNAVAILABLE; raises SegpressError."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
@@ -78,6 +81,6 @@ class AsyncSegpressClient(_ClientBase):
             except grpc.RpcError as e:
                 delay = self.retry.delay_s(e, attempt, deadline)
                 if delay is None:
-                    raise SegpressError(e.code(), e.details()) from None
+                    raise SegpressError(e.code(), e.details() or "") from None
             await asyncio.sleep(delay)
             attempt += 1

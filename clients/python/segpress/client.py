@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import grpc
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # PEM bytes, or the path of a PEM file.
 Pem = bytes | str | os.PathLike[str]
+T = TypeVar("T")
 
 _CACHE_MODES = {
     "use": pb.CACHE_MODE_USE,
@@ -99,6 +100,7 @@ class _ClientBase:
     `_grpc` is the module whose channels a subclass uses (grpc or grpc.aio)."""
 
     _grpc: Any = grpc
+    _stub: Any
 
     def __init__(
         self,
@@ -181,6 +183,7 @@ class SegpressClient(_ClientBase):
     """Blocking client; see `_ClientBase.__init__` for the options."""
 
     _channel: grpc.Channel
+    _stub: pb_grpc.SegpressStub
 
     def __enter__(self) -> SegpressClient:
         return self
@@ -208,13 +211,13 @@ class SegpressClient(_ClientBase):
             yield from self._stub.CompressStream(
                 iter(requests), timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise SegpressError(e.code(), e.details()) from None
+            raise SegpressError(e.code(), e.details() or "") from None
 
     def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
         """Describes the server: version, compressors, models and limits."""
         return self._call(self._stub.Info, pb.InfoRequest(), timeout_s)
 
-    def _call(self, method: Any, req: Any, timeout_s: float | None) -> Any:
+    def _call(self, method: Callable[..., T], req: Any, timeout_s: float | None) -> T:
         """One unary call with the client's metadata and deadline, retried
         on UNAVAILABLE; raises SegpressError."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
@@ -225,6 +228,6 @@ class SegpressClient(_ClientBase):
             except grpc.RpcError as e:
                 delay = self.retry.delay_s(e, attempt, deadline)
                 if delay is None:
-                    raise SegpressError(e.code(), e.details()) from None
+                    raise SegpressError(e.code(), e.details() or "") from None
             time.sleep(delay)
             attempt += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,12 +21,12 @@ if TYPE_CHECKING:
     import torch
 
 # Storage of each dtype: bfloat16 as its raw 16 bits.
-_STORAGE = {
+_STORAGE: dict[int, np.dtype[Any]] = {
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_BFLOAT16: np.dtype("<u2"),
 }
-_NAMES = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16, "bfloat16": pb.DTYPE_BFLOAT16}
+_NAMES: dict[str, int] = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16, "bfloat16": pb.DTYPE_BFLOAT16}
 
 
 def _raw(tensor: pb.Tensor) -> np.ndarray:
@@ -78,11 +78,11 @@ def split_segments(tensor: pb.Tensor) -> list[np.ndarray]:
     return [rows[a:b] for a, b in zip(offsets, offsets[1:])]
 
 
-def from_numpy(array: np.ndarray, dtype: str | int = "float32",
+def from_numpy(array: np.ndarray, dtype: str | pb.DType.ValueType = "float32",
                segment_offsets: Sequence[int] = ()) -> pb.Tensor:
     """A Tensor holding `array` converted to `dtype` ("float32", "float16",
     "bfloat16" or a DType value); bfloat16 rounds to nearest even."""
-    code = _NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    code = _NAMES.get(dtype) if isinstance(dtype, str) else dtype
     if code not in _STORAGE:
         raise ValueError(f"dtype must be one of {sorted(_NAMES)}, got {dtype!r}")
     array = np.asarray(array)
@@ -93,4 +93,4 @@ def from_numpy(array: np.ndarray, dtype: str | int = "float32",
         data = np.where(np.isnan(f32), 0x7FC0, rounded).astype("<u2").tobytes()
     else:
         data = np.ascontiguousarray(array, dtype=_STORAGE[code]).tobytes()
-    return pb.Tensor(dtype=code, shape=array.shape, data=data, segment_offsets=segment_offsets)
+    return pb.Tensor(dtype=pb.DType.ValueType(code), shape=array.shape, data=data, segment_offsets=segment_offsets)
