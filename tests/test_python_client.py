@@ -10,6 +10,7 @@ import asyncio
 import random
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -354,3 +355,26 @@ def test_mutual_tls(connect, certs, tls_credentials):
 def test_client_cert_needs_its_key(certs):
     with pytest.raises(ValueError, match="together"):
         SegpressClient("127.0.0.1:1", client_cert=certs["client_cert"])
+
+
+# --- the README --------------------------------------------------------------
+
+def readme_blocks(section: str, lang: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [b.split("\n", 1)[1] for b in body.split("```")[1::2] if b.startswith(lang + "\n")]
+
+
+@pytest.mark.parametrize("section,lang,sources", [
+    ("Python client", "python", sorted(EXAMPLES.glob("*.py"))),
+    ("Go client", "go", sorted((ROOT / "clients" / "go").rglob("*.go"))),
+])
+def test_readme_snippets_are_cut_from_tested_code(section, lang, sources):
+    """Each code block of the section appears verbatim, at some indentation,
+    in a file the tests run."""
+    code = [f.read_text() for f in sources]
+    blocks = readme_blocks(section, lang)
+    assert blocks
+    for block in blocks:
+        indented = [textwrap.indent(block, prefix) for prefix in ("", "    ", "        ", "\t", "\t\t")]
+        assert any(b in c for b in indented for c in code), f"not in {lang} sources:\n{block}"

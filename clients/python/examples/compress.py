@@ -17,6 +17,7 @@ CHUNKS = [
 
 
 def connection_options(args: argparse.Namespace) -> dict:
+    """The options both clients take; a plaintext server needs none."""
     return dict(
         root_certificates=args.ca,  # CA of the server's certificate (PEM file or bytes): TLS
         client_cert=args.cert,      # with client_key: mutual TLS
@@ -27,8 +28,8 @@ def connection_options(args: argparse.Namespace) -> dict:
     )
 
 
-def blocking(args: argparse.Namespace) -> None:
-    with SegpressClient(args.server, **connection_options(args)) as client:
+def blocking(target: str, options: dict) -> None:
+    with SegpressClient(target, **options) as client:
         resp = client.compress(
             CHUNKS,
             rate=0.33,                 # or target_tokens=300 (shared across contexts)
@@ -52,8 +53,8 @@ def blocking(args: argparse.Namespace) -> None:
             print(e.code.name, e.details)  # INVALID_ARGUMENT contexts[0] is empty ...
 
 
-async def with_asyncio(args: argparse.Namespace) -> None:
-    async with AsyncSegpressClient(args.server, **connection_options(args)) as client:
+async def with_asyncio(target: str, options: dict) -> None:
+    async with AsyncSegpressClient(target, **options) as client:
         info = await client.info()
         print(info.version, [c.name for c in info.compressors])
         resp = await client.compress(CHUNKS, target_tokens=20)
@@ -75,8 +76,9 @@ def main() -> None:
     ap.add_argument("--key", help="client key (PEM), for mutual TLS")
     ap.add_argument("--token", help="auth token")
     args = ap.parse_args()
-    blocking(args)
-    asyncio.run(with_asyncio(args))
+    options = connection_options(args)
+    blocking(args.server, options)
+    asyncio.run(with_asyncio(args.server, options))
 
 
 if __name__ == "__main__":
