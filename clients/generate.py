@@ -94,26 +94,24 @@ LANGUAGES = {  # name: (generator, output directory)
 
 def sync(lang: str, check: bool) -> bool:
     """Generates `lang` into a temporary directory, then compares (check) or
-    copies the files into the repository. Returns False when stale."""
+    updates the repository's files. Returns False when some were stale."""
     generate, dest = LANGUAGES[lang]
+    rel = dest.relative_to(ROOT).as_posix()
     with tempfile.TemporaryDirectory() as tmp:
-        files = generate(Path(tmp))
-        new = {f: Path(tmp) / f for f in files}
-        stale = [f for f, path in new.items() if not path.exists() or not (dest / f).exists()
-                 or not filecmp.cmp(path, dest / f, shallow=False)]
-        rel = dest.relative_to(ROOT).as_posix()
-        if check:
-            for f in stale:
+        out = Path(tmp)
+        stale = [f for f in generate(out) if not (out / f).exists() or not (dest / f).exists()
+                 or not filecmp.cmp(out / f, dest / f, shallow=False)]
+        for f in stale:
+            if check:
                 print(f"stale: {rel}/{f} (run: python clients/generate.py)")
-            return not stale
-        for f, path in new.items():
-            if not path.exists():
+            elif (out / f).exists():
+                (dest / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out / f, dest / f)
+            else:  # left over from an older proto
                 (dest / f).unlink()
-                continue
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest / f)
-        print(f"wrote {len(files)} {lang} files under {rel}/")
-    return True
+    if not check:
+        print(f"{lang}: {len(stale)} files updated under {rel}/")
+    return not (check and stale)
 
 
 def main() -> int:

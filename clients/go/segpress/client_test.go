@@ -108,6 +108,16 @@ func TestCompressStreamIsolatesABadItem(t *testing.T) {
 		}
 		assertKeptWords(t, reqs[i].GetContexts()[0], r.Response.GetText())
 	}
+	// Stopping early ends the stream; the client still works.
+	for r, err := range c.CompressStream(context.Background(), slices.Values(reqs)) {
+		if err != nil || r.Index != 0 {
+			t.Fatalf("first result: %v, %v", r, err)
+		}
+		break
+	}
+	if _, err := c.Info(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestErrorsKeepTheGRPCCode(t *testing.T) {

@@ -207,11 +207,14 @@ class SegpressClient(_ClientBase):
     ) -> Iterator[pb.CompressStreamResponse]:
         """Sends `requests` (see `request()`) on one stream; yields a result per
         request, in order, each with its own status."""
+        responses = self._stub.CompressStream(
+            iter(requests), timeout=timeout_s, metadata=self._metadata)
         try:
-            yield from self._stub.CompressStream(
-                iter(requests), timeout=timeout_s, metadata=self._metadata)
+            yield from responses
         except grpc.RpcError as e:
             raise SegpressError(e.code(), e.details() or "") from None
+        finally:
+            responses.cancel()  # a no-op once the stream is done; ends it if the caller stopped early
 
     def info(self, timeout_s: float | None = None) -> pb.InfoResponse:
         """Describes the server: version, compressors, models and limits."""
