@@ -190,10 +190,10 @@ func (c *Client) CompressStream(ctx context.Context, reqs iter.Seq[*pb.CompressR
 		sendErr := make(chan error, 1)
 		go func() {
 			err := send(stream, reqs)
+			sendErr <- err // before cancel, so that Recv's caller sees it
 			if err != nil {
 				cancel() // ends Recv below
 			}
-			sendErr <- err
 		}()
 		for {
 			msg, err := stream.Recv()

@@ -120,6 +120,18 @@ func TestCompressStreamIsolatesABadItem(t *testing.T) {
 	}
 }
 
+func TestCompressStreamReportsARequestItCannotSend(t *testing.T) {
+	c := liveClient(t)
+	reqs := []*pb.CompressRequest{{Contexts: []string{"fine"}}, {Contexts: []string{"\xff is not UTF-8"}}}
+	var failure error
+	for _, err := range c.CompressStream(context.Background(), slices.Values(reqs)) {
+		failure = err
+	}
+	if failure == nil || !strings.Contains(failure.Error(), "UTF-8") {
+		t.Fatalf("got %v, want the marshaling error", failure)
+	}
+}
+
 func TestErrorsKeepTheGRPCCode(t *testing.T) {
 	c := liveClient(t)
 	cases := []struct {
