@@ -46,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     comp.add_argument("--namespace", default="")
     comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    _add_connection_arguments(comp)
     cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device"])
 
     info = sub.add_parser("info", help="describe a server (or the local setup)")
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
+    _add_connection_arguments(info)
     cfg.add_arguments(info, ["llmlingua2_model", "cache_dir", "device"])
 
     bench = sub.add_parser("bench", help="speed: cold, warm, per-token cost, concurrency")
@@ -96,6 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     return commands[args.command](args, config)
 
 
+def _add_connection_arguments(p: argparse.ArgumentParser) -> None:
+    """How a client subcommand reaches a secured --server."""
+    p.add_argument("--token", default=os.environ.get("SEGPRESS_TOKEN"),
+                   help="bearer token (env SEGPRESS_TOKEN)")
+    p.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
+    p.add_argument("--ca", help="PEM CA file that signed the server's certificate (implies --tls)")
+    p.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
+    p.add_argument("--client-key", help="PEM key of --client-cert")
+
+
+def _connect(args):
+    from segpress import SegpressClient
+
+    return SegpressClient(args.server, tls=args.tls, root_certificates=args.ca,
+                          client_cert=args.client_cert, client_key=args.client_key,
+                          token=args.token)
+
+
 def sample_path():
     """A sample document that ships with segpress."""
     from pathlib import Path
@@ -118,22 +138,23 @@ def _compress(args, config) -> int:
     else:
         path = sample_path() if args.input == "sample" else args.input
         text = open(path, encoding="utf-8").read()
-    req = SegpressClient.request(
-        [text], query=args.query, compressor=args.compressor, rate=args.rate,
+    options = dict(
+        query=args.query, compressor=args.compressor, rate=args.rate,
         target_tokens=args.target_tokens, force_tokens=args.force_tokens,
         force_reserve_digit=args.force_reserve_digit, cache=args.cache,
         namespace=args.namespace,
     )
     if args.server:
-        with SegpressClient(args.server) as client:
+        with _connect(args) as client:
             try:
-                resp = client._call(client._stub.Compress, req, None)
+                resp = client.compress([text], **options)
             except SegpressError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
     else:
         from .pipeline import RequestError
 
+        req = SegpressClient.request([text], **options)
         try:
             resp = asyncio.run(_local(config, lambda p: p.compress(req)))
         except RequestError as e:
@@ -151,9 +172,7 @@ def _compress(args, config) -> int:
 
 def _info(args, config) -> int:
     if args.server:
-        from segpress import SegpressClient
-
-        with SegpressClient(args.server) as client:
+        with _connect(args) as client:
             resp = client.info()
     else:
         async def info(p):

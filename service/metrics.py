@@ -20,5 +20,10 @@ ENCODE_QUEUE = Gauge("segpress_encode_queue_segments", "Segments waiting for the
 
 
 def serve_metrics(host: str, port: int) -> None:
-    if port:
+    if not port:
+        return
+    try:
         start_http_server(port, addr=host)
+    except OSError as e:
+        raise SystemExit(f"cannot serve metrics on {host}:{port} ({e.strerror}); "
+                         "choose another --metrics-port, or 0 to turn metrics off") from None
