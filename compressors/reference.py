@@ -61,3 +61,39 @@ def reference_word_labels(ref, text: str, rate: float) -> list[tuple[str, int]]:
         word, _, label = item.rpartition(label_sep)
         pairs.append((word, int(label)))
     return pairs
+
+
+def reference_llmlingua1(model_dir: str, dtype: str = "float32"):
+    """llmlingua.PromptCompressor (the LLMLingua-1 path) with the decoder in
+    `model_dir` as its scoring LM.
+
+    llmlingua 0.2.2 passes and slices key/value caches as tuples of tensors;
+    transformers 5 decoders take and return Cache objects. The model is
+    wrapped so that each call converts between the two."""
+    import torch
+
+    seed_tiktoken_cache()
+    from llmlingua import PromptCompressor
+
+    ref = PromptCompressor(model_name=str(model_dir), device_map="cpu", model_config={
+        "trust_remote_code": False, "torch_dtype": getattr(torch, dtype)})
+    ref.model = _TupleCacheModel(ref.model)
+    return ref
+
+
+class _TupleCacheModel:
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, past_key_values=None, **kwargs):
+        from transformers import DynamicCache
+
+        if past_key_values is not None and not hasattr(past_key_values, "layers"):
+            past_key_values = DynamicCache(ddp_cache_data=[tuple(kv) for kv in past_key_values])
+        out = self.model(*args, past_key_values=past_key_values, **kwargs)
+        if getattr(out, "past_key_values", None) is not None:
+            out.past_key_values = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return out

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ll2 = train_models.add_parser("llmlingua2", help="the default llmlingua2 classifier "
                                   "(defaults: compressors/train_llmlingua2.py TrainConfig)")
     for flag, kind in (("seed", int), ("epochs", int), ("train-layers", int), ("lr", float),
-                       ("head-lr", float), ("batch-size", int)):
+                       ("head-lr", float), ("batch-size", int), ("max-words", int)):
         ll2.add_argument("--" + flag, type=kind)
     ll2.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
     cfg.add_arguments(ll2, ["cache_dir", "torch_threads"])

@@ -1,0 +1,1 @@
+"""`segpress eval`: compression quality measured with a reader LLM."""

@@ -1,0 +1,66 @@
+"""`segpress eval`: flags and entry point (nothing heavy is imported until it runs)."""
+
+import sys
+from pathlib import Path
+
+DEFAULT_RATES = "0.33,0.5"
+
+
+def add_arguments(ap) -> None:
+    ap.add_argument("--split", default="dev,test", help="dev, test or both (comma list); "
+                    "tune on dev, report test")
+    ap.add_argument("--tasks", default="needle,multidoc", help="comma list: needle, multidoc")
+    ap.add_argument("--examples", type=int, default=24, help="examples per task and split")
+    ap.add_argument("--rates", default=DEFAULT_RATES, help="comma list of rates in (0, 1)")
+    ap.add_argument("--methods", default="", help="comma list (default: all); see "
+                    "service/evaluation/methods.py")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reader-model", default="", help="decoder checkpoint directory "
+                    "(default: SmolLM2-135M-Instruct, pulled)")
+    ap.add_argument("--out", default="", help="folder for eval.json and eval.png "
+                    "(default: --cache-dir/eval)")
+
+
+def main(args, config) -> int:
+    import torch
+
+    from compressors import corpus, models
+
+    from .methods import METHODS, Env
+    from .reader import Reader
+    from .report import table, targets, write
+    from .run import Plan, run, summarize
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    reader_dir = args.reader_model or str(models.ensure_smollm2(config.models_dir))
+    llmlingua2_dir = config.llmlingua2_model or str(models.ensure_default_llmlingua2(config.models_dir))
+    names = [m for m in args.methods.split(",") if m] or list(METHODS)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    env = Env(Path(config.models_dir), Reader(reader_dir), reader_dir, llmlingua2_dir, args.seed)
+    parts = corpus.split(config.cache_dir)
+    rates = [float(r) for r in args.rates.split(",") if r]
+
+    rows = []
+    for split in [s for s in args.split.split(",") if s]:
+        plan = Plan(split, args.tasks.split(","), args.examples, rates, names, args.seed)
+        rows += run(plan, parts[split], env, progress=lambda m: print(m, file=sys.stderr, flush=True)).rows
+    summary = summarize(rows)
+    goals = targets(summary)
+    result = {
+        "command": "segpress " + " ".join(sys.argv[1:]),
+        "reader": {"path": reader_dir, "fingerprint": models.fingerprint(reader_dir),
+                   "dtype": env.reader.dtype, "greedy": True},
+        "llmlingua2": {"path": llmlingua2_dir, "fingerprint": models.fingerprint(llmlingua2_dir)},
+        "data": corpus.PROVENANCE, "torch_threads": torch.get_num_threads(),
+        "summary": summary, "targets": goals, "rows": rows,
+    }
+    json_path, png_path = write(Path(args.out or Path(config.cache_dir) / "eval"), result)
+    print(table(summary))
+    for g in goals:
+        print(f"{g['split']}: {g['target']}: {100 * g['value']:.1f}% vs {100 * g['bar']:.1f}% "
+              f"-> {'met' if g['met'] else 'NOT met'}")
+    print(f"wrote {json_path} and {png_path}")
+    return 0

@@ -1,0 +1,182 @@
+"""Compression methods, side by side at the same rate.
+
+A method has a name and two steps:
+  prepare(example) -> state       rate-independent work (a model pass), once per example
+  compress(example, state, rate) -> the context text the reader gets
+Both are timed; a method's compression time at a rate is the sum.
+
+Adding a method is a class with these two functions and a line in METHODS.
+Each builder gets the shared `Env` (models directory, the reader, the
+checkpoint to use) and builds its models once.
+"""
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compressors.base import ContextParts
+from compressors.llmlingua2 import Params, context_words
+
+from .reader import Reader
+from .tasks import Example
+
+
+@dataclass
+class Env:
+    models_dir: Path
+    reader: Reader
+    reader_dir: str       # the decoder checkpoint (also the LLMLingua-1 scoring LM)
+    llmlingua2_dir: str   # the llmlingua2 checkpoint (segpress and the reference's LLMLingua-2)
+    seed: int = 0
+
+
+class NoCompression:
+    """The whole context; evaluated once, at rate 1."""
+    name = "none"
+
+    def __init__(self, env):
+        pass
+
+    def prepare(self, ex):
+        return None
+
+    def compress(self, ex, state, rate):
+        return ex.context
+
+
+class _WordBudget:
+    """Baselines that keep whole words while they fit round(rate * tokens),
+    tokens counted with the reader's tokenizer (each word with its leading space)."""
+
+    def __init__(self, env):
+        self.reader = env.reader
+        self.seed = env.seed
+
+    def prepare(self, ex):
+        words = [p.split(" ") for p in ex.passages]  # keeps "\n" inside words
+        cost = [[self.reader.count(" " + w) for w in ws] for ws in words]
+        return words, cost
+
+    def compress(self, ex, state, rate):
+        words, cost = state
+        flat = [(i, j) for i, ws in enumerate(words) for j in range(len(ws))]
+        budget = round(rate * self.reader.count(ex.context))
+        keep, used = set(), 0
+        for i, j in self.order(ex, flat):
+            if used + cost[i][j] <= budget:
+                keep.add((i, j))
+                used += cost[i][j]
+        return "\n\n".join(" ".join(w for j, w in enumerate(ws) if (i, j) in keep)
+                           for i, ws in enumerate(words)).strip()
+
+
+class RandomDrop(_WordBudget):
+    """Keeps words in random order (seeded per example) while they fit."""
+    name = "random"
+
+    def order(self, ex, flat):
+        rng = random.Random(f"{self.seed}-{ex.id}")
+        return rng.sample(flat, len(flat))
+
+
+class Truncate(_WordBudget):
+    """Keeps the first words while they fit."""
+    name = "truncate"
+
+    def order(self, ex, flat):
+        return flat
+
+
+class Segpress:
+    """segpress's llmlingua2 compressor with the given checkpoint (the trained
+    default unless --llmlingua2-model says otherwise); one context per passage."""
+    name = "segpress-llmlingua2"
+
+    def __init__(self, env):
+        from compressors.llmlingua2 import LLMLingua2
+
+        self.comp = LLMLingua2(env.llmlingua2_dir, dtype="float32")
+
+    def prepare(self, ex):
+        parts = []
+        for p in ex.passages:
+            segs = self.comp.segment(p)
+            parts.append(ContextParts(p, segs, self.comp.encode([s.text for s in segs])))
+        return parts
+
+    def compress(self, ex, parts, rate):
+        return "\n\n".join(r.text for r in self.comp.render(parts, Params(rate=rate)))
+
+
+class Teacher:
+    """The training teacher as a compressor: SmolLM2 surprisal per word
+    (words as llmlingua2 splits them) in place of the classifier's scores,
+    the same selection and output as segpress. What the student imitates."""
+    name = "teacher-surprisal"
+
+    def __init__(self, env):
+        from compressors.llmlingua2 import LLMLingua2
+        from compressors.surprisal import Surprisal
+
+        self.comp = LLMLingua2(env.llmlingua2_dir, dtype="float32")
+        self.teacher = Surprisal(env.reader_dir)
+
+    def prepare(self, ex):
+        parts = []
+        for p in ex.passages:
+            segs = self.comp.segment(p)
+            encoded = self.comp.encode([s.text for s in segs])
+            spans = context_words(ContextParts(p, segs, encoded))["spans"].astype(np.int64)
+            surprisal = self.teacher.words(p, spans)  # [words of all segments]
+            ends = np.cumsum([len(e["scores"]) for e in encoded])
+            for e, part in zip(encoded, np.split(surprisal, ends[:-1])):
+                e["scores"] = part.astype(np.float32)
+            parts.append(ContextParts(p, segs, encoded))
+        return parts
+
+    def compress(self, ex, parts, rate):
+        return "\n\n".join(r.text for r in self.comp.render(parts, Params(rate=rate)))
+
+
+class ReferenceLLMLingua:
+    """The `llmlingua` package's LLMLingua-1 path (iterative token-level
+    perplexity filter plus its context-level filter), SmolLM2 as its scoring
+    LM, no question (query-agnostic like the others)."""
+    name = "llmlingua1-ref"
+
+    def __init__(self, env):
+        from compressors.reference import reference_llmlingua1
+
+        self.ref = reference_llmlingua1(env.reader_dir, env.reader.dtype)
+
+    def prepare(self, ex):
+        return None
+
+    def compress(self, ex, state, rate):
+        return self.ref.compress_prompt(list(ex.passages), rate=rate)["compressed_prompt"]
+
+
+class ReferenceLLMLingua2:
+    """The `llmlingua` package's LLMLingua-2 path on the same checkpoint as
+    segpress (its per-window percentile rule; it lowercases with an uncased
+    tokenizer)."""
+    name = "llmlingua2-ref"
+
+    def __init__(self, env):
+        from compressors.reference import reference_compressor
+
+        self.ref = reference_compressor(env.llmlingua2_dir)
+
+    def prepare(self, ex):
+        return None
+
+    def compress(self, ex, state, rate):
+        out = self.ref.compress_prompt_llmlingua2(list(ex.passages), rate=rate)
+        return out["compressed_prompt"]
+
+
+METHODS = {m.name: m for m in [
+    NoCompression, RandomDrop, Truncate, ReferenceLLMLingua, ReferenceLLMLingua2, Teacher, Segpress,
+]}

@@ -1,0 +1,151 @@
+"""Question-answering tasks built from the offline essays, with fixed seeds.
+
+needle     one long passage of real text (an essay excerpt) with one fact
+           sentence inserted at a varied depth; a question about that fact.
+multidoc   10 short passages (essay excerpts), each with one fact sentence
+           of the same shape; one holds the fact the question asks about,
+           the others hold distractors (same template, other names/values).
+
+Facts come from a few templates whose answers are a number, a city, a
+colour or a name, so that no single kind of word decides the score. The
+text comes from the essays of one corpus split (compressors/corpus.py):
+"dev" to tune on, "test" to report. The llmlingua2 model never trained on
+either.
+"""
+
+import random
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FIRST = ["Anna", "Boris", "Clara", "Diego", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas",
+         "Kira", "Lars", "Maya", "Nikolai", "Olga", "Pavel", "Rosa", "Sven", "Tara", "Viktor"]
+LAST = ["Almeida", "Brandt", "Castillo", "Dubois", "Eriksen", "Fischer", "Gallo", "Horvat",
+        "Ivanova", "Jensen", "Kowalski", "Lindqvist", "Moreau", "Novak", "Okafor", "Petrov"]
+CITIES = ["Lisbon", "Oslo", "Nairobi", "Montreal", "Osaka", "Valparaiso", "Krakow", "Adelaide",
+          "Tbilisi", "Marrakesh", "Reykjavik", "Cartagena", "Tallinn", "Hanoi", "Porto", "Zagreb"]
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink"]
+OBJECTS = ["bicycle", "boat", "van", "piano", "front door", "kayak", "tractor", "mailbox"]
+PETS = ["Biscuit", "Pepper", "Mango", "Waffles", "Juniper", "Pickles", "Noodle", "Clover",
+        "Marble", "Toffee", "Pretzel", "Sprout"]
+ROOMS = ["storage room", "server room", "garden shed", "back office", "wine cellar", "boathouse",
+         "workshop", "music room", "archive", "greenhouse"]
+
+
+@dataclass
+class Example:
+    id: str
+    task: str
+    passages: list[str]
+    question: str
+    answer: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def context(self) -> str:
+        return "\n\n".join(self.passages)
+
+
+def _fact(rng: random.Random, kind: str):
+    """(subject, fact sentence, question, answer) for a fact template; the
+    subject is what distinguishes one fact of this kind from another."""
+    if kind == "code":
+        room, code = rng.choice(ROOMS), str(rng.randint(1000, 9999))
+        return room, (f"The access code for the {room} is {code}.",
+                      f"What is the access code for the {room}?", code)
+    if kind == "city":
+        person = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        city = rng.choice(CITIES)
+        return person, (f"{person} moved to {city} last spring.",
+                        f"Which city did {person} move to?", city)
+    if kind == "colour":
+        person, obj, colour = rng.choice(FIRST), rng.choice(OBJECTS), rng.choice(COLOURS)
+        return (person, obj), (f"{person} painted the {obj} {colour}.",
+                               f"What colour did {person} paint the {obj}?", colour)
+    person, pet = f"{rng.choice(FIRST)} {rng.choice(LAST)}", rng.choice(PETS)
+    return person, (f"{person} has a dog named {pet}.",
+                    f"What is the name of {person}'s dog?", pet)
+
+
+KINDS = ["code", "city", "colour", "pet"]
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences of a text, paragraph breaks kept as "\n\n" items."""
+    out = []
+    for para in text.split("\n\n"):
+        out += [s for s in re.split(r"(?<=[.?!])\s+(?=[A-Z\"(])", para.strip()) if s]
+        out.append("\n\n")
+    return out[:-1]
+
+
+def _excerpt(rng: random.Random, docs: dict[str, str], words: int) -> list[str]:
+    """About `words` words of consecutive sentences from one essay, starting
+    at a sentence; as a sentence list ("\n\n" marks paragraph breaks)."""
+    name = rng.choice(sorted(docs))
+    sents = _sentences(docs[name])
+    left = np.cumsum([len(s.split()) for s in sents][::-1])[::-1]  # words from each sentence on
+    starts = [i for i, s in enumerate(sents) if s != "\n\n" and left[i] >= words] or [0]
+    start = rng.choice(starts)
+    out, n = [], 0
+    for s in sents[start:]:
+        if n >= words:
+            break
+        out.append(s)
+        n += len(s.split())
+    while out and out[-1] == "\n\n":
+        out.pop()
+    return out
+
+
+def _join(sentences: list[str]) -> str:
+    text = ""
+    for s in sentences:
+        text += s if s == "\n\n" or text.endswith("\n\n") or not text else " " + s
+    return text
+
+
+def needle(docs: dict[str, str], n: int, seed: int, words: int = 300) -> list[Example]:
+    """`n` needle examples; depths cycle through 0.1, 0.3, 0.5, 0.7, 0.9."""
+    rng = random.Random(f"needle-{seed}")
+    out = []
+    for i in range(n):
+        sents = _excerpt(rng, docs, words)
+        _, (fact, question, answer) = _fact(rng, KINDS[i % len(KINDS)])
+        depth = [0.1, 0.3, 0.5, 0.7, 0.9][i % 5]
+        at = round(depth * len(sents))
+        sents = sents[:at] + [fact] + sents[at:]
+        out.append(Example(f"needle-{seed}-{i}", "needle", [_join(sents)], question, answer,
+                           {"depth": depth, "kind": KINDS[i % len(KINDS)]}))
+    return out
+
+
+def multidoc(docs: dict[str, str], n: int, seed: int, passages: int = 10,
+             words: int = 35) -> list[Example]:
+    """`n` multi-document examples; the gold passage's position cycles."""
+    rng = random.Random(f"multidoc-{seed}")
+    out = []
+    for i in range(n):
+        kind = KINDS[i % len(KINDS)]
+        facts, subjects, answers = [], set(), set()
+        while len(facts) < passages:  # distinct subjects and answers
+            subject, fact = _fact(rng, kind)
+            if subject not in subjects and fact[2] not in answers:
+                subjects.add(subject)
+                answers.add(fact[2])
+                facts.append(fact)
+        gold = (i * 3) % passages
+        texts = []
+        for fact, _, _ in facts:
+            sents = _excerpt(rng, docs, words)
+            sents = [s for s in sents if s != "\n\n"]
+            at = rng.randint(0, len(sents))
+            texts.append(_join(sents[:at] + [fact] + sents[at:]))
+        _, question, answer = facts[gold]
+        out.append(Example(f"multidoc-{seed}-{i}", "multidoc", texts, question, answer,
+                           {"gold": gold, "kind": kind}))
+    return out
+
+
+TASKS = {"needle": needle, "multidoc": multidoc}
