@@ -57,7 +57,7 @@ class TrainConfig:
     train_layers: int = 2       # top encoder layers that learn (of 6)
     digit_floor: float = 0.9    # the digit rule
     held_out: float = 0.1       # share of segments held out for the report
-    max_words: int = 40_000     # training essays, in name order, until this many words
+    max_words: int = 100_000    # training essays, in name order, until this many words (all: 76k)
     teacher_window: int = 512
     teacher_stride: int = 384
 

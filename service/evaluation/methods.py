@@ -5,6 +5,11 @@ A method has a name and two steps:
   compress(example, state, rate) -> the context text the reader gets
 Both are timed; a method's compression time at a rate is the sum.
 
+Budgets: the baselines and segpress's methods keep at most round(rate x
+the context's reader tokens); the reference package's methods get the same
+rate but count tiktoken tokens and apply their own budget rules, so they
+land a little above or below it (the achieved ratio is reported for all).
+
 Adding a method is a class with these two functions and a line in METHODS.
 Each builder gets the shared `Env` (models directory, the reader, the
 checkpoint to use) and builds its models once.
@@ -89,15 +94,33 @@ class Truncate(_WordBudget):
         return flat
 
 
+def within_budget(render, rate: float, reader, original_tokens: int) -> str:
+    """render(rate) for the largest rate (at most `rate`) whose output fits
+    round(rate * original_tokens) reader tokens. Methods that count tokens
+    with another tokenizer would otherwise get a different budget than the
+    baselines; this puts them on the reader's (the render is cheap)."""
+    budget = round(rate * original_tokens)
+    r = rate
+    for _ in range(8):
+        text = render(r)
+        n = reader.count(text)
+        if n <= budget:
+            break
+        r *= 0.99 * budget / n
+    return text
+
+
 class Segpress:
     """segpress's llmlingua2 compressor with the given checkpoint (the trained
-    default unless --llmlingua2-model says otherwise); one context per passage."""
+    default unless --llmlingua2-model says otherwise); one context per
+    passage; the budget in reader tokens (within_budget)."""
     name = "segpress-llmlingua2"
 
     def __init__(self, env):
         from compressors.llmlingua2 import LLMLingua2
 
         self.comp = LLMLingua2(env.llmlingua2_dir, dtype="float32")
+        self.reader = env.reader
 
     def prepare(self, ex):
         parts = []
@@ -107,7 +130,9 @@ class Segpress:
         return parts
 
     def compress(self, ex, parts, rate):
-        return "\n\n".join(r.text for r in self.comp.render(parts, Params(rate=rate)))
+        def render(r):
+            return "\n\n".join(x.text for x in self.comp.render(parts, Params(rate=r)))
+        return within_budget(render, rate, self.reader, self.reader.count(ex.context))
 
 
 class Teacher:
@@ -122,6 +147,7 @@ class Teacher:
 
         self.comp = LLMLingua2(env.llmlingua2_dir, dtype="float32")
         self.teacher = Surprisal(env.reader_dir)
+        self.reader = env.reader
 
     def prepare(self, ex):
         parts = []
@@ -137,7 +163,9 @@ class Teacher:
         return parts
 
     def compress(self, ex, parts, rate):
-        return "\n\n".join(r.text for r in self.comp.render(parts, Params(rate=rate)))
+        def render(r):
+            return "\n\n".join(x.text for x in self.comp.render(parts, Params(rate=r)))
+        return within_budget(render, rate, self.reader, self.reader.count(ex.context))
 
 
 class ReferenceLLMLingua:
