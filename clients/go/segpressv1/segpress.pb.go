@@ -216,6 +216,7 @@ type CompressRequest struct {
 	// Types that are valid to be assigned to Params:
 	//
 	//	*CompressRequest_Llmlingua2
+	//	*CompressRequest_Complm
 	Params isCompressRequest_Params `protobuf_oneof:"params"`
 	// Cache use for this request; unset means CACHE_MODE_USE.
 	CacheMode CacheMode `protobuf:"varint,5,opt,name=cache_mode,json=cacheMode,proto3,enum=segpress.v1.CacheMode" json:"cache_mode,omitempty"`
@@ -296,6 +297,15 @@ func (x *CompressRequest) GetLlmlingua2() *LLMLingua2Params {
 	return nil
 }
 
+func (x *CompressRequest) GetComplm() *CompLLMParams {
+	if x != nil {
+		if x, ok := x.Params.(*CompressRequest_Complm); ok {
+			return x.Complm
+		}
+	}
+	return nil
+}
+
 func (x *CompressRequest) GetCacheMode() CacheMode {
 	if x != nil {
 		return x.CacheMode
@@ -325,7 +335,13 @@ type CompressRequest_Llmlingua2 struct {
 	Llmlingua2 *LLMLingua2Params `protobuf:"bytes,4,opt,name=llmlingua2,proto3,oneof"`
 }
 
+type CompressRequest_Complm struct {
+	Complm *CompLLMParams `protobuf:"bytes,8,opt,name=complm,proto3,oneof"`
+}
+
 func (*CompressRequest_Llmlingua2) isCompressRequest_Params() {}
+
+func (*CompressRequest_Complm) isCompressRequest_Params() {}
 
 // Parameters of the llmlingua2 compressor (token classification: every word
 // gets a keep probability; the highest-scoring words are kept).
@@ -418,6 +434,71 @@ func (x *LLMLingua2Params) GetDropConsecutive() bool {
 	return false
 }
 
+// Parameters of the complm compressor (soft tokens: every segment of at most
+// Info's max_segment_tokens tokens becomes ceil(tokens / 2) concept
+// embeddings, vectors in the input-embedding space of one decoder LLM, which
+// reads them in place of the segment's token embeddings). The rate is fixed
+// by the trained weights; the result is the same for any query.
+type CompLLMParams struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Element type of the returned tensors: DTYPE_FLOAT32, DTYPE_FLOAT16 or
+	// DTYPE_BFLOAT16 (rounded to nearest even). Unset (DTYPE_UNSPECIFIED)
+	// means DTYPE_FLOAT32.
+	OutputDtype DType `protobuf:"varint,1,opt,name=output_dtype,json=outputDtype,proto3,enum=segpress.v1.DType" json:"output_dtype,omitempty"`
+	// The decoder the caller will feed the embeddings to, by id or
+	// fingerprint (Info: CompressorInfo.decoder). Empty means the
+	// compressor's own decoder. Any other decoder is INVALID_ARGUMENT, with a
+	// message naming the decoder this server makes embeddings for: embeddings
+	// made for one decoder mean nothing to another.
+	Decoder       string `protobuf:"bytes,2,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompLLMParams) Reset() {
+	*x = CompLLMParams{}
+	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompLLMParams) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompLLMParams) ProtoMessage() {}
+
+func (x *CompLLMParams) ProtoReflect() protoreflect.Message {
+	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompLLMParams.ProtoReflect.Descriptor instead.
+func (*CompLLMParams) Descriptor() ([]byte, []int) {
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CompLLMParams) GetOutputDtype() DType {
+	if x != nil {
+		return x.OutputDtype
+	}
+	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *CompLLMParams) GetDecoder() string {
+	if x != nil {
+		return x.Decoder
+	}
+	return ""
+}
+
 // Soft tokens: embedding vectors a decoder LLM reads in place of text.
 type Tensor struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -442,7 +523,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +535,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +548,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Tensor) GetDtype() DType {
@@ -533,7 +614,7 @@ type CompressedContext struct {
 
 func (x *CompressedContext) Reset() {
 	*x = CompressedContext{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +626,7 @@ func (x *CompressedContext) String() string {
 func (*CompressedContext) ProtoMessage() {}
 
 func (x *CompressedContext) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +639,7 @@ func (x *CompressedContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressedContext.ProtoReflect.Descriptor instead.
 func (*CompressedContext) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CompressedContext) GetText() string {
@@ -618,7 +699,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +711,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +724,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Timings) GetSegmentMs() float64 {
@@ -718,7 +799,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +811,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +824,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Stats) GetOriginalTokens() int64 {
@@ -823,7 +904,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +916,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +929,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{6}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ModelInfo) GetId() string {
@@ -889,7 +970,7 @@ type CompressResponse struct {
 
 func (x *CompressResponse) Reset() {
 	*x = CompressResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +982,7 @@ func (x *CompressResponse) String() string {
 func (*CompressResponse) ProtoMessage() {}
 
 func (x *CompressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +995,7 @@ func (x *CompressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressResponse.ProtoReflect.Descriptor instead.
 func (*CompressResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{7}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CompressResponse) GetRequestId() string {
@@ -980,7 +1061,7 @@ type ItemStatus struct {
 
 func (x *ItemStatus) Reset() {
 	*x = ItemStatus{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1073,7 @@ func (x *ItemStatus) String() string {
 func (*ItemStatus) ProtoMessage() {}
 
 func (x *ItemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1086,7 @@ func (x *ItemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemStatus.ProtoReflect.Descriptor instead.
 func (*ItemStatus) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{8}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ItemStatus) GetCode() int32 {
@@ -1036,7 +1117,7 @@ type CompressStreamResponse struct {
 
 func (x *CompressStreamResponse) Reset() {
 	*x = CompressStreamResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1129,7 @@ func (x *CompressStreamResponse) String() string {
 func (*CompressStreamResponse) ProtoMessage() {}
 
 func (x *CompressStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1142,7 @@ func (x *CompressStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressStreamResponse.ProtoReflect.Descriptor instead.
 func (*CompressStreamResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{9}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompressStreamResponse) GetIndex() int64 {
@@ -1093,7 +1174,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1186,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1199,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{10}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{11}
 }
 
 type CompressorInfo struct {
@@ -1131,13 +1212,17 @@ type CompressorInfo struct {
 	Model *ModelInfo `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
 	// Largest segment, in the compressor's tokens.
 	MaxSegmentTokens int32 `protobuf:"varint,4,opt,name=max_segment_tokens,json=maxSegmentTokens,proto3" json:"max_segment_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// For soft-token compressors: the decoder whose input-embedding space the
+	// output lives in (id and fingerprint, as in Tensor). Unset for text
+	// compressors.
+	Decoder       *ModelInfo `protobuf:"bytes,5,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompressorInfo) Reset() {
 	*x = CompressorInfo{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1234,7 @@ func (x *CompressorInfo) String() string {
 func (*CompressorInfo) ProtoMessage() {}
 
 func (x *CompressorInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1247,7 @@ func (x *CompressorInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressorInfo.ProtoReflect.Descriptor instead.
 func (*CompressorInfo) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{11}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CompressorInfo) GetName() string {
@@ -1193,6 +1278,13 @@ func (x *CompressorInfo) GetMaxSegmentTokens() int32 {
 	return 0
 }
 
+func (x *CompressorInfo) GetDecoder() *ModelInfo {
+	if x != nil {
+		return x.Decoder
+	}
+	return nil
+}
+
 // Limits a request must stay within; exceeding one gives RESOURCE_EXHAUSTED.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1210,7 +1302,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1314,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1327,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{12}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxContexts() int32 {
@@ -1282,7 +1374,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1386,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1399,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{13}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -1342,7 +1434,7 @@ var File_segpress_v1_segpress_proto protoreflect.FileDescriptor
 
 const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\n" +
-	"\x1asegpress/v1/segpress.proto\x12\vsegpress.v1\"\xb1\x02\n" +
+	"\x1asegpress/v1/segpress.proto\x12\vsegpress.v1\"\xe7\x02\n" +
 	"\x0fCompressRequest\x12\x1a\n" +
 	"\bcontexts\x18\x01 \x03(\tR\bcontexts\x12\x19\n" +
 	"\x05query\x18\x02 \x01(\tH\x01R\x05query\x88\x01\x01\x12\x1e\n" +
@@ -1351,7 +1443,8 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"compressor\x12?\n" +
 	"\n" +
 	"llmlingua2\x18\x04 \x01(\v2\x1d.segpress.v1.LLMLingua2ParamsH\x00R\n" +
-	"llmlingua2\x125\n" +
+	"llmlingua2\x124\n" +
+	"\x06complm\x18\b \x01(\v2\x1a.segpress.v1.CompLLMParamsH\x00R\x06complm\x125\n" +
 	"\n" +
 	"cache_mode\x18\x05 \x01(\x0e2\x16.segpress.v1.CacheModeR\tcacheMode\x12\x1c\n" +
 	"\tnamespace\x18\x06 \x01(\tR\tnamespace\x12\x1d\n" +
@@ -1366,7 +1459,10 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x13force_reserve_digit\x18\x04 \x01(\bR\x11forceReserveDigit\x12)\n" +
 	"\x10drop_consecutive\x18\x05 \x01(\bR\x0fdropConsecutiveB\a\n" +
 	"\x05_rateB\x10\n" +
-	"\x0e_target_tokens\"\xd5\x01\n" +
+	"\x0e_target_tokens\"`\n" +
+	"\rCompLLMParams\x125\n" +
+	"\foutput_dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
+	"\adecoder\x18\x02 \x01(\tR\adecoder\"\xd5\x01\n" +
 	"\x06Tensor\x12(\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +
@@ -1422,12 +1518,13 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x03R\x05index\x12/\n" +
 	"\x06status\x18\x02 \x01(\v2\x17.segpress.v1.ItemStatusR\x06status\x129\n" +
 	"\bresponse\x18\x03 \x01(\v2\x1d.segpress.v1.CompressResponseR\bresponse\"\r\n" +
-	"\vInfoRequest\"\xb1\x01\n" +
+	"\vInfoRequest\"\xe3\x01\n" +
 	"\x0eCompressorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x06output\x18\x02 \x01(\x0e2\x17.segpress.v1.OutputKindR\x06output\x12,\n" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
-	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\"\xad\x01\n" +
+	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
+	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\xad\x01\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
@@ -1471,53 +1568,57 @@ func file_segpress_v1_segpress_proto_rawDescGZIP() []byte {
 }
 
 var file_segpress_v1_segpress_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_segpress_v1_segpress_proto_goTypes = []any{
 	(CacheMode)(0),                 // 0: segpress.v1.CacheMode
 	(DType)(0),                     // 1: segpress.v1.DType
 	(OutputKind)(0),                // 2: segpress.v1.OutputKind
 	(*CompressRequest)(nil),        // 3: segpress.v1.CompressRequest
 	(*LLMLingua2Params)(nil),       // 4: segpress.v1.LLMLingua2Params
-	(*Tensor)(nil),                 // 5: segpress.v1.Tensor
-	(*CompressedContext)(nil),      // 6: segpress.v1.CompressedContext
-	(*Timings)(nil),                // 7: segpress.v1.Timings
-	(*Stats)(nil),                  // 8: segpress.v1.Stats
-	(*ModelInfo)(nil),              // 9: segpress.v1.ModelInfo
-	(*CompressResponse)(nil),       // 10: segpress.v1.CompressResponse
-	(*ItemStatus)(nil),             // 11: segpress.v1.ItemStatus
-	(*CompressStreamResponse)(nil), // 12: segpress.v1.CompressStreamResponse
-	(*InfoRequest)(nil),            // 13: segpress.v1.InfoRequest
-	(*CompressorInfo)(nil),         // 14: segpress.v1.CompressorInfo
-	(*Limits)(nil),                 // 15: segpress.v1.Limits
-	(*InfoResponse)(nil),           // 16: segpress.v1.InfoResponse
+	(*CompLLMParams)(nil),          // 5: segpress.v1.CompLLMParams
+	(*Tensor)(nil),                 // 6: segpress.v1.Tensor
+	(*CompressedContext)(nil),      // 7: segpress.v1.CompressedContext
+	(*Timings)(nil),                // 8: segpress.v1.Timings
+	(*Stats)(nil),                  // 9: segpress.v1.Stats
+	(*ModelInfo)(nil),              // 10: segpress.v1.ModelInfo
+	(*CompressResponse)(nil),       // 11: segpress.v1.CompressResponse
+	(*ItemStatus)(nil),             // 12: segpress.v1.ItemStatus
+	(*CompressStreamResponse)(nil), // 13: segpress.v1.CompressStreamResponse
+	(*InfoRequest)(nil),            // 14: segpress.v1.InfoRequest
+	(*CompressorInfo)(nil),         // 15: segpress.v1.CompressorInfo
+	(*Limits)(nil),                 // 16: segpress.v1.Limits
+	(*InfoResponse)(nil),           // 17: segpress.v1.InfoResponse
 }
 var file_segpress_v1_segpress_proto_depIdxs = []int32{
 	4,  // 0: segpress.v1.CompressRequest.llmlingua2:type_name -> segpress.v1.LLMLingua2Params
-	0,  // 1: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
-	1,  // 2: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
-	5,  // 3: segpress.v1.CompressedContext.tensor:type_name -> segpress.v1.Tensor
-	7,  // 4: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
-	6,  // 5: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
-	5,  // 6: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
-	9,  // 7: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
-	8,  // 8: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
-	11, // 9: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
-	10, // 10: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
-	2,  // 11: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
-	9,  // 12: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
-	14, // 13: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
-	15, // 14: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
-	3,  // 15: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
-	3,  // 16: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
-	13, // 17: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
-	10, // 18: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
-	12, // 19: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
-	16, // 20: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	5,  // 1: segpress.v1.CompressRequest.complm:type_name -> segpress.v1.CompLLMParams
+	0,  // 2: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
+	1,  // 3: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
+	1,  // 4: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
+	6,  // 5: segpress.v1.CompressedContext.tensor:type_name -> segpress.v1.Tensor
+	8,  // 6: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
+	7,  // 7: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
+	6,  // 8: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
+	10, // 9: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
+	9,  // 10: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
+	12, // 11: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
+	11, // 12: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
+	2,  // 13: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
+	10, // 14: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
+	10, // 15: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
+	15, // 16: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
+	16, // 17: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
+	3,  // 18: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
+	3,  // 19: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
+	14, // 20: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
+	11, // 21: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
+	13, // 22: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
+	17, // 23: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
+	21, // [21:24] is the sub-list for method output_type
+	18, // [18:21] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_segpress_v1_segpress_proto_init() }
@@ -1527,6 +1628,7 @@ func file_segpress_v1_segpress_proto_init() {
 	}
 	file_segpress_v1_segpress_proto_msgTypes[0].OneofWrappers = []any{
 		(*CompressRequest_Llmlingua2)(nil),
+		(*CompressRequest_Complm)(nil),
 	}
 	file_segpress_v1_segpress_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
@@ -1535,7 +1637,7 @@ func file_segpress_v1_segpress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_segpress_v1_segpress_proto_rawDesc), len(file_segpress_v1_segpress_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

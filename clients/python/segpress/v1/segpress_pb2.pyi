@@ -110,6 +110,7 @@ class CompressRequest(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     COMPRESSOR_FIELD_NUMBER: _builtins.int
     LLMLINGUA2_FIELD_NUMBER: _builtins.int
+    COMPLM_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -140,6 +141,8 @@ class CompressRequest(_message.Message):
 
     @_builtins.property
     def llmlingua2(self) -> Global___LLMLingua2Params: ...
+    @_builtins.property
+    def complm(self) -> Global___CompLLMParams: ...
     def __init__(
         self,
         *,
@@ -147,17 +150,18 @@ class CompressRequest(_message.Message):
         query: _builtins.str | None = ...,
         compressor: _builtins.str = ...,
         llmlingua2: Global___LLMLingua2Params | None = ...,
+        complm: Global___CompLLMParams | None = ...,
         cache_mode: Global___CacheMode.ValueType = ...,
         namespace: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "llmlingua2", b"llmlingua2", "params", b"params", "query", b"query"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "complm", b"complm", "llmlingua2", b"llmlingua2", "params", b"params", "query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "cache_mode", b"cache_mode", "compressor", b"compressor", "contexts", b"contexts", "llmlingua2", b"llmlingua2", "namespace", b"namespace", "params", b"params", "query", b"query", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "cache_mode", b"cache_mode", "complm", b"complm", "compressor", b"compressor", "contexts", b"contexts", "llmlingua2", b"llmlingua2", "namespace", b"namespace", "params", b"params", "query", b"query", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__query: _TypeAlias = _typing.Literal["query"]  # noqa: Y015
     _WhichOneofArgType__query: _TypeAlias = _typing.Literal["_query", b"_query"]  # noqa: Y015
-    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["llmlingua2"]  # noqa: Y015
+    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["llmlingua2", "complm"]  # noqa: Y015
     _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__query) -> _WhichOneofReturnType__query | None: ...
@@ -226,6 +230,45 @@ class LLMLingua2Params(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__target_tokens) -> _WhichOneofReturnType__target_tokens | None: ...
 
 Global___LLMLingua2Params: _TypeAlias = LLMLingua2Params  # noqa: Y015
+
+@_typing.final
+class CompLLMParams(_message.Message):
+    """Parameters of the complm compressor (soft tokens: every segment of at most
+    Info's max_segment_tokens tokens becomes ceil(tokens / 2) concept
+    embeddings, vectors in the input-embedding space of one decoder LLM, which
+    reads them in place of the segment's token embeddings). The rate is fixed
+    by the trained weights; the result is the same for any query.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
+    DECODER_FIELD_NUMBER: _builtins.int
+    output_dtype: Global___DType.ValueType
+    """Element type of the returned tensors: DTYPE_FLOAT32, DTYPE_FLOAT16 or
+    DTYPE_BFLOAT16 (rounded to nearest even). Unset (DTYPE_UNSPECIFIED)
+    means DTYPE_FLOAT32.
+    """
+    decoder: _builtins.str
+    """The decoder the caller will feed the embeddings to, by id or
+    fingerprint (Info: CompressorInfo.decoder). Empty means the
+    compressor's own decoder. Any other decoder is INVALID_ARGUMENT, with a
+    message naming the decoder this server makes embeddings for: embeddings
+    made for one decoder mean nothing to another.
+    """
+    def __init__(
+        self,
+        *,
+        output_dtype: Global___DType.ValueType = ...,
+        decoder: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompLLMParams: _TypeAlias = CompLLMParams  # noqa: Y015
 
 @_typing.final
 class Tensor(_message.Message):
@@ -594,6 +637,7 @@ class CompressorInfo(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_SEGMENT_TOKENS_FIELD_NUMBER: _builtins.int
+    DECODER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to put in CompressRequest.compressor."""
     output: Global___OutputKind.ValueType
@@ -604,6 +648,13 @@ class CompressorInfo(_message.Message):
     def model(self) -> Global___ModelInfo:
         """The model it runs."""
 
+    @_builtins.property
+    def decoder(self) -> Global___ModelInfo:
+        """For soft-token compressors: the decoder whose input-embedding space the
+        output lives in (id and fingerprint, as in Tensor). Unset for text
+        compressors.
+        """
+
     def __init__(
         self,
         *,
@@ -611,10 +662,11 @@ class CompressorInfo(_message.Message):
         output: Global___OutputKind.ValueType = ...,
         model: Global___ModelInfo | None = ...,
         max_segment_tokens: _builtins.int = ...,
+        decoder: Global___ModelInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_segment_tokens", b"max_segment_tokens", "model", b"model", "name", b"name", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "max_segment_tokens", b"max_segment_tokens", "model", b"model", "name", b"name", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
