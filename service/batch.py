@@ -85,8 +85,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ray-cpus-per-actor", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     cfg.add_arguments(p, ["redis_url", "cache_dir", "cache_ttl_s", "cache_timeout_s",
-                          "llmlingua2_model", "device", "batch_size", "torch_threads",
-                          "max_request_bytes"])
+                          "llmlingua2_model", "device", "model_dtype", "batch_size",
+                          "max_batch_segments", "torch_threads", "max_request_bytes",
+                          "max_request_tokens"])
 
 
 def main(args, config) -> int:

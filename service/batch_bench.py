@@ -4,10 +4,12 @@
 
 Writes `--docs` distinct chunks (about 280 tokens each, one segment, built
 from the bundled sample) to a temporary JSONL file, then runs
-`segpress batch --json` on it twice, in this order: in-process, then --ray
-with a local Ray instance; each run in a fresh namespace, so both compute
-every segment. Prints one line per run and both summaries as JSON. Extra
-arguments (for example --redis-url URL) go to both runs. Not part of CI.
+`segpress batch --json` on it three times, in this order: in-process with
+torch's default threads ("local"), in-process with one torch thread
+("local-1t"), and --ray with a local Ray instance (one thread per actor);
+each run in a fresh namespace, so every run computes every segment. Prints
+one line per run and the summaries as JSON. Extra arguments (for example
+--redis-url URL) go to every run. Not part of CI.
 """
 
 import argparse
@@ -38,15 +40,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="segpress-batch-bench-") as tmp:
         data = Path(tmp) / "chunks.jsonl"
         data.write_text("".join(json.dumps(c) + "\n" for c in chunks(args.docs)))
-        for mode, flags in (("local", []), ("ray", ["--ray", "--ray-actors", args.ray_actors])):
+        for mode, flags in (("local", []), ("local-1t", ["--torch-threads", "1"]),
+                            ("ray", ["--ray", "--ray-actors", args.ray_actors])):
             cmd = [sys.executable, "-m", "service.cli", "batch", str(data), f"{tmp}/out-{mode}",
                    "--namespace", f"bench-{uuid.uuid4().hex[:8]}", "--json", *flags, *extra]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode:
-                print(run.stderr, file=sys.stderr)
-                return run.returncode
+                print(f"{mode} run failed (exit {run.returncode}):\n{run.stderr}", file=sys.stderr)
+                return 1
             s = results[mode] = json.loads(run.stdout)
-            print(f"{mode:5}  {s['rows']} rows, {s['original_tokens']} tokens: "
+            print(f"{mode:8}  {s['rows']} rows, {s['original_tokens']} tokens: "
                   f"{s['rows_per_s']:.1f} rows/s, {s['tokens_per_s']:.0f} tokens/s "
                   f"({s['seconds']:.1f}s; {s['total_seconds']:.1f}s with start-up)")
     print(json.dumps(results, indent=1))

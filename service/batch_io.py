@@ -80,7 +80,6 @@ class Part:
 @dataclass
 class Plan:
     parts: list[Part]
-    records: int
     duplicates: int
     duplicate_ids: list[str]      # the first few, for the warning
 
@@ -223,7 +222,7 @@ def plan(source, part_rows: int) -> Plan:
     seen: set[str] = set()
     parts: list[Part] = []
     duplicate_ids: list[str] = []
-    n_records = n_duplicates = 0
+    n_duplicates = 0
     current: list[tuple[int, int]] = []  # (row, end offset) of this part's records
     skip: list[int] = []
     start_row = start_offset = 0  # a part starts where the previous one ends
@@ -236,7 +235,6 @@ def plan(source, part_rows: int) -> Plan:
         start_row, start_offset, current, skip = stop, end, [], []
 
     for row, rid, end in source.scan():
-        n_records += 1
         current.append((row, end))
         if rid is not None:
             if rid in seen:
@@ -250,7 +248,7 @@ def plan(source, part_rows: int) -> Plan:
             close()
     if current:
         close()
-    return Plan(parts, n_records - n_duplicates, n_duplicates, duplicate_ids)
+    return Plan(parts, n_duplicates, duplicate_ids)
 
 
 def signature(source) -> list:
