@@ -4,7 +4,7 @@ The driver (this process) plans the parts, checks the manifest and shows the
 progress, as a local run does. The parts still to do become a Ray dataset of
 part numbers; `map_batches` hands them out, one at a time, to a pool of
 PartWorker actors. Each actor loads the models once (the in-process pipeline
-of service.batch), and for each part reads the part's records from INPUT,
+of service.batch_job), and for each part reads the part's records from INPUT,
 compresses them (warming the shared Redis) and writes the part file
 atomically. Only each part's numbers come back to the driver. Parts are the
 same files as in a local run, so a job started locally can be resumed on Ray
@@ -29,7 +29,7 @@ import ray
 
 from cache.embedded import start_embedded
 
-from .batch import LocalBackend, Stats, probe, process_part
+from .batch_job import LocalBackend, Stats, probe, process_part
 from .batch_io import BatchError
 
 
@@ -64,7 +64,8 @@ class RayRunner:
         self.embedded = None
         if not config.redis_url:
             if address:
-                raise BatchError("--ray on a cluster needs --redis-url, a Redis every worker reaches")
+                raise BatchError("--ray on a cluster needs --redis-url, a Redis that every "
+                                 "worker reaches")
             # One embedded Redis on this machine, shared by the local actors.
             self.embedded, url = start_embedded(config.cache_dir)
             config = dataclasses.replace(config, redis_url=url)

@@ -1,6 +1,8 @@
 """`segpress batch`: output, failures as rows, kill and resume, server mode,
 Ray, cache warming. Real model, real Redis, real server and a local Ray."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -46,9 +48,6 @@ def common(model_dir, redis_proc, tmp_path_factory) -> list[str]:
 
 def batch(*args: str) -> dict:
     """Runs `segpress batch ... --json` in this process; returns the summary."""
-    import contextlib
-    import io
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = cli.main(["batch", *args, "--json"])
@@ -72,7 +71,8 @@ def reference(docs_file, common, tmp_path_factory) -> Path:
     """An uninterrupted local run over docs_file."""
     out = tmp_path_factory.mktemp("batch-ref") / "out"
     s = batch(str(docs_file), str(out), *common, "--namespace", "batch-ref")
-    assert (s["rows"], s["ok"], s["parts"], s["output_rows"]) == (N_DOCS, N_DOCS, N_DOCS // PART_ROWS, N_DOCS)
+    assert (s["rows"], s["ok"], s["output_rows"]) == (N_DOCS, N_DOCS, N_DOCS)
+    assert s["parts"] == N_DOCS // PART_ROWS
     assert s["cache_misses"] >= N_DOCS and s["tokens_per_s"] > 0
     return out
 
@@ -131,7 +131,7 @@ def test_kill_and_resume_gives_the_uninterrupted_output(reference, docs_file, co
     out = tmp_path / "out"
     args = [str(docs_file), str(out), *common, "--namespace", "batch-resume"]
     proc = segpress("batch", *args)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while len(list(out.glob("part-*.parquet"))) < 3:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "no parts written"
