@@ -5,7 +5,9 @@
     segpress info [--server HOST:PORT]
     segpress models pull|list [--json]
     segpress train llmlingua2 [--epochs N] ...
+    segpress train complm [--steps N] ...
     segpress eval [--split dev|test] [--examples N] [--rates 0.33,0.5] ...
+    segpress eval complm [--examples N] [--prefill 1024,4096,8192] ...
 
 Every `serve` flag also reads an environment variable (see service.config).
 `compress` without --server runs the compressor in this process.
@@ -80,11 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         ll2.add_argument("--" + flag, type=kind)
     ll2.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
     cfg.add_arguments(ll2, ["cache_dir", "torch_threads"])
+    clm = train_models.add_parser("complm", help="the complm LoRA + head "
+                                  "(defaults: compressors/train_complm.py TrainConfig)")
+    for flag, kind in (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
+                       ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rank", int),
+                       ("dev-examples", int)):
+        clm.add_argument("--" + flag, type=kind)
+    clm.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
+    cfg.add_arguments(clm, ["cache_dir", "torch_threads"])
 
     ev = sub.add_parser("eval", help="compression quality: reader accuracy against compression ratio")
     from .evaluation.cli import add_arguments as add_eval_arguments
     add_eval_arguments(ev)
     cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
+    from .evaluation.soft import add_arguments as add_soft_arguments
+    add_soft_arguments(ev.add_subparsers(dest="eval_target").add_parser(
+        "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time"))
 
     from . import batch
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
@@ -205,13 +218,19 @@ def _models(args, config) -> int:
 
 
 def _train(args, config) -> int:
-    from compressors.train_llmlingua2 import main as train_main
+    if args.model == "complm":
+        from compressors.train_complm import main as train_main
+    else:
+        from compressors.train_llmlingua2 import main as train_main
 
     return train_main(args, config)
 
 
 def _eval(args, config) -> int:
-    from .evaluation.cli import main as eval_main
+    if getattr(args, "eval_target", None) == "complm":
+        from .evaluation.soft import main as eval_main
+    else:
+        from .evaluation.cli import main as eval_main
 
     return eval_main(args, config)
 

@@ -34,6 +34,11 @@ class Config:
     llmlingua2_model: str = field(default="", metadata={
         "help": "LLMLingua-2 checkpoint directory or hub id; empty builds the default "
                 "under --cache-dir/models"})
+    compressors: str = field(default="llmlingua2", metadata={
+        "help": "comma list of compressors to load: llmlingua2, complm (complm builds "
+                "SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
+    complm_weights: str = field(default="", metadata={
+        "help": "complm LoRA + head (safetensors from segpress train complm); empty: the shipped ones"})
     device: str = field(default="cpu", metadata={"help": "torch device for models"})
     torch_threads: int = field(default=0, metadata={
         "help": "torch intra-op threads for the model (0: torch's default)"})

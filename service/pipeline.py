@@ -101,6 +101,8 @@ class Pipeline:
         params = _params(name, req)
         try:
             params.check()
+            if hasattr(compressor, "check_params"):  # checks that need the model (complm.decoder)
+                compressor.check_params(params)
         except InvalidParams as e:
             raise RequestError(invalid, str(e)) from None
         return compressor, params
@@ -184,6 +186,8 @@ class Pipeline:
             resp.contexts.add(text=r.text, original_tokens=r.original_tokens,
                               compressed_tokens=r.compressed_tokens, segments=len(segs))
         resp.text = "\n\n".join(r.text for r in rendered)
+        if compressor.output == "tensor":
+            _put_tensors(resp, rendered, compressor, params.output_dtype, self.config.max_message_bytes)
         n_segments = sum(len(s) for s in segmented)
         stats.segments = n_segments
         stats.cache_misses = sum(1 for ks in keys for k in ks if k in missing)
@@ -216,6 +220,9 @@ class Pipeline:
                 model=pb.ModelInfo(id=c.model_id, fingerprint=c.fingerprint),
                 max_segment_tokens=c.max_segment_tokens,
             )
+            if c.output == "tensor":
+                resp.compressors[-1].decoder.id = c.decoder_id
+                resp.compressors[-1].decoder.fingerprint = c.decoder_fingerprint
         cfg = self.config
         resp.limits.max_contexts = cfg.max_contexts
         resp.limits.max_request_bytes = cfg.max_request_bytes
@@ -237,7 +244,43 @@ def _params(name: str, req: pb.CompressRequest):
             force_reserve_digit=p.force_reserve_digit,
             drop_consecutive=p.drop_consecutive,
         )
+    if name == "complm":
+        from compressors.complm import Params
+
+        p = req.complm
+        dtype = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
+                 pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}.get(
+                     p.output_dtype, f"DType value {p.output_dtype}")
+        return Params(output_dtype=dtype, decoder=p.decoder)
     raise AssertionError(f"no parameter mapping for compressor {name}")
+
+
+def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, max_bytes: int) -> None:
+    """Soft tokens into the response: each context's tensor, and all of them
+    concatenated in CompressResponse.tensor, in `dtype`, with segment row
+    offsets and the decoder they are for."""
+    import numpy as np
+    from segpress.tensors import from_numpy
+
+    rows = sum(len(r.tensor) for r in rendered)
+    hidden = rendered[0].tensor.shape[1]
+    size = 2 * rows * hidden * (4 if dtype == "float32" else 2)  # every row is sent twice
+    if size > max_bytes:
+        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the response would hold {rows} rows of {hidden} {dtype} twice "
+                           f"(per context and in total), about {size} bytes; the limit is "
+                           f"max_message_bytes={max_bytes}: send fewer or shorter contexts per "
+                           "request, or ask for complm.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
+
+    def tensor(array, segment_rows):
+        t = from_numpy(array, dtype, np.concatenate([[0], np.cumsum(segment_rows, dtype=np.int64)]))
+        t.decoder_id, t.decoder_fingerprint = compressor.decoder_id, compressor.decoder_fingerprint
+        return t
+
+    for r, ctx in zip(rendered, resp.contexts):
+        ctx.tensor.CopyFrom(tensor(r.tensor, r.segment_rows))
+    resp.tensor.CopyFrom(tensor(np.concatenate([r.tensor for r in rendered]),
+                                [n for r in rendered for n in r.segment_rows]))
 
 
 def _max_force_tokens() -> int:

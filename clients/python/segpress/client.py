@@ -34,6 +34,13 @@ _CACHE_MODES = {
 }
 
 
+_DTYPES = {
+    "float32": pb.DTYPE_FLOAT32,
+    "float16": pb.DTYPE_FLOAT16,
+    "bfloat16": pb.DTYPE_BFLOAT16,
+}
+
+
 class SegpressError(Exception):
     """A failed call; `code` is the grpc.StatusCode, `details` the server's message."""
 
@@ -83,6 +90,8 @@ class CompressOptions(TypedDict, total=False):
     force_tokens: Sequence[str]
     force_reserve_digit: bool
     drop_consecutive: bool
+    output_dtype: str | None
+    decoder: str
     cache: str
     namespace: str
     request_id: str
@@ -151,11 +160,18 @@ class _ClientBase:
         force_tokens: Sequence[str] = (),
         force_reserve_digit: bool = False,
         drop_consecutive: bool = False,
+        output_dtype: str | None = None,
+        decoder: str = "",
         cache: str = "use",
         namespace: str = "",
         request_id: str = "",
     ) -> pb.CompressRequest:
-        """Builds a CompressRequest from keyword arguments."""
+        """Builds a CompressRequest from keyword arguments.
+
+        rate, target_tokens, force_tokens, force_reserve_digit and
+        drop_consecutive are llmlingua2 parameters; output_dtype ("float32",
+        "float16" or "bfloat16") and decoder (the decoder id or fingerprint
+        the soft tokens are for) are complm's. Setting both kinds is an error."""
         if isinstance(contexts, str):
             contexts = [contexts]
         if cache not in _CACHE_MODES:
@@ -176,6 +192,14 @@ class _ClientBase:
             params.force_tokens.extend(force_tokens)
             params.force_reserve_digit = force_reserve_digit
             params.drop_consecutive = drop_consecutive
+        if output_dtype is not None or decoder:
+            if req.HasField("llmlingua2"):
+                raise ValueError("output_dtype and decoder (complm) cannot be combined with "
+                                 "llmlingua2 parameters")
+            if output_dtype is not None and output_dtype not in _DTYPES:
+                raise ValueError(f"output_dtype must be one of {sorted(_DTYPES)}, got {output_dtype!r}")
+            req.complm.output_dtype = _DTYPES[output_dtype or "float32"]
+            req.complm.decoder = decoder
         return req
 
 

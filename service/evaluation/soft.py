@@ -1,0 +1,301 @@
+"""`segpress eval complm`: what the concept embeddings are worth to the decoder.
+
+The decoder is a fresh, unmodified SmolLM2-135M-Instruct (the reader); the
+CEs come from the complm compressor exactly as the server makes them
+(segment -> encode -> render). All text is from the held-out "test" essays
+(compressors/corpus.py); complm trained on "train" only.
+
+1. Continuation loss. Each example is `context` tokens of an essay and the
+   `continuation` tokens after it. The decoder's mean cross-entropy on the
+   continuation is measured after [eot] and:
+       none        nothing
+       full        the context's tokens
+       ce          the context's CEs
+       ce_other    the CEs of a context from a different essay (control)
+       truncated   the last m context tokens, m = the number of CEs (the
+                   same number of positions as the CEs)
+   gap closed = (loss_none - loss_ce) / (loss_none - loss_full). 95%
+   confidence intervals: percentile bootstrap over examples (paired: every
+   resample recomputes every condition on the same examples), fixed seed.
+2. Needle QA. The evaluation harness's needle task (a fact sentence inside
+   an essay excerpt, a question about it) answered by the reader with its
+   fixed prompt, the context given as text, as CEs (segpress.soft_tokens),
+   or not at all.
+3. Prefill. Median time of one decoder forward pass (the prefill before the
+   first generated token) over [eot] + N context tokens against [eot] + the
+   N/2 CEs, for N in --prefill; and the time to make the CEs from nothing
+   (a cache miss; a hit costs only the cache lookup).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--examples", type=int, default=64, help="continuation-loss examples")
+    p.add_argument("--context-tokens", type=int, default=128, help="context tokens per example")
+    p.add_argument("--continuation", type=int, default=32, help="continuation tokens scored")
+    p.add_argument("--needles", type=int, default=20, help="needle QA examples (0: skip)")
+    p.add_argument("--needle-words", type=int, default=300, help="words of each needle context")
+    p.add_argument("--prefill", default="1024,4096,8192", help="context lengths to time ('': skip)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="JSON result file (default: --cache-dir/eval/complm.json)")
+    # Configuration flags here too (`segpress eval complm --cache-dir D`); SUPPRESS keeps
+    # a value given before `complm` from being reset.
+    for flag, kind in (("--cache-dir", str), ("--torch-threads", int), ("--model-dtype", str),
+                       ("--complm-weights", str)):
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help="as for segpress serve")
+
+
+# -- statistics ------------------------------------------------------------------
+
+
+def bootstrap(losses: dict[str, np.ndarray], n: int, seed: int) -> dict:
+    """Means, paired differences and the gap closed, each with a 95% CI."""
+    def stats(idx):
+        m = {k: float(v[idx].mean()) for k, v in losses.items()}
+        return {
+            **{f"loss_{k}": v for k, v in m.items()},
+            "none_minus_ce": m["none"] - m["ce"],
+            "ce_other_minus_ce": m["ce_other"] - m["ce"],
+            "truncated_minus_ce": m["truncated"] - m["ce"],
+            "gap_closed": (m["none"] - m["ce"]) / (m["none"] - m["full"]),
+            "gap_closed_truncated": (m["none"] - m["truncated"]) / (m["none"] - m["full"]),
+            "gap_closed_ce_other": (m["none"] - m["ce_other"]) / (m["none"] - m["full"]),
+        }
+    size = len(next(iter(losses.values())))
+    point = stats(np.arange(size))
+    rng = np.random.default_rng(seed)
+    draws = [stats(rng.integers(0, size, size)) for _ in range(n)]
+    return {k: {"value": v, "ci95": [float(np.percentile([d[k] for d in draws], 2.5)),
+                                     float(np.percentile([d[k] for d in draws], 97.5))]}
+            for k, v in point.items()}
+
+
+# -- 1. continuation loss -----------------------------------------------------------
+
+
+def continuation_losses(decoder, comp, examples: list[dict], bos_id: int):
+    """Per-condition losses [examples], and the CE rows of each example."""
+    import torch
+    import torch.nn.functional as F
+
+    E = decoder.get_input_embeddings()
+    dtype = E.weight.dtype
+
+    def ces(text):
+        segs = comp.segment(text)
+        rendered = comp.render([_parts(text, segs, comp.encode([s.text for s in segs]))], comp.Params())[0]
+        return torch.from_numpy(rendered.tensor).to(dtype)
+
+    def loss(prefix: torch.Tensor, cont: list[int]) -> float:
+        x = torch.cat([E(torch.tensor([bos_id])), prefix.to(dtype), E(torch.tensor(cont))])[None]
+        logits = decoder(inputs_embeds=x).logits[0, -len(cont) - 1 : -1].float()
+        return F.cross_entropy(logits, torch.tensor(cont)).item()
+
+    all_ces = [ces(ex["context"]) for ex in examples]
+    # The control: CEs of the next example from another essay.
+    other = [next(j for j in list(range(i + 1, len(examples))) + list(range(i))
+                  if examples[j]["doc"] != ex["doc"]) for i, ex in enumerate(examples)]
+    out = {k: [] for k in ("none", "full", "ce", "ce_other", "truncated")}
+    with torch.inference_mode():
+        empty = E.weight.new_zeros((0, E.embedding_dim))
+        for ex, ce, j in zip(examples, all_ces, other):
+            cont, ctx = ex["continuation"], ex["context_ids"]
+            out["none"].append(loss(empty, cont))
+            out["full"].append(loss(E(torch.tensor(ctx)), cont))
+            out["ce"].append(loss(ce, cont))
+            out["ce_other"].append(loss(all_ces[j], cont))
+            out["truncated"].append(loss(E(torch.tensor(ctx[len(ctx) - len(ce):])), cont))
+    return {k: np.asarray(v) for k, v in out.items()}, [len(c) for c in all_ces]
+
+
+def _parts(text, segs, encoded):
+    from compressors.base import ContextParts
+
+    return ContextParts(text, segs, encoded)
+
+
+def _tensor(comp, text: str):
+    """The CEs of `text` as the wire Tensor a client gets."""
+    from segpress.tensors import from_numpy
+
+    segs = comp.segment(text)
+    r = comp.render([_parts(text, segs, comp.encode([s.text for s in segs]))], comp.Params())[0]
+    t = from_numpy(r.tensor, "float32", np.concatenate([[0], np.cumsum(r.segment_rows)]))
+    t.decoder_id = comp.decoder_id
+    return t
+
+
+# -- 2. needle QA -------------------------------------------------------------------
+
+
+def needle_qa(reader, comp, docs: dict[str, str], n: int, words: int, seed: int, progress) -> dict:
+    from segpress.soft_tokens import generate
+
+    from .reader import PROMPT, contains
+    from .tasks import needle
+
+    rows = []
+    for ex in needle(docs, n, seed, words=words):
+        prompt = PROMPT.replace("{question}", ex.question)
+        answers = {
+            "full": reader.answer(ex.context, ex.question),
+            "ce": generate(_tensor(comp, ex.context), reader.model, reader.tokenizer, prompt,
+                           max_new_tokens=reader.max_new_tokens),
+            "none": reader.answer("", ex.question),
+        }
+        rows.append({"id": ex.id, "answer": ex.answer, "context_tokens": reader.count(ex.context),
+                     **{k: {"text": v, "correct": contains(v, ex.answer)} for k, v in answers.items()}})
+        progress(f"needle {len(rows)}/{n}: {ex.answer!r} full={answers['full']!r} ce={answers['ce']!r}")
+    acc = {k: sum(r[k]["correct"] for r in rows) / max(len(rows), 1) for k in ("full", "ce", "none")}
+    return {"accuracy": acc, "examples": len(rows),
+            "mean_context_tokens": statistics.mean(r["context_tokens"] for r in rows) if rows else 0,
+            "rows": rows}
+
+
+# -- 3. prefill -----------------------------------------------------------------------
+
+
+def prefill_times(decoder, comp, tok, docs: dict[str, str], lengths: list[int], repeats: int,
+                  bos_id: int, progress) -> list[dict]:
+    import torch
+
+    E = decoder.get_input_embeddings()
+    ids = []
+    for name in sorted(docs):
+        ids += tok(docs[name] + "\n\n", add_special_tokens=False)["input_ids"]
+    rows = []
+    for n in lengths:
+        if n > len(ids):
+            raise SystemExit(f"--prefill {n}: the test essays hold only {len(ids)} tokens")
+        text = tok.decode(ids[:n])
+
+        def forward(x):
+            with torch.inference_mode():
+                h = decoder.model(inputs_embeds=x[None], use_cache=True).last_hidden_state
+                decoder.lm_head(h[:, -1])  # the first token's logits
+
+        def timed(fn):
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            return statistics.median(times)
+
+        with torch.inference_mode():
+            full = torch.cat([E(torch.tensor([bos_id])), E(torch.tensor(ids[:n]))])
+            segs = comp.segment(text)
+            ce = torch.from_numpy(np.concatenate([e["ces"] for e in comp.encode([s.text for s in segs])]))
+            soft = torch.cat([E(torch.tensor([bos_id])), ce.to(E.weight.dtype)])
+        row = {"context_tokens": n, "ce_rows": len(ce),
+               "prefill_full_s": timed(lambda: forward(full)),
+               "prefill_ce_s": timed(lambda: forward(soft)),
+               "compress_s": timed(lambda: comp.encode([s.text for s in segs]))}
+        row["speedup_cached"] = row["prefill_full_s"] / row["prefill_ce_s"]
+        row["speedup_uncached"] = row["prefill_full_s"] / (row["prefill_ce_s"] + row["compress_s"])
+        rows.append(row)
+        progress(f"prefill {json.dumps(row)}")
+    return rows
+
+
+# -- the command --------------------------------------------------------------------
+
+
+def main(args, config) -> int:
+    import torch
+
+    from compressors import corpus, models
+    from compressors.complm import DEFAULT_WEIGHTS, CompLLM
+    from compressors.train_complm import examples
+
+    from .reader import Reader
+
+    def progress(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    decoder_dir = models.ensure_smollm2(config.models_dir)
+    weights = config.complm_weights or DEFAULT_WEIGHTS
+    comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
+    reader = Reader(str(decoder_dir), dtype=config.model_dtype)  # the frozen decoder, untouched
+    tok = reader.tokenizer
+    bos_id = tok.convert_tokens_to_ids("<|endoftext|>")
+    test = corpus.split(config.cache_dir)["test"]
+    t0 = time.time()
+
+    exs = examples(test, tok, args.examples, args.seed, args.context_tokens, args.context_tokens,
+                   args.continuation, comp.max_segment_tokens)
+    losses, rows = continuation_losses(reader.model, comp, exs, bos_id)
+    progress(f"continuation losses: {', '.join(f'{k} {v.mean():.3f}' for k, v in losses.items())}")
+    result = {
+        "command": "segpress " + " ".join(sys.argv[1:]),
+        "weights": str(weights), "weights_fingerprint": comp.fingerprint,
+        "decoder": {"id": comp.decoder_id, "fingerprint": comp.decoder_fingerprint,
+                    "dtype": reader.dtype},
+        "data": {**corpus.PROVENANCE, "split": "test"},
+        "torch_threads": torch.get_num_threads(),
+        "setup": {"examples": len(exs), "context_tokens": args.context_tokens,
+                  "continuation": args.continuation, "bootstrap": args.bootstrap, "seed": args.seed,
+                  "mean_ce_rows": float(np.mean(rows))},
+        "continuation": bootstrap(losses, args.bootstrap, args.seed),
+        "per_example": {k: v.tolist() for k, v in losses.items()},
+    }
+    if args.needles:
+        result["needle"] = needle_qa(reader, comp, test, args.needles, args.needle_words, args.seed, progress)
+    lengths = [int(n) for n in args.prefill.split(",") if n]
+    if lengths:
+        result["prefill"] = prefill_times(reader.model, comp, tok, test, lengths, args.repeats, bos_id, progress)
+    result["seconds"] = round(time.time() - t0, 1)
+
+    out = Path(args.out or Path(config.cache_dir) / "eval" / "complm.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def report(result: dict) -> str:
+    """Markdown tables of a result."""
+    c = result["continuation"]
+    s = result["setup"]
+
+    def ci(k, fmt="{:.3f}"):
+        v = c[k]
+        return f"{fmt.format(v['value'])} [{fmt.format(v['ci95'][0])}, {fmt.format(v['ci95'][1])}]"
+
+    lines = [f"Continuation loss (nats/token) of the frozen decoder, {s['examples']} held-out examples, "
+             f"{s['context_tokens']} context tokens -> {s['mean_ce_rows']:.1f} CEs, {s['continuation']} "
+             "continuation tokens; 95% bootstrap CIs:", "",
+             "| context given | loss | gap closed |", "| --- | --- | --- |",
+             f"| none | {ci('loss_none')} | 0 |",
+             f"| full text | {ci('loss_full')} | 1 |",
+             f"| CEs | {ci('loss_ce')} | {ci('gap_closed')} |",
+             f"| CEs of another essay | {ci('loss_ce_other')} | {ci('gap_closed_ce_other')} |",
+             f"| last tokens, as many as CEs | {ci('loss_truncated')} | {ci('gap_closed_truncated')} |",
+             "", f"none - CEs: {ci('none_minus_ce')}; other essay's CEs - CEs: {ci('ce_other_minus_ce')}; "
+                 f"truncated - CEs: {ci('truncated_minus_ce')}"]
+    if "needle" in result:
+        n = result["needle"]
+        a = n["accuracy"]
+        lines += ["", f"Needle QA ({n['examples']} examples, {n['mean_context_tokens']:.0f} context tokens): "
+                  f"full text {a['full']:.0%}, CEs {a['ce']:.0%}, no context {a['none']:.0%}"]
+    if "prefill" in result:
+        lines += ["", "| context tokens | CEs | prefill, text (s) | prefill, CEs (s) | speed-up | "
+                  "making the CEs (s) | speed-up incl. making them |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in result["prefill"]:
+            lines.append(f"| {r['context_tokens']} | {r['ce_rows']} | {r['prefill_full_s']:.2f} | "
+                         f"{r['prefill_ce_s']:.2f} | {r['speedup_cached']:.2f}x | {r['compress_s']:.2f} | "
+                         f"{r['speedup_uncached']:.2f}x |")
+    return "\n".join(lines)
