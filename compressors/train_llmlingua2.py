@@ -3,7 +3,8 @@
 LLMLingua-2 (Pan et al. 2024) trains a token classifier on words that GPT-4
 kept when asked to compress. We have no GPT-4 offline; the teacher here is
 SmolLM2-135M-Instruct's self-information of each word (compressors/surprisal.py,
-the LLMLingua-1 signal), read with up to 128 tokens of the document before it.
+the LLMLingua-1 signal), each token read with 128 to 511 tokens of the
+essay before it.
 
 1. Label. The training essays (compressors/corpus.py, split "train") are cut
    into segments exactly as the compressor cuts them; every word gets
