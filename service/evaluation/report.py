@@ -54,7 +54,8 @@ def write(out_dir: Path, result: dict) -> tuple[Path, Path]:
 
 
 def plot(summary: list[dict], path: Path) -> None:
-    """Accuracy against achieved ratio, one panel per (split, task), one line per method."""
+    """Accuracy against achieved ratio, one panel per (split, task), one line
+    per method through its rates and the uncompressed point (ratio 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,12 +65,13 @@ def plot(summary: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (split, task) in zip(axes[0], panels):
         rows = [s for s in summary if s["split"] == split and s["task"] == task]
-        for method in sorted({s["method"] for s in rows}):
-            pts = sorted((s["ratio"], s["accuracy"]) for s in rows if s["method"] == method)
-            if method == "none":
-                ax.axhline(pts[0][1], color="black", linestyle="--", linewidth=1, label="none (full text)")
-            else:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        full = [(s["ratio"], s["accuracy"]) for s in rows if s["method"] == "none"]
+        for method in sorted({s["method"] for s in rows} - {"none"}):
+            # At rate 1 every method passes the full text, so each line ends there.
+            pts = sorted([(s["ratio"], s["accuracy"]) for s in rows if s["method"] == method] + full)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        if full:
+            ax.axhline(full[0][1], color="black", linestyle="--", linewidth=1, label="none (full text)")
         ax.set_title(f"{task} ({split})")
         ax.set_xlabel("achieved ratio (compressed / original tokens)")
         ax.set_ylabel("reader accuracy")

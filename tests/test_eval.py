@@ -1,0 +1,58 @@
+"""`segpress eval` for real, small: every method, both tasks, the SmolLM2
+reader, one example per task, one rate (the full run is in README.md)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+from compressors import corpus
+from service.evaluation import tasks
+from service.evaluation.methods import METHODS
+from service.evaluation.reader import contains
+from service.config import Config
+
+
+def test_tasks_are_fixed_by_seed_and_hold_their_answer():
+    docs = corpus.split(Config().cache_dir)["dev"]
+    a, b = tasks.needle(docs, 5, seed=0), tasks.needle(docs, 5, seed=0)
+    assert [e.context for e in a] == [e.context for e in b]
+    assert [e.meta["depth"] for e in a] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for ex in a + tasks.multidoc(docs, 4, seed=0):
+        assert contains(ex.context, ex.answer)
+    md = tasks.multidoc(docs, 4, seed=0)
+    for ex in md:
+        assert len(ex.passages) == 10
+        holding = [i for i, p in enumerate(ex.passages) if contains(p, ex.answer)]
+        assert holding == [ex.meta["gold"]]
+
+
+def test_splits_do_not_share_essays():
+    parts = corpus.split(Config().cache_dir)
+    names = [set(p) for p in parts.values()]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    assert sum(len(t.split()) for t in parts["test"].values()) >= 20_000
+
+
+def test_small_real_eval(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "eval", "--split", "dev", "--examples", "1",
+         "--rates", "0.33", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| dev | needle | segpress-llmlingua2 | 0.33 |" in r.stdout
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert (tmp_path / "eval.png").stat().st_size > 10_000
+    summary = result["summary"]
+    assert {s["method"] for s in summary} == set(METHODS)
+    assert {s["task"] for s in summary} == {"needle", "multidoc"}
+    for s in summary:
+        if s["method"] == "none":
+            assert s["ratio"] == 1.0 and s["retention"] == 1.0
+        elif s["method"] in ("random", "truncate", "segpress-llmlingua2", "teacher-surprisal"):
+            assert 0.2 < s["ratio"] <= 0.34, s  # held to the reader-token budget
+        else:
+            assert 0.1 < s["ratio"] < 0.7, s
+    assert len(result["targets"]) == 4
+    assert result["reader"]["greedy"] and len(result["llmlingua2"]["fingerprint"]) == 64
