@@ -130,10 +130,19 @@ def redis_cluster(tmp_path):
              "--dir", str(d), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     cli = shutil.which("redis-cli") or str(Path(redis_server_binary()).parent / "redis-cli")
-    time.sleep(0.5)
-    subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                    "--cluster-replicas", "0", "--cluster-yes"],
-                   check=True, capture_output=True, timeout=60)
+    import redis
+
+    for p in ports:  # every node answers before the cluster is formed
+        for _ in range(200):
+            try:
+                redis.Redis(port=p).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    created = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                              "--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stdout + created.stderr
     for _ in range(100):
         out = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
                              capture_output=True, text=True).stdout
