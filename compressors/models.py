@@ -107,11 +107,10 @@ def build_minilm_llmlingua2(out_dir: str | os.PathLike, seed: int = 0,
 
 def ensure_default_llmlingua2(models_dir: str | os.PathLike) -> Path:
     """The default llmlingua2 checkpoint under `models_dir`: MiniLM-L6 with the
-    shipped trained layers, assembled if missing or older than those layers.
-    Without shipped weights (a checkout before training), the untrained
-    seeded checkpoint."""
+    shipped trained layers, assembled if missing or older than those layers."""
     if not DEFAULT_LLMLINGUA2_WEIGHTS.exists():
-        return ensure_untrained_llmlingua2(models_dir)
+        raise ModelError(f"{DEFAULT_LLMLINGUA2_WEIGHTS} is missing: reinstall segpress, or "
+                         f"run `segpress train llmlingua2` to train it again")
     source = {"base": MINILM, "trained": DEFAULT_LLMLINGUA2_WEIGHTS.name,
               "trained_sha256": _sha256(DEFAULT_LLMLINGUA2_WEIGHTS)}
     return _ensure(Path(models_dir) / DEFAULT_LLMLINGUA2, source,
@@ -240,8 +239,7 @@ def fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def _built_models(models_dir: Path) -> dict[str, Path]:
-    names = [DEFAULT_LLMLINGUA2 if DEFAULT_LLMLINGUA2_WEIGHTS.exists() else MINILM_INIT, SMOLLM2]
-    return {n: models_dir / n for n in names}
+    return {n: models_dir / n for n in (DEFAULT_LLMLINGUA2, SMOLLM2)}
 
 
 def _ensure(path: Path, source: dict, build) -> Path:

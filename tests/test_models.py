@@ -3,6 +3,7 @@ named, fingerprints are the sha256 of the weights."""
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -35,8 +36,11 @@ def test_default_llmlingua2_is_assembled_once_and_damage_names_the_fix(tmp_path)
         f.write(bytes([b[0] ^ 1]))
     with pytest.raises(models.ModelError, match="segpress models pull"):
         models.ensure_default_llmlingua2(tmp_path)
+    shutil.rmtree(path)  # what `segpress models pull` does with a damaged model
+    models.ensure_default_llmlingua2(tmp_path)
+    assert json.loads((path / models.MANIFEST).read_text())["fingerprint"] == manifest["fingerprint"]
     (path / "tokenizer.json").unlink()
-    with pytest.raises(models.ModelError, match="tokenizer.json is missing"):
+    with pytest.raises(models.ModelError, match="tokenizer.json is missing.*segpress models pull"):
         models.verify(path)
 
 
