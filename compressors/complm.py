@@ -242,6 +242,10 @@ class CompLLM:
         self.max_segment_tokens = self.config.segment_tokens
         self.decoder_id = SMOLLM2
         self.decoder_fingerprint = fingerprint(decoder_dir)
+        trained_for = weights_metadata(weights).get("decoder_fingerprint")
+        if trained_for not in (None, self.decoder_fingerprint):
+            raise ValueError(f"complm weights {weights} were trained for decoder {trained_for[:16]}..., "
+                             f"not for {decoder_dir} ({self.decoder_fingerprint[:16]}...)")
         self.model_id = f"{NAME}:{Path(weights).name}"
         # The CEs depend on the decoder, the trained weights and the precision.
         h = hashlib.sha256(self.decoder_fingerprint.encode())

@@ -19,6 +19,7 @@ The result (float16) goes to compressors/weights/complm-smollm2-135m.safetensors
 with a JSON card beside it: command, data, timings, loss history.
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -204,8 +205,6 @@ def export(model: CompLLMModel, cfg: TrainConfig, record: dict, out: Path) -> di
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out, {"decoder": models.SMOLLM2, "decoder_fingerprint": record["decoder_fingerprint"],
                      "train": json.dumps(asdict(cfg), sort_keys=True)})
-    import hashlib
-
     card = {
         "file": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
