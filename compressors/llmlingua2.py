@@ -353,7 +353,9 @@ def _drop_consecutive(text, items, force_tokens):
 def _join(text: str, spans: list[tuple[int, int]]) -> str:
     """Kept pieces in order, separated by whitespace cut from the input: the
     last whitespace run since the previous piece, preferring one with a line
-    break, so paragraphs and lines stay apart."""
+    break, so paragraphs and lines stay apart. Pieces that were not adjacent
+    and had no whitespace between them ("0;1" without ";") get one space,
+    so no new word ("01") is made from two."""
     parts, prev_end = [], None
     for s, e in spans:
         if prev_end is not None:
@@ -362,6 +364,8 @@ def _join(text: str, spans: list[tuple[int, int]]) -> str:
             lines = [r for r in runs if "\n" in r]
             if lines or runs:
                 parts.append((lines or runs)[-1])
+            elif gap:
+                parts.append(" ")
         parts.append(text[s:e])
         prev_end = e
     return "".join(parts)

@@ -3,11 +3,10 @@
 
 def assert_faithful(original: str, compressed: str):
     """Every non-space run of the output is an exact substring of the input,
-    and the output's characters are an ordered subsequence of the input's."""
+    and the runs appear in the input in the same order, without overlapping."""
+    pos = 0
     for piece in compressed.split():
         assert piece in original, piece
-    pos = 0
-    for ch in compressed:
-        pos = original.find(ch, pos)
-        assert pos >= 0, f"{ch!r} out of order"
-        pos += 1
+        found = original.find(piece, pos)
+        assert found >= 0, f"{piece!r} out of order"
+        pos = found + len(piece)

@@ -105,3 +105,13 @@ def test_drop_consecutive_collapses_repeated_forced_strings(llmlingua2):
 def test_bad_params_name_the_field(params, field):
     with pytest.raises(InvalidParams, match=re.escape(field)):
         Params(**params).check()
+
+
+def test_pieces_are_never_glued_into_new_words():
+    from compressors.llmlingua2 import _join
+
+    text = "0;1 and x(y)z"
+    assert _join(text, [(0, 1), (2, 3)]) == "0 1"          # ";" dropped: not "01"
+    assert _join(text, [(0, 1), (1, 2)]) == "0;"           # adjacent pieces stay together
+    assert _join(text, [(8, 9), (10, 11)]) == "x y"
+    assert _join(text, [(2, 3), (8, 9)]) == "1 x"
