@@ -1,7 +1,9 @@
 """Redis faults and Redis Cluster: every request still succeeds with correct
 output, and the cache comes back when Redis does."""
 
+import random
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -9,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RedisProcess, ServerProcess, free_port, redis_server_binary
+from conftest import RedisProcess, ServerProcess, redis_server_binary
 
 from segpress import SegpressClient
 
@@ -116,10 +118,36 @@ def test_evicting_redis_still_gives_correct_output(model_dir, tmp_path, sample_t
         redis.stop()
 
 
+def cluster_ports(n: int) -> list[int]:
+    """n ports that are free together with their cluster bus ports (port + 10000).
+
+    Redis 6 always puts the bus at port + 10000, so a port from the kernel's
+    ephemeral range (up to 60999) can give a bus port above 65535 and the node
+    never starts. Draw from below that range instead and check both ports.
+    """
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        p = rng.randrange(20000, 30000)
+        if p in ports or not all(port_is_free(q) for q in (p, p + 10000)):
+            continue
+        ports.append(p)
+    return ports
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @pytest.fixture()
 def redis_cluster(tmp_path):
     """A real 3-master Redis Cluster on loopback."""
-    ports = [free_port() for _ in range(3)]
+    ports = cluster_ports(3)
     procs = []
     for p in ports:
         d = tmp_path / f"node-{p}"
@@ -132,12 +160,13 @@ def redis_cluster(tmp_path):
     cli = shutil.which("redis-cli") or str(Path(redis_server_binary()).parent / "redis-cli")
     import redis
 
-    for p in ports:  # every node answers before the cluster is formed
+    for p, proc in zip(ports, procs):  # every node answers before the cluster is formed
         for _ in range(200):
             try:
                 redis.Redis(port=p).ping()
                 break
             except redis.ConnectionError:
+                assert proc.poll() is None, f"cluster node on port {p} exited ({proc.returncode})"
                 time.sleep(0.05)
     created = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                               "--cluster-replicas", "0", "--cluster-yes"],
