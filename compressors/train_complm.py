@@ -222,12 +222,10 @@ def export(model: CompLLMModel, cfg: TrainConfig, record: dict, out: Path) -> di
     return card
 
 
-def main(args, config) -> int:
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if getattr(args, k, None) is not None})
-    torch.set_num_threads(config.torch_threads or torch.get_num_threads())
+def main(cfg: TrainConfig, out: str | None, config) -> int:
+    """`segpress train complm` (service/cli.py builds `cfg` from the flags)."""
     model, record = train(config.cache_dir, cfg)
-    out = Path(args.out) if args.out else DEFAULT_WEIGHTS
-    card = export(model, cfg, record, out)
+    card = export(model, cfg, record, Path(out) if out else DEFAULT_WEIGHTS)
     print(json.dumps({k: card[k] for k in ("file", "sha256", "bytes", "parameters", "seconds",
                                            "dev_before", "dev_after")}, indent=2))
     return 0

@@ -280,12 +280,10 @@ def export(model, cfg: TrainConfig, record: dict, out: Path) -> dict:
     return card
 
 
-def main(args, config) -> int:
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if getattr(args, k, None) is not None})
-    torch.set_num_threads(config.torch_threads or torch.get_num_threads())
+def main(cfg: TrainConfig, out: str | None, config) -> int:
+    """`segpress train llmlingua2` (service/cli.py builds `cfg` from the flags)."""
     model, record = train(config.cache_dir, cfg)
-    out = Path(args.out) if args.out else models.DEFAULT_LLMLINGUA2_WEIGHTS
-    card = export(model, cfg, record, out)
+    card = export(model, cfg, record, Path(out) if out else models.DEFAULT_LLMLINGUA2_WEIGHTS)
     print(json.dumps({k: card[k] for k in ("file", "sha256", "bytes", "parameters", "seconds")}, indent=2))
     print(f"history: {json.dumps(card['history'])}")
     return 0

@@ -15,6 +15,7 @@ Every `serve` flag also reads an environment variable (see service.config).
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -75,21 +76,19 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="train a model (writes compressors/weights/)")
     train_models = train.add_subparsers(dest="model", required=True)
-    ll2 = train_models.add_parser("llmlingua2", help="the default llmlingua2 classifier "
-                                  "(defaults: compressors/train_llmlingua2.py TrainConfig)")
-    for flag, kind in (("seed", int), ("epochs", int), ("train-layers", int), ("lr", float),
-                       ("head-lr", float), ("batch-size", int), ("max-words", int)):
-        ll2.add_argument("--" + flag, type=kind)
-    ll2.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
-    cfg.add_arguments(ll2, ["cache_dir", "torch_threads"])
-    clm = train_models.add_parser("complm", help="the complm LoRA + head "
-                                  "(defaults: compressors/train_complm.py TrainConfig)")
-    for flag, kind in (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
-                       ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rank", int),
-                       ("dev-examples", int)):
-        clm.add_argument("--" + flag, type=kind)
-    clm.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
-    cfg.add_arguments(clm, ["cache_dir", "torch_threads"])
+    for name, about, flags in (
+            ("llmlingua2", "the default llmlingua2 classifier",
+             (("seed", int), ("epochs", int), ("train-layers", int), ("lr", float),
+              ("head-lr", float), ("batch-size", int), ("max-words", int))),
+            ("complm", "the complm LoRA + head",
+             (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
+              ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rank", int),
+              ("dev-examples", int)))):
+        p = train_models.add_parser(name, help=f"{about} (defaults: compressors/train_{name}.py TrainConfig)")
+        for flag, kind in flags:
+            p.add_argument("--" + flag, type=kind)
+        p.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
+        cfg.add_arguments(p, ["cache_dir", "torch_threads"])
 
     ev = sub.add_parser("eval", help="compression quality: reader accuracy against compression ratio")
     from .evaluation.cli import add_arguments as add_eval_arguments
@@ -218,12 +217,19 @@ def _models(args, config) -> int:
 
 
 def _train(args, config) -> int:
-    if args.model == "complm":
-        from compressors.train_complm import main as train_main
-    else:
-        from compressors.train_llmlingua2 import main as train_main
+    import torch
 
-    return train_main(args, config)
+    if args.model == "complm":
+        from compressors import train_complm as training
+    else:
+        from compressors import train_llmlingua2 as training
+
+    # The flags left unset keep TrainConfig's defaults.
+    fields = dataclasses.fields(training.TrainConfig)
+    train_cfg = training.TrainConfig(**{f.name: getattr(args, f.name) for f in fields
+                                        if getattr(args, f.name, None) is not None})
+    torch.set_num_threads(config.torch_threads or torch.get_num_threads())
+    return training.main(train_cfg, args.out, config)
 
 
 def _eval(args, config) -> int:
