@@ -11,22 +11,22 @@
 
 Every `serve` flag also reads an environment variable (see service.config).
 `compress` without --server runs the compressor in this process.
+Building the parser imports nothing heavy (every command, --help too, pays for
+it); each command imports what it needs when it runs.
 """
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
 import sys
-
-from google.protobuf import json_format
 
 from . import config as cfg
 from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     ap = argparse.ArgumentParser(prog="segpress", description="segment-wise context compression")
@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation.cli import add_arguments as add_eval_arguments
     add_eval_arguments(ev)
     cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
-    from .evaluation.soft import add_arguments as add_soft_arguments
-    add_soft_arguments(ev.add_subparsers(dest="eval_target").add_parser(
-        "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time"))
+    ev_complm = ev.add_subparsers(dest="eval_target").add_parser(
+        "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time")
+    if argv[:1] == ["eval"]:  # the module with these flags imports numpy: only `eval` pays for it
+        from .evaluation.soft import add_arguments as add_soft_arguments
+        add_soft_arguments(ev_complm)
 
     from . import batch
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
@@ -136,6 +138,8 @@ def sample_path():
 
 
 def _serve(args, config) -> int:
+    import asyncio
+
     from .server import serve
 
     asyncio.run(serve(config))
@@ -143,6 +147,9 @@ def _serve(args, config) -> int:
 
 
 def _compress(args, config) -> int:
+    import asyncio
+
+    from google.protobuf import json_format
     from segpress import SegpressClient, SegpressError
 
     if args.input == "-":
@@ -183,6 +190,10 @@ def _compress(args, config) -> int:
 
 
 def _info(args, config) -> int:
+    import asyncio
+
+    from google.protobuf import json_format
+
     if args.server:
         with _connect(args) as client:
             resp = client.info()
