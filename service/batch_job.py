@@ -14,6 +14,7 @@ import grpc
 from tqdm import tqdm
 
 from segpress import SegpressClient, SegpressError
+from segpress.tensors import context_tensor
 from segpress.v1 import segpress_pb2 as pb
 
 from . import batch_io
@@ -195,8 +196,8 @@ def output_row(rec: batch_io.Record, code: int, message: str = "",
         ctx, s = resp.contexts[0], resp.stats
         row.update(original_tokens=ctx.original_tokens, compressed_tokens=ctx.compressed_tokens,
                    segments=s.segments, cache_hits=s.cache_hits, cache_misses=s.cache_misses)
-        if ctx.HasField("tensor"):
-            t = ctx.tensor
+        if resp.HasField("tensor"):  # one document per request: context 0's rows
+            t = context_tensor(resp, 0)
             row.update(tensor=t.data, tensor_shape=list(t.shape),
                        tensor_dtype=pb.DType.Name(t.dtype).removeprefix("DTYPE_").lower())
         else:

@@ -257,31 +257,33 @@ def _params(name: str, req: pb.CompressRequest):
 
 
 def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, max_bytes: int) -> None:
-    """Soft tokens into the response: each context's tensor, and all of them
-    concatenated in CompressResponse.tensor, in `dtype`, with segment row
-    offsets and the decoder they are for."""
+    """Soft tokens into the response: all contexts' rows concatenated, once,
+    in CompressResponse.tensor ([rows, hidden], in `dtype`, with segment row
+    offsets and the decoder they are for); each context gets its row and
+    segment range in it."""
     import numpy as np
     from segpress.tensors import from_numpy
 
     rows = sum(len(r.tensor) for r in rendered)
     hidden = rendered[0].tensor.shape[1]
-    size = 2 * rows * hidden * (4 if dtype == "float32" else 2)  # every row is sent twice
+    size = rows * hidden * (4 if dtype == "float32" else 2)
     if size > max_bytes:
         raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"the response would hold {rows} rows of {hidden} {dtype} twice "
-                           f"(per context and in total), about {size} bytes; the limit is "
-                           f"max_message_bytes={max_bytes}: send fewer or shorter contexts per "
-                           "request, or ask for complm.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
+                           f"the response would hold {rows} rows of {hidden} {dtype}, about "
+                           f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
+                           "fewer or shorter contexts per request, or ask for "
+                           "complm.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
 
-    def tensor(array, segment_rows):
-        t = from_numpy(array, dtype, np.concatenate([[0], np.cumsum(segment_rows, dtype=np.int64)]))
-        t.decoder_id, t.decoder_fingerprint = compressor.decoder_id, compressor.decoder_fingerprint
-        return t
-
+    row = segment = 0
     for r, ctx in zip(rendered, resp.contexts):
-        ctx.tensor.CopyFrom(tensor(r.tensor, r.segment_rows))
-    resp.tensor.CopyFrom(tensor(np.concatenate([r.tensor for r in rendered]),
-                                [n for r in rendered for n in r.segment_rows]))
+        ctx.row_start, ctx.row_end = row, row + len(r.tensor)
+        ctx.segment_start, ctx.segment_end = segment, segment + len(r.segment_rows)
+        row, segment = ctx.row_end, ctx.segment_end
+    segment_rows = [n for r in rendered for n in r.segment_rows]
+    t = from_numpy(np.concatenate([r.tensor for r in rendered]), dtype,
+                   np.concatenate([[0], np.cumsum(segment_rows, dtype=np.int64)]))
+    t.decoder_id, t.decoder_fingerprint = compressor.decoder_id, compressor.decoder_fingerprint
+    resp.tensor.CopyFrom(t)
 
 
 def _max_force_tokens() -> int:

@@ -91,7 +91,7 @@ def test_encode_and_render(complm):
 
 def test_served_tensor_repeat_is_cached_and_bit_identical(client, complm):
     from segpress import pb
-    from segpress.tensors import split_segments, to_numpy
+    from segpress.tensors import context_rows, context_tensor, split_segments, to_numpy
 
     ns = "complm-repeat"
     first = client.compress(CONTEXTS, compressor="complm", namespace=ns)
@@ -101,23 +101,44 @@ def test_served_tensor_repeat_is_cached_and_bit_identical(client, complm):
     assert t.decoder_id == models.SMOLLM2 and t.decoder_fingerprint == complm.decoder_fingerprint
     assert first.stats.cache_misses == first.stats.segments > 2 and first.stats.cache_hits == 0
     assert first.stats.compressed_tokens == t.shape[0] < first.stats.original_tokens
-    # Per-context tensors, concatenated, are the response tensor; offsets per segment.
-    per = [to_numpy(c.tensor) for c in first.contexts]
+    # Every row is sent once: the contexts' row and segment ranges tile the
+    # response tensor in order, and no context carries tensor data.
+    assert_ranges_tile(first)
+    assert "tensor" not in pb.CompressedContext.DESCRIPTOR.fields_by_name
+    assert all(c.ByteSize() < 64 for c in first.contexts)
+    assert first.ByteSize() < len(t.data) + 1024
+    per = [context_rows(first, i) for i in range(len(CONTEXTS))]
     assert np.array_equal(np.concatenate(per), to_numpy(t))
     assert len(t.segment_offsets) == first.stats.segments + 1
     assert [len(s) for s in split_segments(t)] == \
-        [len(s) for c in first.contexts for s in split_segments(c.tensor)]
+        [len(s) for i in range(len(CONTEXTS)) for s in split_segments(context_tensor(first, i))]
     assert [c.compressed_tokens for c in first.contexts] == [len(p) for p in per]
     # The server's CEs are the compressor's (same weights; float32 here vs the
     # server's precision: close, not equal, unless both run float32).
     mine = complm.encode([s.text for s in complm.segment(CONTEXTS[1])])
-    served = split_segments(first.contexts[1].tensor)
+    served = split_segments(context_tensor(first, 1))
     assert [len(m["ces"]) for m in mine] == [len(s) for s in served]
 
     again = client.compress(CONTEXTS, compressor="complm", namespace=ns)
     assert again.stats.cache_hits == again.stats.segments and again.stats.cache_misses == 0
     assert again.tensor.data == t.data and list(again.tensor.shape) == list(t.shape)
     assert list(again.tensor.segment_offsets) == list(t.segment_offsets)
+    assert [c.SerializeToString() for c in again.contexts] == [c.SerializeToString() for c in first.contexts]
+
+
+def assert_ranges_tile(resp) -> None:
+    """Context i owns rows [row_start, row_end) and segments
+    [segment_start, segment_end) of resp.tensor; together, in order, they
+    cover it exactly, and each range matches the context's counts."""
+    offsets, rows = list(resp.tensor.segment_offsets), resp.tensor.shape[0]
+    row = segment = 0
+    for c in resp.contexts:
+        assert (c.row_start, c.segment_start) == (row, segment)
+        assert c.row_end - c.row_start == c.compressed_tokens > 0
+        assert c.segment_end - c.segment_start == c.segments > 0
+        assert (offsets[c.segment_start], offsets[c.segment_end]) == (c.row_start, c.row_end)
+        row, segment = c.row_end, c.segment_end
+    assert (row, segment) == (rows, len(offsets) - 1)
 
 
 def test_output_dtypes(client):

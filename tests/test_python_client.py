@@ -151,6 +151,7 @@ def test_tensors_example():
     r = subprocess.run([sys.executable, EXAMPLES / "tensors.py"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("[")[0] == "float32 (5, 4) "
+    assert r.stdout.split()[-2:] == ["(3,", "4)"]  # the second context's rows
 
 
 # --- a real `segpress serve` with mutual TLS and tokens ---------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from segpress import pb
-from segpress.tensors import from_numpy, split_segments, to_numpy, to_torch
+from segpress.tensors import context_rows, context_tensor, from_numpy, split_segments, to_numpy, to_torch
 
 # Two rows of three elements per dtype, with each format's edge values.
 HAND_BUILT = {
@@ -81,6 +81,41 @@ def test_malformed_tensors_are_value_errors(tensor, message):
     with pytest.raises(ValueError) as e:
         split_segments(tensor)
     assert message in str(e.value)
+
+
+def two_contexts(dtype: str) -> tuple[np.ndarray, pb.CompressResponse]:
+    """A response as a server sends it: 5 rows of width 3, context 0 with
+    segments of rows [0,1) [1,2), context 1 with one segment of rows [2,5)."""
+    rows = np.arange(15, dtype=np.float32).reshape(5, 3) / 4  # exact in every dtype
+    t = from_numpy(rows, dtype, segment_offsets=[0, 1, 2, 5])
+    t.decoder_id, t.decoder_fingerprint = "dec", "f" * 64
+    return rows, pb.CompressResponse(tensor=t, contexts=[
+        pb.CompressedContext(row_start=0, row_end=2, segment_start=0, segment_end=2, segments=2),
+        pb.CompressedContext(row_start=2, row_end=5, segment_start=2, segment_end=3, segments=1)])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_context_rows_and_tensor(dtype):
+    rows, resp = two_contexts(dtype)
+    assert np.array_equal(context_rows(resp, 0), rows[:2])
+    assert np.array_equal(context_rows(resp, 1), rows[2:])
+    t = context_tensor(resp, 0)
+    assert (t.dtype, list(t.shape), t.decoder_id, t.decoder_fingerprint) == \
+        (resp.tensor.dtype, [2, 3], "dec", "f" * 64)
+    assert t.data == from_numpy(rows[:2], dtype).data  # the wire bytes, sliced
+    assert [s.tolist() for s in split_segments(t)] == [rows[:1].tolist(), rows[1:2].tolist()]
+    assert list(context_tensor(resp, 1).segment_offsets) == [0, 3]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("row_end", 6), ("row_start", 3), ("row_start", -1), ("segment_end", 4),
+    ("segment_start", -1), ("segment_start", 1),
+])
+def test_context_ranges_that_do_not_fit_are_value_errors(field, value):
+    _, resp = two_contexts("float32")
+    setattr(resp.contexts[1], field, value)
+    with pytest.raises(ValueError, match="context 1: rows"):
+        context_tensor(resp, 1)
 
 
 def test_unknown_dtype_name():

@@ -152,7 +152,8 @@ const (
 	OutputKind_OUTPUT_KIND_UNSPECIFIED OutputKind = 0
 	// CompressedContext.text
 	OutputKind_OUTPUT_KIND_TEXT OutputKind = 1
-	// CompressedContext.tensor
+	// CompressResponse.tensor, each context's rows given by
+	// CompressedContext.row_start and row_end
 	OutputKind_OUTPUT_KIND_SOFT_TOKENS OutputKind = 2
 )
 
@@ -600,14 +601,29 @@ type CompressedContext struct {
 	// each an exact substring of it (original case, punctuation and spacing),
 	// in their original order. Empty for soft-token compressors.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
-	// Soft tokens for soft-token compressors; unset for text compressors.
-	Tensor *Tensor `protobuf:"bytes,2,opt,name=tensor,proto3" json:"tensor,omitempty"`
 	// Tokens in the input context.
 	OriginalTokens int64 `protobuf:"varint,3,opt,name=original_tokens,json=originalTokens,proto3" json:"original_tokens,omitempty"`
-	// Tokens in the compressed text, or rows of the tensor.
+	// Tokens in the compressed text, or rows of the context's soft tokens
+	// (row_end - row_start).
 	CompressedTokens int64 `protobuf:"varint,4,opt,name=compressed_tokens,json=compressedTokens,proto3" json:"compressed_tokens,omitempty"`
 	// Number of segments the context was cut into.
-	Segments      int32 `protobuf:"varint,5,opt,name=segments,proto3" json:"segments,omitempty"`
+	Segments int32 `protobuf:"varint,5,opt,name=segments,proto3" json:"segments,omitempty"`
+	// For soft-token compressors: the context's soft tokens are rows
+	// [row_start, row_end) of CompressResponse.tensor. Contexts follow one
+	// another in request order: the first starts at 0, each starts where the
+	// one before ends, the last ends at tensor.shape[0]. 0 for text
+	// compressors.
+	RowStart int64 `protobuf:"varint,6,opt,name=row_start,json=rowStart,proto3" json:"row_start,omitempty"`
+	// End (exclusive) of the context's rows; see row_start.
+	RowEnd int64 `protobuf:"varint,7,opt,name=row_end,json=rowEnd,proto3" json:"row_end,omitempty"`
+	// For soft-token compressors: the context's segments are segments
+	// [segment_start, segment_end) of CompressResponse.tensor (segment i owns
+	// its rows [segment_offsets[i], segment_offsets[i+1])), so
+	// segment_offsets[segment_start] = row_start and
+	// segment_offsets[segment_end] = row_end. 0 for text compressors.
+	SegmentStart int32 `protobuf:"varint,8,opt,name=segment_start,json=segmentStart,proto3" json:"segment_start,omitempty"`
+	// End (exclusive) of the context's segments; see segment_start.
+	SegmentEnd    int32 `protobuf:"varint,9,opt,name=segment_end,json=segmentEnd,proto3" json:"segment_end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -649,13 +665,6 @@ func (x *CompressedContext) GetText() string {
 	return ""
 }
 
-func (x *CompressedContext) GetTensor() *Tensor {
-	if x != nil {
-		return x.Tensor
-	}
-	return nil
-}
-
 func (x *CompressedContext) GetOriginalTokens() int64 {
 	if x != nil {
 		return x.OriginalTokens
@@ -673,6 +682,34 @@ func (x *CompressedContext) GetCompressedTokens() int64 {
 func (x *CompressedContext) GetSegments() int32 {
 	if x != nil {
 		return x.Segments
+	}
+	return 0
+}
+
+func (x *CompressedContext) GetRowStart() int64 {
+	if x != nil {
+		return x.RowStart
+	}
+	return 0
+}
+
+func (x *CompressedContext) GetRowEnd() int64 {
+	if x != nil {
+		return x.RowEnd
+	}
+	return 0
+}
+
+func (x *CompressedContext) GetSegmentStart() int32 {
+	if x != nil {
+		return x.SegmentStart
+	}
+	return 0
+}
+
+func (x *CompressedContext) GetSegmentEnd() int32 {
+	if x != nil {
+		return x.SegmentEnd
 	}
 	return 0
 }
@@ -955,8 +992,10 @@ type CompressResponse struct {
 	// The compressed contexts joined with a blank line ("\n\n"), for text
 	// compressors.
 	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
-	// All contexts' soft tokens concatenated, for soft-token compressors;
-	// segment_offsets index segments across all contexts.
+	// For soft-token compressors: all contexts' soft tokens, concatenated in
+	// request order, each row once ([rows, hidden]); segment_offsets index
+	// segments across all contexts. Context i's rows are [row_start, row_end)
+	// of contexts[i]. Unset for text compressors.
 	Tensor *Tensor `protobuf:"bytes,4,opt,name=tensor,proto3" json:"tensor,omitempty"`
 	// Name of the compressor that ran.
 	Compressor string `protobuf:"bytes,5,opt,name=compressor,proto3" json:"compressor,omitempty"`
@@ -1470,13 +1509,17 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x0fsegment_offsets\x18\x04 \x03(\x03R\x0esegmentOffsets\x12\x1d\n" +
 	"\n" +
 	"decoder_id\x18\x05 \x01(\tR\tdecoderId\x12/\n" +
-	"\x13decoder_fingerprint\x18\x06 \x01(\tR\x12decoderFingerprint\"\xc6\x01\n" +
+	"\x13decoder_fingerprint\x18\x06 \x01(\tR\x12decoderFingerprint\"\xa3\x02\n" +
 	"\x11CompressedContext\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\x12+\n" +
-	"\x06tensor\x18\x02 \x01(\v2\x13.segpress.v1.TensorR\x06tensor\x12'\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12'\n" +
 	"\x0foriginal_tokens\x18\x03 \x01(\x03R\x0eoriginalTokens\x12+\n" +
 	"\x11compressed_tokens\x18\x04 \x01(\x03R\x10compressedTokens\x12\x1a\n" +
-	"\bsegments\x18\x05 \x01(\x05R\bsegments\"\xcb\x01\n" +
+	"\bsegments\x18\x05 \x01(\x05R\bsegments\x12\x1b\n" +
+	"\trow_start\x18\x06 \x01(\x03R\browStart\x12\x17\n" +
+	"\arow_end\x18\a \x01(\x03R\x06rowEnd\x12#\n" +
+	"\rsegment_start\x18\b \x01(\x05R\fsegmentStart\x12\x1f\n" +
+	"\vsegment_end\x18\t \x01(\x05R\n" +
+	"segmentEndJ\x04\b\x02\x10\x03R\x06tensor\"\xcb\x01\n" +
 	"\aTimings\x12\x1d\n" +
 	"\n" +
 	"segment_ms\x18\x01 \x01(\x01R\tsegmentMs\x12&\n" +
@@ -1595,30 +1638,29 @@ var file_segpress_v1_segpress_proto_depIdxs = []int32{
 	0,  // 2: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
 	1,  // 3: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
 	1,  // 4: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
-	6,  // 5: segpress.v1.CompressedContext.tensor:type_name -> segpress.v1.Tensor
-	8,  // 6: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
-	7,  // 7: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
-	6,  // 8: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
-	10, // 9: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
-	9,  // 10: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
-	12, // 11: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
-	11, // 12: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
-	2,  // 13: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
-	10, // 14: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
-	10, // 15: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
-	15, // 16: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
-	16, // 17: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
-	3,  // 18: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
-	3,  // 19: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
-	14, // 20: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
-	11, // 21: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
-	13, // 22: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
-	17, // 23: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
-	21, // [21:24] is the sub-list for method output_type
-	18, // [18:21] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	8,  // 5: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
+	7,  // 6: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
+	6,  // 7: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
+	10, // 8: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
+	9,  // 9: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
+	12, // 10: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
+	11, // 11: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
+	2,  // 12: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
+	10, // 13: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
+	10, // 14: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
+	15, // 15: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
+	16, // 16: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
+	3,  // 17: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
+	3,  // 18: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
+	14, // 19: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
+	11, // 20: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
+	13, // 21: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
+	17, // 22: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
+	20, // [20:23] is the sub-list for method output_type
+	17, // [17:20] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_segpress_v1_segpress_proto_init() }

@@ -10,6 +10,8 @@ decoder reads them where the context's token embeddings would be:
 chat template by default, so the special tokens such as the BOS are the ones
 the model expects), `generate` answers from it, and `vllm_prompt_embeds`
 encodes a whole prompt's embeddings the way vLLM's `prompt_embeds` takes them.
+They take a Tensor: `resp.tensor` for all of a response's contexts, or
+`segpress.tensors.context_tensor(resp, i)` for context i alone.
 torch (and transformers) are needed only by these functions, imported when
 they run.
 """

@@ -5,6 +5,10 @@ A Tensor holds little-endian, row-major elements of `dtype`, `shape`
 [offsets[i], offsets[i+1])). numpy has no bfloat16, so `to_numpy` widens
 bfloat16 to float32, which is exact: a bfloat16 is the top half of a
 float32. torch is imported only by `to_torch`, so this module works without it.
+
+A soft-token CompressResponse sends every row once, in `resp.tensor`;
+context i owns rows [row_start, row_end) of it (`resp.contexts[i]`).
+`context_rows` and `context_tensor` give one context's part.
 """
 
 from __future__ import annotations
@@ -76,6 +80,34 @@ def split_segments(tensor: pb.Tensor) -> list[np.ndarray]:
             or any(a > b for a, b in zip(offsets, offsets[1:])):
         raise ValueError(f"segment_offsets {offsets} must rise from 0 to {len(rows)}")
     return [rows[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def context_tensor(resp: pb.CompressResponse, i: int) -> pb.Tensor:
+    """Context i's soft tokens as a Tensor of their own: rows
+    [row_start, row_end) of `resp.tensor` ([rows, hidden], same dtype and
+    decoder), segment_offsets counted from its first row."""
+    t, ctx = resp.tensor, resp.contexts[i]
+    raw = _raw(t)  # checks dtype and size
+    if raw.ndim != 2:
+        raise ValueError(f"tensor shape {list(raw.shape)} is not [rows, hidden]")
+    start, end = ctx.row_start, ctx.row_end
+    first, last = ctx.segment_start, ctx.segment_end
+    offsets = list(t.segment_offsets)
+    if not (0 <= start <= end <= len(raw) and 0 <= first <= last < len(offsets)
+            and offsets[first] == start and offsets[last] == end):
+        raise ValueError(f"context {i}: rows [{start}, {end}) and segments [{first}, {last}) "
+                         f"do not fit a tensor of {len(raw)} rows with segment_offsets {offsets}")
+    row_bytes = raw.shape[1] * raw.itemsize
+    return pb.Tensor(dtype=t.dtype, shape=[end - start, raw.shape[1]],
+                     data=t.data[start * row_bytes : end * row_bytes],
+                     segment_offsets=[o - start for o in offsets[first : last + 1]],
+                     decoder_id=t.decoder_id, decoder_fingerprint=t.decoder_fingerprint)
+
+
+def context_rows(resp: pb.CompressResponse, i: int) -> np.ndarray:
+    """Context i's soft tokens as numpy [rows, hidden], as `to_numpy` gives
+    them: rows [row_start, row_end) of `resp.tensor`."""
+    return to_numpy(context_tensor(resp, i))
 
 
 def from_numpy(array: np.ndarray, dtype: str | pb.DType.ValueType = "float32",

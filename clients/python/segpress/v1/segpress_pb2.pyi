@@ -90,7 +90,9 @@ class _OutputKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputKind
     OUTPUT_KIND_TEXT: _OutputKind.ValueType  # 1
     """CompressedContext.text"""
     OUTPUT_KIND_SOFT_TOKENS: _OutputKind.ValueType  # 2
-    """CompressedContext.tensor"""
+    """CompressResponse.tensor, each context's rows given by
+    CompressedContext.row_start and row_end
+    """
 
 class OutputKind(_OutputKind, metaclass=_OutputKindEnumTypeWrapper):
     """What a compressor returns."""
@@ -99,7 +101,9 @@ OUTPUT_KIND_UNSPECIFIED: OutputKind.ValueType  # 0
 OUTPUT_KIND_TEXT: OutputKind.ValueType  # 1
 """CompressedContext.text"""
 OUTPUT_KIND_SOFT_TOKENS: OutputKind.ValueType  # 2
-"""CompressedContext.tensor"""
+"""CompressResponse.tensor, each context's rows given by
+CompressedContext.row_start and row_end
+"""
 Global___OutputKind: _TypeAlias = OutputKind  # noqa: Y015
 
 @_typing.final
@@ -328,10 +332,13 @@ class CompressedContext(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
-    TENSOR_FIELD_NUMBER: _builtins.int
     ORIGINAL_TOKENS_FIELD_NUMBER: _builtins.int
     COMPRESSED_TOKENS_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
+    ROW_START_FIELD_NUMBER: _builtins.int
+    ROW_END_FIELD_NUMBER: _builtins.int
+    SEGMENT_START_FIELD_NUMBER: _builtins.int
+    SEGMENT_END_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Compressed text for text compressors: the kept pieces of the input,
     each an exact substring of it (original case, punctuation and spacing),
@@ -340,25 +347,44 @@ class CompressedContext(_message.Message):
     original_tokens: _builtins.int
     """Tokens in the input context."""
     compressed_tokens: _builtins.int
-    """Tokens in the compressed text, or rows of the tensor."""
+    """Tokens in the compressed text, or rows of the context's soft tokens
+    (row_end - row_start).
+    """
     segments: _builtins.int
     """Number of segments the context was cut into."""
-    @_builtins.property
-    def tensor(self) -> Global___Tensor:
-        """Soft tokens for soft-token compressors; unset for text compressors."""
-
+    row_start: _builtins.int
+    """For soft-token compressors: the context's soft tokens are rows
+    [row_start, row_end) of CompressResponse.tensor. Contexts follow one
+    another in request order: the first starts at 0, each starts where the
+    one before ends, the last ends at tensor.shape[0]. 0 for text
+    compressors.
+    """
+    row_end: _builtins.int
+    """End (exclusive) of the context's rows; see row_start."""
+    segment_start: _builtins.int
+    """For soft-token compressors: the context's segments are segments
+    [segment_start, segment_end) of CompressResponse.tensor (segment i owns
+    its rows [segment_offsets[i], segment_offsets[i+1])), so
+    segment_offsets[segment_start] = row_start and
+    segment_offsets[segment_end] = row_end. 0 for text compressors.
+    """
+    segment_end: _builtins.int
+    """End (exclusive) of the context's segments; see segment_start."""
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
-        tensor: Global___Tensor | None = ...,
         original_tokens: _builtins.int = ...,
         compressed_tokens: _builtins.int = ...,
         segments: _builtins.int = ...,
+        row_start: _builtins.int = ...,
+        row_end: _builtins.int = ...,
+        segment_start: _builtins.int = ...,
+        segment_end: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["tensor", b"tensor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_tokens", b"compressed_tokens", "original_tokens", b"original_tokens", "segments", b"segments", "tensor", b"tensor", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_tokens", b"compressed_tokens", "original_tokens", b"original_tokens", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -523,8 +549,10 @@ class CompressResponse(_message.Message):
 
     @_builtins.property
     def tensor(self) -> Global___Tensor:
-        """All contexts' soft tokens concatenated, for soft-token compressors;
-        segment_offsets index segments across all contexts.
+        """For soft-token compressors: all contexts' soft tokens, concatenated in
+        request order, each row once ([rows, hidden]); segment_offsets index
+        segments across all contexts. Context i's rows are [row_start, row_end)
+        of contexts[i]. Unset for text compressors.
         """
 
     @_builtins.property
