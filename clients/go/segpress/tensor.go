@@ -58,6 +58,27 @@ func Segments(t *pb.Tensor) ([][][]float32, error) {
 	return segments, nil
 }
 
+// ContextRows decodes context i's soft tokens: rows [row_start, row_end) of
+// resp.tensor, which holds every context's rows once, in request order. It
+// decodes the whole tensor; to read every context, call Rows once and slice
+// it by each context's RowStart and RowEnd.
+func ContextRows(resp *pb.CompressResponse, i int) ([][]float32, error) {
+	contexts := resp.GetContexts()
+	if i < 0 || i >= len(contexts) {
+		return nil, fmt.Errorf("segpress: no context %d in a response of %d", i, len(contexts))
+	}
+	rows, err := Rows(resp.GetTensor())
+	if err != nil {
+		return nil, err
+	}
+	start, end := contexts[i].GetRowStart(), contexts[i].GetRowEnd()
+	if start < 0 || start > end || end > int64(len(rows)) {
+		return nil, fmt.Errorf("segpress: context %d rows [%d, %d) are not within the tensor's %d rows",
+			i, start, end, len(rows))
+	}
+	return rows[start:end], nil
+}
+
 // elementDecoder returns the byte size of one element and its decoder.
 func elementDecoder(dtype pb.DType) (int, func([]byte) float32) {
 	switch dtype {

@@ -67,6 +67,37 @@ func TestSegmentsSplitsRowsByOffsets(t *testing.T) {
 	}
 }
 
+func TestContextRowsSlicesTheResponseTensor(t *testing.T) {
+	// Three one-wide float16 rows 1, 2, 3: context 0 owns [0,1), context 1 [1,3).
+	resp := &pb.CompressResponse{
+		Tensor: &pb.Tensor{
+			Dtype: pb.DType_DTYPE_FLOAT16, Shape: []int64{3, 1},
+			Data:           []byte{0x00, 0x3c, 0x00, 0x40, 0x00, 0x42},
+			SegmentOffsets: []int64{0, 1, 3},
+		},
+		Contexts: []*pb.CompressedContext{
+			{RowStart: 0, RowEnd: 1, SegmentStart: 0, SegmentEnd: 1},
+			{RowStart: 1, RowEnd: 3, SegmentStart: 1, SegmentEnd: 2},
+		},
+	}
+	for i, want := range [][][]float32{{{1}}, {{2}, {3}}} {
+		got, err := ContextRows(resp, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("context %d: got %v, want %v", i, got, want)
+		}
+	}
+	if _, err := ContextRows(resp, 2); err == nil || !strings.Contains(err.Error(), "no context 2") {
+		t.Fatalf("context 2: got error %v", err)
+	}
+	resp.Contexts[1].RowEnd = 4
+	if _, err := ContextRows(resp, 1); err == nil || !strings.Contains(err.Error(), "not within") {
+		t.Fatalf("rows past the end: got error %v", err)
+	}
+}
+
 func TestMalformedTensorsAreErrors(t *testing.T) {
 	f32 := pb.DType_DTYPE_FLOAT32
 	cases := map[string]struct {
