@@ -11,7 +11,8 @@ Where the work runs:
 - in this process (default): the models load here; the cache is --redis-url,
   or the embedded Redis under --cache-dir; --concurrency requests in flight;
 - --server HOST:PORT: a segpress server, one CompressStream per part (the
-  server runs its stream_window requests at once);
+  server runs its stream_window requests at once); --token, --tls, --ca,
+  --client-cert and --client-key as for `segpress compress`;
 - --ray: Ray Data, an actor pool of in-process pipelines (service.batch_ray).
 
 Resume: OUTPUT keeps whole parts only. Run the same command again after a
@@ -34,6 +35,7 @@ import json
 import sys
 
 from . import config as cfg
+from . import connection
 
 
 def add_arguments(p) -> None:
@@ -59,6 +61,7 @@ def add_arguments(p) -> None:
                    help="only warm the cache: compress every record, write no output")
     # Where the work runs.
     p.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
+    connection.add_arguments(p)
     p.add_argument("--concurrency", type=int, default=32,
                    help="requests in flight, in this process or on each Ray actor")
     p.add_argument("--ray", action="store_true", help="run on Ray Data (see service.batch_ray)")

@@ -17,7 +17,7 @@ from segpress import SegpressClient, SegpressError
 from segpress.tensors import context_tensor
 from segpress.v1 import segpress_pb2 as pb
 
-from . import batch_io
+from . import batch_io, connection
 from .batch_io import BatchError, OutputDir, Part
 from .errors import RequestError
 
@@ -130,7 +130,7 @@ def _runner(args, config, job):
 
         return RayRunner(config, job, args.ray_address, args.ray_actors, args.ray_cpus_per_actor)
     if args.server:
-        return InProcessRunner(ServerBackend(args.server), job, "server")
+        return InProcessRunner(ServerBackend(args.server, connection.connect(args)), job, "server")
     return InProcessRunner(LocalBackend(config, job.concurrency), job, "local")
 
 
@@ -258,9 +258,8 @@ class LocalBackend:
 class ServerBackend:
     """A segpress server, one CompressStream per call."""
 
-    def __init__(self, target: str):
-        self.target = target
-        self.client = SegpressClient(target)
+    def __init__(self, target: str, client: SegpressClient):
+        self.target, self.client = target, client
 
     def compress_many(self, requests):
         try:

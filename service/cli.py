@@ -22,11 +22,11 @@ import os
 import sys
 
 from . import config as cfg
+from . import connection
 from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     ap = argparse.ArgumentParser(prog="segpress", description="segment-wise context compression")
@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     comp.add_argument("--namespace", default="")
     comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    _add_connection_arguments(comp)
+    connection.add_arguments(comp)
     cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device"])
 
     info = sub.add_parser("info", help="describe a server (or the local setup)")
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
-    _add_connection_arguments(info)
+    connection.add_arguments(info)
     cfg.add_arguments(info, ["llmlingua2_model", "cache_dir", "device"])
 
     bench = sub.add_parser("bench", help="speed: cold, warm, per-token cost, concurrency")
@@ -91,14 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.add_arguments(p, ["cache_dir", "torch_threads"])
 
     ev = sub.add_parser("eval", help="compression quality: reader accuracy against compression ratio")
-    from .evaluation.cli import add_arguments as add_eval_arguments
+    from .evaluation.cli import add_arguments as add_eval_arguments, add_complm_arguments
     add_eval_arguments(ev)
     cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
-    ev_complm = ev.add_subparsers(dest="eval_target").add_parser(
-        "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time")
-    if argv[:1] == ["eval"]:  # the module with these flags imports numpy: only `eval` pays for it
-        from .evaluation.soft import add_arguments as add_soft_arguments
-        add_soft_arguments(ev_complm)
+    add_complm_arguments(ev.add_subparsers(dest="eval_target").add_parser(
+        "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time"))
 
     from . import batch
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
@@ -110,24 +107,6 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": _bench, "batch": batch.main}
     commands.update(train=_train, eval=_eval)
     return commands[args.command](args, config)
-
-
-def _add_connection_arguments(p: argparse.ArgumentParser) -> None:
-    """How a client subcommand reaches a secured --server."""
-    p.add_argument("--token", default=os.environ.get("SEGPRESS_TOKEN"),
-                   help="bearer token (env SEGPRESS_TOKEN)")
-    p.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
-    p.add_argument("--ca", help="PEM CA file that signed the server's certificate (implies --tls)")
-    p.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
-    p.add_argument("--client-key", help="PEM key of --client-cert")
-
-
-def _connect(args):
-    from segpress import SegpressClient
-
-    return SegpressClient(args.server, tls=args.tls, root_certificates=args.ca,
-                          client_cert=args.client_cert, client_key=args.client_key,
-                          token=args.token)
 
 
 def sample_path():
@@ -164,7 +143,7 @@ def _compress(args, config) -> int:
         namespace=args.namespace,
     )
     if args.server:
-        with _connect(args) as client:
+        with connection.connect(args) as client:
             try:
                 resp = client.compress([text], **options)
             except SegpressError as e:
@@ -195,7 +174,7 @@ def _info(args, config) -> int:
     from google.protobuf import json_format
 
     if args.server:
-        with _connect(args) as client:
+        with connection.connect(args) as client:
             resp = client.info()
     else:
         async def info(p):

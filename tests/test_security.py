@@ -143,3 +143,23 @@ def test_cli_reaches_a_secured_server(tls_server, certs):
     assert ok.stdout.strip()
     denied = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
     assert denied.returncode == 2 and "UNAUTHENTICATED" in denied.stderr
+
+
+def test_batch_reaches_a_secured_server(tls_server, certs, tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from service import cli
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Document {i} is about the "
+                                        f"lighthouse keeper's log, entry {i}."}) + "\n"
+                            for i in range(3)))
+    flags = ["--server", tls_server.target, "--ca", str(certs["ca"]), "--rate", "0.5", "--json"]
+    assert cli.main(["batch", str(docs), str(tmp_path / "denied"), *flags]) != 0
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert cli.main(["batch", str(docs), str(tmp_path / "out"), *flags, "--token", "tok-a"]) == 0
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["id"] for r in rows) == ["d0", "d1", "d2"]
+    assert all(r["code"] == 0 and r["text"] for r in rows), rows
