@@ -27,7 +27,6 @@ from compressors.base import ContextParts
 from compressors.llmlingua2 import Params, context_words
 
 from .reader import Reader
-from .tasks import Example
 
 
 @dataclass

@@ -27,7 +27,6 @@ CEs come from the complm compressor exactly as the server makes them
    (a cache miss; a hit costs only the cache lookup).
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -35,24 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--examples", type=int, default=64, help="continuation-loss examples")
-    p.add_argument("--context-tokens", type=int, default=128, help="context tokens per example")
-    p.add_argument("--continuation", type=int, default=32, help="continuation tokens scored")
-    p.add_argument("--needles", type=int, default=20, help="needle QA examples (0: skip)")
-    p.add_argument("--needle-words", type=int, default=300, help="words of each needle context")
-    p.add_argument("--prefill", default="1024,4096,8192", help="context lengths to time ('': skip)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="", help="JSON result file (default: --cache-dir/eval/complm.json)")
-    # Configuration flags here too (`segpress eval complm --cache-dir D`); SUPPRESS keeps
-    # a value given before `complm` from being reset.
-    for flag, kind in (("--cache-dir", str), ("--torch-threads", int), ("--model-dtype", str),
-                       ("--complm-weights", str)):
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help="as for segpress serve")
 
 
 # -- statistics ------------------------------------------------------------------
