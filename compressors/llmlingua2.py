@@ -48,6 +48,12 @@ DEFAULT_RATE = 0.5
 MAX_FORCE_TOKENS = 100
 _DIGIT = re.compile(r"[0-9]")
 _SPACE_RUN = re.compile(r"\s+")
+# Where a sentence ends: ., !, ? or an ellipsis (with closing quotes or
+# brackets) before whitespace or the end of the text; a CJK full stop; a line
+# break. Abbreviations ("Mr. Smith") end a sentence too: cheap, and a wrong
+# cut only makes a sentence shorter.
+_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f]|\n")
+GRANULARITIES = ("word", "sentence")
 
 
 @dataclass
@@ -57,8 +63,14 @@ class Params:
     force_tokens: list[str] = field(default_factory=list)
     force_reserve_digit: bool = False
     drop_consecutive: bool = False
+    granularity: str = "word"  # or "sentence": keep whole sentences
 
     def check(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise InvalidParams(
+                f"llmlingua2.granularity must be GRANULARITY_WORD or GRANULARITY_SENTENCE, "
+                f"got {self.granularity}"
+            )
         if self.rate is not None and self.target_tokens is not None:
             raise InvalidParams(
                 "llmlingua2.rate and llmlingua2.target_tokens are mutually exclusive; set one"
@@ -255,13 +267,11 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
                 extra.add((m.start(), m.end()))
     forced |= force_hits
 
-    # Rank: forced first, then by score (highest first), then by position;
-    # keep the longest prefix of the ranking that fits the budget.
-    rank = np.lexsort((np.arange(len(spans)), -scores, ~forced))
-    within = np.cumsum(tokens[rank]) <= budget
     keep = np.zeros(len(spans), dtype=bool)
-    keep[rank[within]] = True
-    keep |= forced
+    if params.granularity == "sentence":
+        keep = _best_sentences(text, spans, scores, tokens, forced, budget)
+    if not keep.any():  # word granularity, or no whole sentence fits the budget
+        keep = _best_words(scores, tokens, forced, budget)
 
     items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
              for i, (s, e) in enumerate(spans) if keep[i]]
@@ -270,6 +280,42 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
     if params.drop_consecutive:
         items = _drop_consecutive(text, items, set(params.force_tokens))
     return items
+
+
+def _best_words(scores, tokens, forced, budget: int) -> np.ndarray:
+    """Words to keep [n] (bool): forced words, then the highest-scoring ones
+    (earlier first among equals) while their tokens fit the budget."""
+    rank = np.lexsort((np.arange(len(scores)), -scores, ~forced))
+    within = np.cumsum(tokens[rank]) <= budget
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[rank[within]] = True
+    return keep | forced
+
+
+def _best_sentences(text: str, spans, scores, tokens, forced, budget: int) -> np.ndarray:
+    """Words to keep [n] (bool), whole sentences at a time.
+
+    A sentence's score is the mean score of its words. Sentences with a forced
+    word are kept; the others from the highest score down (earlier first among
+    equals), each while it fits what is left of the budget, so a long
+    sentence that does not fit is passed over for shorter ones below it.
+    Empty when not one sentence fits."""
+    if len(spans) == 0:
+        return np.zeros(0, dtype=bool)
+    ends = np.array([m.end() for m in _SENTENCE_END.finditer(text)], dtype=np.int64)
+    sentence = np.searchsorted(ends, spans[:, 0], side="right")  # [n] sentence of each word
+    _, sentence = np.unique(sentence, return_inverse=True)       # numbered 0..m-1, no gaps
+    words = np.bincount(sentence)                                 # [m]
+    mean = np.bincount(sentence, weights=scores) / words          # [m]
+    cost = np.bincount(sentence, weights=tokens).astype(np.int64)  # [m]
+    must = np.bincount(sentence, weights=forced) > 0              # [m]
+    chosen = must.copy()
+    left = budget - int(cost[must].sum())
+    for k in np.lexsort((np.arange(len(mean)), -mean)):
+        if not chosen[k] and cost[k] <= left:
+            chosen[k] = True
+            left -= int(cost[k])
+    return chosen[sentence]
 
 
 # -- helpers ----------------------------------------------------------------

@@ -55,6 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force-token", action="append", default=[], dest="force_tokens",
                    help="string to always keep (repeatable)")
     p.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
+    p.add_argument("--granularity", choices=["word", "sentence"],
+                   help="keep single words (default) or whole sentences")
     p.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     p.add_argument("--namespace", default="")
     p.add_argument("--cache-only", action="store_true",

@@ -57,7 +57,8 @@ class Job:
             raise BatchError("--part-rows and --concurrency must be at least 1")
         params = dict(compressor=args.compressor, rate=args.rate,
                       target_tokens=args.target_tokens, force_tokens=list(args.force_tokens),
-                      force_reserve_digit=args.force_reserve_digit, cache=args.cache,
+                      force_reserve_digit=args.force_reserve_digit,
+                      granularity=args.granularity, cache=args.cache,
                       namespace=args.namespace)
         return cls(args.input, args.format, args.id_field, args.text_field, args.part_rows,
                    args.output, params, args.concurrency)

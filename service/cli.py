@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--force-token", action="append", default=[], dest="force_tokens",
                       help="string to always keep (repeatable)")
     comp.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
+    comp.add_argument("--granularity", choices=["word", "sentence"],
+                      help="keep single words (default) or whole sentences")
     comp.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     comp.add_argument("--namespace", default="")
     comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
@@ -139,7 +141,8 @@ def _compress(args, config) -> int:
     options = dict(
         query=args.query, compressor=args.compressor, rate=args.rate,
         target_tokens=args.target_tokens, force_tokens=args.force_tokens,
-        force_reserve_digit=args.force_reserve_digit, cache=args.cache,
+        force_reserve_digit=args.force_reserve_digit,
+        granularity=args.granularity, cache=args.cache,
         namespace=args.namespace,
     )
     if args.server:

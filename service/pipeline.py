@@ -244,6 +244,9 @@ def _params(name: str, req: pb.CompressRequest):
             force_tokens=list(p.force_tokens),
             force_reserve_digit=p.force_reserve_digit,
             drop_consecutive=p.drop_consecutive,
+            granularity={pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
+                         pb.GRANULARITY_SENTENCE: "sentence"}.get(
+                             p.granularity, f"Granularity value {p.granularity}"),
         )
     if name == "complm":
         from compressors.complm import Params

@@ -51,6 +51,8 @@ BAD = [
     (dict(contexts=["x"], llmlingua2=dict(force_tokens=[""])), INVALID, "force_tokens[0] is empty"),
     (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a", "b", "c", ""])), INVALID, "force_tokens[3] is empty"),
     (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a"] * 101)), INVALID, "the limit is 100"),
+    (dict(contexts=["x"], llmlingua2=dict(granularity=7)), INVALID,
+     "llmlingua2.granularity must be GRANULARITY_WORD or GRANULARITY_SENTENCE, got Granularity value 7"),
 ]
 
 

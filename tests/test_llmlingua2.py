@@ -101,6 +101,7 @@ def test_drop_consecutive_collapses_repeated_forced_strings(llmlingua2):
     (dict(rate=0.5, target_tokens=10), "mutually exclusive"),
     (dict(force_tokens=[""]), "force_tokens[0]"),
     (dict(force_tokens=["x"] * 101), "force_tokens"),
+    (dict(granularity="phrase"), "granularity"),
 ])
 def test_bad_params_name_the_field(params, field):
     with pytest.raises(InvalidParams, match=re.escape(field)):
@@ -115,3 +116,38 @@ def test_pieces_are_never_glued_into_new_words():
     assert _join(text, [(0, 1), (1, 2)]) == "0;"           # adjacent pieces stay together
     assert _join(text, [(8, 9), (10, 11)]) == "x y"
     assert _join(text, [(2, 3), (8, 9)]) == "1 x"
+
+
+def sentences_of(text: str) -> list[str]:
+    """The input's sentences as the compressor cuts them (the tests' texts
+    have no abbreviations or ellipses)."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", text) if s.strip()]
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.33, 0.5])
+def test_sentence_granularity_keeps_whole_sentences_within_budget(llmlingua2, sample_text, rate):
+    (r,) = compress(llmlingua2, sample_text, rate=rate, granularity="sentence")
+    (words,) = compress(llmlingua2, sample_text, rate=rate)
+    assert 0 < r.compressed_tokens <= round(rate * r.original_tokens)
+    assert_faithful(sample_text, r.text)
+    kept = sentences_of(r.text)
+    assert kept and set(kept) <= set(sentences_of(sample_text))  # nothing cut out of a sentence
+    assert r.text != words.text
+
+
+def test_sentence_scores_decide_and_forced_sentences_stay(llmlingua2):
+    text = ("The meeting is on Tuesday. Ada Lovelace wrote the first program in 1843. "
+            "It was, well, you know, sort of a thing. The code for the vault is 7731.")
+    (r,) = compress(llmlingua2, text, rate=0.5, granularity="sentence")
+    assert "you know" not in r.text  # the filler sentence scores lowest
+    (forced,) = compress(llmlingua2, text, rate=0.3, granularity="sentence",
+                         force_tokens=["Tuesday"])
+    assert "The meeting is on Tuesday." in forced.text
+
+
+def test_sentence_granularity_falls_back_to_words_when_no_sentence_fits(llmlingua2):
+    text = ("One long sentence that goes on and on about the harbour, the ships, the "
+            "weather, the crews and the cargo they carried from port to port all year")
+    (r,) = compress(llmlingua2, text, rate=0.3, granularity="sentence")
+    (words,) = compress(llmlingua2, text, rate=0.3)
+    assert r.text == words.text and r.compressed_tokens > 0

@@ -117,6 +117,7 @@ class Segpress:
     default unless --llmlingua2-model says otherwise); one context per
     passage; the budget in reader tokens (within_budget)."""
     name = "segpress-llmlingua2"
+    granularity = "word"
 
     def __init__(self, env):
         from compressors.llmlingua2 import LLMLingua2
@@ -133,8 +134,15 @@ class Segpress:
 
     def compress(self, ex, parts, rate):
         def render(r):
-            return "\n\n".join(x.text for x in self.comp.render(parts, Params(rate=r)))
+            params = Params(rate=r, granularity=self.granularity)
+            return "\n\n".join(x.text for x in self.comp.render(parts, params))
         return within_budget(render, rate, self.reader, self.reader.count(ex.context))
+
+
+class SegpressSentences(Segpress):
+    """The same, keeping whole sentences (llmlingua2.granularity = sentence)."""
+    name = "segpress-llmlingua2-sentences"
+    granularity = "sentence"
 
 
 class Teacher:
@@ -209,4 +217,5 @@ class ReferenceLLMLingua2:
 
 METHODS = {m.name: m for m in [
     NoCompression, RandomDrop, Truncate, ReferenceLLMLingua, ReferenceLLMLingua2, Teacher, Segpress,
+    SegpressSentences,
 ]}

@@ -92,6 +92,67 @@ func (CacheMode) EnumDescriptor() ([]byte, []int) {
 	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{0}
 }
 
+// Unit of llmlingua2's selection. The model's word scores, and so the cache,
+// are the same for both; only the choice of what to keep differs.
+type Granularity int32
+
+const (
+	// GRANULARITY_WORD.
+	Granularity_GRANULARITY_UNSPECIFIED Granularity = 0
+	// Keep the highest-scoring words while their tokens fit the budget.
+	Granularity_GRANULARITY_WORD Granularity = 1
+	// Keep whole sentences, scored by the mean score of their words, from the
+	// highest down, each while it fits what is left of the budget (a sentence
+	// that does not fit is passed over for shorter ones). Sentences end at
+	// . ! ? or an ellipsis before whitespace, a CJK full stop, or a line break.
+	// A sentence with a forced word is always kept. When not one sentence of a
+	// context fits its budget, that context falls back to words. Easier for a
+	// reader LLM to use than word-level output at low rates (see the README's
+	// Quality section), at the cost of keeping fewer of the context's facts.
+	Granularity_GRANULARITY_SENTENCE Granularity = 2
+)
+
+// Enum value maps for Granularity.
+var (
+	Granularity_name = map[int32]string{
+		0: "GRANULARITY_UNSPECIFIED",
+		1: "GRANULARITY_WORD",
+		2: "GRANULARITY_SENTENCE",
+	}
+	Granularity_value = map[string]int32{
+		"GRANULARITY_UNSPECIFIED": 0,
+		"GRANULARITY_WORD":        1,
+		"GRANULARITY_SENTENCE":    2,
+	}
+)
+
+func (x Granularity) Enum() *Granularity {
+	p := new(Granularity)
+	*p = x
+	return p
+}
+
+func (x Granularity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Granularity) Descriptor() protoreflect.EnumDescriptor {
+	return file_segpress_v1_segpress_proto_enumTypes[1].Descriptor()
+}
+
+func (Granularity) Type() protoreflect.EnumType {
+	return &file_segpress_v1_segpress_proto_enumTypes[1]
+}
+
+func (x Granularity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Granularity.Descriptor instead.
+func (Granularity) EnumDescriptor() ([]byte, []int) {
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{1}
+}
+
 // Element type of a Tensor.
 type DType int32
 
@@ -129,11 +190,11 @@ func (x DType) String() string {
 }
 
 func (DType) Descriptor() protoreflect.EnumDescriptor {
-	return file_segpress_v1_segpress_proto_enumTypes[1].Descriptor()
+	return file_segpress_v1_segpress_proto_enumTypes[2].Descriptor()
 }
 
 func (DType) Type() protoreflect.EnumType {
-	return &file_segpress_v1_segpress_proto_enumTypes[1]
+	return &file_segpress_v1_segpress_proto_enumTypes[2]
 }
 
 func (x DType) Number() protoreflect.EnumNumber {
@@ -142,7 +203,7 @@ func (x DType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DType.Descriptor instead.
 func (DType) EnumDescriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{1}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
 }
 
 // What a compressor returns.
@@ -182,11 +243,11 @@ func (x OutputKind) String() string {
 }
 
 func (OutputKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_segpress_v1_segpress_proto_enumTypes[2].Descriptor()
+	return file_segpress_v1_segpress_proto_enumTypes[3].Descriptor()
 }
 
 func (OutputKind) Type() protoreflect.EnumType {
-	return &file_segpress_v1_segpress_proto_enumTypes[2]
+	return &file_segpress_v1_segpress_proto_enumTypes[3]
 }
 
 func (x OutputKind) Number() protoreflect.EnumNumber {
@@ -195,7 +256,7 @@ func (x OutputKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OutputKind.Descriptor instead.
 func (OutputKind) EnumDescriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
 }
 
 type CompressRequest struct {
@@ -366,8 +427,11 @@ type LLMLingua2Params struct {
 	// Drop a forced string when it repeats with no other kept word in
 	// between (for example runs of "\n" left behind by dropped lines).
 	DropConsecutive bool `protobuf:"varint,5,opt,name=drop_consecutive,json=dropConsecutive,proto3" json:"drop_consecutive,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// What is kept or dropped as a whole: single words (the default, as in
+	// LLMLingua-2) or whole sentences. See Granularity.
+	Granularity   Granularity `protobuf:"varint,6,opt,name=granularity,proto3,enum=segpress.v1.Granularity" json:"granularity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LLMLingua2Params) Reset() {
@@ -433,6 +497,13 @@ func (x *LLMLingua2Params) GetDropConsecutive() bool {
 		return x.DropConsecutive
 	}
 	return false
+}
+
+func (x *LLMLingua2Params) GetGranularity() Granularity {
+	if x != nil {
+		return x.Granularity
+	}
+	return Granularity_GRANULARITY_UNSPECIFIED
 }
 
 // Parameters of the complm compressor (soft tokens: every segment of at most
@@ -1490,13 +1561,14 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\a \x01(\tR\trequestIdB\b\n" +
 	"\x06paramsB\b\n" +
-	"\x06_query\"\xee\x01\n" +
+	"\x06_query\"\xaa\x02\n" +
 	"\x10LLMLingua2Params\x12\x17\n" +
 	"\x04rate\x18\x01 \x01(\x02H\x00R\x04rate\x88\x01\x01\x12(\n" +
 	"\rtarget_tokens\x18\x02 \x01(\x05H\x01R\ftargetTokens\x88\x01\x01\x12!\n" +
 	"\fforce_tokens\x18\x03 \x03(\tR\vforceTokens\x12.\n" +
 	"\x13force_reserve_digit\x18\x04 \x01(\bR\x11forceReserveDigit\x12)\n" +
-	"\x10drop_consecutive\x18\x05 \x01(\bR\x0fdropConsecutiveB\a\n" +
+	"\x10drop_consecutive\x18\x05 \x01(\bR\x0fdropConsecutive\x12:\n" +
+	"\vgranularity\x18\x06 \x01(\x0e2\x18.segpress.v1.GranularityR\vgranularityB\a\n" +
 	"\x05_rateB\x10\n" +
 	"\x0e_target_tokens\"`\n" +
 	"\rCompLLMParams\x125\n" +
@@ -1582,7 +1654,11 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x16CACHE_MODE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eCACHE_MODE_USE\x10\x01\x12\x15\n" +
 	"\x11CACHE_MODE_BYPASS\x10\x02\x12\x16\n" +
-	"\x12CACHE_MODE_REFRESH\x10\x03*X\n" +
+	"\x12CACHE_MODE_REFRESH\x10\x03*Z\n" +
+	"\vGranularity\x12\x1b\n" +
+	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10GRANULARITY_WORD\x10\x01\x12\x18\n" +
+	"\x14GRANULARITY_SENTENCE\x10\x02*X\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
@@ -1610,57 +1686,59 @@ func file_segpress_v1_segpress_proto_rawDescGZIP() []byte {
 	return file_segpress_v1_segpress_proto_rawDescData
 }
 
-var file_segpress_v1_segpress_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_segpress_v1_segpress_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_segpress_v1_segpress_proto_goTypes = []any{
 	(CacheMode)(0),                 // 0: segpress.v1.CacheMode
-	(DType)(0),                     // 1: segpress.v1.DType
-	(OutputKind)(0),                // 2: segpress.v1.OutputKind
-	(*CompressRequest)(nil),        // 3: segpress.v1.CompressRequest
-	(*LLMLingua2Params)(nil),       // 4: segpress.v1.LLMLingua2Params
-	(*CompLLMParams)(nil),          // 5: segpress.v1.CompLLMParams
-	(*Tensor)(nil),                 // 6: segpress.v1.Tensor
-	(*CompressedContext)(nil),      // 7: segpress.v1.CompressedContext
-	(*Timings)(nil),                // 8: segpress.v1.Timings
-	(*Stats)(nil),                  // 9: segpress.v1.Stats
-	(*ModelInfo)(nil),              // 10: segpress.v1.ModelInfo
-	(*CompressResponse)(nil),       // 11: segpress.v1.CompressResponse
-	(*ItemStatus)(nil),             // 12: segpress.v1.ItemStatus
-	(*CompressStreamResponse)(nil), // 13: segpress.v1.CompressStreamResponse
-	(*InfoRequest)(nil),            // 14: segpress.v1.InfoRequest
-	(*CompressorInfo)(nil),         // 15: segpress.v1.CompressorInfo
-	(*Limits)(nil),                 // 16: segpress.v1.Limits
-	(*InfoResponse)(nil),           // 17: segpress.v1.InfoResponse
+	(Granularity)(0),               // 1: segpress.v1.Granularity
+	(DType)(0),                     // 2: segpress.v1.DType
+	(OutputKind)(0),                // 3: segpress.v1.OutputKind
+	(*CompressRequest)(nil),        // 4: segpress.v1.CompressRequest
+	(*LLMLingua2Params)(nil),       // 5: segpress.v1.LLMLingua2Params
+	(*CompLLMParams)(nil),          // 6: segpress.v1.CompLLMParams
+	(*Tensor)(nil),                 // 7: segpress.v1.Tensor
+	(*CompressedContext)(nil),      // 8: segpress.v1.CompressedContext
+	(*Timings)(nil),                // 9: segpress.v1.Timings
+	(*Stats)(nil),                  // 10: segpress.v1.Stats
+	(*ModelInfo)(nil),              // 11: segpress.v1.ModelInfo
+	(*CompressResponse)(nil),       // 12: segpress.v1.CompressResponse
+	(*ItemStatus)(nil),             // 13: segpress.v1.ItemStatus
+	(*CompressStreamResponse)(nil), // 14: segpress.v1.CompressStreamResponse
+	(*InfoRequest)(nil),            // 15: segpress.v1.InfoRequest
+	(*CompressorInfo)(nil),         // 16: segpress.v1.CompressorInfo
+	(*Limits)(nil),                 // 17: segpress.v1.Limits
+	(*InfoResponse)(nil),           // 18: segpress.v1.InfoResponse
 }
 var file_segpress_v1_segpress_proto_depIdxs = []int32{
-	4,  // 0: segpress.v1.CompressRequest.llmlingua2:type_name -> segpress.v1.LLMLingua2Params
-	5,  // 1: segpress.v1.CompressRequest.complm:type_name -> segpress.v1.CompLLMParams
+	5,  // 0: segpress.v1.CompressRequest.llmlingua2:type_name -> segpress.v1.LLMLingua2Params
+	6,  // 1: segpress.v1.CompressRequest.complm:type_name -> segpress.v1.CompLLMParams
 	0,  // 2: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
-	1,  // 3: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
-	1,  // 4: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
-	8,  // 5: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
-	7,  // 6: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
-	6,  // 7: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
-	10, // 8: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
-	9,  // 9: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
-	12, // 10: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
-	11, // 11: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
-	2,  // 12: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
-	10, // 13: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
-	10, // 14: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
-	15, // 15: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
-	16, // 16: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
-	3,  // 17: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
-	3,  // 18: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
-	14, // 19: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
-	11, // 20: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
-	13, // 21: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
-	17, // 22: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	1,  // 3: segpress.v1.LLMLingua2Params.granularity:type_name -> segpress.v1.Granularity
+	2,  // 4: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
+	2,  // 5: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
+	9,  // 6: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
+	8,  // 7: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
+	7,  // 8: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
+	11, // 9: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
+	10, // 10: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
+	13, // 11: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
+	12, // 12: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
+	3,  // 13: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
+	11, // 14: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
+	11, // 15: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
+	16, // 16: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
+	17, // 17: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
+	4,  // 18: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
+	4,  // 19: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
+	15, // 20: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
+	12, // 21: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
+	14, // 22: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
+	18, // 23: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
+	21, // [21:24] is the sub-list for method output_type
+	18, // [18:21] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_segpress_v1_segpress_proto_init() }
@@ -1678,7 +1756,7 @@ func file_segpress_v1_segpress_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_segpress_v1_segpress_proto_rawDesc), len(file_segpress_v1_segpress_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -34,6 +34,10 @@ _CACHE_MODES = {
 }
 
 
+_GRANULARITIES = {
+    "word": pb.GRANULARITY_WORD,
+    "sentence": pb.GRANULARITY_SENTENCE,
+}
 _DTYPES = {
     "float32": pb.DTYPE_FLOAT32,
     "float16": pb.DTYPE_FLOAT16,
@@ -90,6 +94,7 @@ class CompressOptions(TypedDict, total=False):
     force_tokens: Sequence[str]
     force_reserve_digit: bool
     drop_consecutive: bool
+    granularity: str | None
     output_dtype: str | None
     decoder: str
     cache: str
@@ -160,6 +165,7 @@ class _ClientBase:
         force_tokens: Sequence[str] = (),
         force_reserve_digit: bool = False,
         drop_consecutive: bool = False,
+        granularity: str | None = None,
         output_dtype: str | None = None,
         decoder: str = "",
         cache: str = "use",
@@ -168,8 +174,9 @@ class _ClientBase:
     ) -> pb.CompressRequest:
         """Builds a CompressRequest from keyword arguments.
 
-        rate, target_tokens, force_tokens, force_reserve_digit and
-        drop_consecutive are llmlingua2 parameters; output_dtype ("float32",
+        rate, target_tokens, force_tokens, force_reserve_digit,
+        drop_consecutive and granularity ("word" or "sentence") are llmlingua2
+        parameters; output_dtype ("float32",
         "float16" or "bfloat16") and decoder (the decoder id or fingerprint
         the soft tokens are for) are complm's. Setting both kinds is an error."""
         if isinstance(contexts, str):
@@ -183,7 +190,7 @@ class _ClientBase:
         if query is not None:
             req.query = query
         if rate is not None or target_tokens is not None or force_tokens \
-                or force_reserve_digit or drop_consecutive:
+                or force_reserve_digit or drop_consecutive or granularity is not None:
             params = req.llmlingua2
             if rate is not None:
                 params.rate = rate
@@ -192,6 +199,11 @@ class _ClientBase:
             params.force_tokens.extend(force_tokens)
             params.force_reserve_digit = force_reserve_digit
             params.drop_consecutive = drop_consecutive
+            if granularity is not None:
+                if granularity not in _GRANULARITIES:
+                    raise ValueError(f"granularity must be one of {sorted(_GRANULARITIES)}, "
+                                     f"got {granularity!r}")
+                params.granularity = _GRANULARITIES[granularity]
         if output_dtype is not None or decoder:
             if req.HasField("llmlingua2"):
                 raise ValueError("output_dtype and decoder (complm) cannot be combined with "

@@ -60,6 +60,48 @@ CACHE_MODE_REFRESH: CacheMode.ValueType  # 3
 """Do not read; recompute every segment and overwrite its cache entry."""
 Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
 
+class _Granularity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GranularityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Granularity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRANULARITY_UNSPECIFIED: _Granularity.ValueType  # 0
+    """GRANULARITY_WORD."""
+    GRANULARITY_WORD: _Granularity.ValueType  # 1
+    """Keep the highest-scoring words while their tokens fit the budget."""
+    GRANULARITY_SENTENCE: _Granularity.ValueType  # 2
+    """Keep whole sentences, scored by the mean score of their words, from the
+    highest down, each while it fits what is left of the budget (a sentence
+    that does not fit is passed over for shorter ones). Sentences end at
+    . ! ? or an ellipsis before whitespace, a CJK full stop, or a line break.
+    A sentence with a forced word is always kept. When not one sentence of a
+    context fits its budget, that context falls back to words. Easier for a
+    reader LLM to use than word-level output at low rates (see the README's
+    Quality section), at the cost of keeping fewer of the context's facts.
+    """
+
+class Granularity(_Granularity, metaclass=_GranularityEnumTypeWrapper):
+    """Unit of llmlingua2's selection. The model's word scores, and so the cache,
+    are the same for both; only the choice of what to keep differs.
+    """
+
+GRANULARITY_UNSPECIFIED: Granularity.ValueType  # 0
+"""GRANULARITY_WORD."""
+GRANULARITY_WORD: Granularity.ValueType  # 1
+"""Keep the highest-scoring words while their tokens fit the budget."""
+GRANULARITY_SENTENCE: Granularity.ValueType  # 2
+"""Keep whole sentences, scored by the mean score of their words, from the
+highest down, each while it fits what is left of the budget (a sentence
+that does not fit is passed over for shorter ones). Sentences end at
+. ! ? or an ellipsis before whitespace, a CJK full stop, or a line break.
+A sentence with a forced word is always kept. When not one sentence of a
+context fits its budget, that context falls back to words. Easier for a
+reader LLM to use than word-level output at low rates (see the README's
+Quality section), at the cost of keeping fewer of the context's facts.
+"""
+Global___Granularity: _TypeAlias = Granularity  # noqa: Y015
+
 class _DType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -187,6 +229,7 @@ class LLMLingua2Params(_message.Message):
     FORCE_TOKENS_FIELD_NUMBER: _builtins.int
     FORCE_RESERVE_DIGIT_FIELD_NUMBER: _builtins.int
     DROP_CONSECUTIVE_FIELD_NUMBER: _builtins.int
+    GRANULARITY_FIELD_NUMBER: _builtins.int
     rate: _builtins.float
     """Fraction of each context's tokens to keep, in (0, 1]. Default 0.5 when
     neither rate nor target_tokens is set. Mutually exclusive with
@@ -202,6 +245,10 @@ class LLMLingua2Params(_message.Message):
     drop_consecutive: _builtins.bool
     """Drop a forced string when it repeats with no other kept word in
     between (for example runs of "\\n" left behind by dropped lines).
+    """
+    granularity: Global___Granularity.ValueType
+    """What is kept or dropped as a whole: single words (the default, as in
+    LLMLingua-2) or whole sentences. See Granularity.
     """
     @_builtins.property
     def force_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -219,10 +266,11 @@ class LLMLingua2Params(_message.Message):
         force_tokens: _abc.Iterable[_builtins.str] | None = ...,
         force_reserve_digit: _builtins.bool = ...,
         drop_consecutive: _builtins.bool = ...,
+        granularity: Global___Granularity.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "rate", b"rate", "target_tokens", b"target_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "drop_consecutive", b"drop_consecutive", "force_reserve_digit", b"force_reserve_digit", "force_tokens", b"force_tokens", "rate", b"rate", "target_tokens", b"target_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "drop_consecutive", b"drop_consecutive", "force_reserve_digit", b"force_reserve_digit", "force_tokens", b"force_tokens", "granularity", b"granularity", "rate", b"rate", "target_tokens", b"target_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__rate: _TypeAlias = _typing.Literal["rate"]  # noqa: Y015
     _WhichOneofArgType__rate: _TypeAlias = _typing.Literal["_rate", b"_rate"]  # noqa: Y015
