@@ -267,16 +267,6 @@ def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, ma
     import numpy as np
     from segpress.tensors import from_numpy
 
-    rows = sum(len(r.tensor) for r in rendered)
-    hidden = rendered[0].tensor.shape[1]
-    size = rows * hidden * (4 if dtype == "float32" else 2)
-    if size > max_bytes:
-        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"the response would hold {rows} rows of {hidden} {dtype}, about "
-                           f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
-                           "fewer or shorter contexts per request, or ask for "
-                           "complm.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
-
     row = segment = 0
     for r, ctx in zip(rendered, resp.contexts):
         ctx.row_start, ctx.row_end = row, row + len(r.tensor)
@@ -287,6 +277,20 @@ def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, ma
                    np.concatenate([[0], np.cumsum(segment_rows, dtype=np.int64)]))
     t.decoder_id, t.decoder_fingerprint = compressor.decoder_id, compressor.decoder_fingerprint
     resp.tensor.CopyFrom(t)
+
+    # The whole message must fit the server's max_send_message_length; refuse
+    # here with a message that says what to change rather than fail the send.
+    size = resp.ByteSize() + STATS_HEADROOM
+    if size > max_bytes:
+        rows, hidden = t.shape
+        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the response would hold {rows} rows of {hidden} {dtype}, about "
+                           f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
+                           "fewer or shorter contexts per request, or ask for "
+                           "complm.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
+
+
+STATS_HEADROOM = 1024  # bytes for CompressResponse.stats, filled in after the tensor
 
 
 def _max_force_tokens() -> int:

@@ -72,3 +72,40 @@ def test_without_a_store_every_request_computes(pipeline_parts):
     a, b = asyncio.run(run())
     assert a.stats.cache_misses == b.stats.cache_misses == 1
     assert a.text == b.text and len(counting.encoded) == 2
+
+
+@pytest.mark.parametrize("dtype,itemsize", [("float32", 4), ("bfloat16", 2)])
+def test_soft_token_response_is_held_to_the_message_limit(dtype, itemsize):
+    """The whole response (rows sent once, plus room for the stats) must fit
+    max_message_bytes: at the limit it passes, a byte under it is refused
+    with a message naming the limit."""
+    import types
+
+    import grpc
+    import numpy as np
+
+    from compressors.base import Rendered
+    from segpress import pb
+    from service.errors import RequestError
+    from service.pipeline import STATS_HEADROOM, _put_tensors
+
+    hidden = 8
+    rendered = [Rendered(3, 3, tensor=np.ones((3, hidden), np.float32), segment_rows=[2, 1]),
+                Rendered(2, 2, tensor=np.ones((2, hidden), np.float32), segment_rows=[2])]
+    decoder = types.SimpleNamespace(decoder_id="dec", decoder_fingerprint="f" * 64)
+
+    def response(limit):
+        resp = pb.CompressResponse(contexts=[pb.CompressedContext(), pb.CompressedContext()])
+        _put_tensors(resp, rendered, decoder, dtype, limit)
+        return resp
+
+    resp = response(1 << 20)
+    assert list(resp.tensor.shape) == [5, hidden] and len(resp.tensor.data) == 5 * hidden * itemsize
+    assert [(c.row_start, c.row_end) for c in resp.contexts] == [(0, 3), (3, 5)]
+    assert list(resp.tensor.segment_offsets) == [0, 2, 3, 5]
+    limit = resp.ByteSize() + STATS_HEADROOM
+    assert response(limit).tensor.data == resp.tensor.data
+    with pytest.raises(RequestError) as e:
+        response(limit - 1)
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"max_message_bytes={limit - 1}" in str(e.value)
