@@ -35,7 +35,7 @@ import json
 import sys
 
 from . import config as cfg
-from . import connection
+from . import client_args
 
 
 def add_arguments(p) -> None:
@@ -49,21 +49,12 @@ def add_arguments(p) -> None:
     p.add_argument("--text-field", default="text", help="field or column holding the text")
     p.add_argument("--part-rows", type=int, default=1000, help="records per output part file")
     # The request flags of `segpress compress`, applied to every record.
-    p.add_argument("--compressor", default="", help="compressor name (default: the default one)")
-    p.add_argument("--rate", type=float, help="fraction of tokens to keep, in (0, 1]")
-    p.add_argument("--target-tokens", type=int, help="number of tokens to keep per record")
-    p.add_argument("--force-token", action="append", default=[], dest="force_tokens",
-                   help="string to always keep (repeatable)")
-    p.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
-    p.add_argument("--granularity", choices=["word", "sentence"],
-                   help="keep single words (default) or whole sentences")
-    p.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
-    p.add_argument("--namespace", default="")
+    client_args.add_request_arguments(p)
     p.add_argument("--cache-only", action="store_true",
                    help="only warm the cache: compress every record, write no output")
     # Where the work runs.
     p.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
-    connection.add_arguments(p)
+    client_args.add_connection_arguments(p)
     p.add_argument("--concurrency", type=int, default=32,
                    help="requests in flight, in this process or on each Ray actor")
     p.add_argument("--ray", action="store_true", help="run on Ray Data (see service.batch_ray)")

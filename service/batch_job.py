@@ -17,7 +17,7 @@ from segpress import SegpressClient, SegpressError
 from segpress.tensors import context_tensor
 from segpress.v1 import segpress_pb2 as pb
 
-from . import batch_io, connection
+from . import batch_io, client_args
 from .batch_io import BatchError, OutputDir, Part
 from .errors import RequestError
 
@@ -55,11 +55,7 @@ class Job:
                              "with --server")
         if args.part_rows < 1 or args.concurrency < 1:
             raise BatchError("--part-rows and --concurrency must be at least 1")
-        params = dict(compressor=args.compressor, rate=args.rate,
-                      target_tokens=args.target_tokens, force_tokens=list(args.force_tokens),
-                      force_reserve_digit=args.force_reserve_digit,
-                      granularity=args.granularity, cache=args.cache,
-                      namespace=args.namespace)
+        params = client_args.request_options(args)
         return cls(args.input, args.format, args.id_field, args.text_field, args.part_rows,
                    args.output, params, args.concurrency)
 
@@ -131,7 +127,7 @@ def _runner(args, config, job):
 
         return RayRunner(config, job, args.ray_address, args.ray_actors, args.ray_cpus_per_actor)
     if args.server:
-        return InProcessRunner(ServerBackend(args.server, connection.connect(args)), job, "server")
+        return InProcessRunner(ServerBackend(args.server, client_args.connect(args)), job, "server")
     return InProcessRunner(LocalBackend(config, job.concurrency), job, "local")
 
 

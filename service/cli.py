@@ -22,7 +22,7 @@ import os
 import sys
 
 from . import config as cfg
-from . import connection
+from . import client_args
 from .logs import setup_logging
 
 
@@ -39,24 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("input", nargs="?", default="-",
                       help="text file, - for stdin, or 'sample' for the bundled sample")
     comp.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
-    comp.add_argument("--compressor", default="", help="compressor name (default: the server's)")
-    comp.add_argument("--rate", type=float, help="fraction of tokens to keep, in (0, 1]")
-    comp.add_argument("--target-tokens", type=int, help="number of tokens to keep")
+    client_args.add_request_arguments(comp)
     comp.add_argument("--query", help="query or question (for query-aware compressors)")
-    comp.add_argument("--force-token", action="append", default=[], dest="force_tokens",
-                      help="string to always keep (repeatable)")
-    comp.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
-    comp.add_argument("--granularity", choices=["word", "sentence"],
-                      help="keep single words (default) or whole sentences")
-    comp.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
-    comp.add_argument("--namespace", default="")
     comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    connection.add_arguments(comp)
+    client_args.add_connection_arguments(comp)
     cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device"])
 
     info = sub.add_parser("info", help="describe a server (or the local setup)")
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
-    connection.add_arguments(info)
+    client_args.add_connection_arguments(info)
     cfg.add_arguments(info, ["llmlingua2_model", "cache_dir", "device"])
 
     bench = sub.add_parser("bench", help="speed: cold, warm, per-token cost, concurrency")
@@ -138,15 +129,9 @@ def _compress(args, config) -> int:
     else:
         path = sample_path() if args.input == "sample" else args.input
         text = open(path, encoding="utf-8").read()
-    options = dict(
-        query=args.query, compressor=args.compressor, rate=args.rate,
-        target_tokens=args.target_tokens, force_tokens=args.force_tokens,
-        force_reserve_digit=args.force_reserve_digit,
-        granularity=args.granularity, cache=args.cache,
-        namespace=args.namespace,
-    )
+    options = dict(client_args.request_options(args), query=args.query)
     if args.server:
-        with connection.connect(args) as client:
+        with client_args.connect(args) as client:
             try:
                 resp = client.compress([text], **options)
             except SegpressError as e:
@@ -177,7 +162,7 @@ def _info(args, config) -> int:
     from google.protobuf import json_format
 
     if args.server:
-        with connection.connect(args) as client:
+        with client_args.connect(args) as client:
             resp = client.info()
     else:
         async def info(p):
