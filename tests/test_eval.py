@@ -59,4 +59,23 @@ def test_small_real_eval(tmp_path):
         else:
             assert 0.1 < s["ratio"] < 0.7, s
     assert len(result["targets"]) == 8  # 4 per segpress method
+    assert {(d["method"], d["minus"]) for d in result["differences"]} >= {
+        ("segpress-llmlingua2-sentences", "none"), ("segpress-llmlingua2", "truncate")}
     assert result["reader"]["greedy"] and len(result["llmlingua2"]["fingerprint"]) == 64
+
+
+def test_paired_differences_and_their_intervals():
+    from service.evaluation.report import differences
+
+    def rows(method, rate, correct):
+        return [{"split": "test", "task": "needle", "method": method, "rate": rate,
+                 "example": f"e{i}", "correct": c} for i, c in enumerate(correct)]
+
+    ours = [True] * 8 + [False] * 2
+    data = (rows("segpress-llmlingua2", 0.33, ours) + rows("none", 1.0, [True] * 10)
+            + rows("random", 0.33, [False] * 10) + rows("random", 0.5, [True] * 10))
+    got = {d["minus"]: d for d in differences(data, methods=("segpress-llmlingua2",))}
+    assert set(got) == {"none", "random"}  # random at 0.33 only; none at rate 1
+    assert got["random"]["difference"] == 0.8 and got["random"]["n"] == 10
+    lo, hi = got["none"]["ci95"]
+    assert got["none"]["difference"] == -0.2 and -0.5 <= lo < -0.2 < hi <= 0.0

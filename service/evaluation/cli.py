@@ -48,7 +48,7 @@ def main(args, config) -> int:
 
     from .methods import METHODS, Env
     from .reader import Reader
-    from .report import table, targets, write
+    from .report import differences, print_results, targets, write
     from .run import Plan, run, summarize
 
     if config.torch_threads:
@@ -69,18 +69,16 @@ def main(args, config) -> int:
         rows += run(plan, parts[split], env, progress=lambda m: print(m, file=sys.stderr, flush=True)).rows
     summary = summarize(rows)
     goals = targets(summary)
+    diffs = differences(rows)
     result = {
         "command": "segpress " + " ".join(sys.argv[1:]),
         "reader": {"path": reader_dir, "fingerprint": models.fingerprint(reader_dir),
                    "dtype": env.reader.dtype, "greedy": True},
         "llmlingua2": {"path": llmlingua2_dir, "fingerprint": models.fingerprint(llmlingua2_dir)},
         "data": corpus.PROVENANCE, "torch_threads": torch.get_num_threads(),
-        "summary": summary, "targets": goals, "rows": rows,
+        "summary": summary, "targets": goals, "differences": diffs, "rows": rows,
     }
     json_path, png_path = write(Path(args.out or Path(config.cache_dir) / "eval"), result)
-    print(table(summary))
-    for g in goals:
-        print(f"{g['split']}: {g['target']}: {100 * g['value']:.1f}% vs {100 * g['bar']:.1f}% "
-              f"-> {'met' if g['met'] else 'NOT met'}")
+    print_results(summary, goals, diffs)
     print(f"wrote {json_path} and {png_path}")
     return 0

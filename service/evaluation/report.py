@@ -45,6 +45,44 @@ def targets(summary: list[dict], rate: float = 0.33, methods=OURS) -> list[dict]
     return out
 
 
+def differences(rows: list[dict], rate: float = 0.33, methods=OURS, resamples: int = 5000,
+                seed: int = 0) -> list[dict]:
+    """Accuracy of each segpress method at `rate` minus each other method's
+    (uncompressed at rate 1) on the same examples, with a 95% paired
+    percentile bootstrap interval over examples (fixed seed)."""
+    import numpy as np
+
+    correct: dict[tuple, dict[str, bool]] = {}
+    for r in rows:
+        correct.setdefault((r["split"], r["task"], r["method"], r["rate"]), {})[r["example"]] = r["correct"]
+    out = []
+    for (split, task, method, r), ours in sorted(correct.items()):
+        if method not in methods or r != rate:
+            continue
+        for (split2, task2, other, r2), theirs in sorted(correct.items()):
+            if (split2, task2) != (split, task) or other == method or r2 != (1.0 if other == "none" else rate):
+                continue
+            ids = sorted(ours.keys() & theirs.keys())
+            d = np.array([ours[i] for i in ids], float) - np.array([theirs[i] for i in ids], float)  # [n]
+            rng = np.random.default_rng(seed)
+            means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)  # [resamples]
+            out.append({"split": split, "task": task, "method": method, "minus": other,
+                        "rate": rate, "n": len(d), "difference": float(d.mean()),
+                        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]})
+    return out
+
+
+def print_results(summary: list[dict], goals: list[dict], diffs: list[dict]) -> None:
+    print(table(summary))
+    for g in goals:
+        print(f"{g['split']}: {g['target']}: {100 * g['value']:.1f}% vs {100 * g['bar']:.1f}% "
+              f"-> {'met' if g['met'] else 'NOT met'}")
+    for d in diffs:
+        lo, hi = d["ci95"]
+        print(f"{d['split']}: {d['task']}: {d['method']} minus {d['minus']}: "
+              f"{100 * d['difference']:+.0f} points [{100 * lo:+.0f}, {100 * hi:+.0f}] (n={d['n']})")
+
+
 def write(out_dir: Path, result: dict) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "eval.json"
@@ -82,3 +120,11 @@ def plot(summary: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    # python -m service.evaluation.report EVAL_JSON: the printed results of a saved run.
+    import sys
+
+    saved = json.loads(Path(sys.argv[1]).read_text())
+    print_results(saved["summary"], targets(saved["summary"]), differences(saved["rows"]))
