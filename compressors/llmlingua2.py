@@ -26,6 +26,10 @@ Where this differs from the reference `llmlingua` package, and why:
   and whitespace such as "\n") instead of being swapped for added tokens
   before the model runs; the model input, and so the cache, stays the same
   whatever a request forces.
+- granularity="sentence" is an addition (the reference's LLMLingua-2 path
+  filters words, and optionally whole contexts): the same word scores,
+  averaged per sentence, choose whole sentences. A small reader answers far
+  better from whole sentences at low rates (README, Quality).
 """
 
 import re
