@@ -49,7 +49,7 @@ def main(args, config) -> int:
     from .methods import METHODS, Env
     from .reader import Reader
     from .report import differences, print_results, targets, write
-    from .run import Plan, run, summarize
+    from .run import Plan, build_methods, run, summarize
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -63,10 +63,12 @@ def main(args, config) -> int:
     parts = corpus.split(config.cache_dir)
     rates = [float(r) for r in args.rates.split(",") if r]
 
+    methods = build_methods(names, env)
     rows = []
     for split in [s for s in args.split.split(",") if s]:
-        plan = Plan(split, args.tasks.split(","), args.examples, rates, names, args.seed)
-        rows += run(plan, parts[split], env, progress=lambda m: print(m, file=sys.stderr, flush=True)).rows
+        plan = Plan(split, args.tasks.split(","), args.examples, rates, args.seed)
+        rows += run(plan, parts[split], env, methods,
+                    progress=lambda m: print(m, file=sys.stderr, flush=True)).rows
     summary = summarize(rows)
     goals = targets(summary)
     diffs = differences(rows)

@@ -18,7 +18,7 @@ checkpoint to use) and builds its models once.
 """
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,16 @@ class Env:
     reader_dir: str       # the decoder checkpoint (also the LLMLingua-1 scoring LM)
     llmlingua2_dir: str   # the llmlingua2 checkpoint (segpress and the reference's LLMLingua-2)
     seed: int = 0
+    _llmlingua2: object = field(default=None, repr=False)
+
+    def llmlingua2(self):
+        """segpress's llmlingua2 compressor on llmlingua2_dir (float32), loaded
+        once for every method that uses it."""
+        if self._llmlingua2 is None:
+            from compressors.llmlingua2 import LLMLingua2
+
+            self._llmlingua2 = LLMLingua2(self.llmlingua2_dir, dtype="float32")
+        return self._llmlingua2
 
 
 class NoCompression:
@@ -120,9 +130,7 @@ class Segpress:
     granularity = "word"
 
     def __init__(self, env):
-        from compressors.llmlingua2 import LLMLingua2
-
-        self.comp = LLMLingua2(env.llmlingua2_dir, dtype="float32")
+        self.comp = env.llmlingua2()
         self.reader = env.reader
 
     def prepare(self, ex):
@@ -145,37 +153,27 @@ class SegpressSentences(Segpress):
     granularity = "sentence"
 
 
-class Teacher:
+class Teacher(Segpress):
     """The training teacher as a compressor: SmolLM2 surprisal per word
     (words as llmlingua2 splits them) in place of the classifier's scores,
     the same selection and output as segpress. What the student imitates."""
     name = "teacher-surprisal"
 
     def __init__(self, env):
-        from compressors.llmlingua2 import LLMLingua2
         from compressors.surprisal import Surprisal
 
-        self.comp = LLMLingua2(env.llmlingua2_dir, dtype="float32")
+        super().__init__(env)
         self.teacher = Surprisal(env.reader_dir)
-        self.reader = env.reader
 
     def prepare(self, ex):
-        parts = []
-        for p in ex.passages:
-            segs = self.comp.segment(p)
-            encoded = self.comp.encode([s.text for s in segs])
-            spans = context_words(ContextParts(p, segs, encoded))["spans"].astype(np.int64)
-            surprisal = self.teacher.words(p, spans)  # [words of all segments]
-            ends = np.cumsum([len(e["scores"]) for e in encoded])
-            for e, part in zip(encoded, np.split(surprisal, ends[:-1])):
-                e["scores"] = part.astype(np.float32)
-            parts.append(ContextParts(p, segs, encoded))
+        parts = super().prepare(ex)
+        for part in parts:
+            spans = context_words(part)["spans"].astype(np.int64)
+            surprisal = self.teacher.words(part.text, spans)  # [words of all segments]
+            ends = np.cumsum([len(e["scores"]) for e in part.encoded])
+            for e, scores in zip(part.encoded, np.split(surprisal, ends[:-1])):
+                e["scores"] = scores.astype(np.float32)
         return parts
-
-    def compress(self, ex, parts, rate):
-        def render(r):
-            return "\n\n".join(x.text for x in self.comp.render(parts, Params(rate=r)))
-        return within_budget(render, rate, self.reader, self.reader.count(ex.context))
 
 
 class ReferenceLLMLingua:

@@ -26,7 +26,6 @@ class Plan:
     tasks: list[str]
     examples: int            # per task
     rates: list[float]
-    methods: list[str]
     seed: int = 0
     rows: list[dict] = field(default_factory=list)  # one per (example, method, rate)
 
@@ -35,8 +34,13 @@ def examples_for(docs: dict[str, str], plan: Plan) -> list[Example]:
     return [ex for t in plan.tasks for ex in TASKS[t](docs, plan.examples, plan.seed)]
 
 
-def run(plan: Plan, docs: dict[str, str], env: Env, progress=log.info) -> Plan:
-    methods = {name: METHODS[name](env) for name in plan.methods}
+def build_methods(names: list[str], env: Env) -> dict:
+    """The methods by name, each built once (models load here)."""
+    return {name: METHODS[name](env) for name in names}
+
+
+def run(plan: Plan, docs: dict[str, str], env: Env, methods: dict, progress=log.info) -> Plan:
+    """Every example of `plan` through `methods` (from build_methods)."""
     examples = examples_for(docs, plan)
     t0 = time.perf_counter()
     for n, ex in enumerate(examples, 1):
