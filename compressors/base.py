@@ -8,6 +8,9 @@ A compressor works in three steps:
                                                     rate-independent, cached
   render(contexts, params) -> list[Rendered]        cheap, per request
 
+and check_params(params), which raises InvalidParams for parameters this
+model cannot serve (Params.check covers those that need no model).
+
 Only `encode` results are cached, so nothing a request asks for (rate, query,
 budget) may influence them.
 """

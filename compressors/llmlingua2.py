@@ -132,6 +132,9 @@ class LLMLingua2:
         # Special tokens around the text: [CLS] ... [SEP] or <s> ... </s>.
         self.prefix_ids, self.suffix_ids = _special_affixes(self.tokenizer)
 
+    def check_params(self, params: Params) -> None:
+        """Checks that need the model: none (Params.check covers them all)."""
+
     # -- segment -----------------------------------------------------------
 
     def segment(self, text: str) -> list[Segment]:
@@ -271,10 +274,10 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
                 extra.add((m.start(), m.end()))
     forced |= force_hits
 
-    keep = np.zeros(len(spans), dtype=bool)
+    keep = None
     if params.granularity == "sentence":
         keep = _best_sentences(text, spans, scores, tokens, forced, budget)
-    if not keep.any():  # word granularity, or no whole sentence fits the budget
+    if keep is None or not keep.any():  # word granularity, or no whole sentence fits
         keep = _best_words(scores, tokens, forced, budget)
 
     items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))

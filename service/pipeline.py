@@ -101,8 +101,7 @@ class Pipeline:
         params = _params(name, req)
         try:
             params.check()
-            if hasattr(compressor, "check_params"):  # checks that need the model (complm.decoder)
-                compressor.check_params(params)
+            compressor.check_params(params)  # checks that need the model (complm.decoder)
         except InvalidParams as e:
             raise RequestError(invalid, str(e)) from None
         return compressor, params
@@ -250,11 +249,11 @@ def _params(name: str, req: pb.CompressRequest):
         )
     if name == "complm":
         from compressors.complm import Params
+        from segpress.tensors import DTYPES
 
         p = req.complm
-        dtype = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
-                 pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}.get(
-                     p.output_dtype, f"DType value {p.output_dtype}")
+        names = {code: name for name, code in DTYPES.items()} | {pb.DTYPE_UNSPECIFIED: "float32"}
+        dtype = names.get(p.output_dtype, f"DType value {p.output_dtype}")
         return Params(output_dtype=dtype, decoder=p.decoder)
     raise AssertionError(f"no parameter mapping for compressor {name}")
 

@@ -62,7 +62,7 @@ class AsyncSegpressClient(_ClientBase):
             async for resp in call:
                 yield resp
         except grpc.RpcError as e:
-            raise SegpressError(e.code(), e.details() or "") from None
+            raise SegpressError.from_rpc(e) from None
         finally:
             call.cancel()  # a no-op once the stream is done; ends it if the caller stopped early
 
@@ -81,6 +81,6 @@ class AsyncSegpressClient(_ClientBase):
             except grpc.RpcError as e:
                 delay = self.retry.delay_s(e, attempt, deadline)
                 if delay is None:
-                    raise SegpressError(e.code(), e.details() or "") from None
+                    raise SegpressError.from_rpc(e) from None
             await asyncio.sleep(delay)
             attempt += 1

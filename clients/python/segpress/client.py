@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import grpc
 
+from .tensors import DTYPES
 from .v1 import segpress_pb2 as pb
 from .v1 import segpress_pb2_grpc as pb_grpc
 
@@ -38,11 +39,6 @@ _GRANULARITIES = {
     "word": pb.GRANULARITY_WORD,
     "sentence": pb.GRANULARITY_SENTENCE,
 }
-_DTYPES = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float16": pb.DTYPE_FLOAT16,
-    "bfloat16": pb.DTYPE_BFLOAT16,
-}
 
 
 class SegpressError(Exception):
@@ -52,6 +48,10 @@ class SegpressError(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+    @classmethod
+    def from_rpc(cls, e: grpc.RpcError) -> SegpressError:
+        return cls(e.code(), e.details() or "")
 
 
 @dataclass(frozen=True)
@@ -208,9 +208,9 @@ class _ClientBase:
             if req.HasField("llmlingua2"):
                 raise ValueError("output_dtype and decoder (complm) cannot be combined with "
                                  "llmlingua2 parameters")
-            if output_dtype is not None and output_dtype not in _DTYPES:
-                raise ValueError(f"output_dtype must be one of {sorted(_DTYPES)}, got {output_dtype!r}")
-            req.complm.output_dtype = _DTYPES[output_dtype or "float32"]
+            if output_dtype is not None and output_dtype not in DTYPES:
+                raise ValueError(f"output_dtype must be one of {sorted(DTYPES)}, got {output_dtype!r}")
+            req.complm.output_dtype = DTYPES[output_dtype or "float32"]
             req.complm.decoder = decoder
         return req
 
@@ -248,7 +248,7 @@ class SegpressClient(_ClientBase):
         try:
             yield from responses
         except grpc.RpcError as e:
-            raise SegpressError(e.code(), e.details() or "") from None
+            raise SegpressError.from_rpc(e) from None
         finally:
             responses.cancel()  # a no-op once the stream is done; ends it if the caller stopped early
 
@@ -267,6 +267,6 @@ class SegpressClient(_ClientBase):
             except grpc.RpcError as e:
                 delay = self.retry.delay_s(e, attempt, deadline)
                 if delay is None:
-                    raise SegpressError(e.code(), e.details() or "") from None
+                    raise SegpressError.from_rpc(e) from None
             time.sleep(delay)
             attempt += 1

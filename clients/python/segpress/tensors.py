@@ -30,7 +30,8 @@ _STORAGE: dict[int, np.dtype[Any]] = {
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_BFLOAT16: np.dtype("<u2"),
 }
-_NAMES: dict[str, int] = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16, "bfloat16": pb.DTYPE_BFLOAT16}
+# dtype names, as the client and the server spell them.
+DTYPES: dict[str, int] = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16, "bfloat16": pb.DTYPE_BFLOAT16}
 
 
 def _raw(tensor: pb.Tensor) -> np.ndarray:
@@ -114,9 +115,9 @@ def from_numpy(array: np.ndarray, dtype: str | pb.DType.ValueType = "float32",
                segment_offsets: Sequence[int] = ()) -> pb.Tensor:
     """A Tensor holding `array` converted to `dtype` ("float32", "float16",
     "bfloat16" or a DType value); bfloat16 rounds to nearest even."""
-    code = _NAMES.get(dtype) if isinstance(dtype, str) else dtype
+    code = DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if code not in _STORAGE:
-        raise ValueError(f"dtype must be one of {sorted(_NAMES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     array = np.asarray(array)
     if code == pb.DTYPE_BFLOAT16:
         f32 = np.ascontiguousarray(array, dtype="<f4")
