@@ -11,28 +11,48 @@ import (
 // Rows decodes a soft-token tensor (shape [rows, hidden], little-endian
 // row-major FLOAT32, FLOAT16 or BFLOAT16 elements) into float32 rows.
 func Rows(t *pb.Tensor) ([][]float32, error) {
+	l, err := layoutOf(t)
+	if err != nil {
+		return nil, err
+	}
+	return l.decode(t.GetData(), 0, l.rows), nil
+}
+
+// layout is what decoding a checked tensor needs.
+type layout struct {
+	rows, hidden, size int
+	element            func([]byte) float32
+}
+
+// layoutOf checks the tensor's shape, dtype and data length.
+func layoutOf(t *pb.Tensor) (layout, error) {
 	shape := t.GetShape()
 	if len(shape) != 2 || shape[0] < 0 || shape[1] < 0 {
-		return nil, fmt.Errorf("segpress: tensor shape %v is not [rows, hidden]", shape)
+		return layout{}, fmt.Errorf("segpress: tensor shape %v is not [rows, hidden]", shape)
 	}
-	size, decode := elementDecoder(t.GetDtype())
-	if decode == nil {
-		return nil, fmt.Errorf("segpress: unsupported tensor dtype %v", t.GetDtype())
+	size, element := elementDecoder(t.GetDtype())
+	if element == nil {
+		return layout{}, fmt.Errorf("segpress: unsupported tensor dtype %v", t.GetDtype())
 	}
-	rows, hidden := int(shape[0]), int(shape[1])
-	data := t.GetData()
-	if len(data) != rows*hidden*size {
-		return nil, fmt.Errorf("segpress: tensor data has %d bytes, shape %v of %v needs %d",
-			len(data), shape, t.GetDtype(), rows*hidden*size)
+	l := layout{int(shape[0]), int(shape[1]), size, element}
+	if len(t.GetData()) != l.rows*l.hidden*size {
+		return layout{}, fmt.Errorf("segpress: tensor data has %d bytes, shape %v of %v needs %d",
+			len(t.GetData()), shape, t.GetDtype(), l.rows*l.hidden*size)
 	}
-	out := make([][]float32, rows)
+	return l, nil
+}
+
+// decode returns rows [start, end) of data as float32 rows.
+func (l layout) decode(data []byte, start, end int) [][]float32 {
+	out := make([][]float32, end-start)
 	for r := range out {
-		out[r] = make([]float32, hidden)
+		out[r] = make([]float32, l.hidden)
+		row := (start + r) * l.hidden
 		for h := range out[r] {
-			out[r][h] = decode(data[(r*hidden+h)*size:])
+			out[r][h] = l.element(data[(row+h)*l.size:])
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Segments decodes a soft-token tensor and splits its rows by
@@ -59,24 +79,23 @@ func Segments(t *pb.Tensor) ([][][]float32, error) {
 }
 
 // ContextRows decodes context i's soft tokens: rows [row_start, row_end) of
-// resp.tensor, which holds every context's rows once, in request order. It
-// decodes the whole tensor; to read every context, call Rows once and slice
-// it by each context's RowStart and RowEnd.
+// resp.tensor, which holds every context's rows once, in request order. Only
+// those rows are decoded.
 func ContextRows(resp *pb.CompressResponse, i int) ([][]float32, error) {
 	contexts := resp.GetContexts()
 	if i < 0 || i >= len(contexts) {
 		return nil, fmt.Errorf("segpress: no context %d in a response of %d", i, len(contexts))
 	}
-	rows, err := Rows(resp.GetTensor())
+	l, err := layoutOf(resp.GetTensor())
 	if err != nil {
 		return nil, err
 	}
 	start, end := contexts[i].GetRowStart(), contexts[i].GetRowEnd()
-	if start < 0 || start > end || end > int64(len(rows)) {
+	if start < 0 || start > end || end > int64(l.rows) {
 		return nil, fmt.Errorf("segpress: context %d rows [%d, %d) are not within the tensor's %d rows",
-			i, start, end, len(rows))
+			i, start, end, l.rows)
 	}
-	return rows[start:end], nil
+	return l.decode(resp.GetTensor().GetData(), int(start), int(end)), nil
 }
 
 // elementDecoder returns the byte size of one element and its decoder.
