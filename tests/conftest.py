@@ -32,6 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -44,8 +53,8 @@ def redis_server_binary() -> str:
 class RedisProcess:
     """A redis-server on loopback that a test can stop and start again."""
 
-    def __init__(self, *extra: str):
-        self.port = free_port()
+    def __init__(self, *extra: str, port: int | None = None):
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="segpress-redis-")
         self.extra = extra
         self.proc = None
@@ -63,11 +72,14 @@ class RedisProcess:
         import redis
 
         client = redis.Redis(port=self.port)
-        for _ in range(100):
+        for _ in range(200):
             try:
                 client.ping()
                 return self
             except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} exited "
+                                       f"({self.proc.returncode})") from None
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 

@@ -3,7 +3,6 @@ output, and the cache comes back when Redis does."""
 
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -11,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RedisProcess, ServerProcess, redis_server_binary
+from conftest import RedisProcess, ServerProcess, port_is_free, redis_server_binary
 
 from segpress import SegpressClient
 
@@ -135,39 +134,13 @@ def cluster_ports(n: int) -> list[int]:
     return ports
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @pytest.fixture()
-def redis_cluster(tmp_path):
+def redis_cluster():
     """A real 3-master Redis Cluster on loopback."""
-    ports = cluster_ports(3)
-    procs = []
-    for p in ports:
-        d = tmp_path / f"node-{p}"
-        d.mkdir()
-        procs.append(subprocess.Popen(
-            [redis_server_binary(), "--port", str(p), "--bind", "127.0.0.1",
-             "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-             "--dir", str(d), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    nodes = [RedisProcess("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                          port=p).start() for p in cluster_ports(3)]
+    ports = [n.port for n in nodes]
     cli = shutil.which("redis-cli") or str(Path(redis_server_binary()).parent / "redis-cli")
-    import redis
-
-    for p, proc in zip(ports, procs):  # every node answers before the cluster is formed
-        for _ in range(200):
-            try:
-                redis.Redis(port=p).ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, f"cluster node on port {p} exited ({proc.returncode})"
-                time.sleep(0.05)
     created = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                               "--cluster-replicas", "0", "--cluster-yes"],
                              capture_output=True, text=True, timeout=60)
@@ -179,9 +152,9 @@ def redis_cluster(tmp_path):
             break
         time.sleep(0.1)
     yield ports
-    for p in procs:
-        p.kill()
-        p.wait()
+    for n in nodes:
+        n.stop()
+        shutil.rmtree(n.dir, ignore_errors=True)
 
 
 def test_redis_cluster_batch_lookups_span_slots(model_dir, tmp_path, redis_cluster):
