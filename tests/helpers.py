@@ -1,4 +1,16 @@
-"""Assertions shared by several test modules."""
+"""Assertions and commands shared by several test modules."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def segpress(*args: str, **kw) -> subprocess.CompletedProcess:
+    """`segpress ARGS...` in a subprocess from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, **kw)
 
 
 def assert_faithful(original: str, compressed: str):

@@ -20,6 +20,7 @@ from compressors.complm import DEFAULT_WEIGHTS
 from service.config import Config
 
 from conftest import ROOT, ServerProcess
+from helpers import segpress
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no trained complm weights")
 
@@ -244,11 +245,9 @@ def test_tiny_training_run(tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "complm.safetensors"
-    r = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", "complm", "--steps", "2", "--batch-size", "1",
-         "--ctx-min", "20", "--ctx-max", "30", "--continuation", "4", "--dev-examples", "2",
-         "--out", str(out), "--cache-dir", Config().cache_dir],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = segpress("train", "complm", "--steps", "2", "--batch-size", "1", "--ctx-min", "20",
+                 "--ctx-max", "30", "--continuation", "4", "--dev-examples", "2",
+                 "--out", str(out), "--cache-dir", Config().cache_dir, timeout=600)
     assert r.returncode == 0, r.stderr
     card = json.loads(out.with_suffix(".json").read_text())
     assert [h["step"] for h in card["history"]] == [2] and card["config"]["steps"] == 2

@@ -2,10 +2,8 @@
 reader, one example per task, one rate (the full run is in README.md)."""
 
 import json
-import subprocess
-import sys
 
-from conftest import ROOT
+from helpers import segpress
 
 from compressors import corpus
 from service.evaluation import tasks
@@ -36,10 +34,8 @@ def test_splits_do_not_share_essays():
 
 
 def test_small_real_eval(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "service.cli", "eval", "--split", "dev", "--examples", "1",
-         "--rates", "0.33", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = segpress("eval", "--split", "dev", "--examples", "1", "--rates", "0.33",
+                 "--out", str(tmp_path), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| dev | needle | segpress-llmlingua2 | 0.33 |" in r.stdout
     result = json.loads((tmp_path / "eval.json").read_text())

@@ -4,18 +4,11 @@ named, fingerprints are the sha256 of the weights."""
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from helpers import segpress
 
 from compressors import models
-
-
-def segpress(*args):
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True)
 
 
 def test_default_llmlingua2_is_assembled_once_and_damage_names_the_fix(tmp_path):

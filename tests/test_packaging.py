@@ -7,7 +7,7 @@ import sys
 import venv
 
 from conftest import ROOT, DATA
-from helpers import assert_faithful
+from helpers import assert_faithful, segpress
 
 
 def test_generated_python_code_is_current():
@@ -33,11 +33,6 @@ def test_client_installs_and_works_without_torch(server, tmp_path):
     out = subprocess.run([py, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "llmlingua2"]
-
-
-def segpress(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, **kw)
 
 
 def test_cli_compress_against_server(server):

@@ -131,17 +131,14 @@ def test_mutual_tls_requires_a_client_certificate(redis_proc, model_dir, tmp_pat
 
 
 def test_cli_reaches_a_secured_server(tls_server, certs):
-    import subprocess
-    import sys
+    from helpers import segpress
 
-    from conftest import ROOT
-
-    base = [sys.executable, "-m", "service.cli", "compress", "--server", tls_server.target,
-            "--ca", str(certs["ca"]), "--rate", "0.5", "sample"]
-    ok = subprocess.run(base + ["--token", "tok-a"], cwd=ROOT, capture_output=True, text=True)
+    base = ["compress", "--server", tls_server.target, "--ca", str(certs["ca"]), "--rate", "0.5",
+            "sample"]
+    ok = segpress(*base, "--token", "tok-a")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip()
-    denied = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
+    denied = segpress(*base)
     assert denied.returncode == 2 and "UNAUTHENTICATED" in denied.stderr
 
 
