@@ -52,3 +52,17 @@ class Rendered:
 
 class InvalidParams(ValueError):
     """A request parameter is out of range; the message names the field."""
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, width: int = 0):
+    """Token-id lists as one right-padded batch: input_ids and attention_mask,
+    both [len(seqs), max(width, longest)] (torch.long; mask 1 on real tokens)."""
+    import torch
+
+    width = max([width] + [len(s) for s in seqs])
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask

@@ -48,7 +48,7 @@ from torch import nn
 
 from cache.codec import Kind
 
-from .base import ContextParts, InvalidParams, Rendered, Segment
+from .base import ContextParts, InvalidParams, Rendered, Segment, pad_right
 from .models import SMOLLM2, WEIGHTS_DIR, fingerprint, resolve_dtype
 from .segmenter import split_segments
 
@@ -138,12 +138,9 @@ class CompLLMModel(nn.Module):
         seqs = [s + [self.eos_id] * k for s, k in zip(segments, ks)]
         # One fixed width (S + S/C, more only for a longer segment), so that a
         # segment's CEs do not depend on which other segments share its batch.
-        width = max([len(s) for s in seqs] + [self.config.segment_tokens + self.slots(self.config.segment_tokens) + 2])
-        ids = torch.full((len(seqs), width), self.eos_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: causal attention never sees it
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        # Right padding: causal attention never sees it.
+        ids, mask = pad_right(seqs, self.eos_id,
+                              width=self.config.segment_tokens + self.slots(self.config.segment_tokens) + 2)
         self.set_lora(True)
         try:
             h = self.decoder.model(input_ids=ids.to(device), attention_mask=mask.to(device),

@@ -43,7 +43,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 
 from cache.codec import Kind
 
-from .base import ContextParts, InvalidParams, Rendered, Segment
+from .base import ContextParts, InvalidParams, Rendered, Segment, pad_right
 from .models import fingerprint, resolve_dtype
 from .segmenter import split_segments, trim_spaces
 
@@ -213,17 +213,16 @@ class LLMLingua2:
                 spans[-1][1] += 1
         return ids, spans, word_of_token
 
+    def model_inputs(self, batch: list[list[int]]):
+        """input_ids and attention_mask [batch, width] for token-id lists:
+        special tokens around each, right padding."""
+        seqs = [self.prefix_ids + list(ids) + self.suffix_ids for ids in batch]
+        return pad_right(seqs, self.tokenizer.pad_token_id)
+
     @torch.inference_mode()
     def _keep_probs(self, batch: list[list[int]]) -> list[np.ndarray]:
         """Keep probability of every token, for a batch of token-id lists."""
-        tok = self.tokenizer
-        seqs = [self.prefix_ids + ids + self.suffix_ids for ids in batch]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        input_ids, mask = self.model_inputs(batch)  # [batch, width] each
         logits = self.model(  # [batch, width, 2]
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
         ).logits

@@ -135,15 +135,10 @@ def word_labels(surprisal: np.ndarray, digit: np.ndarray, digit_floor: float) ->
 def make_batch(items: list[dict], comp: LLMLingua2, digit_floor: float):
     """input_ids, attention_mask [b, t]; targets [b, t] (keep label, -1 where
     no loss: special tokens and padding)."""
-    seqs = [comp.prefix_ids + list(it["ids"]) + comp.suffix_ids for it in items]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), comp.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    targets = torch.full((len(seqs), width), -1.0)
+    input_ids, mask = comp.model_inputs([it["ids"] for it in items])
+    targets = torch.full(input_ids.shape, -1.0)
     n = len(comp.prefix_ids)
-    for i, (s, it) in enumerate(zip(seqs, items)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    for i, it in enumerate(items):
         labels = word_labels(it["surprisal"], it["digit"], digit_floor)
         targets[i, n : n + len(it["ids"])] = torch.from_numpy(labels[it["word_of_token"]])
     return input_ids, mask, targets
