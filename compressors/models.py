@@ -291,6 +291,16 @@ def _damage(path: Path) -> str:
     return ""
 
 
+def write_card(weights: Path, config: dict, **fields) -> dict:
+    """Writes the JSON card next to trained weights (same name, .json): the
+    file's name, sha256 and size, the command and training config that made
+    it, and `fields`. Returns the card."""
+    card = {"file": weights.name, "sha256": _sha256(weights), "bytes": weights.stat().st_size,
+            "command": "segpress " + " ".join(sys.argv[1:]), "config": config, **fields}
+    weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

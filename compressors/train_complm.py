@@ -19,7 +19,6 @@ The result (float16) goes to compressors/weights/complm-smollm2-135m.safetensors
 with a JSON card beside it: command, data, timings, loss history.
 """
 
-import hashlib
 import json
 import logging
 import math
@@ -205,21 +204,15 @@ def export(model: CompLLMModel, cfg: TrainConfig, record: dict, out: Path) -> di
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out, {"decoder": models.SMOLLM2, "decoder_fingerprint": record["decoder_fingerprint"],
                      "train": json.dumps(asdict(cfg), sort_keys=True)})
-    card = {
-        "file": out.name,
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "bytes": out.stat().st_size,
-        "parameters": sum(p.numel() for p in model.trainable()),
-        "command": "segpress train complm " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["train", "complm"] else "",
-        "config": asdict(cfg),
-        "model": json.loads(model.config.to_json()),
-        "data": corpus.PROVENANCE,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+    return models.write_card(
+        out, asdict(cfg),
+        parameters=sum(p.numel() for p in model.trainable()),
+        model=json.loads(model.config.to_json()),
+        data=corpus.PROVENANCE,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
         **record,
-    }
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    )
 
 
 def main(cfg: TrainConfig, out: str | None, config) -> int:

