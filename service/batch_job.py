@@ -210,19 +210,11 @@ class LocalBackend:
     (--redis-url, or the embedded Redis), on an event loop of its own."""
 
     def __init__(self, config, concurrency: int):
-        from compressors.registry import build_all
+        from .server import open_pipeline
 
-        from .pipeline import Pipeline
-        from .server import make_store
-
-        if config.torch_threads:
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
         self.concurrency = concurrency
         self.loop = asyncio.new_event_loop()
-        self.store, self.embedded = self.loop.run_until_complete(make_store(config))
-        self.pipeline = Pipeline(config, build_all(config), self.store)
+        self.pipeline, self._close = self.loop.run_until_complete(open_pipeline(config))
 
     def compress_many(self, requests):
         """Yields (code, message, response or None) per request, in order,
@@ -245,10 +237,7 @@ class LocalBackend:
                 task.cancel()
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.pipeline.close())
-        self.loop.run_until_complete(self.store.close())
-        if self.embedded is not None:
-            self.embedded.shutdown()
+        self.loop.run_until_complete(self._close())
         self.loop.close()
 
 

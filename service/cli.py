@@ -221,21 +221,13 @@ def _eval(args, config) -> int:
 
 async def _local(config, run):
     """Runs `run(pipeline)` with in-process models; cache only with --redis-url."""
-    from compressors.registry import build_all
+    from .server import open_pipeline
 
-    from .pipeline import Pipeline
-    from .server import make_store
-
-    store = None
-    if config.redis_url:
-        store, _ = await make_store(config)
-    pipeline = Pipeline(config, build_all(config), store)
+    pipeline, close = await open_pipeline(config, embedded=False)
     try:
         return await run(pipeline)
     finally:
-        await pipeline.close()
-        if store is not None:
-            await store.close()
+        await close()
 
 
 if __name__ == "__main__":

@@ -167,6 +167,31 @@ async def make_store(config: Config):
     return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s), embedded
 
 
+async def open_pipeline(config: Config, embedded: bool = True):
+    """The request pipeline as `serve` runs it: the configured compressors
+    (torch threads per --torch-threads) and the segment store (--redis-url;
+    without one, an embedded Redis, or no cache when `embedded` is False).
+    Returns the pipeline and an async function that closes all of it."""
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    compressors = build_all(config)
+    store = started = None
+    if config.redis_url or embedded:
+        store, started = await make_store(config)
+    pipeline = Pipeline(config, compressors, store)
+
+    async def close() -> None:
+        await pipeline.close()
+        if store is not None:
+            await store.close()
+        if started is not None:
+            started.shutdown()
+
+    return pipeline, close
+
+
 def _credentials(config: Config):
     """TLS server credentials, or None for plaintext."""
     if not config.tls_cert:
@@ -184,15 +209,9 @@ def _credentials(config: Config):
 
 async def serve(config: Config) -> None:
     """Runs the server until SIGTERM or SIGINT."""
-    if config.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
     auth = Authenticator.from_config(config)
     credentials = _credentials(config)
-    compressors = build_all(config)
-    store, embedded = await make_store(config)
-    pipeline = Pipeline(config, compressors, store)
+    pipeline, close_pipeline = await open_pipeline(config)
 
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -217,7 +236,7 @@ async def serve(config: Config) -> None:
     log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s)", config.host, port,
              "TLS" if credentials else "plaintext", "on" if auth.enabled else "off",
              config.metrics_port or "off")
-    for name, c in compressors.items():
+    for name, c in pipeline.compressors.items():
         log.info("compressor %s: model %s fingerprint %s dtype %s", name, c.model_id,
                  c.fingerprint[:16], getattr(c, "dtype", "-"))
 
@@ -239,8 +258,5 @@ async def serve(config: Config) -> None:
         await asyncio.sleep(0.05)
     await server.stop(0)
     await stopping
-    await store.close()
-    await pipeline.close()
-    if embedded is not None:
-        embedded.shutdown()
+    await close_pipeline()
     log.info("stopped")
