@@ -255,3 +255,21 @@ def test_tiny_training_run(tmp_path):
     state = load_file(str(out))
     assert state["head.weight"].abs().max() > 0 and len([k for k in state if k.startswith("lora.")]) == 240
     assert out.stat().st_size < 8 << 20
+
+
+def test_small_real_complm_eval(tmp_path):
+    """`segpress eval complm` for real, small: every condition's loss, the
+    gap closed with its interval, needle QA and one prefill timing."""
+    out = tmp_path / "complm.json"
+    r = segpress("eval", "complm", "--examples", "4", "--context-tokens", "32", "--continuation", "8",
+                 "--needles", "1", "--needle-words", "60", "--prefill", "64", "--repeats", "1",
+                 "--bootstrap", "50", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["per_example"]) == {"none", "full", "ce", "ce_other", "truncated"}
+    assert all(len(v) == 4 for v in result["per_example"].values())
+    gap = result["continuation"]["gap_closed"]
+    assert gap["ci95"][0] <= gap["value"] <= gap["ci95"][1]
+    assert set(result["needle"]["accuracy"]) == {"full", "ce", "none"} and result["needle"]["examples"] == 1
+    (row,) = result["prefill"]
+    assert row["context_tokens"] == 64 and row["ce_rows"] == 32 and row["prefill_ce_s"] > 0

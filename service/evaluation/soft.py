@@ -73,9 +73,7 @@ def continuation_losses(decoder, comp, examples: list[dict], bos_id: int):
     dtype = E.weight.dtype
 
     def ces(text):
-        segs = comp.segment(text)
-        rendered = comp.render([_parts(text, segs, comp.encode([s.text for s in segs]))], comp.Params())[0]
-        return torch.from_numpy(rendered.tensor).to(dtype)
+        return torch.from_numpy(_render(comp, text).tensor).to(dtype)
 
     def loss(prefix: torch.Tensor, cont: list[int]) -> float:
         x = torch.cat([E(torch.tensor([bos_id])), prefix.to(dtype), E(torch.tensor(cont))])[None]
@@ -99,18 +97,20 @@ def continuation_losses(decoder, comp, examples: list[dict], bos_id: int):
     return {k: np.asarray(v) for k, v in out.items()}, [len(c) for c in all_ces]
 
 
-def _parts(text, segs, encoded):
+def _render(comp, text: str):
+    """`text` through the compressor as the server runs it (segment, encode,
+    render), with no cache."""
     from compressors.base import ContextParts
 
-    return ContextParts(text, segs, encoded)
+    segs = comp.segment(text)
+    return comp.render([ContextParts(text, segs, comp.encode([s.text for s in segs]))], comp.Params())[0]
 
 
 def _tensor(comp, text: str):
     """The CEs of `text` as the wire Tensor a client gets."""
     from segpress.tensors import from_numpy
 
-    segs = comp.segment(text)
-    r = comp.render([_parts(text, segs, comp.encode([s.text for s in segs]))], comp.Params())[0]
+    r = _render(comp, text)
     t = from_numpy(r.tensor, "float32", np.concatenate([[0], np.cumsum(r.segment_rows)]))
     t.decoder_id = comp.decoder_id
     return t
@@ -154,25 +154,26 @@ def prefill_times(decoder, comp, tok, docs: dict[str, str], lengths: list[int], 
     ids = []
     for name in sorted(docs):
         ids += tok(docs[name] + "\n\n", add_special_tokens=False)["input_ids"]
+
+    def forward(x):
+        with torch.inference_mode():
+            h = decoder.model(inputs_embeds=x[None], use_cache=True).last_hidden_state
+            decoder.lm_head(h[:, -1])  # the first token's logits
+
+    def timed(fn):
+        """Median seconds of `repeats` calls."""
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
     rows = []
     for n in lengths:
         if n > len(ids):
             raise SystemExit(f"--prefill {n}: the test essays hold only {len(ids)} tokens")
         text = tok.decode(ids[:n])
-
-        def forward(x):
-            with torch.inference_mode():
-                h = decoder.model(inputs_embeds=x[None], use_cache=True).last_hidden_state
-                decoder.lm_head(h[:, -1])  # the first token's logits
-
-        def timed(fn):
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            return statistics.median(times)
-
         with torch.inference_mode():
             full = torch.cat([E(torch.tensor([bos_id])), E(torch.tensor(ids[:n]))])
             segs = comp.segment(text)
