@@ -85,7 +85,7 @@ def run(args, config) -> dict:
         if plan.duplicates:
             log.warning("%d records repeat an earlier id and are skipped (first kept), e.g. %s",
                         plan.duplicates, ", ".join(map(repr, plan.duplicate_ids)))
-        runner = _runner(args, config, job)
+        runner = _runner(args, config, job, source)
         compressor, fingerprint = runner.probe()
         done: set[int] = set()
         if out is not None:
@@ -121,14 +121,15 @@ def run(args, config) -> dict:
             out.close()
 
 
-def _runner(args, config, job):
+def _runner(args, config, job, source):
     if args.ray:
         from .batch_ray import RayRunner
 
         return RayRunner(config, job, args.ray_address, args.ray_actors, args.ray_cpus_per_actor)
     if args.server:
-        return InProcessRunner(ServerBackend(args.server, client_args.connect(args)), job, "server")
-    return InProcessRunner(LocalBackend(config, job.concurrency), job, "local")
+        backend = ServerBackend(args.server, client_args.connect(args))
+        return InProcessRunner(backend, job, "server", source)
+    return InProcessRunner(LocalBackend(config, job.concurrency), job, "local", source)
 
 
 def _check_manifest(out: OutputDir, want: dict) -> None:
@@ -158,14 +159,13 @@ def probe(backend, job: Job) -> tuple[str, str]:
     return resp.compressor, resp.model.fingerprint
 
 
-def process_part(backend, source, job: Job, part: Part, on_row=None) -> "Stats":
+def process_part(backend, source, job: Job, part: Part, on_row) -> None:
     """Compresses the records of one part, in order, and writes the part file
-    (not with --cache-only); returns the part's numbers. `on_row(row)` is
-    called as each row is done."""
+    (not with --cache-only). `on_row(row)` is called as each row is done."""
     records = source.read(part)
     requests = [job.request(r.text, request_id=f"row {r.row}") for r in records if not r.error]
     results = backend.compress_many(requests)
-    rows, stats = [], Stats()
+    rows = []
     for rec in records:
         if rec.error:
             row = output_row(rec, grpc.StatusCode.INVALID_ARGUMENT.value[0], rec.error)
@@ -177,12 +177,9 @@ def process_part(backend, source, job: Job, part: Part, on_row=None) -> "Stats":
                                  "the same command again to resume.")
             row = output_row(rec, code, message, resp)
         rows.append(row)
-        stats.add_row(row)
-        if on_row is not None:
-            on_row(row)
+        on_row(row)
     if job.output is not None:
         batch_io.write_part(job.output, part.index, rows)
-    return stats
 
 
 def output_row(rec: batch_io.Record, code: int, message: str = "",
@@ -262,16 +259,15 @@ class ServerBackend:
 class InProcessRunner:
     """Does the parts one after another in this process."""
 
-    def __init__(self, backend, job: Job, mode: str):
-        self.backend, self.job, self.mode = backend, job, mode
+    def __init__(self, backend, job: Job, mode: str, source):
+        self.backend, self.job, self.mode, self.source = backend, job, mode, source
 
     def probe(self) -> tuple[str, str]:
         return probe(self.backend, self.job)
 
     def run(self, parts: list[Part], progress: "Progress") -> None:
-        source = self.job.source()
         for part in parts:
-            process_part(self.backend, source, self.job, part, progress.add_row)
+            process_part(self.backend, self.source, self.job, part, progress.add_row)
 
     def close(self) -> None:
         self.backend.close()

@@ -43,8 +43,10 @@ class PartWorker:
         self.parts = {p.index: p for p in parts}
 
     def __call__(self, batch: dict) -> dict:
-        stats = [process_part(self.backend, self.source, self.job, self.parts[int(i)])
-                 for i in batch["part"]]
+        stats = []
+        for i in batch["part"]:
+            stats.append(Stats())
+            process_part(self.backend, self.source, self.job, self.parts[int(i)], stats[-1].add_row)
         return {"stats": [json.dumps(dataclasses.asdict(s)) for s in stats]}
 
 
