@@ -185,13 +185,14 @@ class CompLLMModel(nn.Module):
 
 
 def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,
-               dtype: str = "float32", device: str = "cpu"):
+               dtype: str = "float32", device: str = "cpu", config: CompLLMConfig | None = None):
     """(CompLLMModel, tokenizer) for the decoder checkpoint in `decoder_dir`,
-    with the trained LoRA + head from `weights` (None: untrained)."""
+    with the trained LoRA + head from `weights` (their config with them), or
+    untrained with `config` (default CompLLMConfig()) when weights is None."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = CompLLMConfig()
+    config = config or CompLLMConfig()
     if weights is not None:
         with safe_open(str(weights), "pt") as f:
             config = CompLLMConfig.from_json(f.metadata()["config"])

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import corpus, models
-from .complm import DEFAULT_WEIGHTS, CompLLMConfig, CompLLMModel
+from .complm import DEFAULT_WEIGHTS, CompLLMConfig, CompLLMModel, load_model
 from .segmenter import split_segments
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,10 @@ def dev_report(model: CompLLMModel, dev: list[dict], bos_id: int, bf16: bool) ->
 
 
 def train(cache_dir: str, cfg: TrainConfig, log_every: int = 10):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     decoder_dir = models.ensure_smollm2(Path(cache_dir) / "models")
-    tok = AutoTokenizer.from_pretrained(decoder_dir)
-    decoder = AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32)
-    model = CompLLMModel(decoder, tok.eos_token_id, CompLLMConfig(rank=cfg.rank, alpha=2.0 * cfg.rank))
+    model, tok = load_model(decoder_dir, None, config=CompLLMConfig(rank=cfg.rank, alpha=2.0 * cfg.rank))
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     S = model.config.segment_tokens
     split = corpus.split(cache_dir)
