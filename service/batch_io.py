@@ -156,9 +156,12 @@ class JsonlInput:
         with open(self.path, "rb") as f:
             for row, raw in enumerate(f):
                 offset += len(raw)
-                record = self._parse(row, raw)
-                if record is not None:
-                    yield row, record.id, offset
+                obj = self._object(row, raw)
+                if obj is None:
+                    continue
+                # Planning needs only the id; the text is checked when its part is read.
+                rid = _check_id(obj.get(self.id_field), self.id_field)[0] if isinstance(obj, dict) else None
+                yield row, rid, offset
 
     def read(self, part: Part) -> list[Record]:
         with open(self.path, "rb") as f:
@@ -168,6 +171,17 @@ class JsonlInput:
         return [r for r in records if r is not None and r.row not in part.skip]
 
     def _parse(self, row: int, raw: bytes) -> Record | None:
+        obj = self._object(row, raw)
+        if obj is None:
+            return None
+        if isinstance(obj, str):
+            return Record(row, None, None, obj)
+        return make_record(row, obj.get(self.id_field), obj.get(self.text_field),
+                           self.id_field, self.text_field)
+
+    def _object(self, row: int, raw: bytes) -> dict | str | None:
+        """The line's JSON object, an error message when it is not one, or
+        None for a blank line."""
         if not raw.strip():
             return None
         try:
@@ -175,11 +189,10 @@ class JsonlInput:
             # with undecodable text still yields its id.
             obj = json.loads(raw.decode("utf-8", "surrogateescape"))
         except ValueError as e:
-            return Record(row, None, None, f"line {row + 1} is not valid JSON: {e}")
+            return f"line {row + 1} is not valid JSON: {e}"
         if not isinstance(obj, dict):
-            return Record(row, None, None, f"line {row + 1} is not a JSON object")
-        return make_record(row, obj.get(self.id_field), obj.get(self.text_field),
-                           self.id_field, self.text_field)
+            return f"line {row + 1} is not a JSON object"
+        return obj
 
 
 class ParquetInput:
