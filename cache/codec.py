@@ -1,24 +1,24 @@
 """Value codec: an Encoded segment <-> bytes stored in Redis.
 
 An encoded segment is a small set of named numpy arrays (for llmlingua2: word
-spans, scores and token counts; for soft compressors: one tensor). Layout,
-all little-endian:
+spans, scores and token counts; for soft compressors: one tensor). The
+compressor says what kind of value it stores (compressors.base.Kind, a small
+int); the codec only checks it. Layout, all little-endian:
 
     magic    4 bytes  b"SGP1"
     version  u8       FORMAT_VERSION
-    kind     u8       what the arrays mean (see Kind), checked on decode
+    kind     u8       what the arrays mean (the compressor's Kind), checked on decode
     count    u16      number of arrays
     crc32    u32      zlib.crc32 of everything after the header
     then per array:
       name length u8, name (ascii)
-      dtype code  u8  (see DTYPES), ndim u8, shape ndim x u32
+      dtype code  u8  (see ARRAY_DTYPES), ndim u8, shape ndim x u32
       data        row-major bytes
 
 A value with a wrong magic, version, kind or checksum decodes to None and the
 caller treats it as a miss.
 """
 
-import enum
 import struct
 import zlib
 
@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sBBHI")
 
 # dtype code <-> numpy dtype (little-endian). bfloat16 travels as uint16 bits.
-DTYPES = {
+ARRAY_DTYPES = {
     1: np.dtype("<f4"),
     2: np.dtype("<f2"),
     3: np.dtype("<u2"),  # bfloat16 bits
@@ -38,15 +38,10 @@ DTYPES = {
     6: np.dtype("<i8"),
     7: np.dtype("<u1"),
 }
-_CODES = {dt: code for code, dt in DTYPES.items()}
+_CODES = {dt: code for code, dt in ARRAY_DTYPES.items()}
 
 
-class Kind(enum.IntEnum):
-    WORD_SCORES = 1  # llmlingua2: per-word spans, keep scores, token counts
-    SOFT_TOKENS = 2  # soft compressors: [rows, hidden] tensor
-
-
-def encode(kind: Kind, arrays: dict[str, np.ndarray]) -> bytes:
+def encode(kind: int, arrays: dict[str, np.ndarray]) -> bytes:
     body = bytearray()
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
@@ -56,12 +51,12 @@ def encode(kind: Kind, arrays: dict[str, np.ndarray]) -> bytes:
         body += struct.pack("<B", len(raw)) + raw
         body += struct.pack("<BB", code, arr.ndim)
         body += struct.pack(f"<{arr.ndim}I", *arr.shape)
-        body += arr.astype(DTYPES[code], copy=False).tobytes()
+        body += arr.astype(ARRAY_DTYPES[code], copy=False).tobytes()
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, int(kind), len(arrays), zlib.crc32(body))
     return header + bytes(body)
 
 
-def decode(kind: Kind, value: bytes) -> dict[str, np.ndarray] | None:
+def decode(kind: int, value: bytes) -> dict[str, np.ndarray] | None:
     """The arrays, or None when the value is not a valid `kind` value."""
     try:
         magic, version, got_kind, count, crc = _HEADER.unpack_from(value, 0)
@@ -79,7 +74,7 @@ def decode(kind: Kind, value: bytes) -> dict[str, np.ndarray] | None:
             pos += 2
             shape = struct.unpack_from(f"<{ndim}I", body, pos)
             pos += 4 * ndim
-            dtype = DTYPES[code]
+            dtype = ARRAY_DTYPES[code]
             size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             arrays[name] = np.frombuffer(body[pos : pos + size], dtype=dtype).reshape(shape).copy()
             pos += size

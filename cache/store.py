@@ -65,11 +65,6 @@ class SegmentStore:
             return 1
         return 0
 
-    async def delete_prefix(self, pattern: str) -> None:
-        """Deletes keys matching `pattern` (SCAN + DEL); for tests and tools."""
-        async for key in self.client.scan_iter(match=pattern, count=1000):
-            await self.client.delete(key)
-
     async def close(self) -> None:
         await self.client.aclose()
 

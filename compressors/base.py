@@ -1,23 +1,50 @@
-"""What every compressor provides, and the errors it raises.
+"""The compressor contract: what the service relies on, as code.
 
 A compressor works in three steps:
 
-  segment(text)            -> list[Segment]        deterministic, cheap
-  encode(segment_texts)    -> list[dict of arrays]  the model forward pass:
-                                                    expensive, query- and
-                                                    rate-independent, cached
-  render(contexts, params) -> list[Rendered]        cheap, per request
+  segment(text)            -> list[Segment]   deterministic, cheap
+  encode(segment_texts)    -> list[Encoded]   the model forward pass: expensive,
+                                              query- and rate-independent, cached
+  render(contexts, params) -> list[Rendered]  cheap, per request
 
-and check_params(params), which raises InvalidParams for parameters this
-model cannot serve (Params.check covers those that need no model).
+Only `encode` results are cached (under a key made of the namespace, the
+compressor's `name`, its `cache_id` and the segment text), so nothing a request
+asks for (rate, query, budget) may influence them.
 
-Only `encode` results are cached, so nothing a request asks for (rate, query,
-budget) may influence them.
+A request's parameters reach a compressor as its own `Params` object, built by
+`Params.from_proto(request)` and checked by `Params.check()` (what needs no
+model) and `Compressor.check_params(params)` (what does). Both raise
+InvalidParams with a message that names the field.
+
+The service never names a compressor: compressors are registered in
+compressors/registry.py, and everything the pipeline needs is below.
 """
 
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from segpress.v1 import segpress_pb2 as pb
+
+# What a compressor returns: text, or soft tokens (a [rows, hidden] tensor).
+Output = Literal["text", "tensor"]
+
+# One segment's cached value: named arrays (cache/codec.py stores them).
+Encoded = dict[str, np.ndarray]
+
+
+class Kind(enum.IntEnum):
+    """What a cached value's arrays mean; stored in the value's header, so a
+    value of another kind read under the same key is a miss, never misread."""
+
+    WORD_SCORES = 1  # llmlingua2: per-word spans, keep scores, token counts
+    SOFT_TOKENS = 2  # soft compressors: one [rows, hidden] tensor
 
 
 @dataclass(frozen=True)
@@ -36,7 +63,7 @@ class ContextParts:
 
     text: str
     segments: list[Segment]
-    encoded: list[dict[str, np.ndarray]]
+    encoded: list[Encoded]
 
 
 @dataclass
@@ -54,6 +81,64 @@ class InvalidParams(ValueError):
     """A request parameter is out of range; the message names the field."""
 
 
+class Params(Protocol):
+    """A compressor's request parameters."""
+
+    @classmethod
+    def from_proto(cls, req: pb.CompressRequest) -> Params:
+        """The parameters of `req` (its oneof case for this compressor, or
+        the defaults when the request sets none). Values the proto cannot
+        name (an unknown enum number) are kept as text for check() to refuse."""
+        ...
+
+    def check(self) -> None:
+        """Raises InvalidParams for values out of range (no model needed)."""
+        ...
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """What the pipeline, the server and `segpress batch` use of a compressor."""
+
+    name: ClassVar[str]        # registry name, also the proto oneof case of its params
+    output: ClassVar[Output]   # "text" or "tensor"
+    kind: ClassVar[Kind]       # what its cached values hold
+    Params: ClassVar[type]     # its Params class (see the Params protocol)
+
+    model_id: str              # a readable model name, reported in responses and Info
+    fingerprint: str           # sha256 of the weights
+    cache_id: str              # what cache keys name: fingerprint + precision (+ engine)
+    max_segment_tokens: int    # segments are cut to at most this many tokens
+    # Request limits of this compressor, reported in InfoResponse.limits
+    # (field name -> value), e.g. {"max_force_tokens": 100}.
+    limits: ClassVar[dict[str, int]]
+
+    def check_params(self, params) -> None:
+        """Raises InvalidParams for parameters this model cannot serve."""
+        ...
+
+    def segment(self, text: str) -> list[Segment]: ...
+
+    def encode(self, texts: list[str]) -> list[Encoded]: ...
+
+    def render(self, contexts: list[ContextParts], params, query: str | None = None
+               ) -> list[Rendered]: ...
+
+
+@runtime_checkable
+class SoftCompressor(Compressor, Protocol):
+    """A compressor whose output is soft tokens for one decoder. Its Params
+    have `output_dtype` ("float32", "float16" or "bfloat16"): the element
+    type of the response tensor; render returns float32 rows."""
+
+    decoder_id: str            # the decoder that reads the rows
+    decoder_fingerprint: str   # sha256 of that decoder's weights
+    hidden_size: int           # the decoder's input-embedding width (columns)
+
+
+# -- shared by the compressors ----------------------------------------------------
+
+
 def pad_right(seqs: list[list[int]], pad_id: int, width: int = 0):
     """Token-id lists as one right-padded batch: input_ids and attention_mask,
     both [len(seqs), max(width, longest)] (torch.long; mask 1 on real tokens)."""
@@ -66,3 +151,24 @@ def pad_right(seqs: list[list[int]], pad_id: int, width: int = 0):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
     return ids, mask
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices of the inputs in batches of at most `batch_size`, shortest
+    first, so each padded forward pass wastes little on padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for b in range(0, len(order), batch_size):
+        yield order[b : b + batch_size]
+
+
+def render_rows(contexts: list[ContextParts], name: str, hidden: int) -> list[Rendered]:
+    """Soft tokens of each context: its segments' cached rows (`encoded[name]`,
+    [k, hidden] each) concatenated in order, with the rows of each segment."""
+    out = []
+    for c in contexts:
+        rows = [e[name] for e in c.encoded]
+        tensor = np.concatenate(rows) if rows else np.zeros((0, hidden), np.float32)
+        out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
+                            compressed_tokens=len(tensor), tensor=tensor,
+                            segment_rows=[len(r) for r in rows]))
+    return out

@@ -21,197 +21,40 @@ Choices where the paper leaves details open (or where we differ):
   segmenter, which prefers sentence ends and whitespace. Each segment is
   tokenized on its own, so the same text gives the same CEs in any context.
 - Slots: k copies of the eos token after the segment, as in the paper;
-  rotary positions tell them apart. C = 2 is fixed at training time: the rate
-  is a property of the trained weights, not a request parameter, so what is
-  cached does not depend on the request.
+  rotary positions tell them apart. C = 2 (CompLLMConfig.tokens_per_ce) is
+  fixed at training time: it is a property of the trained weights, not a
+  request parameter, so what is cached does not depend on the request.
 - LoRA: rank 8, alpha 16, on the q, k, v and o projections of every layer.
 - Head: one Linear(hidden, hidden) with bias, zero-initialised (the CEs start
   at 0 and move where the decoder's loss pulls them).
-- Training (compressors/train_complm.py): KL divergence between the frozen
+- Training (compressors/training/train_complm.py): KL divergence between the frozen
   decoder's next-token distributions on continuation tokens after the full
   text and after the CEs (the paper distils hidden states on answer tokens;
   the KL on the output is the quantity `segpress eval complm` measures).
 
 What the cache holds per segment: the CEs as float32 [k, hidden]; `render`
 concatenates a context's segments and reports each segment's row count.
+The model itself (LoRA, head, loading) is compressors/complm_model.py.
 """
 
 import hashlib
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
-from cache.codec import Kind
+from segpress.v1 import segpress_pb2 as pb
 
-from .base import ContextParts, InvalidParams, Rendered, Segment, pad_right
-from .models import SMOLLM2, WEIGHTS_DIR, fingerprint, resolve_dtype
-from .segmenter import split_segments
+from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
+                   length_sorted_batches, render_rows)
+from .complm_model import DEFAULT_WEIGHTS, load_model, weights_metadata
+from .models import SMOLLM2, fingerprint, resolve_dtype
+from .segmenter import segment_text
 
 NAME = "complm"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "complm-smollm2-135m.safetensors"
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-@dataclass(frozen=True)
-class CompLLMConfig:
-    """What a set of trained weights was made with (stored in its metadata)."""
-
-    segment_tokens: int = 20  # S: most tokens per segment
-    rate: int = 2  # C: tokens per CE
-    rank: int = 8  # LoRA rank
-    alpha: float = 16.0  # LoRA scale = alpha / rank
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-    def to_json(self) -> str:
-        return json.dumps({**self.__dict__, "targets": list(self.targets)}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> "CompLLMConfig":
-        d = json.loads(s)
-        return cls(**{**d, "targets": tuple(d["targets"])})
-
-
-# -- the model -----------------------------------------------------------------
-
-
-class LoRALinear(nn.Module):
-    """base(x) + (alpha / r) * B A x while `enabled`; base stays frozen."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.A = nn.Parameter(torch.empty(rank, base.in_features))  # [r, in]
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))  # [out, r]: starts as a no-op
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.scale = alpha / rank
-        self.enabled = True
-
-    def forward(self, x):
-        y = self.base(x)
-        if self.enabled:
-            y = y + (x.to(self.A.dtype) @ self.A.T @ self.B.T).to(y.dtype) * self.scale
-        return y
-
-
-class CompLLMModel(nn.Module):
-    """The decoder (frozen), its LoRA (on only while compressing) and the head."""
-
-    def __init__(self, decoder, eos_id: int, config: CompLLMConfig = CompLLMConfig()):
-        super().__init__()
-        self.decoder = decoder.requires_grad_(False)
-        self.config = config
-        self.eos_id = eos_id
-        self.loras: list[LoRALinear] = []
-        for layer in decoder.model.layers:
-            attn = layer.self_attn
-            for name in config.targets:
-                lora = LoRALinear(getattr(attn, name), config.rank, config.alpha)
-                setattr(attn, name, lora)
-                self.loras.append(lora)
-        hidden = decoder.config.hidden_size
-        self.head = nn.Linear(hidden, hidden)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-        self.set_lora(False)
-
-    @property
-    def embed(self) -> nn.Embedding:
-        return self.decoder.get_input_embeddings()
-
-    def set_lora(self, enabled: bool) -> None:
-        for lora in self.loras:
-            lora.enabled = enabled
-
-    def slots(self, n_tokens: int) -> int:
-        """CEs of a segment of `n_tokens` tokens."""
-        return math.ceil(n_tokens / self.config.rate)
-
-    def concept_embeddings(self, segments: list[list[int]]) -> list[torch.Tensor]:
-        """CEs [k_i, hidden] of each segment (token ids), in one forward pass."""
-        device = self.head.weight.device
-        ks = [self.slots(len(s)) for s in segments]
-        seqs = [s + [self.eos_id] * k for s, k in zip(segments, ks)]
-        # One fixed width (S + S/C, more only for a longer segment), so that a
-        # segment's CEs do not depend on which other segments share its batch.
-        # Right padding: causal attention never sees it.
-        ids, mask = pad_right(seqs, self.eos_id,
-                              width=self.config.segment_tokens + self.slots(self.config.segment_tokens) + 2)
-        self.set_lora(True)
-        try:
-            h = self.decoder.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   use_cache=False).last_hidden_state  # [B, width, hidden]
-        finally:
-            self.set_lora(False)
-        out = []
-        for i, (s, k) in enumerate(zip(segments, ks)):
-            out.append(self.head(h[i, len(s) : len(s) + k].to(self.head.weight.dtype)))
-        return out
-
-    # -- trained weights: LoRA + head, nothing of the base ----------------------
-
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        state = {"head.weight": self.head.weight, "head.bias": self.head.bias}
-        for i, lora in enumerate(self.loras):
-            state[f"lora.{i}.A"] = lora.A
-            state[f"lora.{i}.B"] = lora.B
-        return {k: v.detach() for k, v in state.items()}
-
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for lora in self.loras for p in (lora.A, lora.B)] + list(self.head.parameters())
-
-    def save(self, path: str | Path, metadata: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.to(torch.float16).contiguous() for k, v in self.trained_state().items()}
-        save_file(state, str(path), metadata={"config": self.config.to_json(), **metadata})
-
-    def load(self, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-        mine = self.trained_state()
-        if set(state) != set(mine):
-            raise ValueError(f"{path} does not hold complm LoRA + head tensors for this model")
-        with torch.no_grad():
-            for k, v in state.items():
-                if v.shape != mine[k].shape:
-                    raise ValueError(f"{path}: {k} is {tuple(v.shape)}, expected {tuple(mine[k].shape)}")
-                mine[k].copy_(v.to(mine[k].dtype))
-
-
-def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,
-               dtype: str = "float32", device: str = "cpu", config: CompLLMConfig | None = None):
-    """(CompLLMModel, tokenizer) for the decoder checkpoint in `decoder_dir`,
-    with the trained LoRA + head from `weights` (their config with them), or
-    untrained with `config` (default CompLLMConfig()) when weights is None."""
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    config = config or CompLLMConfig()
-    if weights is not None:
-        with safe_open(str(weights), "pt") as f:
-            config = CompLLMConfig.from_json(f.metadata()["config"])
-    tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
-    decoder = AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32)
-    model = CompLLMModel(decoder, tokenizer.eos_token_id, config)
-    if weights is not None:
-        model.load(weights)
-    return model.to(device=device, dtype=getattr(torch, dtype)).eval(), tokenizer
-
-
-def weights_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata())
-
-
-# -- the compressor --------------------------------------------------------------
+# Element types the response tensor can have (proto DType -> name).
+OUTPUT_DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
+                 pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
 
 
 @dataclass
@@ -219,9 +62,16 @@ class Params:
     output_dtype: str = "float32"  # element type of the returned tensors
     decoder: str = ""  # the decoder the caller will use; "" = ours
 
+    @classmethod
+    def from_proto(cls, req: pb.CompressRequest) -> "Params":
+        p = req.complm
+        return cls(output_dtype=OUTPUT_DTYPES.get(p.output_dtype, f"DType value {p.output_dtype}"),
+                   decoder=p.decoder)
+
     def check(self) -> None:
-        if self.output_dtype not in DTYPES:
-            raise InvalidParams(f"complm.output_dtype must be one of {', '.join(DTYPES)}, "
+        names = sorted(set(OUTPUT_DTYPES.values()))
+        if self.output_dtype not in names:
+            raise InvalidParams(f"complm.output_dtype must be one of {', '.join(names)}, "
                                 f"got {self.output_dtype!r}")
 
 
@@ -230,6 +80,7 @@ class CompLLM:
     kind = Kind.SOFT_TOKENS
     output = "tensor"
     Params = Params
+    limits: dict[str, int] = {}
 
     def __init__(self, decoder_dir: str | Path, weights: str | Path = DEFAULT_WEIGHTS,
                  device: str = "cpu", batch_size: int = 64, dtype: str = "float32"):
@@ -238,6 +89,7 @@ class CompLLM:
         self.config = self.model.config
         self.batch_size = batch_size
         self.max_segment_tokens = self.config.segment_tokens
+        self.hidden_size = self.model.decoder.config.hidden_size
         self.decoder_id = SMOLLM2
         self.decoder_fingerprint = fingerprint(decoder_dir)
         trained_for = weights_metadata(weights).get("decoder_fingerprint")
@@ -260,16 +112,14 @@ class CompLLM:
                 f"{self.decoder_fingerprint}); leave complm.decoder empty or name that decoder")
 
     def segment(self, text: str) -> list[Segment]:
-        return split_segments(text, self.tokenizer, self.max_segment_tokens)
+        return segment_text(text, self.tokenizer, self.max_segment_tokens)
 
     @torch.inference_mode()
-    def encode(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    def encode(self, texts: list[str]) -> list[Encoded]:
         """Per segment: {"ces": float32 [ceil(tokens / C), hidden]}."""
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list = [None] * len(ids)
-        for b in range(0, len(order), self.batch_size):
-            batch = order[b : b + self.batch_size]
+        for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
             for i, ce in zip(batch, self.model.concept_embeddings([ids[i] for i in batch])):
                 out[i] = {"ces": ce.float().cpu().numpy()}
         return out
@@ -277,12 +127,4 @@ class CompLLM:
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
         """Each context's CEs, its segments' in order: float32 [rows, hidden].
         The pipeline converts them to params.output_dtype for the wire."""
-        hidden = self.model.decoder.config.hidden_size
-        out = []
-        for c in contexts:
-            rows = [e["ces"] for e in c.encoded]
-            tensor = np.concatenate(rows) if rows else np.zeros((0, hidden), np.float32)
-            out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
-                                compressed_tokens=len(tensor), tensor=tensor,
-                                segment_rows=[len(r) for r in rows]))
-        return out
+        return render_rows(contexts, "ces", self.hidden_size)

@@ -41,11 +41,12 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-from cache.codec import Kind
+from segpress.v1 import segpress_pb2 as pb
 
-from .base import ContextParts, InvalidParams, Rendered, Segment, pad_right
+from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
+                   length_sorted_batches, pad_right)
 from .models import fingerprint, resolve_dtype
-from .segmenter import split_segments, trim_spaces
+from .segmenter import segment_text, trim_spaces
 
 NAME = "llmlingua2"
 DEFAULT_RATE = 0.5
@@ -57,7 +58,8 @@ _SPACE_RUN = re.compile(r"\s+")
 # break. Abbreviations ("Mr. Smith") end a sentence too: cheap, and a wrong
 # cut only makes a sentence shorter.
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f]|\n")
-GRANULARITIES = ("word", "sentence")
+GRANULARITIES = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
+                 pb.GRANULARITY_SENTENCE: "sentence"}
 
 
 @dataclass
@@ -69,8 +71,20 @@ class Params:
     drop_consecutive: bool = False
     granularity: str = "word"  # or "sentence": keep whole sentences
 
+    @classmethod
+    def from_proto(cls, req: pb.CompressRequest) -> "Params":
+        p = req.llmlingua2
+        return cls(
+            rate=p.rate if p.HasField("rate") else None,
+            target_tokens=p.target_tokens if p.HasField("target_tokens") else None,
+            force_tokens=list(p.force_tokens),
+            force_reserve_digit=p.force_reserve_digit,
+            drop_consecutive=p.drop_consecutive,
+            granularity=GRANULARITIES.get(p.granularity, f"Granularity value {p.granularity}"),
+        )
+
     def check(self) -> None:
-        if self.granularity not in GRANULARITIES:
+        if self.granularity not in GRANULARITIES.values():
             raise InvalidParams(
                 f"llmlingua2.granularity must be GRANULARITY_WORD or GRANULARITY_SENTENCE, "
                 f"got {self.granularity}"
@@ -100,6 +114,7 @@ class LLMLingua2:
     kind = Kind.WORD_SCORES
     output = "text"
     Params = Params
+    limits = {"max_force_tokens": MAX_FORCE_TOKENS}
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 16,
                  dtype: str = "float32"):
@@ -138,11 +153,11 @@ class LLMLingua2:
     # -- segment -----------------------------------------------------------
 
     def segment(self, text: str) -> list[Segment]:
-        return split_segments(text, self.tokenizer, self.max_segment_tokens)
+        return segment_text(text, self.tokenizer, self.max_segment_tokens)
 
     # -- encode: the model pass, cached per segment ------------------------
 
-    def encode(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    def encode(self, texts: list[str]) -> list[Encoded]:
         """Per segment: word spans [n, 2] (int32, segment-relative), keep
         scores [n] (float32) and token counts [n] (int32)."""
         words = [self._words(t) for t in texts]
@@ -153,11 +168,9 @@ class LLMLingua2:
             for k in range(0, max(len(ids), 1), self.window):
                 inputs.append((si, ids[k : k + self.window]))
         probs: list[list[np.ndarray]] = [[] for _ in texts]
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1]))
         chunks: dict[int, np.ndarray] = {}
-        for b in range(0, len(order), self.batch_size):
-            batch = [inputs[i] for i in order[b : b + self.batch_size]]
-            for i, p in zip(order[b : b + self.batch_size], self._keep_probs([ids for _, ids in batch])):
+        for batch in length_sorted_batches([len(ids) for _, ids in inputs], self.batch_size):
+            for i, p in zip(batch, self._keep_probs([inputs[i][1] for i in batch])):
                 chunks[i] = p
         for i, (si, _) in enumerate(inputs):
             probs[si].append(chunks[i])

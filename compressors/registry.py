@@ -1,11 +1,26 @@
-"""Compressors by name, and how each is built from the configuration."""
+"""Compressors by name: how each is built from the configuration, and what the
+service needs to know of it before one is built.
 
+Adding a compressor: a module implementing compressors.base.Compressor, an
+entry here, a oneof case in CompressRequest.params named like the entry (its
+parameters), and its tests. Nothing in service/ changes.
+"""
+
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from .base import Compressor
 from .models import ModelError, ensure_default_llmlingua2
 
 
-def _llmlingua2(config):
+@dataclass(frozen=True)
+class Entry:
+    build: Callable[[object], Compressor]  # config (service.config.Config) -> compressor
+    about: str  # one line for docs and errors
+
+
+def _llmlingua2(config) -> Compressor:
     from .llmlingua2 import LLMLingua2
 
     path = config.llmlingua2_model or str(ensure_default_llmlingua2(config.models_dir))
@@ -13,7 +28,7 @@ def _llmlingua2(config):
                       dtype=config.model_dtype)
 
 
-def _complm(config):
+def _complm(config) -> Compressor:
     from .complm import DEFAULT_WEIGHTS, CompLLM
     from .models import ensure_smollm2
 
@@ -25,19 +40,30 @@ def _complm(config):
                    batch_size=config.batch_size * 4, dtype=config.model_dtype)
 
 
-BUILDERS = {"llmlingua2": _llmlingua2, "complm": _complm}
+REGISTRY: dict[str, Entry] = {
+    "llmlingua2": Entry(_llmlingua2, "LLMLingua-2 token classification: returns text"),
+    "complm": Entry(_complm, "CompLLM concept embeddings: returns soft tokens for SmolLM2"),
+}
+# The compressor a request without `compressor` gets, when it is enabled;
+# otherwise the first enabled one.
 DEFAULT = "llmlingua2"
+
+
+def default_of(names) -> str:
+    """The default compressor among the enabled `names`."""
+    names = list(names)
+    return DEFAULT if DEFAULT in names else names[0]
 
 
 def enabled(config) -> list[str]:
     """The compressors --compressors names (comma list)."""
     names = [n.strip() for n in config.compressors.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BUILDERS]
+    unknown = [n for n in names if n not in REGISTRY]
     if unknown or not names:
-        raise SystemExit(f"--compressors {config.compressors!r}: name one or more of {', '.join(BUILDERS)}")
+        raise SystemExit(f"--compressors {config.compressors!r}: name one or more of {', '.join(REGISTRY)}")
     return names
 
 
-def build_all(config) -> dict:
+def build_all(config) -> dict[str, Compressor]:
     """Loads every compressor this configuration enables."""
-    return {name: BUILDERS[name](config) for name in enabled(config)}
+    return {name: REGISTRY[name].build(config) for name in enabled(config)}

@@ -15,13 +15,16 @@ import re
 
 from .base import Segment
 
-# A sentence ends with . ! ? (or their full-width forms, or an ellipsis),
-# optionally followed by closing quotes or brackets.
-_SENTENCE_END = re.compile(r"[.!?\u2026\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*$")
+# Text that ends a sentence, so a segment may end after it: . ! ? (or their
+# full-width forms, or an ellipsis), optionally followed by closing quotes or
+# brackets, at the end of the text before a cut. (llmlingua2's sentence
+# granularity finds sentences with its own, wider rule: it also cuts at line
+# breaks; segments cut there anyway.)
+_ENDS_SENTENCE = re.compile(r"[.!?\u2026\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*$")
 _CJK_STOP = ("\u3002", "\uff01", "\uff1f")  # 。！？ end a sentence without a space
 
 
-def split_segments(text: str, tokenizer, max_tokens: int) -> list[Segment]:
+def segment_text(text: str, tokenizer, max_tokens: int) -> list[Segment]:
     offsets = token_offsets(text, tokenizer)
     n = len(offsets)
     segments: list[Segment] = []
@@ -77,7 +80,7 @@ def _best_cut(text: str, offsets, i: int, j: int) -> int:
         prev_end, next_start = offsets[k - 1][1], offsets[k][0]
         gap = text[prev_end:next_start]
         before = text[max(0, prev_end - 4) : prev_end]
-        if ("\n" in gap) or (gap.strip() == "" and gap and _SENTENCE_END.search(before)):
+        if ("\n" in gap) or (gap.strip() == "" and gap and _ENDS_SENTENCE.search(before)):
             return k
         if before.endswith(_CJK_STOP):
             return k

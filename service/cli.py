@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rank", int),
               ("dev-examples", int)))):
-        p = train_models.add_parser(name, help=f"{about} (defaults: compressors/train_{name}.py TrainConfig)")
+        p = train_models.add_parser(name, help=f"{about} (defaults: compressors/training/train_{name}.py TrainConfig)")
         for flag, kind in flags:
             p.add_argument("--" + flag, type=kind)
         p.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     add_complm_arguments(ev.add_subparsers(dest="eval_target").add_parser(
         "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time"))
 
-    from . import batch
+    from .batch import cli as batch
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
 
     args = ap.parse_args(argv)
@@ -100,13 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": _bench, "batch": batch.main}
     commands.update(train=_train, eval=_eval)
     return commands[args.command](args, config)
-
-
-def sample_path():
-    """A sample document that ships with segpress."""
-    from pathlib import Path
-
-    return Path(__file__).parent / "data" / "sample.txt"
 
 
 def _serve(args, config) -> int:
@@ -127,7 +120,7 @@ def _compress(args, config) -> int:
     if args.input == "-":
         text = sys.stdin.read()
     else:
-        path = sample_path() if args.input == "sample" else args.input
+        path = cfg.SAMPLE if args.input == "sample" else args.input
         text = open(path, encoding="utf-8").read()
     options = dict(client_args.request_options(args), query=args.query)
     if args.server:
@@ -173,7 +166,7 @@ def _info(args, config) -> int:
 
 
 def _bench(args, config) -> int:
-    from .bench import main as bench_main
+    from .benchmarks.serving import main as bench_main
 
     return bench_main(args, config)
 
@@ -198,9 +191,9 @@ def _train(args, config) -> int:
     import torch
 
     if args.model == "complm":
-        from compressors import train_complm as training
+        from compressors.training import train_complm as training
     else:
-        from compressors import train_llmlingua2 as training
+        from compressors.training import train_llmlingua2 as training
 
     # The flags left unset keep TrainConfig's defaults.
     fields = dataclasses.fields(training.TrainConfig)

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
+# A sample document that ships with segpress (`segpress compress sample`, benches).
+SAMPLE = Path(__file__).parent / "data" / "sample.txt"
+
+
 def _default_cache_dir() -> str:
     return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segpress")
 

@@ -1,14 +1,19 @@
-"""The request flow: validate, segment, look up, encode misses, store, render.
+"""The request flow, as named stages:
 
-    request(contexts[], query?, compressor, params)
-      -> segment each context                  (CPU pool)
-      -> one key per segment                    (cache.keys)
-      -> one batched cache lookup               (cache.store)
-      -> misses: one model pass, shared by concurrent requests for the same
-         segment (single flight)                (model thread)
-      -> store the new segments
-      -> render: apply rate/budget/query to cached per-segment results
-      -> response with text or tensor and stats
+    validate        precise status for bad input, before any work
+    segment         each context into segments          (CPU pool)
+    lookup          one key per segment, one batched cache read
+    encode misses   one model pass shared by concurrent requests for the
+                    same segment (single flight, micro-batched)
+    store           the new segments, written back
+    select          query-aware selection (a no-op today: every segment is kept)
+    render          the request's rate/budget applied to the cached values
+    respond         text or tensor, and stats
+
+A compressor plugs into segment, encode and render through the contract in
+compressors/base.py; this module never names one. Cache keys depend on the
+namespace, compressor, its cache identity and the segment text, never on the
+request's rate, query or budget.
 
 Threads: the asyncio event loop only moves data. Tokenizing and rendering run
 in a small CPU pool; model forward passes run in one dedicated model thread
@@ -19,15 +24,18 @@ calls by the compressor's MicroBatcher (service/batcher.py).
 """
 
 import asyncio
+import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import grpc
 
 from cache import codec
 from cache.keys import segment_key
-from compressors.base import ContextParts, InvalidParams
+from compressors.base import Compressor, ContextParts, Encoded, InvalidParams, Rendered, Segment
+from compressors.registry import default_of
 from segpress.v1 import segpress_pb2 as pb
 
 from . import __version__, metrics
@@ -45,8 +53,28 @@ _CACHE_MODES = {
 }
 
 
+@dataclass
+class Flow:
+    """One request on its way through the stages; each stage fills its part."""
+
+    req: pb.CompressRequest
+    compressor: Compressor
+    params: object  # the compressor's Params
+    namespace: str
+    mode: str  # use, bypass or refresh
+    stats: pb.Stats = field(default_factory=pb.Stats)
+    segmented: list[list[Segment]] = field(default_factory=list)  # per context
+    keys: list[list[str]] = field(default_factory=list)           # per context, per segment
+    texts: dict[str, str] = field(default_factory=dict)           # key -> segment text, unique
+    found: dict[str, Encoded] = field(default_factory=dict)       # key -> encoded value
+    missing: dict[str, str] = field(default_factory=dict)         # key -> text, not in the cache
+    owned: list[str] = field(default_factory=list)                # keys this request computed
+    parts: list[ContextParts] = field(default_factory=list)       # what render reads
+    rendered: list[Rendered] = field(default_factory=list)
+
+
 class Pipeline:
-    def __init__(self, config: Config, compressors: dict, store=None):
+    def __init__(self, config: Config, compressors: dict[str, Compressor], store=None):
         self.config = config
         self.compressors = compressors
         self.store = store
@@ -60,9 +88,29 @@ class Pipeline:
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- validation ----------------------------------------------------------
+    @property
+    def default_compressor(self) -> str:
+        return default_of(self.compressors)
 
-    def validate(self, req: pb.CompressRequest):
+    async def compress(self, req: pb.CompressRequest, granted_namespace: str | None = None
+                       ) -> pb.CompressResponse:
+        """Compresses one request. `granted_namespace` is the caller's token's
+        namespace when authentication is on (see service.auth)."""
+        t0 = time.perf_counter()
+        compressor, params = self.validate(req)
+        flow = Flow(req, compressor, params, check_namespace(req.namespace, granted_namespace),
+                    _CACHE_MODES[req.cache_mode])
+        await self.segment(flow)
+        await self.lookup(flow)
+        await self.encode_misses(flow)
+        await self.store_new(flow)
+        self.select(flow)
+        await self.render(flow)
+        return self.respond(flow, t0)
+
+    # -- validate --------------------------------------------------------------
+
+    def validate(self, req: pb.CompressRequest) -> tuple[Compressor, object]:
         """The compressor and its parameters, or RequestError."""
         if isinstance(req, Undecodable):
             raise req.error()
@@ -98,112 +146,107 @@ class Pipeline:
             raise RequestError(invalid, f"params for {which!r} were set but compressor "
                                f"is {name!r}; set {name} params or none")
         compressor = self.compressors[name]
-        params = _params(name, req)
         try:
+            params = compressor.Params.from_proto(req)
             params.check()
-            compressor.check_params(params)  # checks that need the model (complm.decoder)
+            compressor.check_params(params)  # checks that need the model
         except InvalidParams as e:
             raise RequestError(invalid, str(e)) from None
         return compressor, params
 
-    @property
-    def default_compressor(self) -> str:
-        return "llmlingua2" if "llmlingua2" in self.compressors else next(iter(self.compressors))
+    # -- the stages --------------------------------------------------------------
 
-    # -- the flow ------------------------------------------------------------
-
-    async def compress(self, req: pb.CompressRequest, granted_namespace: str | None = None
-                       ) -> pb.CompressResponse:
-        """Compresses one request. `granted_namespace` is the caller's token's
-        namespace when authentication is on (see service.auth)."""
-        t0 = time.perf_counter()
-        compressor, params = self.validate(req)
-        namespace = check_namespace(req.namespace, granted_namespace)
-        mode = _CACHE_MODES[req.cache_mode]
-        loop = asyncio.get_running_loop()
-        stats = pb.Stats()
-        tm = stats.timings
-
-        # Segment every context.
-        t = time.perf_counter()
-        segmented = await loop.run_in_executor(
-            self.cpu_pool, lambda: [compressor.segment(c) for c in req.contexts])
-        tm.segment_ms = _ms(t)
-        n_tokens = sum(s.n_tokens for segs in segmented for s in segs)
+    async def segment(self, flow: Flow) -> None:
+        """Segments of every context, and their cache keys."""
+        compressor = flow.compressor
+        with _timed(flow, "segment_ms"):
+            flow.segmented = await asyncio.get_running_loop().run_in_executor(
+                self.cpu_pool, lambda: [compressor.segment(c) for c in flow.req.contexts])
+        n_tokens = sum(s.n_tokens for segs in flow.segmented for s in segs)
         if n_tokens > self.config.max_request_tokens:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"contexts are {n_tokens} tokens; the limit is "
                                f"max_request_tokens={self.config.max_request_tokens}")
-        keys = [[segment_key(namespace, compressor.name, compressor.cache_id, s.text)
-                 for s in segs] for segs in segmented]
-        texts = {k: s.text for ks, segs in zip(keys, segmented) for k, s in zip(ks, segs)}
+        flow.keys = [[segment_key(flow.namespace, compressor.name, compressor.cache_id, s.text)
+                      for s in segs] for segs in flow.segmented]
+        flow.texts = {k: s.text for ks, segs in zip(flow.keys, flow.segmented)
+                      for k, s in zip(ks, segs)}
 
-        # One batched lookup.
-        found: dict[str, dict] = {}
-        if mode == "use" and self.store is not None:
-            t = time.perf_counter()
-            values, errors = await self.store.get_many(list(texts))
-            stats.cache_errors += errors
-            for k, v in zip(texts, values):
-                if v is None:
-                    continue
-                arrays = codec.decode(compressor.kind, v)
-                if arrays is None:  # corrupt or foreign value: a miss
-                    stats.cache_errors += 1
-                else:
-                    found[k] = arrays
-            tm.cache_lookup_ms = _ms(t)
+    async def lookup(self, flow: Flow) -> None:
+        """One batched read of every segment; a corrupt or foreign value is a miss."""
+        if flow.mode == "use" and self.store is not None:
+            with _timed(flow, "cache_lookup_ms"):
+                values, errors = await self.store.get_many(list(flow.texts))
+                flow.stats.cache_errors += errors
+                for k, v in zip(flow.texts, values):
+                    if v is None:
+                        continue
+                    arrays = codec.decode(flow.compressor.kind, v)
+                    if arrays is None:
+                        flow.stats.cache_errors += 1
+                    else:
+                        flow.found[k] = arrays
+        flow.missing = {k: txt for k, txt in flow.texts.items() if k not in flow.found}
 
-        # Encode what is missing, sharing work with concurrent requests.
-        missing = {k: txt for k, txt in texts.items() if k not in found}
-        t = time.perf_counter()
-        computed, owned = await self._batcher(compressor).encode(missing) if missing else ({}, [])
-        tm.encode_ms = _ms(t)
-        found.update(computed)
+    async def encode_misses(self, flow: Flow) -> None:
+        """The missing segments, encoded together with other requests' (single flight)."""
+        with _timed(flow, "encode_ms"):
+            if flow.missing:
+                computed, flow.owned = await self._batcher(flow.compressor).encode(flow.missing)
+                flow.found.update(computed)
 
-        if owned and mode != "bypass" and self.store is not None:
-            t = time.perf_counter()
-            stats.cache_errors += await self.store.put_many(
-                {k: codec.encode(compressor.kind, computed[k]) for k in owned})
-            tm.cache_store_ms = _ms(t)
+    async def store_new(self, flow: Flow) -> None:
+        """What this request computed, written back (not with CACHE_MODE_BYPASS)."""
+        if flow.owned and flow.mode != "bypass" and self.store is not None:
+            kind = flow.compressor.kind
+            with _timed(flow, "cache_store_ms"):
+                flow.stats.cache_errors += await self.store.put_many(
+                    {k: codec.encode(kind, flow.found[k]) for k in flow.owned})
 
-        # Render with the request's parameters.
-        t = time.perf_counter()
-        parts = [ContextParts(c, segs, [found[k] for k in ks])
-                 for c, segs, ks in zip(req.contexts, segmented, keys)]
-        query = req.query if req.HasField("query") else None
-        rendered = await loop.run_in_executor(
-            self.cpu_pool, compressor.render, parts, params, query)
-        tm.render_ms = _ms(t)
+    def select(self, flow: Flow) -> None:
+        """Which segments of which contexts go on to render. Today: all of
+        them; the query-aware stage goes here."""
+        flow.parts = [ContextParts(c, segs, [flow.found[k] for k in ks])
+                      for c, segs, ks in zip(flow.req.contexts, flow.segmented, flow.keys)]
 
+    async def render(self, flow: Flow) -> None:
+        """The compressor's render, with the request's parameters."""
+        query = flow.req.query if flow.req.HasField("query") else None
+        with _timed(flow, "render_ms"):
+            flow.rendered = await asyncio.get_running_loop().run_in_executor(
+                self.cpu_pool, flow.compressor.render, flow.parts, flow.params, query)
+
+    def respond(self, flow: Flow, t0: float) -> pb.CompressResponse:
+        """The response: per-context results, text or tensor, stats."""
+        compressor, stats = flow.compressor, flow.stats
         resp = pb.CompressResponse(
-            request_id=req.request_id,
+            request_id=flow.req.request_id,
             compressor=compressor.name,
             model=pb.ModelInfo(id=compressor.model_id, fingerprint=compressor.fingerprint),
         )
-        for r, segs in zip(rendered, segmented):
+        for r, segs in zip(flow.rendered, flow.segmented):
             resp.contexts.add(text=r.text, original_tokens=r.original_tokens,
                               compressed_tokens=r.compressed_tokens, segments=len(segs))
         if compressor.output == "tensor":
-            _put_tensors(resp, rendered, compressor, params.output_dtype, self.config.max_message_bytes)
+            _put_tensors(resp, flow.rendered, compressor, flow.params.output_dtype,
+                         self.config.max_message_bytes)
         else:
-            resp.text = "\n\n".join(r.text for r in rendered)
-        n_segments = sum(len(s) for s in segmented)
-        stats.segments = n_segments
-        stats.cache_misses = sum(1 for ks in keys for k in ks if k in missing)
-        stats.cache_hits = n_segments - stats.cache_misses
-        stats.original_tokens = sum(r.original_tokens for r in rendered)
-        stats.compressed_tokens = sum(r.compressed_tokens for r in rendered)
+            resp.text = "\n\n".join(r.text for r in flow.rendered)
+        stats.segments = sum(len(s) for s in flow.segmented)
+        stats.cache_misses = sum(1 for ks in flow.keys for k in ks if k in flow.missing)
+        stats.cache_hits = stats.segments - stats.cache_misses
+        stats.original_tokens = sum(r.original_tokens for r in flow.rendered)
+        stats.compressed_tokens = sum(r.compressed_tokens for r in flow.rendered)
         if stats.compressed_tokens:
             stats.ratio = stats.original_tokens / stats.compressed_tokens
         if stats.original_tokens:
             stats.rate = stats.compressed_tokens / stats.original_tokens
-        tm.total_ms = _ms(t0)
+        stats.timings.total_ms = _ms(t0)
         resp.stats.CopyFrom(stats)
         _record(stats)
         return resp
 
-    def _batcher(self, compressor) -> MicroBatcher:
+    def _batcher(self, compressor: Compressor) -> MicroBatcher:
         if compressor.name not in self._batchers:
             self._batchers[compressor.name] = MicroBatcher(
                 compressor, self.model_pool, self.config.max_batch_segments)
@@ -223,39 +266,13 @@ class Pipeline:
             if c.output == "tensor":
                 resp.compressors[-1].decoder.id = c.decoder_id
                 resp.compressors[-1].decoder.fingerprint = c.decoder_fingerprint
+            for limit, value in c.limits.items():
+                setattr(resp.limits, limit, value)
         cfg = self.config
         resp.limits.max_contexts = cfg.max_contexts
         resp.limits.max_request_bytes = cfg.max_request_bytes
         resp.limits.max_message_bytes = cfg.max_message_bytes
-        resp.limits.max_force_tokens = _max_force_tokens()
         return resp
-
-
-def _params(name: str, req: pb.CompressRequest):
-    """The compressor's parameter object from the request's proto params."""
-    if name == "llmlingua2":
-        from compressors.llmlingua2 import Params
-
-        p = req.llmlingua2
-        return Params(
-            rate=p.rate if p.HasField("rate") else None,
-            target_tokens=p.target_tokens if p.HasField("target_tokens") else None,
-            force_tokens=list(p.force_tokens),
-            force_reserve_digit=p.force_reserve_digit,
-            drop_consecutive=p.drop_consecutive,
-            granularity={pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
-                         pb.GRANULARITY_SENTENCE: "sentence"}.get(
-                             p.granularity, f"Granularity value {p.granularity}"),
-        )
-    if name == "complm":
-        from compressors.complm import Params
-        from segpress.tensors import DTYPES
-
-        p = req.complm
-        names = {code: name for name, code in DTYPES.items()} | {pb.DTYPE_UNSPECIFIED: "float32"}
-        dtype = names.get(p.output_dtype, f"DType value {p.output_dtype}")
-        return Params(output_dtype=dtype, decoder=p.decoder)
-    raise AssertionError(f"no parameter mapping for compressor {name}")
 
 
 def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, max_bytes: int) -> None:
@@ -286,16 +303,10 @@ def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, ma
                            f"the response would hold {rows} rows of {hidden} {dtype}, about "
                            f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
                            "fewer or shorter contexts per request, or ask for "
-                           "complm.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
+                           f"{compressor.name}.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
 
 
 STATS_HEADROOM = 1024  # bytes for CompressResponse.stats, filled in after the tensor
-
-
-def _max_force_tokens() -> int:
-    from compressors.llmlingua2 import MAX_FORCE_TOKENS
-
-    return MAX_FORCE_TOKENS
 
 
 def _record(stats: pb.Stats) -> None:
@@ -308,6 +319,16 @@ def _record(stats: pb.Stats) -> None:
     metrics.CACHE_ERRORS.inc(stats.cache_errors)
     metrics.TOKENS.labels("in").inc(stats.original_tokens)
     metrics.TOKENS.labels("out").inc(stats.compressed_tokens)
+
+
+@contextlib.contextmanager
+def _timed(flow: Flow, timing: str):
+    """Adds the time the block takes to flow.stats.timings.<timing>."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        setattr(flow.stats.timings, timing, _ms(t))
 
 
 def _ms(t0: float) -> float:

@@ -213,7 +213,7 @@ def test_soft_token_output_row_takes_the_context_rows_from_the_response_tensor()
     from segpress import pb
     from segpress.tensors import from_numpy, to_numpy
 
-    from service import batch_io, batch_job
+    from service.batch import files, parts
 
     rows = np.arange(12, dtype=np.float32).reshape(4, 3) / 4  # [4, 3], exact in bfloat16
     resp = pb.CompressResponse(
@@ -221,10 +221,10 @@ def test_soft_token_output_row_takes_the_context_rows_from_the_response_tensor()
         contexts=[pb.CompressedContext(original_tokens=9, compressed_tokens=4, segments=2,
                                        row_start=0, row_end=4, segment_start=0, segment_end=2)],
         stats=pb.Stats(segments=2, cache_misses=2))
-    row = batch_job.output_row(batch_io.Record(row=0, id="d", text="x"), 0, "", resp)
+    row = parts.output_row(files.Record(row=0, id="d", text="x"), 0, "", resp)
     assert (row["tensor_dtype"], row["tensor_shape"]) == ("bfloat16", [4, 3])
     assert row["tensor"] == resp.tensor.data and "text" not in row
     back = pb.Tensor(dtype=pb.DTYPE_BFLOAT16, shape=row["tensor_shape"], data=row["tensor"])
     assert np.array_equal(to_numpy(back), rows)
-    table = pa.Table.from_pylist([row], schema=batch_io.SCHEMA)  # the Parquet columns, unchanged
+    table = pa.Table.from_pylist([row], schema=files.SCHEMA)  # the Parquet columns, unchanged
     assert table.column("tensor_shape").to_pylist() == [[4, 3]]

@@ -1,6 +1,7 @@
 import numpy as np
 
 from cache import codec
+from compressors.base import Kind
 from cache.keys import PREFIX, segment_key
 
 
@@ -13,33 +14,33 @@ def arrays():
 
 
 def test_roundtrip_is_exact():
-    value = codec.encode(codec.Kind.WORD_SCORES, arrays())
-    out = codec.decode(codec.Kind.WORD_SCORES, value)
+    value = codec.encode(Kind.WORD_SCORES, arrays())
+    out = codec.decode(Kind.WORD_SCORES, value)
     assert out.keys() == arrays().keys()
     for k, v in arrays().items():
         assert out[k].dtype == v.dtype and np.array_equal(out[k], v)
 
 
 def test_empty_arrays_roundtrip():
-    value = codec.encode(codec.Kind.WORD_SCORES, {"spans": np.zeros((0, 2), np.int32)})
-    assert codec.decode(codec.Kind.WORD_SCORES, value)["spans"].shape == (0, 2)
+    value = codec.encode(Kind.WORD_SCORES, {"spans": np.zeros((0, 2), np.int32)})
+    assert codec.decode(Kind.WORD_SCORES, value)["spans"].shape == (0, 2)
 
 
 def test_any_flipped_byte_is_rejected():
-    value = bytearray(codec.encode(codec.Kind.WORD_SCORES, arrays()))
+    value = bytearray(codec.encode(Kind.WORD_SCORES, arrays()))
     for i in range(len(value)):
         bad = bytearray(value)
         bad[i] ^= 0x01
-        assert codec.decode(codec.Kind.WORD_SCORES, bytes(bad)) is None, i
+        assert codec.decode(Kind.WORD_SCORES, bytes(bad)) is None, i
 
 
 def test_truncated_wrong_kind_and_garbage_are_rejected():
-    value = codec.encode(codec.Kind.WORD_SCORES, arrays())
-    assert codec.decode(codec.Kind.WORD_SCORES, value[:-1]) is None
-    assert codec.decode(codec.Kind.WORD_SCORES, value + b"x") is None
-    assert codec.decode(codec.Kind.SOFT_TOKENS, value) is None
-    assert codec.decode(codec.Kind.WORD_SCORES, b"") is None
-    assert codec.decode(codec.Kind.WORD_SCORES, b"not a segpress value at all") is None
+    value = codec.encode(Kind.WORD_SCORES, arrays())
+    assert codec.decode(Kind.WORD_SCORES, value[:-1]) is None
+    assert codec.decode(Kind.WORD_SCORES, value + b"x") is None
+    assert codec.decode(Kind.SOFT_TOKENS, value) is None
+    assert codec.decode(Kind.WORD_SCORES, b"") is None
+    assert codec.decode(Kind.WORD_SCORES, b"not a segpress value at all") is None
 
 
 def test_keys_are_readable_and_separate_every_part():

@@ -5,7 +5,7 @@ import json
 
 from helpers import segpress
 
-from compressors import corpus
+from compressors.training import corpus
 from service.evaluation import tasks
 from service.evaluation.methods import METHODS
 from service.evaluation.reader import contains

@@ -21,7 +21,7 @@ import pytest
 
 from compressors.base import ContextParts
 from compressors.llmlingua2 import Params, context_words, select
-from compressors.reference import reference_compressor, reference_word_labels
+from service.evaluation.reference import reference_compressor, reference_word_labels
 
 
 @pytest.fixture(scope="module")

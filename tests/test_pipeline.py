@@ -92,7 +92,7 @@ def test_soft_token_response_is_held_to_the_message_limit(dtype, itemsize):
     hidden = 8
     rendered = [Rendered(3, 3, tensor=np.ones((3, hidden), np.float32), segment_rows=[2, 1]),
                 Rendered(2, 2, tensor=np.ones((2, hidden), np.float32), segment_rows=[2])]
-    decoder = types.SimpleNamespace(decoder_id="dec", decoder_fingerprint="f" * 64)
+    decoder = types.SimpleNamespace(name="complm", decoder_id="dec", decoder_fingerprint="f" * 64)
 
     def response(limit):
         resp = pb.CompressResponse(contexts=[pb.CompressedContext(), pb.CompressedContext()])

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from compressors.surprisal import word_sums
-from compressors.train_llmlingua2 import word_labels
+from compressors.training.surprisal import word_sums
+from compressors.training.train_llmlingua2 import word_labels
 
 
 def test_word_sums_assign_tokens_by_their_last_character():

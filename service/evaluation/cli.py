@@ -44,7 +44,8 @@ def add_complm_arguments(p) -> None:
 def main(args, config) -> int:
     import torch
 
-    from compressors import corpus, models
+    from compressors import models
+    from compressors.training import corpus
 
     from .methods import METHODS, Env
     from .reader import Reader

@@ -160,7 +160,7 @@ class Teacher(Segpress):
     name = "teacher-surprisal"
 
     def __init__(self, env):
-        from compressors.surprisal import Surprisal
+        from compressors.training.surprisal import Surprisal
 
         super().__init__(env)
         self.teacher = Surprisal(env.reader_dir)
@@ -183,7 +183,7 @@ class ReferenceLLMLingua:
     name = "llmlingua1-ref"
 
     def __init__(self, env):
-        from compressors.reference import reference_llmlingua1
+        from .reference import reference_llmlingua1
 
         self.ref = reference_llmlingua1(env.reader_dir, env.reader.dtype)
 
@@ -201,7 +201,7 @@ class ReferenceLLMLingua2:
     name = "llmlingua2-ref"
 
     def __init__(self, env):
-        from compressors.reference import reference_compressor
+        from .reference import reference_compressor
 
         self.ref = reference_compressor(env.llmlingua2_dir)
 

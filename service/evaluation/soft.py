@@ -3,7 +3,7 @@
 The decoder is a fresh, unmodified SmolLM2-135M-Instruct (the reader); the
 CEs come from the complm compressor exactly as the server makes them
 (segment -> encode -> render). All text is from the held-out "test" essays
-(compressors/corpus.py); complm trained on "train" only.
+(compressors/training/corpus.py); complm trained on "train" only.
 
 1. Continuation loss. Each example is `context` tokens of an essay and the
    `continuation` tokens after it. The decoder's mean cross-entropy on the
@@ -196,9 +196,10 @@ def prefill_times(decoder, comp, tok, docs: dict[str, str], lengths: list[int], 
 def main(args, config) -> int:
     import torch
 
-    from compressors import corpus, models
+    from compressors import models
+    from compressors.training import corpus
     from compressors.complm import DEFAULT_WEIGHTS, CompLLM
-    from compressors.train_complm import examples
+    from compressors.training.train_complm import examples
 
     from .reader import Reader
 

@@ -8,7 +8,7 @@ multidoc   10 short passages (essay excerpts), each with one fact sentence
 
 Facts come from a few templates whose answers are a number, a city, a
 colour or a name, so that no single kind of word decides the score. The
-text comes from the essays of one corpus split (compressors/corpus.py):
+text comes from the essays of one corpus split (compressors/training/corpus.py):
 "dev" to tune on, "test" to report. The llmlingua2 model never trained on
 either.
 """

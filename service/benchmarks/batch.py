@@ -1,6 +1,6 @@
 """Throughput of `segpress batch`, locally and on Ray, on the same input.
 
-    .venv/bin/python -m service.batch_bench [--docs 600] [--ray-actors 2] [segpress batch flags]
+    .venv/bin/python -m service.benchmarks.batch [--docs 600] [--ray-actors 2] [segpress batch flags]
 
 Writes `--docs` distinct chunks (about 280 tokens each, one segment, built
 from the bundled sample) to a temporary JSONL file, then runs
@@ -20,12 +20,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .cli import sample_path
+from ..config import SAMPLE
 
 
 def chunks(n: int) -> list[dict]:
     """`n` distinct chunks of three consecutive sample paragraphs."""
-    paras = [p for p in sample_path().read_text().split("\n\n") if p.strip()]
+    paras = [p for p in SAMPLE.read_text().split("\n\n") if p.strip()]
     return [{"id": f"chunk-{i}",
              "text": f"Chunk {i}. " + "\n\n".join(paras[(i + k) % len(paras)] for k in range(3))}
             for i in range(n)]

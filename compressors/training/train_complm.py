@@ -2,7 +2,7 @@
 
 The decoder (SmolLM2-135M-Instruct) is both the base of the compressor and
 the frozen reader. One training example is a stretch of a training essay
-(compressors/corpus.py, split "train"): a context of `ctx_min..ctx_max`
+(compressors/training/corpus.py, split "train"): a context of `ctx_min..ctx_max`
 tokens and the `continuation` tokens after it.
 
     teacher = decoder([eot] + context tokens + continuation)       no grad
@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import corpus, models
-from .complm import DEFAULT_WEIGHTS, CompLLMConfig, CompLLMModel, load_model
-from .segmenter import split_segments
+from .. import models
+from ..complm import DEFAULT_WEIGHTS
+from ..complm_model import CompLLMConfig, CompLLMModel, load_model
+from ..segmenter import segment_text
+from . import corpus
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def examples(docs: dict[str, str], tok, n: int, seed: int, ctx_min: int, ctx_max
             "context": text,
             "context_ids": tok(text, add_special_tokens=False)["input_ids"],
             "segments": [tok(seg.text, add_special_tokens=False)["input_ids"]
-                         for seg in split_segments(text, tok, segment_tokens)],
+                         for seg in segment_text(text, tok, segment_tokens)],
             "continuation": ids[s + length : s + length + continuation],
         })
     return out

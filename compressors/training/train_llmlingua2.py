@@ -2,11 +2,11 @@
 
 LLMLingua-2 (Pan et al. 2024) trains a token classifier on words that GPT-4
 kept when asked to compress. We have no GPT-4 offline; the teacher here is
-SmolLM2-135M-Instruct's self-information of each word (compressors/surprisal.py,
+SmolLM2-135M-Instruct's self-information of each word (compressors/training/surprisal.py,
 the LLMLingua-1 signal), each token read with 128 to 511 tokens of the
 essay before it.
 
-1. Label. The training essays (compressors/corpus.py, split "train") are cut
+1. Label. The training essays (compressors/training/corpus.py, split "train") are cut
    into segments exactly as the compressor cuts them; every word gets
        label = its surprisal percentile among the words of its segment
    (0 = the most predictable word, 1 = the most surprising). That is the
@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import corpus, models
-from .llmlingua2 import LLMLingua2
+from .. import models
+from ..llmlingua2 import LLMLingua2
+from . import corpus
 from .surprisal import Surprisal, word_sums
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`segpress batch INPUT OUTPUT`: compress a whole document store ahead of time.
 
 Every record of INPUT (JSONL or Parquet with an id and a text field; see
-service.batch_io) is compressed as a request of its own, with the flags of
+service.batch.files) is compressed as a request of its own, with the flags of
 `segpress compress`, and written to OUTPUT, a directory of Parquet part files.
 Compressing warms the segment cache, so a later request for the same text
 (same namespace, compressor and model) is all hits; --cache-only warms it and
@@ -13,7 +13,7 @@ Where the work runs:
 - --server HOST:PORT: a segpress server, one CompressStream per part (the
   server runs its stream_window requests at once); --token, --tls, --ca,
   --client-cert and --client-key as for `segpress compress`;
-- --ray: Ray Data, an actor pool of in-process pipelines (service.batch_ray).
+- --ray: Ray Data, an actor pool of in-process pipelines (service.batch.ray_runner).
 
 Resume: OUTPUT keeps whole parts only. Run the same command again after a
 crash or kill and it writes just the missing parts. The first run records its
@@ -26,16 +26,17 @@ string, not UTF-8, empty, over a limit) becomes an output row with its status
 code and message, and the job goes on. Anything else (server unreachable, an
 internal error) stops the job before the part is written; run it again.
 
-This module is the command line (flags, summary); the work is in
-service.batch_job, the files in service.batch_io, Ray in service.batch_ray.
+This module is the command line (flags, summary); the job is in
+service.batch.job, one part's work in service.batch.parts, the files in
+service.batch.files, Ray in service.batch.ray_runner.
 It imports nothing heavy, as every `segpress` command loads it.
 """
 
 import json
 import sys
 
-from . import config as cfg
-from . import client_args
+from .. import client_args
+from .. import config as cfg
 
 
 def add_arguments(p) -> None:
@@ -57,7 +58,7 @@ def add_arguments(p) -> None:
     client_args.add_connection_arguments(p)
     p.add_argument("--concurrency", type=int, default=32,
                    help="requests in flight, in this process or on each Ray actor")
-    p.add_argument("--ray", action="store_true", help="run on Ray Data (see service.batch_ray)")
+    p.add_argument("--ray", action="store_true", help="run on Ray Data (see service.batch.ray_runner)")
     p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, "
                                          "else a local Ray instance)")
     p.add_argument("--ray-actors", type=int, help="model actors (default: cluster CPUs / "
@@ -71,8 +72,8 @@ def add_arguments(p) -> None:
 
 
 def main(args, config) -> int:
-    from .batch_io import BatchError
-    from .batch_job import run
+    from .files import BatchError
+    from .job import run
 
     try:
         summary = run(args, config)

@@ -1,0 +1,2 @@
+"""Training code and its data: `segpress train llmlingua2|complm`. Serving
+never imports this package."""

@@ -1,0 +1,1 @@
+"""`segpress batch`: compress a whole document store ahead of time (see cli.py)."""

@@ -1,0 +1,1 @@
+"""Speed measurements: `segpress bench` (serving.py) and the batch job (batch.py)."""
