@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -207,12 +208,21 @@ def _credentials(config: Config):
     )
 
 
-async def serve(config: Config) -> None:
-    """Runs the server until SIGTERM or SIGINT."""
-    auth = Authenticator.from_config(config)
-    credentials = _credentials(config)
-    pipeline, close_pipeline = await open_pipeline(config)
+@dataclass
+class Running:
+    """A started server: what serve() and in-process tests hold on to."""
 
+    server: grpc.aio.Server
+    servicer: SegpressServicer
+    health: health.aio.HealthServicer
+    port: int
+
+
+async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credentials=None) -> Running:
+    """The gRPC server for `pipeline` on config.host:config.port (0: a free
+    port), started and reporting SERVING: the Segpress service with `auth`,
+    TLS `credentials` (None: plaintext) and config's message limits, health
+    and reflection."""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -229,12 +239,22 @@ async def serve(config: Config) -> None:
         port = server.add_insecure_port(address)
     else:
         port = server.add_secure_port(address, credentials)
-    metrics.serve_metrics(config.host, config.metrics_port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s)", config.host, port,
-             "TLS" if credentials else "plaintext", "on" if auth.enabled else "off",
+    return Running(server, servicer, health_servicer, port)
+
+
+async def serve(config: Config) -> None:
+    """Runs the server until SIGTERM or SIGINT."""
+    auth = Authenticator.from_config(config)
+    credentials = _credentials(config)
+    pipeline, close_pipeline = await open_pipeline(config)
+    metrics.serve_metrics(config.host, config.metrics_port)
+    running = await start(config, pipeline, auth, credentials)
+    servicer, health_servicer, server = running.servicer, running.health, running.server
+    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s)", config.host,
+             running.port, "TLS" if credentials else "plaintext", "on" if auth.enabled else "off",
              config.metrics_port or "off")
     for name, c in pipeline.compressors.items():
         log.info("compressor %s: model %s fingerprint %s dtype %s", name, c.model_id,

@@ -26,6 +26,18 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# Fixtures that build or load model weights; a test that uses one (directly
+# or through another fixture) is in the slow tier: `pytest -m "not slow"`
+# leaves it out. Tests that need weights another way are marked by hand.
+WEIGHT_FIXTURES = {"model_dir", "untrained_model_dir", "decoder_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if WEIGHT_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,199 @@
+"""The request flow, the cache and the API without model weights (the fast
+tier): a real Redis, a real gRPC server on loopback, and the tiny
+deterministic compressor of tests/tiny.py in place of a model.
+
+    pytest -m "not slow"     # this module and the other tests that need no weights
+"""
+
+import asyncio
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from compressors.base import Compressor
+from segpress import SegpressClient, SegpressError
+from segpress.v1 import segpress_pb2 as pb
+from service.auth import Authenticator
+from service.config import Config
+from service.pipeline import Pipeline
+from service.server import make_store, start
+
+from tiny import Tiny
+
+TEXT = ("The harbour froze in the winter of 1902. Ships waited outside for eleven days, "
+        "and the town ran short of coal. A rescue party crossed the ice on foot.")
+OTHER = "Bread needs flour, water, salt and time; the rest is patience and a hot oven."
+
+
+class InProcessServer:
+    """Pipeline, store and gRPC server on an event loop in a thread."""
+
+    def __init__(self, config: Config, compressors: dict):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.pipeline, self.running, self.store = self.call(self._up(config, compressors))
+        self.target = f"127.0.0.1:{self.running.port}"
+
+    async def _up(self, config, compressors):
+        store, _ = await make_store(config)
+        pipeline = Pipeline(config, compressors, store)
+        return pipeline, await start(config, pipeline, Authenticator.from_config(config)), store
+
+    def call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def stop(self):
+        async def down():
+            await self.running.server.stop(0)
+            await self.pipeline.close()
+            await self.store.close()
+        self.call(down())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Tiny()
+
+
+@pytest.fixture(scope="module")
+def srv(redis_proc, tiny):
+    config = Config(port=0, redis_url=redis_proc.url, max_contexts=4, metrics_port=0)
+    s = InProcessServer(config, {"tiny": tiny})
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def client(srv):
+    with SegpressClient(srv.target, timeout_s=30) as c:
+        yield c
+
+
+@pytest.fixture()
+def ns():
+    """A namespace of this test's own, so tests never see each other's entries."""
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+def test_tiny_keeps_the_contract(tiny):
+    assert isinstance(tiny, Compressor)
+    for seg in tiny.segment(TEXT):
+        assert TEXT[seg.start : seg.end] == seg.text and seg.text == seg.text.strip()
+
+
+def test_info_lists_the_compressor_and_limits(client):
+    info = client.info()
+    assert info.default_compressor == "tiny"
+    assert [c.name for c in info.compressors] == ["tiny"]
+    assert info.compressors[0].output == pb.OUTPUT_KIND_TEXT
+    assert info.limits.max_contexts == 4
+
+
+def test_repeat_is_all_hits_and_identical(client, tiny, ns):
+    first = client.compress([TEXT, OTHER], namespace=ns)
+    n = first.stats.segments
+    assert n >= 4 and first.stats.cache_misses == n and first.stats.cache_hits == 0
+    seen = len(tiny.encoded)
+    second = client.compress([TEXT, OTHER], namespace=ns)
+    assert second.stats.cache_hits == n and second.stats.cache_misses == 0
+    assert len(tiny.encoded) == seen  # nothing encoded again
+    assert second.text == first.text and [c.text for c in second.contexts] == \
+        [c.text for c in first.contexts]
+    for original, ctx in zip([TEXT, OTHER], second.contexts):
+        assert all(word in original.split() for word in ctx.text.split())
+
+
+def test_shared_context_and_another_query_are_hits(client, ns):
+    client.compress([TEXT], namespace=ns)
+    resp = client.compress([OTHER, TEXT], namespace=ns, query="when did the harbour freeze?")
+    assert resp.stats.cache_hits == len(Tiny().segment(TEXT))  # cache keys ignore the query
+    assert resp.stats.cache_misses == len(Tiny().segment(OTHER))
+
+
+def test_namespaces_do_not_share_entries(client, ns):
+    client.compress([TEXT], namespace=ns)
+    assert client.compress([TEXT], namespace=ns + "-b").stats.cache_hits == 0
+
+
+def test_bypass_skips_the_cache_and_refresh_recomputes(client, tiny, ns):
+    n = len(tiny.segment(TEXT))
+    assert client.compress([TEXT], namespace=ns, cache="bypass").stats.cache_misses == n
+    assert client.compress([TEXT], namespace=ns).stats.cache_misses == n  # bypass stored nothing
+    before = len(tiny.encoded)
+    assert client.compress([TEXT], namespace=ns, cache="refresh").stats.cache_misses == n
+    assert len(tiny.encoded) == before + n
+    assert client.compress([TEXT], namespace=ns).stats.cache_hits == n
+
+
+def test_a_corrupt_value_is_a_miss_with_the_same_output(client, redis_proc, ns):
+    first = client.compress([TEXT], namespace=ns)
+    r = redis_proc.client()
+    keys = r.keys(f"segpress:v1:{ns}:tiny:*")
+    assert len(keys) == first.stats.segments
+    r.set(keys[0], b"SGP1 not a value")
+    again = client.compress([TEXT], namespace=ns)
+    assert again.stats.cache_errors == 1 and again.stats.cache_misses == 1
+    assert again.text == first.text
+
+
+def test_concurrent_requests_for_a_missing_segment_encode_it_once(srv, tiny, ns):
+    text = f"A text only this test sends, number {uuid.uuid4().hex}."
+    before = len(tiny.encoded)
+
+    async def burst():
+        req = SegpressClient.request([text], namespace=ns)
+        return await asyncio.gather(*[srv.pipeline.compress(req) for _ in range(6)])
+
+    results = srv.call(burst())
+    assert len(tiny.encoded) - before == len(tiny.segment(text))
+    assert len({r.text for r in results}) == 1
+
+
+@pytest.mark.parametrize("kwargs,code,words", [
+    (dict(contexts=[]), grpc.StatusCode.INVALID_ARGUMENT, "contexts is empty"),
+    (dict(contexts=["a"] * 5), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_contexts=4"),
+    (dict(contexts=["a"], compressor="nope"), grpc.StatusCode.INVALID_ARGUMENT, "unknown compressor"),
+    (dict(contexts=["a"], rate=0.5), grpc.StatusCode.INVALID_ARGUMENT, "params for 'llmlingua2'"),
+    (dict(contexts=["a"], namespace="bad ns"), grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
+])
+def test_bad_input_gets_a_precise_status(client, kwargs, code, words):
+    contexts = kwargs.pop("contexts")
+    with pytest.raises(SegpressError) as e:
+        client.compress(contexts, **kwargs)
+    assert e.value.code == code and words in e.value.details
+    assert client.info().default_compressor == "tiny"  # still serving
+
+
+def test_stream_keeps_order_and_isolates_a_bad_item(client, ns):
+    reqs = [SegpressClient.request([t], namespace=ns) for t in (TEXT, OTHER)]
+    reqs.insert(1, SegpressClient.request(["   "], namespace=ns))
+    items = list(client.compress_stream(reqs))
+    assert [i.index for i in items] == [0, 1, 2]
+    assert items[1].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert items[0].response.contexts[0].original_tokens == len(TEXT.split())
+    assert items[2].response.contexts[0].original_tokens == len(OTHER.split())
+
+
+def test_the_smallest_compressor_in_the_docs_runs_through_the_pipeline(redis_proc, ns):
+    """docs/architecture.md's example compressor, executed as written."""
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(code, scope)
+    compressor = scope["EveryOther"]()
+    assert isinstance(compressor, Compressor)
+    config = Config(port=0, redis_url=redis_proc.url, metrics_port=0)
+    s = InProcessServer(config, {"everyother": compressor})
+    try:
+        with SegpressClient(s.target, timeout_s=30) as c:
+            first = c.compress(["  one two three four five "], namespace=ns)
+            again = c.compress(["  one two three four five "], namespace=ns)
+    finally:
+        s.stop()
+    assert first.text == again.text == "one three five"
+    assert (first.stats.cache_misses, again.stats.cache_hits) == (1, 1)

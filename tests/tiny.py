@@ -1,0 +1,78 @@
+"""The smallest compressor that keeps the contract (compressors/base.py), for
+the fast test tier: no model, no torch, deterministic.
+
+segment: runs of at most 8 words. encode: each word's span, a score from a
+hash of the word, and a token count of 1 (the same arrays llmlingua2
+caches). render: the words scoring at least 0.5 (at least the first word),
+cut from the context. It counts what it encodes, so tests can see cache hits
+and shared work. A test double of the compressor interface only: Redis and
+gRPC around it stay real.
+"""
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from compressors.base import ContextParts, Encoded, Kind, Rendered, Segment
+
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class Params:
+    @classmethod
+    def from_proto(cls, req) -> "Params":
+        return cls()
+
+    def check(self) -> None:
+        pass
+
+
+class Tiny:
+    name = "tiny"
+    output = "text"
+    kind = Kind.WORD_SCORES
+    Params = Params
+    limits: dict[str, int] = {}
+    model_id = "tiny"
+    fingerprint = "0" * 64
+    cache_id = "tiny:v1"
+    max_segment_tokens = 8
+
+    def __init__(self):
+        self.encoded: list[str] = []  # every segment text encode saw, in order
+
+    def check_params(self, params) -> None:
+        pass
+
+    def segment(self, text: str) -> list[Segment]:
+        words = [m.span() for m in _WORD.finditer(text)]
+        out = []
+        for i in range(0, len(words), self.max_segment_tokens):
+            run = words[i : i + self.max_segment_tokens]
+            start, end = run[0][0], run[-1][1]
+            out.append(Segment(start, end, text[start:end], len(run)))
+        return out
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        self.encoded += texts
+        out = []
+        for t in texts:
+            spans = np.array([m.span() for m in _WORD.finditer(t)], np.int32).reshape(-1, 2)
+            scores = np.array([zlib.crc32(t[s:e].encode()) % 1000 / 1000 for s, e in spans],
+                              np.float32)
+            out.append({"spans": spans, "scores": scores, "tokens": np.ones(len(spans), np.int32)})
+        return out
+
+    def render(self, contexts: list[ContextParts], params, query=None) -> list[Rendered]:
+        out = []
+        for c in contexts:
+            words = [(seg.start + s, seg.start + e) for seg, v in zip(c.segments, c.encoded)
+                     for (s, e), score in zip(v["spans"], v["scores"]) if score >= 0.5]
+            words = words or [(c.segments[0].start, c.segments[0].start + int(c.encoded[0]["spans"][0][1]))]
+            out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
+                                compressed_tokens=len(words),
+                                text=" ".join(c.text[s:e] for s, e in words)))
+        return out
