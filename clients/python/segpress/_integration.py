@@ -19,7 +19,7 @@ flat keys (vector stores and LlamaIndex want flat metadata):
         such fields (query-aware selection)
 
 A document the server's selection dropped (`kept` false for a request with a
-query) is left out. Documents with no text (empty or only whitespace) are not
+query, when some other document is kept) is left out. Documents with no text (empty or only whitespace) are not
 sent and come back unchanged.
 """
 
@@ -207,6 +207,10 @@ def _results(texts: Sequence[str | None], sent: list[int], resp: Any, had_query:
     out = _unsent(texts)
     dropped = set()
     stats = resp.stats
+    # Selection ran when a context is marked kept; a server from before
+    # selection leaves every `kept` false (proto3's default), and then
+    # nothing is dropped or reported.
+    selected = had_query and any(getattr(ctx, "kept", False) for ctx in resp.contexts)
     for i, ctx in zip(sent, resp.contexts, strict=True):
         meta = {
             "segpress_original_tokens": ctx.original_tokens,
@@ -215,7 +219,7 @@ def _results(texts: Sequence[str | None], sent: list[int], resp: Any, had_query:
             "segpress_cache_hits": stats.cache_hits,
             "segpress_cache_misses": stats.cache_misses,
             "segpress_compressor": resp.compressor,
-            **(_selection(ctx) if had_query else {}),
+            **(_selection(ctx) if selected else {}),
         }
         if meta.get("segpress_kept") is False:
             dropped.add(i)
