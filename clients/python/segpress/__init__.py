@@ -8,6 +8,9 @@
 
 `AsyncSegpressClient` is the asyncio version; `segpress.tensors` converts
 soft-token tensors to and from numpy (and torch, when installed).
+`segpress.langchain`, `segpress.llamaindex` and `segpress.haystack` put the
+client into those RAG frameworks; each imports its framework, this package
+imports none.
 """
 
 from .aio import AsyncSegpressClient
