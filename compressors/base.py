@@ -45,6 +45,7 @@ class Kind(enum.IntEnum):
 
     WORD_SCORES = 1  # llmlingua2: per-word spans, keep scores, token counts
     SOFT_TOKENS = 2  # soft compressors: one [rows, hidden] tensor
+    SENTENCE_VECTORS = 3  # query-aware selection: sentence spans and their embeddings
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,18 @@ class Segment:
 
 @dataclass
 class ContextParts:
-    """One context with its segments and their encoded values, for render."""
+    """One context with its segments and their encoded values, for render.
+
+    When query-aware selection ran, `allowed` holds the character ranges of
+    the context that may be kept (sorted, not overlapping; empty: nothing)
+    and `budget` the tokens the context may keep; render honours both. None:
+    no selection, the whole context and the request's own budget."""
 
     text: str
     segments: list[Segment]
     encoded: list[Encoded]
+    allowed: list[tuple[int, int]] | None = None
+    budget: int | None = None
 
 
 @dataclass
@@ -117,6 +125,12 @@ class Compressor(Protocol):
         """Raises InvalidParams for parameters this model cannot serve."""
         ...
 
+    def budget(self, params, total_tokens: int) -> int | None:
+        """Tokens the request keeps of `total_tokens` (all its contexts), or
+        None when the compressor has no budget (a fixed rate): what the
+        query-aware selection sizes its coarse stage by."""
+        ...
+
     def segment(self, text: str) -> list[Segment]: ...
 
     def encode(self, texts: list[str]) -> list[Encoded]: ...
@@ -163,12 +177,18 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[
 
 def render_rows(contexts: list[ContextParts], name: str, hidden: int) -> list[Rendered]:
     """Soft tokens of each context: its segments' cached rows (`encoded[name]`,
-    [k, hidden] each) concatenated in order, with the rows of each segment."""
+    [k, hidden] each) concatenated in order, with the rows of each segment.
+    With a selection (`allowed`), only the segments that overlap it."""
     out = []
     for c in contexts:
-        rows = [e[name] for e in c.encoded]
+        rows = [e[name] for seg, e in zip(c.segments, c.encoded) if overlaps(seg, c.allowed)]
         tensor = np.concatenate(rows) if rows else np.zeros((0, hidden), np.float32)
         out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
                             compressed_tokens=len(tensor), tensor=tensor,
                             segment_rows=[len(r) for r in rows]))
     return out
+
+
+def overlaps(seg: Segment, allowed: list[tuple[int, int]] | None) -> bool:
+    """Whether any of the segment's characters may be kept."""
+    return allowed is None or any(s < seg.end and seg.start < e for s, e in allowed)

@@ -46,18 +46,13 @@ from segpress.v1 import segpress_pb2 as pb
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
                    length_sorted_batches, pad_right)
 from .models import fingerprint, resolve_dtype
-from .segmenter import segment_text, trim_spaces
+from .segmenter import SENTENCE_END, segment_text, trim_spaces
 
 NAME = "llmlingua2"
 DEFAULT_RATE = 0.5
 MAX_FORCE_TOKENS = 100
 _DIGIT = re.compile(r"[0-9]")
 _SPACE_RUN = re.compile(r"\s+")
-# Where a sentence ends: ., !, ? or an ellipsis (with closing quotes or
-# brackets) before whitespace or the end of the text; a CJK full stop; a line
-# break. Abbreviations ("Mr. Smith") end a sentence too: cheap, and a wrong
-# cut only makes a sentence shorter.
-_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f]|\n")
 GRANULARITIES = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
                  pb.GRANULARITY_SENTENCE: "sentence"}
 
@@ -245,17 +240,26 @@ class LLMLingua2:
 
     # -- render: the request's budget applied to cached scores -------------
 
+    def budget(self, params: Params, total_tokens: int) -> int:
+        if params.target_tokens is not None:
+            return min(params.target_tokens, total_tokens)
+        return int(round((DEFAULT_RATE if params.rate is None else params.rate) * total_tokens))
+
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
+        """With a selection (ContextParts.allowed, .budget), only words inside
+        the allowed ranges are candidates, and the context's budget is the
+        one selection gave it."""
         words = [context_words(c) for c in contexts]
         totals = [int(w["tokens"].sum()) for w in words]
-        budgets = _budgets(totals, params)
+        budgets = [b if c.budget is None else c.budget
+                   for c, b in zip(contexts, _budgets(totals, params))]
         return [
-            self._render_one(c.text, w, total, budget, params)
+            self._render_one(c.text, w, total, budget, params, c.allowed)
             for c, w, total, budget in zip(contexts, words, totals, budgets)
         ]
 
-    def _render_one(self, text, w, total, budget, params: Params) -> Rendered:
-        items = select(text, w, budget, params)
+    def _render_one(self, text, w, total, budget, params: Params, allowed=None) -> Rendered:
+        items = select(text, w, budget, params, allowed)
         return Rendered(
             original_tokens=total,
             compressed_tokens=sum(t for _, _, _, t in items),
@@ -263,12 +267,16 @@ class LLMLingua2:
         )
 
 
-def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
+def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params,
+           allowed: list[tuple[int, int]] | None = None):
     """The items to keep, in text order: (start, end, forced, tokens).
 
     Items are the context's words plus forced strings that touch no word
-    (whitespace such as "\n", 0 tokens)."""
+    (whitespace such as "\n", 0 tokens). With `allowed` (character ranges
+    chosen by query-aware selection), nothing outside them is kept, forced
+    or not."""
     spans, scores, tokens = w["spans"], w["scores"].astype(np.float64), w["tokens"]
+    inside = np.ones(len(spans), dtype=bool) if allowed is None else within(spans, allowed)
     forced = np.zeros(len(spans), dtype=bool)
     if params.force_reserve_digit:
         forced |= np.array([bool(_DIGIT.search(text[s:e])) for s, e in spans], dtype=bool)
@@ -285,12 +293,16 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
             else:
                 extra.add((m.start(), m.end()))
     forced |= force_hits
+    if allowed is not None:
+        forced &= inside
+        force_hits &= inside
+        extra = {x for x in extra if within(np.array([x]), allowed)[0]}
 
     keep = None
     if params.granularity == "sentence":
-        keep = _best_sentences(text, spans, scores, tokens, forced, budget)
+        keep = _best_sentences(text, spans, scores, tokens, forced, budget, inside)
     if keep is None or not keep.any():  # word granularity, or no whole sentence fits
-        keep = _best_words(scores, tokens, forced, budget)
+        keep = _best_words(scores, tokens, forced, budget, inside)
 
     items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
              for i, (s, e) in enumerate(spans) if keep[i]]
@@ -301,37 +313,52 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params):
     return items
 
 
-def _best_words(scores, tokens, forced, budget: int) -> np.ndarray:
-    """Words to keep [n] (bool): forced words, then the highest-scoring ones
-    (earlier first among equals) while their tokens fit the budget."""
-    rank = np.lexsort((np.arange(len(scores)), -scores, ~forced))
+def within(spans: np.ndarray, allowed: list[tuple[int, int]]) -> np.ndarray:
+    """[n] bool: which spans ([n, 2]) lie inside one of the sorted, disjoint
+    `allowed` ranges."""
+    if not allowed or len(spans) == 0:
+        return np.zeros(len(spans), dtype=bool)
+    ranges = np.asarray(allowed, dtype=np.int64)
+    i = np.searchsorted(ranges[:, 0], spans[:, 0], side="right") - 1  # last range starting at or before
+    ok = i >= 0
+    ok[ok] = spans[ok, 1] <= ranges[i[ok], 1]
+    return ok
+
+
+def _best_words(scores, tokens, forced, budget: int, candidates) -> np.ndarray:
+    """Words to keep [n] (bool): forced words, then the highest-scoring
+    candidates (earlier first among equals) while their tokens fit the budget."""
+    idx = np.flatnonzero(candidates | forced)
+    rank = idx[np.lexsort((idx, -scores[idx], ~forced[idx]))]
     within = np.cumsum(tokens[rank]) <= budget
     keep = np.zeros(len(scores), dtype=bool)
     keep[rank[within]] = True
     return keep | forced
 
 
-def _best_sentences(text: str, spans, scores, tokens, forced, budget: int) -> np.ndarray:
+def _best_sentences(text: str, spans, scores, tokens, forced, budget: int, candidates) -> np.ndarray:
     """Words to keep [n] (bool), whole sentences at a time.
 
     A sentence's score is the mean score of its words. Sentences with a forced
-    word are kept; the others from the highest score down (earlier first among
+    word are kept; the others whose words are all candidates from the highest
+    score down (earlier first among
     equals), each while it fits what is left of the budget, so a long
     sentence that does not fit is passed over for shorter ones below it.
     Empty when not one sentence fits."""
     if len(spans) == 0:
         return np.zeros(0, dtype=bool)
-    ends = np.array([m.end() for m in _SENTENCE_END.finditer(text)], dtype=np.int64)
+    ends = np.array([m.end() for m in SENTENCE_END.finditer(text)], dtype=np.int64)
     sentence = np.searchsorted(ends, spans[:, 0], side="right")  # [n] sentence of each word
     _, sentence = np.unique(sentence, return_inverse=True)       # numbered 0..m-1, no gaps
     words = np.bincount(sentence)                                 # [m]
     mean = np.bincount(sentence, weights=scores) / words          # [m]
     cost = np.bincount(sentence, weights=tokens).astype(np.int64)  # [m]
     must = np.bincount(sentence, weights=forced) > 0              # [m]
+    whole = np.bincount(sentence, weights=~candidates) == 0       # [m] every word a candidate
     chosen = must.copy()
     left = budget - int(cost[must].sum())
     for k in np.lexsort((np.arange(len(mean)), -mean)):
-        if not chosen[k] and cost[k] <= left:
+        if whole[k] and not chosen[k] and cost[k] <= left:
             chosen[k] = True
             left -= int(cost[k])
     return chosen[sentence]

@@ -17,11 +17,17 @@ from .base import Segment
 
 # Text that ends a sentence, so a segment may end after it: . ! ? (or their
 # full-width forms, or an ellipsis), optionally followed by closing quotes or
-# brackets, at the end of the text before a cut. (llmlingua2's sentence
-# granularity finds sentences with its own, wider rule: it also cuts at line
-# breaks; segments cut there anyway.)
+# brackets, at the end of the text before a cut. (SENTENCE_END below is the
+# wider rule for finding sentences: it also ends one at a line break, where
+# segments are cut anyway.)
 _ENDS_SENTENCE = re.compile(r"[.!?\u2026\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*$")
 _CJK_STOP = ("\u3002", "\uff01", "\uff1f")  # 。！？ end a sentence without a space
+# Where a sentence ends, for everything that works in sentences (llmlingua2's
+# sentence granularity, query-aware selection): ., !, ? or an ellipsis (with
+# closing quotes or brackets) before whitespace or the end of the text; a CJK
+# full stop; a line break. Abbreviations ("Mr. Smith") end a sentence too:
+# cheap, and a wrong cut only makes a sentence shorter.
+SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f]|\n")
 
 
 def segment_text(text: str, tokenizer, max_tokens: int) -> list[Segment]:
@@ -37,6 +43,22 @@ def segment_text(text: str, tokenizer, max_tokens: int) -> list[Segment]:
         segments.append(Segment(start, end, text[start:end], j - i))
         i = j
     return segments
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of `text` (SENTENCE_END), without
+    surrounding whitespace; empty sentences are left out."""
+    spans, start = [], 0
+    for end in [m.end() for m in SENTENCE_END.finditer(text)] + [len(text)]:
+        s, e = start, end
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e > s:
+            spans.append((s, e))
+        start = end
+    return spans
 
 
 def token_offsets(text: str, tokenizer) -> list[tuple[int, int]]:

@@ -12,6 +12,11 @@ batcher:
   batches fill by themselves, and an idle server adds no waiting time.
 - Deadlines: when every request waiting for a segment has gone (deadline
   passed, client cancelled) before its batch starts, the segment is skipped.
+- A finished segment stays here, its result ready, until the request that
+  queued it has written it to the cache and calls `release` (or KEEP_S
+  seconds, if that request went away first): a request that looked the key
+  up before that write finds the result here instead of computing the
+  segment again.
 """
 
 import asyncio
@@ -19,6 +24,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from . import metrics
+
+KEEP_S = 5.0  # longest a finished segment waits for its owner's release
 
 
 @dataclass
@@ -64,6 +71,18 @@ class MicroBatcher:
                 if job.waiters == 0 and not job.future.done():
                     job.future.cancel()  # nobody waits any more: skip it
 
+    def release(self, keys: list[str]) -> None:
+        """Forgets the finished segments `keys` (queued by the caller, now in
+        the cache or never to be)."""
+        for key in keys:
+            job = self._inflight.get(key)
+            if job is not None and job.future.done():
+                self._drop(key, job)
+
+    def _drop(self, key: str, job: _Job) -> None:
+        if self._inflight.get(key) is job:
+            del self._inflight[key]
+
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
@@ -91,11 +110,14 @@ class MicroBatcher:
                 except Exception as e:  # noqa: BLE001 - handed to every waiter
                     out = [e] * len(batch)
                 for (key, job), value in zip(batch, out):
-                    if self._inflight.get(key) is job:
-                        del self._inflight[key]
-                    if job.future.done():
+                    if job.future.done():  # cancelled while it ran
+                        if self._inflight.get(key) is job:
+                            del self._inflight[key]
                         continue
                     if isinstance(value, Exception):
+                        if self._inflight.get(key) is job:
+                            del self._inflight[key]
                         job.future.set_exception(value)
                     else:
-                        job.future.set_result(value)
+                        job.future.set_result(value)  # kept until its owner releases it
+                        loop.call_later(KEEP_S, self._drop, key, job)

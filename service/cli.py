@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
                       help="text file, - for stdin, or 'sample' for the bundled sample")
     comp.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
     client_args.add_request_arguments(comp)
-    comp.add_argument("--query", help="query or question (for query-aware compressors)")
     comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
     client_args.add_connection_arguments(comp)
     cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device"])
@@ -122,7 +121,7 @@ def _compress(args, config) -> int:
     else:
         path = cfg.SAMPLE if args.input == "sample" else args.input
         text = open(path, encoding="utf-8").read()
-    options = dict(client_args.request_options(args), query=args.query)
+    options = client_args.request_options(args)
     if args.server:
         with client_args.connect(args) as client:
             try:
@@ -134,6 +133,8 @@ def _compress(args, config) -> int:
         from .pipeline import RequestError
 
         req = SegpressClient.request([text], **options)
+        # The sentence embedder loads only for a query.
+        config = dataclasses.replace(config, selection=args.query is not None)
         try:
             resp = asyncio.run(_local(config, lambda p: p.compress(req)))
         except RequestError as e:

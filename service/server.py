@@ -178,10 +178,15 @@ async def open_pipeline(config: Config, embedded: bool = True):
 
         torch.set_num_threads(config.torch_threads)
     compressors = build_all(config)
+    selector = None
+    if config.selection:
+        from compressors.relevance import SentenceVectors
+
+        selector = SentenceVectors(config.sentence_model or None, device=config.device)
     store = started = None
     if config.redis_url or embedded:
         store, started = await make_store(config)
-    pipeline = Pipeline(config, compressors, store)
+    pipeline = Pipeline(config, compressors, store, selector)
 
     async def close() -> None:
         await pipeline.close()

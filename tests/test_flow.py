@@ -108,7 +108,8 @@ def test_repeat_is_all_hits_and_identical(client, tiny, ns):
 
 def test_shared_context_and_another_query_are_hits(client, ns):
     client.compress([TEXT], namespace=ns)
-    resp = client.compress([OTHER, TEXT], namespace=ns, query="when did the harbour freeze?")
+    resp = client.compress([OTHER, TEXT], namespace=ns, query="when did the harbour freeze?",
+                           selection=False)
     assert resp.stats.cache_hits == len(Tiny().segment(TEXT))  # cache keys ignore the query
     assert resp.stats.cache_misses == len(Tiny().segment(OTHER))
 
@@ -158,6 +159,10 @@ def test_concurrent_requests_for_a_missing_segment_encode_it_once(srv, tiny, ns)
     (dict(contexts=["a"], compressor="nope"), grpc.StatusCode.INVALID_ARGUMENT, "unknown compressor"),
     (dict(contexts=["a"], rate=0.5), grpc.StatusCode.INVALID_ARGUMENT, "params for 'llmlingua2'"),
     (dict(contexts=["a"], namespace="bad ns"), grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
+    (dict(contexts=["a"], query=" "), grpc.StatusCode.INVALID_ARGUMENT, "query is set but empty"),
+    (dict(contexts=["a"], query="why?"), grpc.StatusCode.INVALID_ARGUMENT, "selection is off"),
+    (dict(contexts=["a"], query="why?", keep_rate=1.5), grpc.StatusCode.INVALID_ARGUMENT,
+     "selection.keep_rate must be in (0, 1]"),
 ])
 def test_bad_input_gets_a_precise_status(client, kwargs, code, words):
     contexts = kwargs.pop("contexts")

@@ -4,7 +4,7 @@ the fast test tier: no model, no torch, deterministic.
 segment: runs of at most 8 words. encode: each word's span, a score from a
 hash of the word, and a token count of 1 (the same arrays llmlingua2
 caches). render: the words scoring at least 0.5 (at least the first word),
-cut from the context. It counts what it encodes, so tests can see cache hits
+of those a selection allowed, cut from the context. It counts what it encodes, so tests can see cache hits
 and shared work. A test double of the compressor interface only: Redis and
 gRPC around it stay real.
 """
@@ -47,6 +47,9 @@ class Tiny:
     def check_params(self, params) -> None:
         pass
 
+    def budget(self, params, total_tokens: int) -> None:
+        return None  # it keeps what scores >= 0.5, whatever the size
+
     def segment(self, text: str) -> list[Segment]:
         words = [m.span() for m in _WORD.finditer(text)]
         out = []
@@ -70,8 +73,11 @@ class Tiny:
         out = []
         for c in contexts:
             words = [(seg.start + s, seg.start + e) for seg, v in zip(c.segments, c.encoded)
-                     for (s, e), score in zip(v["spans"], v["scores"]) if score >= 0.5]
-            words = words or [(c.segments[0].start, c.segments[0].start + int(c.encoded[0]["spans"][0][1]))]
+                     for s, e in v["spans"]]
+            if c.allowed is not None:  # selection ran: only inside what it kept
+                words = [(s, e) for s, e in words if any(a <= s and e <= b for a, b in c.allowed)]
+            scores = [zlib.crc32(c.text[s:e].encode()) % 1000 / 1000 for s, e in words]
+            words = [w for w, score in zip(words, scores) if score >= 0.5] or words[:1]
             out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
                                 compressed_tokens=len(words),
                                 text=" ".join(c.text[s:e] for s, e in words)))

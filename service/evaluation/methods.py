@@ -17,6 +17,7 @@ Each builder gets the shared `Env` (models directory, the reader, the
 checkpoint to use) and builds its models once.
 """
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class Env:
     llmlingua2_dir: str   # the llmlingua2 checkpoint (segpress and the reference's LLMLingua-2)
     seed: int = 0
     _llmlingua2: object = field(default=None, repr=False)
+    _selector: object = field(default=None, repr=False)
 
     def llmlingua2(self):
         """segpress's llmlingua2 compressor on llmlingua2_dir (float32), loaded
@@ -46,6 +48,14 @@ class Env:
 
             self._llmlingua2 = LLMLingua2(self.llmlingua2_dir, dtype="float32")
         return self._llmlingua2
+
+    def selector(self):
+        """The sentence embedder of query-aware selection, loaded once."""
+        if self._selector is None:
+            from compressors.relevance import SentenceVectors
+
+            self._selector = SentenceVectors()
+        return self._selector
 
 
 class NoCompression:
@@ -176,6 +186,93 @@ class Teacher(Segpress):
         return parts
 
 
+class SegpressQuery(Segpress):
+    """segpress with the question: query-aware selection (compressors/relevance.py)
+    in front of the llmlingua2 fine stage, as the server runs it for a request
+    with a query; one context per passage. `gold_rank` reports where the
+    ranker put the passage that answers (multidoc tasks)."""
+    name = "segpress-query"
+    ranker = "hybrid"
+    coarse_factor = None  # None: relevance.COARSE_FACTOR (a tuning run sets it)
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.selector = env.selector()
+
+    def prepare(self, ex):
+        parts = super().prepare(ex)
+        vectors = [self.selector.encode([s.text for s in p.segments]) for p in parts]
+        return parts, vectors, self.selector.query(ex.question)
+
+    def choices(self, ex, state, budget):
+        from compressors.relevance import Options, choose
+
+        parts, vectors, q = state
+        options = Options(ranker=self.ranker)
+        if self.coarse_factor is not None:
+            options = dataclasses.replace(options, coarse_factor=self.coarse_factor)
+        return choose(parts, vectors, ex.question, q, budget, options)
+
+    def compress(self, ex, state, rate):
+        parts = state[0]
+        total = sum(s.n_tokens for p in parts for s in p.segments)
+
+        def render(r):
+            params = Params(rate=r, granularity=self.granularity)
+            chosen = self.choices(ex, state, self.comp.budget(params, total))
+            selected = [dataclasses.replace(p, allowed=c.allowed, budget=c.budget)
+                        for p, c in zip(parts, chosen)]
+            return "\n\n".join(x.text for x, c in zip(self.comp.render(selected, params), chosen)
+                                if c.kept)
+        return within_budget(render, rate, self.reader, self.reader.count(ex.context))
+
+    def gold_rank(self, ex, state) -> int | None:
+        if "gold" not in ex.meta:
+            return None
+        return self.choices(ex, state, None)[ex.meta["gold"]].rank
+
+
+class SegpressQuerySentences(SegpressQuery):
+    """The same, the fine stage keeping whole sentences."""
+    name = "segpress-query-sentences"
+    granularity = "sentence"
+
+
+class SegpressQueryDense(SegpressQuery):
+    """Ablation: sentence embeddings alone rank."""
+    name = "segpress-query-dense"
+    ranker = "dense"
+
+
+class SegpressQueryBM25(SegpressQuery):
+    """Ablation: BM25 alone ranks."""
+    name = "segpress-query-bm25"
+    ranker = "bm25"
+
+
+class ReferenceLongLLMLingua:
+    """The peer to beat: the `llmlingua` package's LongLLMLingua path with the
+    question (question-aware coarse ranking of the passages by SmolLM2, its
+    LM here, dynamic per-passage rates, question-aware token pruning)."""
+    name = "longllmlingua-ref"
+
+    def __init__(self, env):
+        from .reference import reference_llmlingua1
+
+        self.ref = reference_llmlingua1(env.reader_dir, env.reader.dtype)
+
+    def prepare(self, ex):
+        return None
+
+    def compress(self, ex, state, rate):
+        out = self.ref.compress_prompt(
+            list(ex.passages), question=ex.question, rate=rate, rank_method="longllmlingua",
+            condition_in_question="after_condition", reorder_context="sort",
+            dynamic_context_compression_ratio=0.3, condition_compare=True,
+            context_budget="+100", use_sentence_level_filter=False)
+        return out["compressed_prompt"]
+
+
 class ReferenceLLMLingua:
     """The `llmlingua` package's LLMLingua-1 path (iterative token-level
     perplexity filter plus its context-level filter), SmolLM2 as its scoring
@@ -215,5 +312,6 @@ class ReferenceLLMLingua2:
 
 METHODS = {m.name: m for m in [
     NoCompression, RandomDrop, Truncate, ReferenceLLMLingua, ReferenceLLMLingua2, Teacher, Segpress,
-    SegpressSentences,
+    SegpressSentences, SegpressQuery, SegpressQuerySentences, SegpressQueryDense, SegpressQueryBM25,
+    ReferenceLongLLMLingua,
 ]}

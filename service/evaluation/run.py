@@ -59,6 +59,8 @@ def run(plan: Plan, docs: dict[str, str], env: Env, methods: dict, progress=log.
                     "rate": rate, "ratio": env.reader.count(text) / original,
                     "correct": contains(answer, ex.answer), "retained": contains(text, ex.answer),
                     "seconds": seconds, "answer": answer, "expected": ex.answer,
+                    # Query-aware methods: where the ranker put the gold passage.
+                    "gold_rank": method.gold_rank(ex, state) if hasattr(method, "gold_rank") else None,
                 })
         progress(f"{plan.split}: {n}/{len(examples)} examples, {time.perf_counter() - t0:.0f}s")
     return plan
@@ -71,11 +73,15 @@ def summarize(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["split"], r["task"], r["method"], r["rate"]), []).append(r)
     out = []
     for (split, task, method, rate), rs in groups.items():
+        ranks = [r["gold_rank"] for r in rs if r.get("gold_rank") is not None]
         out.append({
             "split": split, "task": task, "method": method, "rate": rate, "n": len(rs),
             "accuracy": float(np.mean([r["correct"] for r in rs])),
             "retention": float(np.mean([r["retained"] for r in rs])),
             "ratio": float(np.mean([r["ratio"] for r in rs])),
             "seconds": float(np.mean([r["seconds"] for r in rs])),
+            # The ranker alone: is the gold passage first, in the first three?
+            "recall_at_1": float(np.mean([k < 1 for k in ranks])) if ranks else None,
+            "recall_at_3": float(np.mean([k < 3 for k in ranks])) if ranks else None,
         })
     return out

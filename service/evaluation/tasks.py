@@ -13,6 +13,7 @@ text comes from the essays of one corpus split (compressors/training/corpus.py):
 either.
 """
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass, field
@@ -148,4 +149,12 @@ def multidoc(docs: dict[str, str], n: int, seed: int, passages: int = 10,
     return out
 
 
-TASKS = {"needle": needle, "multidoc": multidoc}
+def multidoc20(docs: dict[str, str], n: int, seed: int) -> list[Example]:
+    """The "lost in the middle" layout: 20 passages, the gold one at every
+    position in turn (position = example index * 3 mod 20: all 20 in 20
+    examples)."""
+    return [dataclasses.replace(ex, task="multidoc20", id=ex.id.replace("multidoc", "multidoc20"))
+            for ex in multidoc(docs, n, seed, passages=20, words=35)]
+
+
+TASKS = {"needle": needle, "multidoc": multidoc, "multidoc20": multidoc20}

@@ -92,6 +92,116 @@ func (CacheMode) EnumDescriptor() ([]byte, []int) {
 	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{0}
 }
 
+// How query-aware selection ranks sentences.
+type Ranker int32
+
+const (
+	// RANKER_HYBRID.
+	Ranker_RANKER_UNSPECIFIED Ranker = 0
+	// Dense (sentence embeddings) and BM25 rankings fused (reciprocal rank fusion).
+	Ranker_RANKER_HYBRID Ranker = 1
+	// Sentence embeddings only.
+	Ranker_RANKER_DENSE Ranker = 2
+	// BM25 only.
+	Ranker_RANKER_BM25 Ranker = 3
+)
+
+// Enum value maps for Ranker.
+var (
+	Ranker_name = map[int32]string{
+		0: "RANKER_UNSPECIFIED",
+		1: "RANKER_HYBRID",
+		2: "RANKER_DENSE",
+		3: "RANKER_BM25",
+	}
+	Ranker_value = map[string]int32{
+		"RANKER_UNSPECIFIED": 0,
+		"RANKER_HYBRID":      1,
+		"RANKER_DENSE":       2,
+		"RANKER_BM25":        3,
+	}
+)
+
+func (x Ranker) Enum() *Ranker {
+	p := new(Ranker)
+	*p = x
+	return p
+}
+
+func (x Ranker) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Ranker) Descriptor() protoreflect.EnumDescriptor {
+	return file_segpress_v1_segpress_proto_enumTypes[1].Descriptor()
+}
+
+func (Ranker) Type() protoreflect.EnumType {
+	return &file_segpress_v1_segpress_proto_enumTypes[1]
+}
+
+func (x Ranker) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Ranker.Descriptor instead.
+func (Ranker) EnumDescriptor() ([]byte, []int) {
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{1}
+}
+
+// Order of the contexts in the joined text of a query-aware response.
+type Order int32
+
+const (
+	// ORDER_ORIGINAL.
+	Order_ORDER_UNSPECIFIED Order = 0
+	// The order of the request.
+	Order_ORDER_ORIGINAL Order = 1
+	// The most relevant context first.
+	Order_ORDER_RELEVANCE Order = 2
+)
+
+// Enum value maps for Order.
+var (
+	Order_name = map[int32]string{
+		0: "ORDER_UNSPECIFIED",
+		1: "ORDER_ORIGINAL",
+		2: "ORDER_RELEVANCE",
+	}
+	Order_value = map[string]int32{
+		"ORDER_UNSPECIFIED": 0,
+		"ORDER_ORIGINAL":    1,
+		"ORDER_RELEVANCE":   2,
+	}
+)
+
+func (x Order) Enum() *Order {
+	p := new(Order)
+	*p = x
+	return p
+}
+
+func (x Order) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Order) Descriptor() protoreflect.EnumDescriptor {
+	return file_segpress_v1_segpress_proto_enumTypes[2].Descriptor()
+}
+
+func (Order) Type() protoreflect.EnumType {
+	return &file_segpress_v1_segpress_proto_enumTypes[2]
+}
+
+func (x Order) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Order.Descriptor instead.
+func (Order) EnumDescriptor() ([]byte, []int) {
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
+}
+
 // Unit of llmlingua2's selection. The model's word scores, and so the cache,
 // are the same for both; only the choice of what to keep differs.
 type Granularity int32
@@ -137,11 +247,11 @@ func (x Granularity) String() string {
 }
 
 func (Granularity) Descriptor() protoreflect.EnumDescriptor {
-	return file_segpress_v1_segpress_proto_enumTypes[1].Descriptor()
+	return file_segpress_v1_segpress_proto_enumTypes[3].Descriptor()
 }
 
 func (Granularity) Type() protoreflect.EnumType {
-	return &file_segpress_v1_segpress_proto_enumTypes[1]
+	return &file_segpress_v1_segpress_proto_enumTypes[3]
 }
 
 func (x Granularity) Number() protoreflect.EnumNumber {
@@ -150,7 +260,7 @@ func (x Granularity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Granularity.Descriptor instead.
 func (Granularity) EnumDescriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{1}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
 }
 
 // Element type of a Tensor.
@@ -190,11 +300,11 @@ func (x DType) String() string {
 }
 
 func (DType) Descriptor() protoreflect.EnumDescriptor {
-	return file_segpress_v1_segpress_proto_enumTypes[2].Descriptor()
+	return file_segpress_v1_segpress_proto_enumTypes[4].Descriptor()
 }
 
 func (DType) Type() protoreflect.EnumType {
-	return &file_segpress_v1_segpress_proto_enumTypes[2]
+	return &file_segpress_v1_segpress_proto_enumTypes[4]
 }
 
 func (x DType) Number() protoreflect.EnumNumber {
@@ -203,7 +313,7 @@ func (x DType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DType.Descriptor instead.
 func (DType) EnumDescriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
 }
 
 // What a compressor returns.
@@ -243,11 +353,11 @@ func (x OutputKind) String() string {
 }
 
 func (OutputKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_segpress_v1_segpress_proto_enumTypes[3].Descriptor()
+	return file_segpress_v1_segpress_proto_enumTypes[5].Descriptor()
 }
 
 func (OutputKind) Type() protoreflect.EnumType {
-	return &file_segpress_v1_segpress_proto_enumTypes[3]
+	return &file_segpress_v1_segpress_proto_enumTypes[5]
 }
 
 func (x OutputKind) Number() protoreflect.EnumNumber {
@@ -256,7 +366,7 @@ func (x OutputKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OutputKind.Descriptor instead.
 func (OutputKind) EnumDescriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
 }
 
 type CompressRequest struct {
@@ -266,8 +376,14 @@ type CompressRequest struct {
 	// context, in the same order. At least one; none may be empty or only
 	// whitespace. Limits: Info.limits.max_contexts and max_request_bytes.
 	Contexts []string `protobuf:"bytes,1,rep,name=contexts,proto3" json:"contexts,omitempty"`
-	// Optional query or question. Query-independent compressors (llmlingua2)
-	// ignore it; it is never part of a cache key.
+	// Optional query or question. With a query, query-aware selection runs in
+	// front of the compressor (see SelectionOptions): the contexts' sentences
+	// are ranked against it and only the most relevant go on to be compressed.
+	// It is never part of a cache key: what is cached per segment (the
+	// compressor's values and the sentence embeddings) is query-independent,
+	// so another question on the same contexts is all cache hits. Not empty
+	// or only whitespace when set; counts toward max_request_bytes and, in
+	// the query embedder's tokens, Info.limits.max_query_tokens.
 	Query *string `protobuf:"bytes,2,opt,name=query,proto3,oneof" json:"query,omitempty"`
 	// Compressor name as listed by Info (for example "llmlingua2"). Empty means
 	// the server's default compressor (Info.default_compressor).
@@ -287,7 +403,10 @@ type CompressRequest struct {
 	// At most 128 characters: letters, digits, '-', '_', '.', ':'.
 	Namespace string `protobuf:"bytes,6,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Opaque id echoed in the response and in server logs. At most 128 bytes.
-	RequestId     string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// How query-aware selection runs; unset means the defaults. Ignored (and
+	// selection is off) when `query` is not set.
+	Selection     *SelectionOptions `protobuf:"bytes,9,opt,name=selection,proto3" json:"selection,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +508,13 @@ func (x *CompressRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *CompressRequest) GetSelection() *SelectionOptions {
+	if x != nil {
+		return x.Selection
+	}
+	return nil
+}
+
 type isCompressRequest_Params interface {
 	isCompressRequest_Params()
 }
@@ -404,6 +530,103 @@ type CompressRequest_Complm struct {
 func (*CompressRequest_Llmlingua2) isCompressRequest_Params() {}
 
 func (*CompressRequest_Complm) isCompressRequest_Params() {}
+
+// Query-aware selection, in front of any compressor (LongLLMLingua's coarse
+// stage). Every sentence of every context is scored against the query: the
+// dot product of sentence embeddings (all-MiniLM-L6-v2) fused with BM25
+// over the request's sentences by reciprocal rank fusion. The best sentences
+// are kept while they fit the coarse budget; a sentence that repeats one
+// already kept (the same words, or contained in it, as where retrieved
+// chunks overlap) is kept once. Each kept context then gets a share of the
+// compressor's budget that grows with its relevance, and the compressor
+// (the fine stage) meets the exact budget inside the kept sentences. For
+// soft-token compressors the segments that hold a kept sentence are
+// compressed and sent, the others are not.
+type SelectionOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Turns selection off for this request although it has a query.
+	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// Share of the request's tokens the coarse stage keeps, in (0, 1]. Unset:
+	// twice the compressor's budget (llmlingua2: rate or target_tokens), or
+	// 0.5 for soft-token compressors. Never less than the compressor's budget.
+	KeepRate *float32 `protobuf:"fixed32,2,opt,name=keep_rate,json=keepRate,proto3,oneof" json:"keep_rate,omitempty"`
+	// How sentences are ranked. RANKER_UNSPECIFIED means RANKER_HYBRID.
+	Ranker Ranker `protobuf:"varint,3,opt,name=ranker,proto3,enum=segpress.v1.Ranker" json:"ranker,omitempty"`
+	// Order of the contexts in CompressResponse.text. ORDER_UNSPECIFIED means
+	// ORDER_ORIGINAL. CompressResponse.contexts always stays in request order
+	// (each has its rank).
+	Order Order `protobuf:"varint,4,opt,name=order,proto3,enum=segpress.v1.Order" json:"order,omitempty"`
+	// Keep a sentence every time it occurs, even when it repeats one already
+	// kept. Default false: repeats are kept once.
+	KeepDuplicates bool `protobuf:"varint,5,opt,name=keep_duplicates,json=keepDuplicates,proto3" json:"keep_duplicates,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SelectionOptions) Reset() {
+	*x = SelectionOptions{}
+	mi := &file_segpress_v1_segpress_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SelectionOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SelectionOptions) ProtoMessage() {}
+
+func (x *SelectionOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_segpress_v1_segpress_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SelectionOptions.ProtoReflect.Descriptor instead.
+func (*SelectionOptions) Descriptor() ([]byte, []int) {
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SelectionOptions) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *SelectionOptions) GetKeepRate() float32 {
+	if x != nil && x.KeepRate != nil {
+		return *x.KeepRate
+	}
+	return 0
+}
+
+func (x *SelectionOptions) GetRanker() Ranker {
+	if x != nil {
+		return x.Ranker
+	}
+	return Ranker_RANKER_UNSPECIFIED
+}
+
+func (x *SelectionOptions) GetOrder() Order {
+	if x != nil {
+		return x.Order
+	}
+	return Order_ORDER_UNSPECIFIED
+}
+
+func (x *SelectionOptions) GetKeepDuplicates() bool {
+	if x != nil {
+		return x.KeepDuplicates
+	}
+	return false
+}
 
 // Parameters of the llmlingua2 compressor (token classification: every word
 // gets a keep probability; the highest-scoring words are kept).
@@ -436,7 +659,7 @@ type LLMLingua2Params struct {
 
 func (x *LLMLingua2Params) Reset() {
 	*x = LLMLingua2Params{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[1]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +671,7 @@ func (x *LLMLingua2Params) String() string {
 func (*LLMLingua2Params) ProtoMessage() {}
 
 func (x *LLMLingua2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[1]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +684,7 @@ func (x *LLMLingua2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LLMLingua2Params.ProtoReflect.Descriptor instead.
 func (*LLMLingua2Params) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{1}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *LLMLingua2Params) GetRate() float32 {
@@ -529,7 +752,7 @@ type CompLLMParams struct {
 
 func (x *CompLLMParams) Reset() {
 	*x = CompLLMParams{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +764,7 @@ func (x *CompLLMParams) String() string {
 func (*CompLLMParams) ProtoMessage() {}
 
 func (x *CompLLMParams) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[2]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +777,7 @@ func (x *CompLLMParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompLLMParams.ProtoReflect.Descriptor instead.
 func (*CompLLMParams) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{2}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CompLLMParams) GetOutputDtype() DType {
@@ -595,7 +818,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +830,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[3]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +843,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{3}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Tensor) GetDtype() DType {
@@ -694,14 +917,25 @@ type CompressedContext struct {
 	// segment_offsets[segment_end] = row_end. 0 for text compressors.
 	SegmentStart int32 `protobuf:"varint,8,opt,name=segment_start,json=segmentStart,proto3" json:"segment_start,omitempty"`
 	// End (exclusive) of the context's segments; see segment_start.
-	SegmentEnd    int32 `protobuf:"varint,9,opt,name=segment_end,json=segmentEnd,proto3" json:"segment_end,omitempty"`
+	SegmentEnd int32 `protobuf:"varint,9,opt,name=segment_end,json=segmentEnd,proto3" json:"segment_end,omitempty"`
+	// Query-aware selection only (a query was given and selection ran):
+	// relevance of the context to the query, in [0, 1]: its best sentence's
+	// fused score over the best possible (ranked first by both rankers).
+	Relevance float32 `protobuf:"fixed32,10,opt,name=relevance,proto3" json:"relevance,omitempty"`
+	// Query-aware selection only: 0 for the most relevant context, 1 for the
+	// next, ... (ties in request order).
+	Rank int32 `protobuf:"varint,11,opt,name=rank,proto3" json:"rank,omitempty"`
+	// False when selection kept nothing of this context: its text is empty
+	// (no rows for soft tokens), it still has its entry, relevance and rank.
+	// True whenever selection did not run.
+	Kept          bool `protobuf:"varint,12,opt,name=kept,proto3" json:"kept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompressedContext) Reset() {
 	*x = CompressedContext{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +947,7 @@ func (x *CompressedContext) String() string {
 func (*CompressedContext) ProtoMessage() {}
 
 func (x *CompressedContext) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +960,7 @@ func (x *CompressedContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressedContext.ProtoReflect.Descriptor instead.
 func (*CompressedContext) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CompressedContext) GetText() string {
@@ -785,6 +1019,27 @@ func (x *CompressedContext) GetSegmentEnd() int32 {
 	return 0
 }
 
+func (x *CompressedContext) GetRelevance() float32 {
+	if x != nil {
+		return x.Relevance
+	}
+	return 0
+}
+
+func (x *CompressedContext) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *CompressedContext) GetKept() bool {
+	if x != nil {
+		return x.Kept
+	}
+	return false
+}
+
 // Time spent in each stage of a request, in milliseconds.
 type Timings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -800,14 +1055,17 @@ type Timings struct {
 	// Applying the request's parameters to the per-segment results.
 	RenderMs float64 `protobuf:"fixed64,5,opt,name=render_ms,json=renderMs,proto3" json:"render_ms,omitempty"`
 	// The whole request, as measured by the server.
-	TotalMs       float64 `protobuf:"fixed64,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	TotalMs float64 `protobuf:"fixed64,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	// Query-aware selection: the query's embedding and the ranking (0 when
+	// selection did not run).
+	SelectMs      float64 `protobuf:"fixed64,7,opt,name=select_ms,json=selectMs,proto3" json:"select_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +1077,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +1090,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Timings) GetSegmentMs() float64 {
@@ -877,6 +1135,13 @@ func (x *Timings) GetTotalMs() float64 {
 	return 0
 }
 
+func (x *Timings) GetSelectMs() float64 {
+	if x != nil {
+		return x.SelectMs
+	}
+	return 0
+}
+
 // Numbers describing one response.
 type Stats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -900,14 +1165,18 @@ type Stats struct {
 	// request still succeeds, treating them as misses.
 	CacheErrors int32 `protobuf:"varint,8,opt,name=cache_errors,json=cacheErrors,proto3" json:"cache_errors,omitempty"`
 	// Time per stage.
-	Timings       *Timings `protobuf:"bytes,9,opt,name=timings,proto3" json:"timings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Timings *Timings `protobuf:"bytes,9,opt,name=timings,proto3" json:"timings,omitempty"`
+	// Query-aware selection: segments whose sentence embeddings came from the
+	// cache, and those computed for this request (both 0 without selection).
+	SentenceVectorHits   int32 `protobuf:"varint,10,opt,name=sentence_vector_hits,json=sentenceVectorHits,proto3" json:"sentence_vector_hits,omitempty"`
+	SentenceVectorMisses int32 `protobuf:"varint,11,opt,name=sentence_vector_misses,json=sentenceVectorMisses,proto3" json:"sentence_vector_misses,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1188,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1201,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{6}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Stats) GetOriginalTokens() int64 {
@@ -998,6 +1267,20 @@ func (x *Stats) GetTimings() *Timings {
 	return nil
 }
 
+func (x *Stats) GetSentenceVectorHits() int32 {
+	if x != nil {
+		return x.SentenceVectorHits
+	}
+	return 0
+}
+
+func (x *Stats) GetSentenceVectorMisses() int32 {
+	if x != nil {
+		return x.SentenceVectorMisses
+	}
+	return 0
+}
+
 // Identifies the model a compressor used.
 type ModelInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1012,7 +1295,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1307,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1320,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{7}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ModelInfo) GetId() string {
@@ -1080,7 +1363,7 @@ type CompressResponse struct {
 
 func (x *CompressResponse) Reset() {
 	*x = CompressResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1375,7 @@ func (x *CompressResponse) String() string {
 func (*CompressResponse) ProtoMessage() {}
 
 func (x *CompressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1388,7 @@ func (x *CompressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressResponse.ProtoReflect.Descriptor instead.
 func (*CompressResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{8}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CompressResponse) GetRequestId() string {
@@ -1171,7 +1454,7 @@ type ItemStatus struct {
 
 func (x *ItemStatus) Reset() {
 	*x = ItemStatus{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1466,7 @@ func (x *ItemStatus) String() string {
 func (*ItemStatus) ProtoMessage() {}
 
 func (x *ItemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1479,7 @@ func (x *ItemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemStatus.ProtoReflect.Descriptor instead.
 func (*ItemStatus) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{9}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ItemStatus) GetCode() int32 {
@@ -1227,7 +1510,7 @@ type CompressStreamResponse struct {
 
 func (x *CompressStreamResponse) Reset() {
 	*x = CompressStreamResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1522,7 @@ func (x *CompressStreamResponse) String() string {
 func (*CompressStreamResponse) ProtoMessage() {}
 
 func (x *CompressStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1535,7 @@ func (x *CompressStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressStreamResponse.ProtoReflect.Descriptor instead.
 func (*CompressStreamResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{10}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CompressStreamResponse) GetIndex() int64 {
@@ -1284,7 +1567,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1579,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1592,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{11}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{12}
 }
 
 type CompressorInfo struct {
@@ -1332,7 +1615,7 @@ type CompressorInfo struct {
 
 func (x *CompressorInfo) Reset() {
 	*x = CompressorInfo{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1627,7 @@ func (x *CompressorInfo) String() string {
 func (*CompressorInfo) ProtoMessage() {}
 
 func (x *CompressorInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1640,7 @@ func (x *CompressorInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressorInfo.ProtoReflect.Descriptor instead.
 func (*CompressorInfo) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{12}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CompressorInfo) GetName() string {
@@ -1406,13 +1689,17 @@ type Limits struct {
 	MaxMessageBytes int64 `protobuf:"varint,3,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
 	// Most force_tokens entries.
 	MaxForceTokens int32 `protobuf:"varint,4,opt,name=max_force_tokens,json=maxForceTokens,proto3" json:"max_force_tokens,omitempty"`
+	// Most tokens of CompressRequest.query, in the query embedder's tokenizer
+	// (all-MiniLM-L6-v2: longer text would be cut there). 0: selection is not
+	// available on this server.
+	MaxQueryTokens int32 `protobuf:"varint,5,opt,name=max_query_tokens,json=maxQueryTokens,proto3" json:"max_query_tokens,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1711,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1724,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{13}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Limits) GetMaxContexts() int32 {
@@ -1468,6 +1755,13 @@ func (x *Limits) GetMaxForceTokens() int32 {
 	return 0
 }
 
+func (x *Limits) GetMaxQueryTokens() int32 {
+	if x != nil {
+		return x.MaxQueryTokens
+	}
+	return 0
+}
+
 type InfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Server version.
@@ -1484,7 +1778,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1790,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1803,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{14}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -1544,7 +1838,7 @@ var File_segpress_v1_segpress_proto protoreflect.FileDescriptor
 
 const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\n" +
-	"\x1asegpress/v1/segpress.proto\x12\vsegpress.v1\"\xe7\x02\n" +
+	"\x1asegpress/v1/segpress.proto\x12\vsegpress.v1\"\xa4\x03\n" +
 	"\x0fCompressRequest\x12\x1a\n" +
 	"\bcontexts\x18\x01 \x03(\tR\bcontexts\x12\x19\n" +
 	"\x05query\x18\x02 \x01(\tH\x01R\x05query\x88\x01\x01\x12\x1e\n" +
@@ -1559,9 +1853,18 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"cache_mode\x18\x05 \x01(\x0e2\x16.segpress.v1.CacheModeR\tcacheMode\x12\x1c\n" +
 	"\tnamespace\x18\x06 \x01(\tR\tnamespace\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\a \x01(\tR\trequestIdB\b\n" +
+	"request_id\x18\a \x01(\tR\trequestId\x12;\n" +
+	"\tselection\x18\t \x01(\v2\x1d.segpress.v1.SelectionOptionsR\tselectionB\b\n" +
 	"\x06paramsB\b\n" +
-	"\x06_query\"\xaa\x02\n" +
+	"\x06_query\"\xde\x01\n" +
+	"\x10SelectionOptions\x12\x1a\n" +
+	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12 \n" +
+	"\tkeep_rate\x18\x02 \x01(\x02H\x00R\bkeepRate\x88\x01\x01\x12+\n" +
+	"\x06ranker\x18\x03 \x01(\x0e2\x13.segpress.v1.RankerR\x06ranker\x12(\n" +
+	"\x05order\x18\x04 \x01(\x0e2\x12.segpress.v1.OrderR\x05order\x12'\n" +
+	"\x0fkeep_duplicates\x18\x05 \x01(\bR\x0ekeepDuplicatesB\f\n" +
+	"\n" +
+	"_keep_rate\"\xaa\x02\n" +
 	"\x10LLMLingua2Params\x12\x17\n" +
 	"\x04rate\x18\x01 \x01(\x02H\x00R\x04rate\x88\x01\x01\x12(\n" +
 	"\rtarget_tokens\x18\x02 \x01(\x05H\x01R\ftargetTokens\x88\x01\x01\x12!\n" +
@@ -1581,7 +1884,7 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x0fsegment_offsets\x18\x04 \x03(\x03R\x0esegmentOffsets\x12\x1d\n" +
 	"\n" +
 	"decoder_id\x18\x05 \x01(\tR\tdecoderId\x12/\n" +
-	"\x13decoder_fingerprint\x18\x06 \x01(\tR\x12decoderFingerprint\"\xa3\x02\n" +
+	"\x13decoder_fingerprint\x18\x06 \x01(\tR\x12decoderFingerprint\"\xe9\x02\n" +
 	"\x11CompressedContext\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12'\n" +
 	"\x0foriginal_tokens\x18\x03 \x01(\x03R\x0eoriginalTokens\x12+\n" +
@@ -1591,7 +1894,11 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\arow_end\x18\a \x01(\x03R\x06rowEnd\x12#\n" +
 	"\rsegment_start\x18\b \x01(\x05R\fsegmentStart\x12\x1f\n" +
 	"\vsegment_end\x18\t \x01(\x05R\n" +
-	"segmentEndJ\x04\b\x02\x10\x03R\x06tensor\"\xcb\x01\n" +
+	"segmentEnd\x12\x1c\n" +
+	"\trelevance\x18\n" +
+	" \x01(\x02R\trelevance\x12\x12\n" +
+	"\x04rank\x18\v \x01(\x05R\x04rank\x12\x12\n" +
+	"\x04kept\x18\f \x01(\bR\x04keptJ\x04\b\x02\x10\x03R\x06tensor\"\xe8\x01\n" +
 	"\aTimings\x12\x1d\n" +
 	"\n" +
 	"segment_ms\x18\x01 \x01(\x01R\tsegmentMs\x12&\n" +
@@ -1599,7 +1906,8 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\tencode_ms\x18\x03 \x01(\x01R\bencodeMs\x12$\n" +
 	"\x0ecache_store_ms\x18\x04 \x01(\x01R\fcacheStoreMs\x12\x1b\n" +
 	"\trender_ms\x18\x05 \x01(\x01R\brenderMs\x12\x19\n" +
-	"\btotal_ms\x18\x06 \x01(\x01R\atotalMs\"\xb8\x02\n" +
+	"\btotal_ms\x18\x06 \x01(\x01R\atotalMs\x12\x1b\n" +
+	"\tselect_ms\x18\a \x01(\x01R\bselectMs\"\xa0\x03\n" +
 	"\x05Stats\x12'\n" +
 	"\x0foriginal_tokens\x18\x01 \x01(\x03R\x0eoriginalTokens\x12+\n" +
 	"\x11compressed_tokens\x18\x02 \x01(\x03R\x10compressedTokens\x12\x14\n" +
@@ -1610,7 +1918,10 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"cache_hits\x18\x06 \x01(\x05R\tcacheHits\x12!\n" +
 	"\fcache_misses\x18\a \x01(\x05R\vcacheMisses\x12!\n" +
 	"\fcache_errors\x18\b \x01(\x05R\vcacheErrors\x12.\n" +
-	"\atimings\x18\t \x01(\v2\x14.segpress.v1.TimingsR\atimings\"=\n" +
+	"\atimings\x18\t \x01(\v2\x14.segpress.v1.TimingsR\atimings\x120\n" +
+	"\x14sentence_vector_hits\x18\n" +
+	" \x01(\x05R\x12sentenceVectorHits\x124\n" +
+	"\x16sentence_vector_misses\x18\v \x01(\x05R\x14sentenceVectorMisses\"=\n" +
 	"\tModelInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\"\xa6\x02\n" +
@@ -1639,12 +1950,13 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x06output\x18\x02 \x01(\x0e2\x17.segpress.v1.OutputKindR\x06output\x12,\n" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
-	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\xad\x01\n" +
+	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\xd7\x01\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
 	"\x11max_message_bytes\x18\x03 \x01(\x03R\x0fmaxMessageBytes\x12(\n" +
-	"\x10max_force_tokens\x18\x04 \x01(\x05R\x0emaxForceTokens\"\xc3\x01\n" +
+	"\x10max_force_tokens\x18\x04 \x01(\x05R\x0emaxForceTokens\x12(\n" +
+	"\x10max_query_tokens\x18\x05 \x01(\x05R\x0emaxQueryTokens\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12=\n" +
 	"\vcompressors\x18\x02 \x03(\v2\x1b.segpress.v1.CompressorInfoR\vcompressors\x12-\n" +
@@ -1654,7 +1966,16 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x16CACHE_MODE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eCACHE_MODE_USE\x10\x01\x12\x15\n" +
 	"\x11CACHE_MODE_BYPASS\x10\x02\x12\x16\n" +
-	"\x12CACHE_MODE_REFRESH\x10\x03*Z\n" +
+	"\x12CACHE_MODE_REFRESH\x10\x03*V\n" +
+	"\x06Ranker\x12\x16\n" +
+	"\x12RANKER_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rRANKER_HYBRID\x10\x01\x12\x10\n" +
+	"\fRANKER_DENSE\x10\x02\x12\x0f\n" +
+	"\vRANKER_BM25\x10\x03*G\n" +
+	"\x05Order\x12\x15\n" +
+	"\x11ORDER_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eORDER_ORIGINAL\x10\x01\x12\x13\n" +
+	"\x0fORDER_RELEVANCE\x10\x02*Z\n" +
 	"\vGranularity\x12\x1b\n" +
 	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10GRANULARITY_WORD\x10\x01\x12\x18\n" +
@@ -1686,59 +2007,65 @@ func file_segpress_v1_segpress_proto_rawDescGZIP() []byte {
 	return file_segpress_v1_segpress_proto_rawDescData
 }
 
-var file_segpress_v1_segpress_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_segpress_v1_segpress_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_segpress_v1_segpress_proto_goTypes = []any{
 	(CacheMode)(0),                 // 0: segpress.v1.CacheMode
-	(Granularity)(0),               // 1: segpress.v1.Granularity
-	(DType)(0),                     // 2: segpress.v1.DType
-	(OutputKind)(0),                // 3: segpress.v1.OutputKind
-	(*CompressRequest)(nil),        // 4: segpress.v1.CompressRequest
-	(*LLMLingua2Params)(nil),       // 5: segpress.v1.LLMLingua2Params
-	(*CompLLMParams)(nil),          // 6: segpress.v1.CompLLMParams
-	(*Tensor)(nil),                 // 7: segpress.v1.Tensor
-	(*CompressedContext)(nil),      // 8: segpress.v1.CompressedContext
-	(*Timings)(nil),                // 9: segpress.v1.Timings
-	(*Stats)(nil),                  // 10: segpress.v1.Stats
-	(*ModelInfo)(nil),              // 11: segpress.v1.ModelInfo
-	(*CompressResponse)(nil),       // 12: segpress.v1.CompressResponse
-	(*ItemStatus)(nil),             // 13: segpress.v1.ItemStatus
-	(*CompressStreamResponse)(nil), // 14: segpress.v1.CompressStreamResponse
-	(*InfoRequest)(nil),            // 15: segpress.v1.InfoRequest
-	(*CompressorInfo)(nil),         // 16: segpress.v1.CompressorInfo
-	(*Limits)(nil),                 // 17: segpress.v1.Limits
-	(*InfoResponse)(nil),           // 18: segpress.v1.InfoResponse
+	(Ranker)(0),                    // 1: segpress.v1.Ranker
+	(Order)(0),                     // 2: segpress.v1.Order
+	(Granularity)(0),               // 3: segpress.v1.Granularity
+	(DType)(0),                     // 4: segpress.v1.DType
+	(OutputKind)(0),                // 5: segpress.v1.OutputKind
+	(*CompressRequest)(nil),        // 6: segpress.v1.CompressRequest
+	(*SelectionOptions)(nil),       // 7: segpress.v1.SelectionOptions
+	(*LLMLingua2Params)(nil),       // 8: segpress.v1.LLMLingua2Params
+	(*CompLLMParams)(nil),          // 9: segpress.v1.CompLLMParams
+	(*Tensor)(nil),                 // 10: segpress.v1.Tensor
+	(*CompressedContext)(nil),      // 11: segpress.v1.CompressedContext
+	(*Timings)(nil),                // 12: segpress.v1.Timings
+	(*Stats)(nil),                  // 13: segpress.v1.Stats
+	(*ModelInfo)(nil),              // 14: segpress.v1.ModelInfo
+	(*CompressResponse)(nil),       // 15: segpress.v1.CompressResponse
+	(*ItemStatus)(nil),             // 16: segpress.v1.ItemStatus
+	(*CompressStreamResponse)(nil), // 17: segpress.v1.CompressStreamResponse
+	(*InfoRequest)(nil),            // 18: segpress.v1.InfoRequest
+	(*CompressorInfo)(nil),         // 19: segpress.v1.CompressorInfo
+	(*Limits)(nil),                 // 20: segpress.v1.Limits
+	(*InfoResponse)(nil),           // 21: segpress.v1.InfoResponse
 }
 var file_segpress_v1_segpress_proto_depIdxs = []int32{
-	5,  // 0: segpress.v1.CompressRequest.llmlingua2:type_name -> segpress.v1.LLMLingua2Params
-	6,  // 1: segpress.v1.CompressRequest.complm:type_name -> segpress.v1.CompLLMParams
+	8,  // 0: segpress.v1.CompressRequest.llmlingua2:type_name -> segpress.v1.LLMLingua2Params
+	9,  // 1: segpress.v1.CompressRequest.complm:type_name -> segpress.v1.CompLLMParams
 	0,  // 2: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
-	1,  // 3: segpress.v1.LLMLingua2Params.granularity:type_name -> segpress.v1.Granularity
-	2,  // 4: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
-	2,  // 5: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
-	9,  // 6: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
-	8,  // 7: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
-	7,  // 8: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
-	11, // 9: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
-	10, // 10: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
-	13, // 11: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
-	12, // 12: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
-	3,  // 13: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
-	11, // 14: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
-	11, // 15: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
-	16, // 16: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
-	17, // 17: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
-	4,  // 18: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
-	4,  // 19: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
-	15, // 20: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
-	12, // 21: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
-	14, // 22: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
-	18, // 23: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
-	21, // [21:24] is the sub-list for method output_type
-	18, // [18:21] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	7,  // 3: segpress.v1.CompressRequest.selection:type_name -> segpress.v1.SelectionOptions
+	1,  // 4: segpress.v1.SelectionOptions.ranker:type_name -> segpress.v1.Ranker
+	2,  // 5: segpress.v1.SelectionOptions.order:type_name -> segpress.v1.Order
+	3,  // 6: segpress.v1.LLMLingua2Params.granularity:type_name -> segpress.v1.Granularity
+	4,  // 7: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
+	4,  // 8: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
+	12, // 9: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
+	11, // 10: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
+	10, // 11: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
+	14, // 12: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
+	13, // 13: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
+	16, // 14: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
+	15, // 15: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
+	5,  // 16: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
+	14, // 17: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
+	14, // 18: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
+	19, // 19: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
+	20, // 20: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
+	6,  // 21: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
+	6,  // 22: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
+	18, // 23: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
+	15, // 24: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
+	17, // 25: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
+	21, // 26: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
+	24, // [24:27] is the sub-list for method output_type
+	21, // [21:24] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_segpress_v1_segpress_proto_init() }
@@ -1751,13 +2078,14 @@ func file_segpress_v1_segpress_proto_init() {
 		(*CompressRequest_Complm)(nil),
 	}
 	file_segpress_v1_segpress_proto_msgTypes[1].OneofWrappers = []any{}
+	file_segpress_v1_segpress_proto_msgTypes[2].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_segpress_v1_segpress_proto_rawDesc), len(file_segpress_v1_segpress_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   15,
+			NumEnums:      6,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -52,6 +52,14 @@ def blocking(target: str, options: dict) -> None:
         except SegpressError as e:
             print(e.code.name, e.details)  # INVALID_ARGUMENT contexts[0] is empty ...
 
+        # RAG: pass the question. The most relevant sentences of the chunks
+        # are kept (relevance from cached sentence embeddings and BM25), the
+        # rest dropped; every context still has its entry.
+        resp = client.compress(CHUNKS, query="Who kept the lighthouse?", rate=0.33)
+        for c in resp.contexts:
+            print(c.rank, round(c.relevance, 2), c.kept, c.text)
+        print(resp.stats.cache_hits, resp.stats.sentence_vector_hits)  # another question: all hits
+
 
 async def with_asyncio(target: str, options: dict) -> None:
     async with AsyncSegpressClient(target, **options) as client:

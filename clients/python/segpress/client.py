@@ -39,6 +39,8 @@ _GRANULARITIES = {
     "word": pb.GRANULARITY_WORD,
     "sentence": pb.GRANULARITY_SENTENCE,
 }
+_RANKERS = {"hybrid": pb.RANKER_HYBRID, "dense": pb.RANKER_DENSE, "bm25": pb.RANKER_BM25}
+_ORDERS = {"original": pb.ORDER_ORIGINAL, "relevance": pb.ORDER_RELEVANCE}
 
 
 class SegpressError(Exception):
@@ -88,6 +90,11 @@ class CompressOptions(TypedDict, total=False):
     """Keywords of `compress()`; see `SegpressClient.request()`."""
 
     query: str | None
+    selection: bool
+    keep_rate: float | None
+    ranker: str | None
+    order: str | None
+    keep_duplicates: bool
     compressor: str
     rate: float | None
     target_tokens: int | None
@@ -159,6 +166,11 @@ class _ClientBase:
         contexts: Sequence[str] | str,
         *,
         query: str | None = None,
+        selection: bool = True,
+        keep_rate: float | None = None,
+        ranker: str | None = None,
+        order: str | None = None,
+        keep_duplicates: bool = False,
         compressor: str = "",
         rate: float | None = None,
         target_tokens: int | None = None,
@@ -174,6 +186,10 @@ class _ClientBase:
     ) -> pb.CompressRequest:
         """Builds a CompressRequest from keyword arguments.
 
+        query turns on query-aware selection; selection=False turns it off
+        again, and keep_rate, ranker ("hybrid", "dense" or "bm25"), order
+        ("original" or "relevance") and keep_duplicates tune it (see
+        SelectionOptions in the .proto).
         rate, target_tokens, force_tokens, force_reserve_digit,
         drop_consecutive and granularity ("word" or "sentence") are llmlingua2
         parameters; output_dtype ("float32",
@@ -189,6 +205,18 @@ class _ClientBase:
         )
         if query is not None:
             req.query = query
+        if ranker is not None and ranker not in _RANKERS:
+            raise ValueError(f"ranker must be one of {sorted(_RANKERS)}, got {ranker!r}")
+        if order is not None and order not in _ORDERS:
+            raise ValueError(f"order must be one of {sorted(_ORDERS)}, got {order!r}")
+        if not selection or keep_rate is not None or ranker or order or keep_duplicates:
+            sel = req.selection
+            sel.disabled = not selection
+            if keep_rate is not None:
+                sel.keep_rate = keep_rate
+            sel.ranker = _RANKERS[ranker] if ranker else pb.RANKER_UNSPECIFIED
+            sel.order = _ORDERS[order] if order else pb.ORDER_UNSPECIFIED
+            sel.keep_duplicates = keep_duplicates
         if rate is not None or target_tokens is not None or force_tokens \
                 or force_reserve_digit or drop_consecutive or granularity is not None:
             params = req.llmlingua2

@@ -60,6 +60,58 @@ CACHE_MODE_REFRESH: CacheMode.ValueType  # 3
 """Do not read; recompute every segment and overwrite its cache entry."""
 Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
 
+class _Ranker:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RankerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ranker.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RANKER_UNSPECIFIED: _Ranker.ValueType  # 0
+    """RANKER_HYBRID."""
+    RANKER_HYBRID: _Ranker.ValueType  # 1
+    """Dense (sentence embeddings) and BM25 rankings fused (reciprocal rank fusion)."""
+    RANKER_DENSE: _Ranker.ValueType  # 2
+    """Sentence embeddings only."""
+    RANKER_BM25: _Ranker.ValueType  # 3
+    """BM25 only."""
+
+class Ranker(_Ranker, metaclass=_RankerEnumTypeWrapper):
+    """How query-aware selection ranks sentences."""
+
+RANKER_UNSPECIFIED: Ranker.ValueType  # 0
+"""RANKER_HYBRID."""
+RANKER_HYBRID: Ranker.ValueType  # 1
+"""Dense (sentence embeddings) and BM25 rankings fused (reciprocal rank fusion)."""
+RANKER_DENSE: Ranker.ValueType  # 2
+"""Sentence embeddings only."""
+RANKER_BM25: Ranker.ValueType  # 3
+"""BM25 only."""
+Global___Ranker: _TypeAlias = Ranker  # noqa: Y015
+
+class _Order:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Order.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_UNSPECIFIED: _Order.ValueType  # 0
+    """ORDER_ORIGINAL."""
+    ORDER_ORIGINAL: _Order.ValueType  # 1
+    """The order of the request."""
+    ORDER_RELEVANCE: _Order.ValueType  # 2
+    """The most relevant context first."""
+
+class Order(_Order, metaclass=_OrderEnumTypeWrapper):
+    """Order of the contexts in the joined text of a query-aware response."""
+
+ORDER_UNSPECIFIED: Order.ValueType  # 0
+"""ORDER_ORIGINAL."""
+ORDER_ORIGINAL: Order.ValueType  # 1
+"""The order of the request."""
+ORDER_RELEVANCE: Order.ValueType  # 2
+"""The most relevant context first."""
+Global___Order: _TypeAlias = Order  # noqa: Y015
+
 class _Granularity:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -160,9 +212,16 @@ class CompressRequest(_message.Message):
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """Optional query or question. Query-independent compressors (llmlingua2)
-    ignore it; it is never part of a cache key.
+    """Optional query or question. With a query, query-aware selection runs in
+    front of the compressor (see SelectionOptions): the contexts' sentences
+    are ranked against it and only the most relevant go on to be compressed.
+    It is never part of a cache key: what is cached per segment (the
+    compressor's values and the sentence embeddings) is query-independent,
+    so another question on the same contexts is all cache hits. Not empty
+    or only whitespace when set; counts toward max_request_bytes and, in
+    the query embedder's tokens, Info.limits.max_query_tokens.
     """
     compressor: _builtins.str
     """Compressor name as listed by Info (for example "llmlingua2"). Empty means
@@ -189,6 +248,12 @@ class CompressRequest(_message.Message):
     def llmlingua2(self) -> Global___LLMLingua2Params: ...
     @_builtins.property
     def complm(self) -> Global___CompLLMParams: ...
+    @_builtins.property
+    def selection(self) -> Global___SelectionOptions:
+        """How query-aware selection runs; unset means the defaults. Ignored (and
+        selection is off) when `query` is not set.
+        """
+
     def __init__(
         self,
         *,
@@ -200,10 +265,11 @@ class CompressRequest(_message.Message):
         cache_mode: Global___CacheMode.ValueType = ...,
         namespace: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        selection: Global___SelectionOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "complm", b"complm", "llmlingua2", b"llmlingua2", "params", b"params", "query", b"query"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "complm", b"complm", "llmlingua2", b"llmlingua2", "params", b"params", "query", b"query", "selection", b"selection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "cache_mode", b"cache_mode", "complm", b"complm", "compressor", b"compressor", "contexts", b"contexts", "llmlingua2", b"llmlingua2", "namespace", b"namespace", "params", b"params", "query", b"query", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "cache_mode", b"cache_mode", "complm", b"complm", "compressor", b"compressor", "contexts", b"contexts", "llmlingua2", b"llmlingua2", "namespace", b"namespace", "params", b"params", "query", b"query", "request_id", b"request_id", "selection", b"selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__query: _TypeAlias = _typing.Literal["query"]  # noqa: Y015
     _WhichOneofArgType__query: _TypeAlias = _typing.Literal["_query", b"_query"]  # noqa: Y015
@@ -215,6 +281,65 @@ class CompressRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_params) -> _WhichOneofReturnType_params | None: ...
 
 Global___CompressRequest: _TypeAlias = CompressRequest  # noqa: Y015
+
+@_typing.final
+class SelectionOptions(_message.Message):
+    """Query-aware selection, in front of any compressor (LongLLMLingua's coarse
+    stage). Every sentence of every context is scored against the query: the
+    dot product of sentence embeddings (all-MiniLM-L6-v2) fused with BM25
+    over the request's sentences by reciprocal rank fusion. The best sentences
+    are kept while they fit the coarse budget; a sentence that repeats one
+    already kept (the same words, or contained in it, as where retrieved
+    chunks overlap) is kept once. Each kept context then gets a share of the
+    compressor's budget that grows with its relevance, and the compressor
+    (the fine stage) meets the exact budget inside the kept sentences. For
+    soft-token compressors the segments that hold a kept sentence are
+    compressed and sent, the others are not.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISABLED_FIELD_NUMBER: _builtins.int
+    KEEP_RATE_FIELD_NUMBER: _builtins.int
+    RANKER_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    KEEP_DUPLICATES_FIELD_NUMBER: _builtins.int
+    disabled: _builtins.bool
+    """Turns selection off for this request although it has a query."""
+    keep_rate: _builtins.float
+    """Share of the request's tokens the coarse stage keeps, in (0, 1]. Unset:
+    twice the compressor's budget (llmlingua2: rate or target_tokens), or
+    0.5 for soft-token compressors. Never less than the compressor's budget.
+    """
+    ranker: Global___Ranker.ValueType
+    """How sentences are ranked. RANKER_UNSPECIFIED means RANKER_HYBRID."""
+    order: Global___Order.ValueType
+    """Order of the contexts in CompressResponse.text. ORDER_UNSPECIFIED means
+    ORDER_ORIGINAL. CompressResponse.contexts always stays in request order
+    (each has its rank).
+    """
+    keep_duplicates: _builtins.bool
+    """Keep a sentence every time it occurs, even when it repeats one already
+    kept. Default false: repeats are kept once.
+    """
+    def __init__(
+        self,
+        *,
+        disabled: _builtins.bool = ...,
+        keep_rate: _builtins.float | None = ...,
+        ranker: Global___Ranker.ValueType = ...,
+        order: Global___Order.ValueType = ...,
+        keep_duplicates: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate", "keep_rate", b"keep_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate", "disabled", b"disabled", "keep_duplicates", b"keep_duplicates", "keep_rate", b"keep_rate", "order", b"order", "ranker", b"ranker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__keep_rate: _TypeAlias = _typing.Literal["keep_rate"]  # noqa: Y015
+    _WhichOneofArgType__keep_rate: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_rate) -> _WhichOneofReturnType__keep_rate | None: ...
+
+Global___SelectionOptions: _TypeAlias = SelectionOptions  # noqa: Y015
 
 @_typing.final
 class LLMLingua2Params(_message.Message):
@@ -387,6 +512,9 @@ class CompressedContext(_message.Message):
     ROW_END_FIELD_NUMBER: _builtins.int
     SEGMENT_START_FIELD_NUMBER: _builtins.int
     SEGMENT_END_FIELD_NUMBER: _builtins.int
+    RELEVANCE_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Compressed text for text compressors: the kept pieces of the input,
     each an exact substring of it (original case, punctuation and spacing),
@@ -418,6 +546,20 @@ class CompressedContext(_message.Message):
     """
     segment_end: _builtins.int
     """End (exclusive) of the context's segments; see segment_start."""
+    relevance: _builtins.float
+    """Query-aware selection only (a query was given and selection ran):
+    relevance of the context to the query, in [0, 1]: its best sentence's
+    fused score over the best possible (ranked first by both rankers).
+    """
+    rank: _builtins.int
+    """Query-aware selection only: 0 for the most relevant context, 1 for the
+    next, ... (ties in request order).
+    """
+    kept: _builtins.bool
+    """False when selection kept nothing of this context: its text is empty
+    (no rows for soft tokens), it still has its entry, relevance and rank.
+    True whenever selection did not run.
+    """
     def __init__(
         self,
         *,
@@ -429,10 +571,13 @@ class CompressedContext(_message.Message):
         row_end: _builtins.int = ...,
         segment_start: _builtins.int = ...,
         segment_end: _builtins.int = ...,
+        relevance: _builtins.float = ...,
+        rank: _builtins.int = ...,
+        kept: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_tokens", b"compressed_tokens", "original_tokens", b"original_tokens", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_tokens", b"compressed_tokens", "kept", b"kept", "original_tokens", b"original_tokens", "rank", b"rank", "relevance", b"relevance", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -450,6 +595,7 @@ class Timings(_message.Message):
     CACHE_STORE_MS_FIELD_NUMBER: _builtins.int
     RENDER_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
+    SELECT_MS_FIELD_NUMBER: _builtins.int
     segment_ms: _builtins.float
     """Cutting contexts into segments."""
     cache_lookup_ms: _builtins.float
@@ -464,6 +610,10 @@ class Timings(_message.Message):
     """Applying the request's parameters to the per-segment results."""
     total_ms: _builtins.float
     """The whole request, as measured by the server."""
+    select_ms: _builtins.float
+    """Query-aware selection: the query's embedding and the ranking (0 when
+    selection did not run).
+    """
     def __init__(
         self,
         *,
@@ -473,10 +623,11 @@ class Timings(_message.Message):
         cache_store_ms: _builtins.float = ...,
         render_ms: _builtins.float = ...,
         total_ms: _builtins.float = ...,
+        select_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_lookup_ms", b"cache_lookup_ms", "cache_store_ms", b"cache_store_ms", "encode_ms", b"encode_ms", "render_ms", b"render_ms", "segment_ms", b"segment_ms", "total_ms", b"total_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_lookup_ms", b"cache_lookup_ms", "cache_store_ms", b"cache_store_ms", "encode_ms", b"encode_ms", "render_ms", b"render_ms", "segment_ms", b"segment_ms", "select_ms", b"select_ms", "total_ms", b"total_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,6 +648,8 @@ class Stats(_message.Message):
     CACHE_MISSES_FIELD_NUMBER: _builtins.int
     CACHE_ERRORS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    SENTENCE_VECTOR_HITS_FIELD_NUMBER: _builtins.int
+    SENTENCE_VECTOR_MISSES_FIELD_NUMBER: _builtins.int
     original_tokens: _builtins.int
     """Tokens in all input contexts."""
     compressed_tokens: _builtins.int
@@ -519,6 +672,11 @@ class Stats(_message.Message):
     """Cache operations that failed (Redis down, timeout, corrupt value); the
     request still succeeds, treating them as misses.
     """
+    sentence_vector_hits: _builtins.int
+    """Query-aware selection: segments whose sentence embeddings came from the
+    cache, and those computed for this request (both 0 without selection).
+    """
+    sentence_vector_misses: _builtins.int
     @_builtins.property
     def timings(self) -> Global___Timings:
         """Time per stage."""
@@ -535,10 +693,12 @@ class Stats(_message.Message):
         cache_misses: _builtins.int = ...,
         cache_errors: _builtins.int = ...,
         timings: Global___Timings | None = ...,
+        sentence_vector_hits: _builtins.int = ...,
+        sentence_vector_misses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_errors", b"cache_errors", "cache_hits", b"cache_hits", "cache_misses", b"cache_misses", "compressed_tokens", b"compressed_tokens", "original_tokens", b"original_tokens", "rate", b"rate", "ratio", b"ratio", "segments", b"segments", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_errors", b"cache_errors", "cache_hits", b"cache_hits", "cache_misses", b"cache_misses", "compressed_tokens", b"compressed_tokens", "original_tokens", b"original_tokens", "rate", b"rate", "ratio", b"ratio", "segments", b"segments", "sentence_vector_hits", b"sentence_vector_hits", "sentence_vector_misses", b"sentence_vector_misses", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,6 +918,7 @@ class Limits(_message.Message):
     MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_FORCE_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_QUERY_TOKENS_FIELD_NUMBER: _builtins.int
     max_contexts: _builtins.int
     """Most contexts in one request."""
     max_request_bytes: _builtins.int
@@ -766,6 +927,11 @@ class Limits(_message.Message):
     """Largest gRPC message the server accepts, in bytes."""
     max_force_tokens: _builtins.int
     """Most force_tokens entries."""
+    max_query_tokens: _builtins.int
+    """Most tokens of CompressRequest.query, in the query embedder's tokenizer
+    (all-MiniLM-L6-v2: longer text would be cut there). 0: selection is not
+    available on this server.
+    """
     def __init__(
         self,
         *,
@@ -773,10 +939,11 @@ class Limits(_message.Message):
         max_request_bytes: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
         max_force_tokens: _builtins.int = ...,
+        max_query_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_request_bytes", b"max_request_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

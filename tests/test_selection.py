@@ -1,0 +1,133 @@
+"""Query-aware selection against the real server (llmlingua2 and the sentence
+embedder loaded, a real Redis): relevance, budgets, kept flags, repeats kept
+once, order, cache hits across questions, and bad input."""
+
+import uuid
+
+import grpc
+import pytest
+
+from segpress import SegpressClient
+from segpress.v1 import segpress_pb2 as pb
+
+FILLER = [
+    "The harbour froze early that winter and the ferries stopped for a week.",
+    "Most of the town's bread came from a single bakery near the station.",
+    "A new road to the coast was finished after three years of work.",
+    "The library moved into the old customs house in the spring.",
+    "Fishing boats were repainted every year before the summer festival.",
+    "The museum kept a collection of maps drawn by local sailors.",
+]
+PEOPLE = [("Tara Novak", "Hanoi"), ("Olga Petrov", "Oslo"), ("Pavel Moreau", "Porto"),
+          ("Ines Brandt", "Tallinn"), ("Hiro Gallo", "Zagreb"), ("Kira Jensen", "Lisbon")]
+# Six passages of the same shape: one fact sentence each, among filler.
+PASSAGES = [f"{FILLER[i]} {name} moved to {city} last spring. {FILLER[(i + 1) % 6]}"
+            for i, (name, city) in enumerate(PEOPLE)]
+
+
+@pytest.fixture()
+def ns():
+    return "sel-" + uuid.uuid4().hex[:12]
+
+
+def test_the_passage_the_question_asks_about_comes_first(client, ns):
+    resp = client.compress(PASSAGES, rate=0.33, namespace=ns,
+                           query="Which city did Pavel Moreau move to?")
+    gold = resp.contexts[2]
+    assert gold.kept and gold.rank == 0 and "Porto" in gold.text
+    assert gold.relevance == max(c.relevance for c in resp.contexts) > 0
+    assert sorted(c.rank for c in resp.contexts) == list(range(len(PASSAGES)))
+    dropped = [c for c in resp.contexts if not c.kept]
+    assert dropped and all(c.text == "" and c.compressed_tokens == 0 for c in dropped)
+    assert all(c.original_tokens > 0 for c in resp.contexts)  # every context keeps its entry
+    s = resp.stats
+    assert s.compressed_tokens <= round(0.33 * s.original_tokens)
+    assert s.timings.select_ms > 0
+    assert "Porto" in resp.text and "\n\n\n\n" not in resp.text  # dropped contexts leave no gap
+
+
+def test_another_question_on_the_same_contexts_is_all_cache_hits(client, ns):
+    first = client.compress(PASSAGES, namespace=ns, query="Who moved to Oslo?")
+    n = first.stats.segments
+    assert first.stats.cache_misses == n and first.stats.sentence_vector_misses == n
+    again = client.compress(PASSAGES, namespace=ns, query="What did Hiro Gallo do last spring?")
+    assert (again.stats.cache_hits, again.stats.cache_misses) == (n, 0)
+    assert (again.stats.sentence_vector_hits, again.stats.sentence_vector_misses) == (n, 0)
+    assert again.contexts[4].rank == 0 and "Zagreb" in again.contexts[4].text
+
+
+def test_repeated_sentences_are_kept_once_but_same_template_facts_both(client, ns):
+    shared = "The ferry to the island leaves every morning at seven from the north pier."
+    contexts = [f"{shared} Tara Novak moved to Hanoi last spring.",
+                f"{shared} Olga Petrov moved to Oslo last spring."]
+    resp = client.compress(contexts, rate=1.0, namespace=ns, keep_rate=1.0,
+                           query="When does the ferry leave, and who moved where?")
+    assert resp.text.count(shared) == 1
+    assert "Hanoi" in resp.text and "Oslo" in resp.text  # one template, other names: both stay
+    both = client.compress(contexts, rate=1.0, namespace=ns, keep_rate=1.0, keep_duplicates=True,
+                           query="When does the ferry leave, and who moved where?")
+    assert both.text.count(shared) == 2
+
+
+def test_order_by_relevance_puts_the_best_context_first_in_the_text(client, ns):
+    q = "Which city did Kira Jensen move to?"
+    original = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q)
+    ranked = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q, order="relevance")
+    assert ranked.text.startswith(ranked.contexts[5].text) and "Lisbon" in ranked.contexts[5].text
+    assert not original.text.startswith(original.contexts[5].text)
+    assert [c.text for c in ranked.contexts] == [c.text for c in original.contexts]
+
+
+def test_selection_off_is_the_query_blind_output(client, ns):
+    blind = client.compress(PASSAGES, rate=0.33, namespace=ns)
+    off = client.compress(PASSAGES, rate=0.33, namespace=ns, query="Who moved to Oslo?",
+                          selection=False)
+    assert off.text == blind.text and all(c.kept for c in off.contexts)
+    assert off.stats.sentence_vector_hits == off.stats.sentence_vector_misses == 0
+
+
+def test_rankers_agree_on_an_easy_question(client, ns):
+    for ranker in ("dense", "bm25", "hybrid"):
+        resp = client.compress(PASSAGES, rate=0.33, namespace=ns, ranker=ranker,
+                               query="Which city did Ines Brandt move to?")
+        assert resp.contexts[3].rank == 0, ranker
+
+
+def test_info_reports_the_query_limit(client):
+    assert client.info().limits.max_query_tokens >= 128
+
+
+@pytest.mark.parametrize("build,code,words", [
+    (lambda: SegpressClient.request(PASSAGES[:1], query="   "),
+     grpc.StatusCode.INVALID_ARGUMENT, "query is set but empty"),
+    (lambda: SegpressClient.request(PASSAGES[:1], query="why " * 600),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "max_query_tokens="),
+    (lambda: SegpressClient.request(PASSAGES[:1], query="why " + "x" * 3000),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "max_query_tokens="),
+    (lambda: SegpressClient.request(PASSAGES[:1], query="why?", keep_rate=0.0),
+     grpc.StatusCode.INVALID_ARGUMENT, "selection.keep_rate must be in (0, 1]"),
+    (lambda: SegpressClient.request(PASSAGES[:1], query="why?", keep_rate=float("nan")),
+     grpc.StatusCode.INVALID_ARGUMENT, "selection.keep_rate"),
+    (lambda: pb.CompressRequest(contexts=PASSAGES[:1], query="why?",
+                                selection=pb.SelectionOptions(ranker=9)),
+     grpc.StatusCode.INVALID_ARGUMENT, "selection.ranker 9 is unknown"),
+    (lambda: pb.CompressRequest(contexts=PASSAGES[:1], query="why?",
+                                selection=pb.SelectionOptions(order=7)),
+     grpc.StatusCode.INVALID_ARGUMENT, "selection.order 7 is unknown"),
+])
+def test_bad_selection_input(server, build, code, words):
+    from segpress.v1 import segpress_pb2_grpc as pb_grpc
+
+    with server.channel() as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.SegpressStub(ch).Compress(build(), timeout=60)
+    assert e.value.code() == code and words in e.value.details()
+    with SegpressClient(server.target) as c:
+        assert c.info().limits.max_query_tokens  # still serving
+
+
+def test_client_refuses_unknown_selection_words():
+    with pytest.raises(ValueError, match="ranker"):
+        SegpressClient.request(["x"], query="q", ranker="magic")
+    with pytest.raises(ValueError, match="order"):
+        SegpressClient.request(["x"], query="q", order="random")
