@@ -317,11 +317,13 @@ def test_langchain_contextual_compression_retriever(server):
 
     retriever = ContextualCompressionRetriever(
         base_compressor=SegpressCompressor(target=server.target, rate=0.5), base_retriever=Fixed())
-    docs = retriever.invoke(QUESTION)
-    assert [d.metadata["n"] for d in docs] == [0, 1, 2]
-    assert all(len(d.page_content) < len(t) for d, t in zip(docs, TEXTS))
+    docs = retriever.invoke(QUESTION)  # selection, where the server has it, may leave some out
+    kept = [d.metadata["n"] for d in docs]
+    assert kept[0] == 0 and kept == sorted(kept)
+    assert all(len(d.page_content) < len(TEXTS[d.metadata["n"]]) for d in docs)
     docs = asyncio.run(retriever.ainvoke(QUESTION))
-    assert [d.metadata["segpress_cache_misses"] for d in docs] == [0, 0, 0]
+    assert [d.metadata["n"] for d in docs] == kept
+    assert all(d.metadata["segpress_cache_misses"] == 0 for d in docs)
 
 
 def test_llamaindex_query_engine_reads_compressed_nodes(server):
@@ -330,14 +332,17 @@ def test_llamaindex_query_engine_reads_compressed_nodes(server):
 
     from segpress.llamaindex import SegpressNodePostprocessor
 
-    index = SummaryIndex.from_documents([Document(text=t) for t in TEXTS])
+    index = SummaryIndex.from_documents([Document(text=t, metadata={"n": i}) for i, t in enumerate(TEXTS)])
     engine = index.as_query_engine(
         llm=MockLLM(), node_postprocessors=[SegpressNodePostprocessor(target=server.target, rate=0.3)])
-    response = engine.query(QUESTION)
-    assert len(response.source_nodes) == 3
-    for n, text in zip(response.source_nodes, TEXTS):
+    response = engine.query(QUESTION)  # selection, where the server has it, may leave some out
+    kept = [n.node.metadata["n"] for n in response.source_nodes]
+    assert kept[0] == 0 and kept == sorted(kept)
+    assert "1851" in response.response  # MockLLM echoes its prompt: the compressed nodes
+    for n in response.source_nodes:
         assert n.node.metadata["segpress_compressed_tokens"] < n.node.metadata["segpress_original_tokens"]
-        assert len(n.node.get_content()) < len(text)
+        assert len(n.node.get_content()) < len(TEXTS[n.node.metadata["n"]])
+        assert n.node.get_content() in response.response
 
 
 def test_haystack_pipeline_errors_and_serialization(server):

@@ -2,11 +2,13 @@
 
     python clients/python/examples/bench_frameworks.py --server 127.0.0.1:50051 --requests 200
 
-The same request (five short documents, a query, rate 0.5; every segment
-cached after the warm-up) through SegpressClient.compress and through each
+The same request (five short documents, rate 0.5; every segment cached
+after the warm-up) through SegpressClient.compress and through each
 integration, interleaved round by round in one process on one server. The
 overhead is the median over rounds of (integration - bare client) time; the
-integrations that are not installed are left out.
+integrations that are not installed are left out. No question is sent unless
+--query: with one, the server's query-aware selection adds the same time to
+both sides, and its variance to the measurement.
 """
 
 import argparse
@@ -32,7 +34,7 @@ TEXTS = [
 PARAMS = dict(rate=0.5)
 
 
-def integrations(server: str) -> dict:
+def integrations(server: str, query: str | None) -> dict:
     """name -> a call of that integration on TEXTS, for those installed."""
     calls = {}
     try:
@@ -41,7 +43,7 @@ def integrations(server: str) -> dict:
         from segpress.langchain import SegpressCompressor
 
         lc, lc_docs = SegpressCompressor(target=server, **PARAMS), [Document(page_content=t) for t in TEXTS]
-        calls["langchain"] = lambda: lc.compress_documents(lc_docs, QUESTION)
+        calls["langchain"] = lambda: lc.compress_documents(lc_docs, query or "")
     except ImportError:
         pass
     try:
@@ -50,7 +52,7 @@ def integrations(server: str) -> dict:
         from segpress.llamaindex import SegpressNodePostprocessor
 
         li, nodes = SegpressNodePostprocessor(target=server, **PARAMS), [NodeWithScore(node=TextNode(text=t)) for t in TEXTS]
-        calls["llamaindex"] = lambda: li.postprocess_nodes(nodes, query_str=QUESTION)
+        calls["llamaindex"] = lambda: li.postprocess_nodes(nodes, query_str=query)
     except ImportError:
         pass
     try:
@@ -59,15 +61,16 @@ def integrations(server: str) -> dict:
         from segpress.haystack import SegpressDocumentCompressor
 
         hs, hs_docs = SegpressDocumentCompressor(target=server, **PARAMS), [HaystackDocument(content=t) for t in TEXTS]
-        calls["haystack"] = lambda: hs.run(hs_docs, QUESTION)
+        calls["haystack"] = lambda: hs.run(hs_docs, query)
     except ImportError:
         pass
     return calls
 
 
-def bench(server: str, requests: int, warmup: int = 20) -> dict:
+def bench(server: str, requests: int, query: str | None = None, warmup: int = 20) -> dict:
     with SegpressClient(server) as client:
-        calls = {"bare client": lambda: client.compress(TEXTS, query=QUESTION, **PARAMS), **integrations(server)}
+        calls = {"bare client": lambda: client.compress(TEXTS, query=query, **PARAMS),
+                 **integrations(server, query)}
         times: dict[str, list[float]] = {name: [] for name in calls}
         for i in range(warmup + requests):
             for name, call in calls.items():
@@ -87,9 +90,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", default="127.0.0.1:50051")
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--query", action="store_true", help=f"send the question {QUESTION!r}")
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = ap.parse_args()
-    result = bench(args.server, args.requests)
+    result = bench(args.server, args.requests, QUESTION if args.query else None)
     if args.json:
         print(json.dumps(result))
         return
