@@ -220,6 +220,21 @@ def test_compressor_parameters_pass_through(server, fw):
     assert "Wren" in fw.text(out[1])
 
 
+def test_other_request_keywords_pass_through_options(server, fw):
+    off = fw.make(target=server.target, rate=0.3, options=dict(selection=False))
+    out = fw.run(off, fw.docs(TEXTS), query=QUESTION)  # selection off: every document comes back
+    assert [fw.id(d) for d in out] == ["id-0", "id-1", "id-2"]
+    assert not any("segpress_kept" in fw.meta(d) for d in out)
+    with pytest.raises(ValueError, match="own arguments"):
+        fw.make(target="127.0.0.1:1", options=dict(rate=0.5))
+    with pytest.raises(ValueError, match="own arguments"):
+        fw.make(target="127.0.0.1:1", options=dict(query="q"))
+    with pytest.raises(ValueError, match="soft-token"):
+        fw.make(target="127.0.0.1:1", options=dict(output_dtype="bfloat16"))
+    with pytest.raises(ValueError, match="no_such_option"):
+        fw.make(target="127.0.0.1:1", options=dict(no_such_option=1))
+
+
 def test_documents_without_text_are_passed_through_unsent(server, fw):
     obj = fw.make(target=server.target, rate=0.5)
     docs = fw.docs(["  \n", TEXTS[0], ""])
@@ -353,11 +368,13 @@ def test_haystack_pipeline_errors_and_serialization(server):
 
     pipeline = Pipeline()
     pipeline.add_component("compressor", SegpressDocumentCompressor(
-        target=server.target, rate=0.5, granularity="sentence", client_options=dict(token="secret")))
+        target=server.target, rate=0.5, granularity="sentence", options=dict(keep_duplicates=True),
+        client_options=dict(token="secret")))
     loaded = Pipeline.loads(pipeline.dumps(), allowed_modules=["segpress.haystack"])
     assert "secret" not in pipeline.dumps()
     component = loaded.get_component("compressor")
-    assert (component.target, component.rate, component.granularity) == (server.target, 0.5, "sentence")
+    assert (component.target, component.rate, component.granularity, component.options) == \
+        (server.target, 0.5, "sentence", {"keep_duplicates": True})
     docs = Framework("haystack").docs(TEXTS)
     result = loaded.run({"compressor": {"documents": docs, "query": QUESTION}})
     assert len(result["compressor"]["documents"]) == 3

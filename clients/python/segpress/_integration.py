@@ -62,10 +62,22 @@ class Compressed:
 
 def request_options(obj: Any) -> dict[str, Any]:
     """The request keywords stored on an integration (attributes named as
-    in OPTIONS), checked: soft-token compressors, an unknown granularity or
-    cache mode and a bad `on_error` raise ValueError."""
+    in OPTIONS, plus its `options` dict: other keywords of
+    SegpressClient.request, such as the query-aware selection's), checked:
+    soft-token compressors, keywords given twice or not for text, and a bad
+    `on_error` raise ValueError."""
     options = {name: getattr(obj, name) for name in OPTIONS}
     options["force_tokens"] = list(options["force_tokens"] or ())
+    extra = dict(obj.options or {})
+    twice = sorted(extra.keys() & (set(options) | {"contexts", "query", "timeout_s"}))
+    if twice:
+        raise ValueError(f"options {twice}: pass these as the integration's own arguments "
+                         "(the query comes from the framework)")
+    soft = sorted(extra.keys() & {"output_dtype", "decoder"})
+    if soft:
+        raise ValueError(f"options {soft} are for soft-token compressors, which these text "
+                         "integrations do not support")
+    options.update(extra)
     if options["compressor"] in SOFT_TOKEN_COMPRESSORS:
         raise ValueError(
             f"compressor {options['compressor']!r} returns soft tokens (embeddings), which a "
@@ -79,7 +91,11 @@ def request_options(obj: Any) -> dict[str, Any]:
 def check_options(obj: Any) -> None:
     """Raises ValueError now, when the integration is built, for what
     `request_options` or the client would refuse at the first call."""
-    SegpressClient.request(["-"], **request_options(obj))
+    options = request_options(obj)
+    try:
+        SegpressClient.request(["-"], **options)
+    except TypeError as e:  # an unknown keyword in `options`
+        raise ValueError(f"options: {e}") from None
 
 
 class Clients:
@@ -148,7 +164,7 @@ def compress_texts(client: SegpressClient, texts: Sequence[str | None], query: s
                                timeout_s=timeout_s, **options)
     except SegpressError as e:
         return _failed(e, on_error, len(texts))
-    return _results(texts, sent, resp, query is not None)
+    return _results(texts, sent, resp, query is not None and bool(options.get("selection", True)))
 
 
 async def acompress_texts(client: AsyncSegpressClient, texts: Sequence[str | None], query: str | None,
@@ -163,7 +179,7 @@ async def acompress_texts(client: AsyncSegpressClient, texts: Sequence[str | Non
                                      timeout_s=timeout_s, **options)
     except SegpressError as e:
         return _failed(e, on_error, len(texts))
-    return _results(texts, sent, resp, query is not None)
+    return _results(texts, sent, resp, query is not None and bool(options.get("selection", True)))
 
 
 async def acompress_with(clients: Clients, texts: Sequence[str | None], query: str | None,

@@ -35,7 +35,9 @@ class SegpressDocumentCompressor:
     `run_async` an `async_client`) you manage. `compressor`, `rate`,
     `target_tokens`, `granularity` ("word" or "sentence"), `force_tokens`,
     `force_reserve_digit`, `drop_consecutive`, `namespace` and `cache` go into
-    every request as in `SegpressClient.compress`; `timeout_s` is its deadline.
+    every request as in `SegpressClient.compress`, and so do the keywords
+    in `options` (for example the query-aware selection's `keep_rate`,
+    `ranker`, `order` or `selection=False`); `timeout_s` is its deadline.
 
     Failures raise `segpress.SegpressError` (its `code` and `details` are
     the gRPC status and the server's message); with `on_error="passthrough"`
@@ -61,6 +63,7 @@ class SegpressDocumentCompressor:
         drop_consecutive: bool = False,
         namespace: str = "",
         cache: str = "use",
+        options: dict[str, Any] | None = None,
         timeout_s: float | None = None,
         on_error: str = "raise",
     ):
@@ -74,6 +77,7 @@ class SegpressDocumentCompressor:
         self.drop_consecutive = drop_consecutive
         self.namespace = namespace
         self.cache = cache
+        self.options = dict(options or {})
         self.timeout_s = timeout_s
         self.on_error = on_error
         check_options(self)
@@ -99,7 +103,7 @@ class SegpressDocumentCompressor:
             target_tokens=self.target_tokens, granularity=self.granularity,
             force_tokens=self.force_tokens, force_reserve_digit=self.force_reserve_digit,
             drop_consecutive=self.drop_consecutive, namespace=self.namespace, cache=self.cache,
-            timeout_s=self.timeout_s, on_error=self.on_error)
+            options=self.options, timeout_s=self.timeout_s, on_error=self.on_error)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegpressDocumentCompressor:

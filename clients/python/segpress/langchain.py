@@ -34,7 +34,9 @@ class SegpressCompressor(BaseDocumentCompressor):
     the async path an `async_client`) you manage. `compressor`, `rate`,
     `target_tokens`, `granularity` ("word" or "sentence"), `force_tokens`,
     `force_reserve_digit`, `drop_consecutive`, `namespace` and `cache` go into
-    every request as in `SegpressClient.compress`; `timeout_s` is its deadline.
+    every request as in `SegpressClient.compress`, and so do the keywords
+    in `options` (for example the query-aware selection's `keep_rate`,
+    `ranker`, `order` or `selection=False`); `timeout_s` is its deadline.
 
     Failures raise `segpress.SegpressError` (its `code` and `details` are
     the gRPC status and the server's message); with `on_error="passthrough"`
@@ -57,6 +59,7 @@ class SegpressCompressor(BaseDocumentCompressor):
     drop_consecutive: bool = False
     namespace: str = ""
     cache: str = "use"
+    options: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = None
     on_error: Literal["raise", "passthrough"] = "raise"
 
