@@ -54,7 +54,11 @@ MAX_FORCE_TOKENS = 100
 _DIGIT = re.compile(r"[0-9]")
 _SPACE_RUN = re.compile(r"\s+")
 GRANULARITIES = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
-                 pb.GRANULARITY_SENTENCE: "sentence"}
+                 pb.GRANULARITY_SENTENCE: "sentence",
+                 pb.GRANULARITY_SENTENCE_THEN_WORD: "sentence_then_word"}
+# sentence_then_word: whole sentences up to budget / FINE_RATE tokens, then
+# the best words inside them down to the budget (chosen on the dev split).
+FINE_RATE = 0.8
 
 
 @dataclass
@@ -64,7 +68,7 @@ class Params:
     force_tokens: list[str] = field(default_factory=list)
     force_reserve_digit: bool = False
     drop_consecutive: bool = False
-    granularity: str = "word"  # or "sentence": keep whole sentences
+    granularity: str = "word"  # "sentence": whole sentences; "sentence_then_word": both
 
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
@@ -81,8 +85,8 @@ class Params:
     def check(self) -> None:
         if self.granularity not in GRANULARITIES.values():
             raise InvalidParams(
-                f"llmlingua2.granularity must be GRANULARITY_WORD or GRANULARITY_SENTENCE, "
-                f"got {self.granularity}"
+                f"llmlingua2.granularity must be GRANULARITY_WORD, GRANULARITY_SENTENCE or "
+                f"GRANULARITY_SENTENCE_THEN_WORD, got {self.granularity}"
             )
         if self.rate is not None and self.target_tokens is not None:
             raise InvalidParams(
@@ -301,6 +305,11 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params,
     keep = None
     if params.granularity == "sentence":
         keep = _best_sentences(text, spans, scores, tokens, forced, budget, inside)
+    elif params.granularity == "sentence_then_word":
+        sentences = _best_sentences(text, spans, scores, tokens, forced,
+                                    int(budget / FINE_RATE), inside)
+        if sentences.any():
+            keep = _best_words(scores, tokens, forced, budget, sentences & inside)
     if keep is None or not keep.any():  # word granularity, or no whole sentence fits
         keep = _best_words(scores, tokens, forced, budget, inside)
 

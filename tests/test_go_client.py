@@ -37,7 +37,7 @@ def test_go_tests_pass_against_the_live_server(server):
     for name in ("TestCompressText", "TestCompressStreamIsolatesABadItem",
                  "TestErrorsKeepTheGRPCCode", "TestInfo", "TestDefaultDeadlineApplies",
                  "TestTLSWithCAFileAndToken", "TestMutualTLS", "TestRowsDecodesEveryDtype",
-                 "TestContextRowsSlicesTheResponseTensor"):
+                 "TestContextRowsSlicesTheResponseTensor", "TestQueryAwareSelection"):
         assert f"--- PASS: {name}" in r.stdout, r.stdout
 
 

@@ -14,6 +14,8 @@ a noisy machine moves all methods together:
 3. Cost per token at 1k, 10k and 100k tokens of context (cold).
 4. Throughput through the gRPC server (a real `segpress serve` process) with
    1, 4 and 16 concurrent clients.
+5. Query-aware selection: a request with a query against the same request
+   without one, on 10 contexts, all cached and all cold.
 """
 
 import asyncio
@@ -174,6 +176,43 @@ class Bench:
                 v["vs_one_client"] = round(v["tokens_per_s"] / first, 3)
         return {"tokens": tokens, "clients": out}
 
+    # 5 --------------------------------------------------------------------
+    def query_cost(self, n_docs: int = 10) -> dict:
+        """With a query against without, both cached (one query embedding and
+        the ranking on top of a cached request) and both cold."""
+        from compressors.relevance import SentenceVectors
+
+        from ..server import make_store
+
+        texts = bench_texts(self.sample, n_docs)
+        question = "What did the keeper record in his log?"
+        store, embedded = self.loop.run_until_complete(make_store(self.config))
+        pipe = Pipeline(self.config, {"llmlingua2": self.comp}, store, SentenceVectors())
+        runs = iter(range(10**6))
+        try:
+            for kw in ({}, {"query": question}):  # fill the cache, both kinds of values
+                self.compress(pipe, texts, namespace="bench-query", **kw)
+            cached = timed({
+                "without query": lambda: self.compress(pipe, texts, namespace="bench-query"),
+                "with query": lambda: self.compress(pipe, texts, namespace="bench-query",
+                                                    query=question),
+            }, self.repeats)
+            cold = timed({
+                "without query": lambda: self.compress(pipe, texts, namespace=f"q-{next(runs)}"),
+                "with query": lambda: self.compress(pipe, texts, namespace=f"q-{next(runs)}",
+                                                    query=question),
+            }, self.repeats)
+        finally:
+            self.loop.run_until_complete(pipe.close())
+            self.loop.run_until_complete(store.close())
+            if embedded is not None:
+                embedded.shutdown()
+        return {"tokens": self.tokens(texts), "contexts": n_docs, **{
+            name: {"without_query_ms": round(m["without query"] * 1000, 2),
+                   "with_query_ms": round(m["with query"] * 1000, 2),
+                   "ratio": round(m["with query"] / m["without query"], 3)}
+            for name, m in (("cached", cached), ("cold", cold))}}
+
     def close(self):
         self.loop.run_until_complete(self.pipeline.close())
         self.loop.close()
@@ -229,6 +268,12 @@ def print_report(r: dict) -> None:
     print(f"\n4. through the gRPC server, {k['tokens']} tokens in total, cold:")
     for n, v in k["clients"].items():
         print(f"   {n:>2} clients: {v['tokens_per_s']:>8.0f} tokens/s ({v['vs_one_client']:.2f}x one client)")
+    q = r["query_cost"]
+    print(f"\n5. query-aware selection, {q['contexts']} contexts, {q['tokens']} tokens:")
+    for name in ("cached", "cold"):
+        v = q[name]
+        print(f"   {name:<6}: {v['with_query_ms']:.1f} ms with a query vs {v['without_query_ms']:.1f} ms "
+              f"without = {v['ratio']:.2f}x")
 
 
 def main(args, config: Config) -> int:
@@ -247,6 +292,7 @@ def main(args, config: Config) -> int:
         result["cost_per_token"] = bench.cost_per_token(
             (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))
         result["concurrency"] = bench.concurrency(docs_per_level=8 if args.quick else 32)
+        result["query_cost"] = bench.query_cost()
     finally:
         bench.close()
     if args.json:

@@ -183,3 +183,31 @@ func TestInfo(t *testing.T) {
 		t.Fatalf("unexpected limits %v", info.GetLimits())
 	}
 }
+
+func TestQueryAwareSelection(t *testing.T) {
+	c := liveClient(t)
+	req := &pb.CompressRequest{
+		Contexts: []string{
+			"The ferry leaves at seven. Tara Novak moved to Hanoi last spring. The pier is old.",
+			"The bakery opens early. Olga Petrov moved to Oslo last spring. The road is new.",
+			"The museum keeps maps. Pavel Moreau moved to Porto last spring. The bay froze.",
+		},
+		Query:     proto.String("Which city did Olga Petrov move to?"),
+		Selection: &pb.SelectionOptions{Order: pb.Order_ORDER_RELEVANCE},
+		Params:    &pb.CompressRequest_Llmlingua2{Llmlingua2: &pb.LLMLingua2Params{Rate: proto.Float32(0.3)}},
+	}
+	resp, err := c.Compress(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	best := resp.GetContexts()[1]
+	if best.GetRank() != 0 || !best.GetKept() || !strings.Contains(best.GetText(), "Oslo") {
+		t.Fatalf("the context about Olga Petrov should come first: %v", resp.GetContexts())
+	}
+	if !strings.HasPrefix(resp.GetText(), best.GetText()) {
+		t.Fatalf("ORDER_RELEVANCE: the text should start with the best context: %q", resp.GetText())
+	}
+	if resp.GetStats().GetSentenceVectorHits()+resp.GetStats().GetSentenceVectorMisses() != resp.GetStats().GetSegments() {
+		t.Fatalf("every segment has sentence vectors: %v", resp.GetStats())
+	}
+}

@@ -220,6 +220,11 @@ const (
 	// reader LLM to use than word-level output at low rates (see the README's
 	// Quality section), at the cost of keeping fewer of the context's facts.
 	Granularity_GRANULARITY_SENTENCE Granularity = 2
+	// Coarse to fine: whole sentences as GRANULARITY_SENTENCE, up to 1.25x
+	// the budget, then the best words inside the kept sentences down to the
+	// budget (forced words always kept). Falls back to words like
+	// GRANULARITY_SENTENCE.
+	Granularity_GRANULARITY_SENTENCE_THEN_WORD Granularity = 3
 )
 
 // Enum value maps for Granularity.
@@ -228,11 +233,13 @@ var (
 		0: "GRANULARITY_UNSPECIFIED",
 		1: "GRANULARITY_WORD",
 		2: "GRANULARITY_SENTENCE",
+		3: "GRANULARITY_SENTENCE_THEN_WORD",
 	}
 	Granularity_value = map[string]int32{
-		"GRANULARITY_UNSPECIFIED": 0,
-		"GRANULARITY_WORD":        1,
-		"GRANULARITY_SENTENCE":    2,
+		"GRANULARITY_UNSPECIFIED":        0,
+		"GRANULARITY_WORD":               1,
+		"GRANULARITY_SENTENCE":           2,
+		"GRANULARITY_SENTENCE_THEN_WORD": 3,
 	}
 )
 
@@ -1975,11 +1982,12 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05Order\x12\x15\n" +
 	"\x11ORDER_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eORDER_ORIGINAL\x10\x01\x12\x13\n" +
-	"\x0fORDER_RELEVANCE\x10\x02*Z\n" +
+	"\x0fORDER_RELEVANCE\x10\x02*~\n" +
 	"\vGranularity\x12\x1b\n" +
 	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10GRANULARITY_WORD\x10\x01\x12\x18\n" +
-	"\x14GRANULARITY_SENTENCE\x10\x02*X\n" +
+	"\x14GRANULARITY_SENTENCE\x10\x02\x12\"\n" +
+	"\x1eGRANULARITY_SENTENCE_THEN_WORD\x10\x03*X\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +

@@ -38,6 +38,7 @@ _CACHE_MODES = {
 _GRANULARITIES = {
     "word": pb.GRANULARITY_WORD,
     "sentence": pb.GRANULARITY_SENTENCE,
+    "sentence_then_word": pb.GRANULARITY_SENTENCE_THEN_WORD,
 }
 _RANKERS = {"hybrid": pb.RANKER_HYBRID, "dense": pb.RANKER_DENSE, "bm25": pb.RANKER_BM25}
 _ORDERS = {"original": pb.ORDER_ORIGINAL, "relevance": pb.ORDER_RELEVANCE}
@@ -191,7 +192,7 @@ class _ClientBase:
         ("original" or "relevance") and keep_duplicates tune it (see
         SelectionOptions in the .proto).
         rate, target_tokens, force_tokens, force_reserve_digit,
-        drop_consecutive and granularity ("word" or "sentence") are llmlingua2
+        drop_consecutive and granularity ("word", "sentence" or "sentence_then_word") are llmlingua2
         parameters; output_dtype ("float32",
         "float16" or "bfloat16") and decoder (the decoder id or fingerprint
         the soft tokens are for) are complm's. Setting both kinds is an error."""

@@ -132,6 +132,12 @@ class _GranularityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Granulari
     reader LLM to use than word-level output at low rates (see the README's
     Quality section), at the cost of keeping fewer of the context's facts.
     """
+    GRANULARITY_SENTENCE_THEN_WORD: _Granularity.ValueType  # 3
+    """Coarse to fine: whole sentences as GRANULARITY_SENTENCE, up to 1.25x
+    the budget, then the best words inside the kept sentences down to the
+    budget (forced words always kept). Falls back to words like
+    GRANULARITY_SENTENCE.
+    """
 
 class Granularity(_Granularity, metaclass=_GranularityEnumTypeWrapper):
     """Unit of llmlingua2's selection. The model's word scores, and so the cache,
@@ -151,6 +157,12 @@ A sentence with a forced word is always kept. When not one sentence of a
 context fits its budget, that context falls back to words. Easier for a
 reader LLM to use than word-level output at low rates (see the README's
 Quality section), at the cost of keeping fewer of the context's facts.
+"""
+GRANULARITY_SENTENCE_THEN_WORD: Granularity.ValueType  # 3
+"""Coarse to fine: whole sentences as GRANULARITY_SENTENCE, up to 1.25x
+the budget, then the best words inside the kept sentences down to the
+budget (forced words always kept). Falls back to words like
+GRANULARITY_SENTENCE.
 """
 Global___Granularity: _TypeAlias = Granularity  # noqa: Y015
 
