@@ -142,6 +142,27 @@ def assert_ranges_tile(resp) -> None:
     assert (row, segment) == (rows, len(offsets) - 1)
 
 
+def test_query_sends_only_the_selected_segments(client):
+    """With a query, only the segments holding a kept sentence are compressed
+    and sent; the ranges still tile the tensor, a dropped context has none."""
+    contexts = CONTEXTS + ["Bakeries in the old town open at six and close at noon on Sundays."]
+    q = "Who kept the logbook of the lighthouse on Skarv Island?"
+    whole = client.compress(contexts, compressor="complm", namespace="complm-query")
+    resp = client.compress(contexts, compressor="complm", namespace="complm-query", query=q,
+                           keep_rate=0.3)
+    assert resp.contexts[0].rank == 0 and resp.contexts[0].kept
+    assert 0 < resp.tensor.shape[0] < whole.tensor.shape[0]
+    row = seg = 0
+    for c in resp.contexts:
+        assert (c.row_start, c.segment_start) == (row, seg)
+        assert c.row_end - c.row_start == c.compressed_tokens
+        assert (c.compressed_tokens > 0) == c.kept and c.segment_end - c.segment_start <= c.segments
+        row, seg = c.row_end, c.segment_end
+    assert (row, seg) == (resp.tensor.shape[0], len(resp.tensor.segment_offsets) - 1)
+    # The segments it sent are rows of the query-blind response, bit for bit.
+    assert resp.stats.cache_hits == seg and resp.stats.cache_misses == 0
+
+
 def test_output_dtypes(client):
     from segpress import pb
     from segpress.tensors import from_numpy, to_numpy, to_torch
@@ -239,6 +260,7 @@ def test_inputs_embeds_and_vllm_form(decoder_dir):
 # -- training ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads SmolLM2
 def test_tiny_training_run(tmp_path):
     """A few real steps of `segpress train complm`: weights and card are written,
     the head has moved from its zero start, and the file loads back."""
@@ -257,6 +279,7 @@ def test_tiny_training_run(tmp_path):
     assert out.stat().st_size < 8 << 20
 
 
+@pytest.mark.slow  # loads SmolLM2
 def test_small_real_complm_eval(tmp_path):
     """`segpress eval complm` for real, small: every condition's loss, the
     gap closed with its interval, needle QA and one prefill timing."""

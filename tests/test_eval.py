@@ -3,6 +3,8 @@ reader, one example per task, one rate (the full run is in README.md)."""
 
 import json
 
+import pytest
+
 from helpers import segpress
 
 from compressors.training import corpus
@@ -33,6 +35,7 @@ def test_splits_do_not_share_essays():
     assert sum(len(t.split()) for t in parts["test"].values()) >= 20_000
 
 
+@pytest.mark.slow  # loads SmolLM2
 def test_small_real_eval(tmp_path):
     r = segpress("eval", "--split", "dev", "--examples", "1", "--rates", "0.33",
                  "--out", str(tmp_path), timeout=900)

@@ -10,6 +10,9 @@ from helpers import segpress
 
 from compressors import models
 
+# Every test here assembles model files (MiniLM and the shipped layers).
+pytestmark = pytest.mark.slow
+
 
 def test_default_llmlingua2_is_assembled_once_and_damage_names_the_fix(tmp_path):
     path = models.ensure_default_llmlingua2(tmp_path)

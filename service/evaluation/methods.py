@@ -194,6 +194,7 @@ class SegpressQuery(Segpress):
     name = "segpress-query"
     ranker = "hybrid"
     coarse_factor = None  # None: relevance.COARSE_FACTOR (a tuning run sets it)
+    order = None          # None: Options' default
 
     def __init__(self, env):
         super().__init__(env)
@@ -211,6 +212,9 @@ class SegpressQuery(Segpress):
         options = Options(ranker=self.ranker)
         if self.coarse_factor is not None:
             options = dataclasses.replace(options, coarse_factor=self.coarse_factor)
+        if self.order is not None:
+            options = dataclasses.replace(options, order=self.order)
+        self.options = options
         return choose(parts, vectors, ex.question, q, budget, options)
 
     def compress(self, ex, state, rate):
@@ -222,8 +226,10 @@ class SegpressQuery(Segpress):
             chosen = self.choices(ex, state, self.comp.budget(params, total))
             selected = [dataclasses.replace(p, allowed=c.allowed, budget=c.budget)
                         for p, c in zip(parts, chosen)]
-            return "\n\n".join(x.text for x, c in zip(self.comp.render(selected, params), chosen)
-                                if c.kept)
+            texts = [(c.rank if self.options.order == "relevance" else i, x.text)
+                     for i, (x, c) in enumerate(zip(self.comp.render(selected, params), chosen))
+                     if c.kept]
+            return "\n\n".join(t for _, t in sorted(texts))
         return within_budget(render, rate, self.reader, self.reader.count(ex.context))
 
     def gold_rank(self, ex, state) -> int | None:

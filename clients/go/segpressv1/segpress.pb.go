@@ -921,7 +921,9 @@ type CompressedContext struct {
 	// [segment_start, segment_end) of CompressResponse.tensor (segment i owns
 	// its rows [segment_offsets[i], segment_offsets[i+1])), so
 	// segment_offsets[segment_start] = row_start and
-	// segment_offsets[segment_end] = row_end. 0 for text compressors.
+	// segment_offsets[segment_end] = row_end. 0 for text compressors. With
+	// query-aware selection only the segments that hold a kept sentence are
+	// sent, so the range can hold fewer than `segments` (none when not kept).
 	SegmentStart int32 `protobuf:"varint,8,opt,name=segment_start,json=segmentStart,proto3" json:"segment_start,omitempty"`
 	// End (exclusive) of the context's segments; see segment_start.
 	SegmentEnd int32 `protobuf:"varint,9,opt,name=segment_end,json=segmentEnd,proto3" json:"segment_end,omitempty"`

@@ -554,7 +554,9 @@ class CompressedContext(_message.Message):
     [segment_start, segment_end) of CompressResponse.tensor (segment i owns
     its rows [segment_offsets[i], segment_offsets[i+1])), so
     segment_offsets[segment_start] = row_start and
-    segment_offsets[segment_end] = row_end. 0 for text compressors.
+    segment_offsets[segment_end] = row_end. 0 for text compressors. With
+    query-aware selection only the segments that hold a kept sentence are
+    sent, so the range can hold fewer than `segments` (none when not kept).
     """
     segment_end: _builtins.int
     """End (exclusive) of the context's segments; see segment_start."""
