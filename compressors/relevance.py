@@ -41,8 +41,10 @@ NAME = "sentences"  # the cache key's compressor part for sentence vectors
 RRF_K = 60
 # The coarse stage keeps this many times the compressor's budget (the fine
 # stage then cuts it to the budget), or, for a compressor without a budget
-# (soft tokens at a fixed rate), this share of the request's tokens.
-COARSE_FACTOR = 2.0
+# (soft tokens at a fixed rate), this share of the request's tokens. Chosen
+# on the dev split (docs/quality.md): a small reader answers best from a few
+# whole, relevant passages; twice the budget, word-pruned, confuses it.
+COARSE_FACTOR = 1.0
 SOFT_KEEP_RATE = 0.5
 RANKERS = ("hybrid", "dense", "bm25")
 ORDERS = ("original", "relevance")
@@ -118,6 +120,7 @@ class Options:
     keep_duplicates: bool = False    # keep near-identical sentences every time they occur
     dynamic: float = 0.3             # how much more budget the most relevant context gets
     coarse_factor: float = COARSE_FACTOR  # coarse stage: this many times the budget
+    unit: str = "context"            # coarse order: best contexts first, or best sentences first
 
     @classmethod
     def from_proto(cls, sel: pb.SelectionOptions) -> "Options":
@@ -178,7 +181,14 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     texts = [parts[k].text[s:e] for k, (s, e) in zip(ctx, spans)]
 
     fused = fuse(query, query_vector, np.asarray(vecs, np.float32), texts, options.ranker)  # [n]
-    order = np.lexsort((np.arange(n), -fused))  # best first, earlier first among equals
+    best = np.full(len(parts), -1.0)
+    np.maximum.at(best, ctx_a, fused)  # a context's relevance: its best sentence's
+    rank = np.empty(len(parts), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(parts)), -best))] = np.arange(len(parts))
+    if options.unit == "context":  # the best context's sentences first, then the next context's
+        order = np.lexsort((np.arange(n), -fused, rank[ctx_a]))
+    else:  # the best sentences first, earlier first among equals
+        order = np.lexsort((np.arange(n), -fused))
 
     # Coarse: the best sentences while they fit (at least the best one); a
     # sentence that repeats one already kept is skipped.
@@ -202,11 +212,7 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
             used += cost_a[i]
             seen.add(words)
 
-    best = np.full(len(parts), -1.0)
-    np.maximum.at(best, ctx_a, fused)
     relevance = np.clip(best, 0, None) / (2.0 / (RRF_K + 1))
-    rank = np.empty(len(parts), dtype=np.int64)
-    rank[np.lexsort((np.arange(len(parts)), -best))] = np.arange(len(parts))
     kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
     budgets = _share(budget, kept_tokens, rank, options.dynamic) if budget is not None else None
 

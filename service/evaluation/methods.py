@@ -163,6 +163,13 @@ class SegpressSentences(Segpress):
     granularity = "sentence"
 
 
+class SegpressSentenceThenWord(Segpress):
+    """The same, coarse to fine: whole sentences first, then words inside them
+    (llmlingua2.granularity = sentence_then_word)."""
+    name = "segpress-llmlingua2-sentence-then-word"
+    granularity = "sentence_then_word"
+
+
 class Teacher(Segpress):
     """The training teacher as a compressor: SmolLM2 surprisal per word
     (words as llmlingua2 splits them) in place of the classifier's scores,
@@ -195,6 +202,7 @@ class SegpressQuery(Segpress):
     ranker = "hybrid"
     coarse_factor = None  # None: relevance.COARSE_FACTOR (a tuning run sets it)
     order = None          # None: Options' default
+    unit = None           # None: Options' default
 
     def __init__(self, env):
         super().__init__(env)
@@ -214,6 +222,8 @@ class SegpressQuery(Segpress):
             options = dataclasses.replace(options, coarse_factor=self.coarse_factor)
         if self.order is not None:
             options = dataclasses.replace(options, order=self.order)
+        if self.unit is not None:
+            options = dataclasses.replace(options, unit=self.unit)
         self.options = options
         return choose(parts, vectors, ex.question, q, budget, options)
 
@@ -318,6 +328,6 @@ class ReferenceLLMLingua2:
 
 METHODS = {m.name: m for m in [
     NoCompression, RandomDrop, Truncate, ReferenceLLMLingua, ReferenceLLMLingua2, Teacher, Segpress,
-    SegpressSentences, SegpressQuery, SegpressQuerySentences, SegpressQueryDense, SegpressQueryBM25,
-    ReferenceLongLLMLingua,
+    SegpressSentences, SegpressSentenceThenWord, SegpressQuery, SegpressQuerySentences,
+    SegpressQueryDense, SegpressQueryBM25, ReferenceLongLLMLingua,
 ]}
