@@ -139,6 +139,21 @@ class Compressor(Protocol):
                ) -> list[Rendered]: ...
 
 
+class CompressorExtras(Protocol):
+    """Optional members of a compressor: the pipeline uses each one a
+    compressor has (and does without it otherwise)."""
+
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        """The tokens segment(text) counts (the sum of its n_tokens) when that
+        is at most `stop_after`, else any number above `stop_after`, found
+        in time and memory that grow with `stop_after`, not with the text
+        (the pipeline refuses a request over max_request_tokens with it
+        before segmenting). A segment's n_tokens must never be more than the
+        UTF-8 bytes of its text: the pipeline counts only requests with more
+        bytes than the limit."""
+        ...
+
+
 @runtime_checkable
 class SoftCompressor(Compressor, Protocol):
     """A compressor whose output is soft tokens for one decoder. Its Params

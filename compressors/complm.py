@@ -49,7 +49,7 @@ from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment
                    length_sorted_batches, render_rows)
 from .complm_model import DEFAULT_WEIGHTS, load_model, weights_metadata
 from .models import SMOLLM2, fingerprint, resolve_dtype
-from .segmenter import segment_text
+from .segmenter import count_tokens, segment_text
 
 NAME = "complm"
 # Element types the response tensor can have (proto DType -> name).
@@ -113,6 +113,9 @@ class CompLLM:
 
     def segment(self, text: str) -> list[Segment]:
         return segment_text(text, self.tokenizer, self.max_segment_tokens)
+
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        return count_tokens(text, self.tokenizer, stop_after)
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> list[Encoded]:

@@ -25,7 +25,14 @@ Where this differs from the reference `llmlingua` package, and why:
 - force_tokens match the text (any occurrence, also inside or across words,
   and whitespace such as "\n") instead of being swapped for added tokens
   before the model runs; the model input, and so the cache, stays the same
-  whatever a request forces.
+  whatever a request forces. Occurrences that overlap ("\n" and "\n\n")
+  are kept once: the output never repeats a character of the input.
+- Text without spaces: the reference keeps or drops a WordPiece [UNK] (Thai,
+  any run of more than 100 characters without spaces) and a many-token word
+  whole. Here a long [UNK] counts, and is kept, in pieces of 8 characters
+  and a word of more than MAX_WORD_TOKENS tokens in pieces of
+  WORD_PIECE_TOKENS, and a context with tokens keeps at least one piece at
+  any rate (round(0.5 x 1) = 0 would return it empty).
 - granularity="sentence" is an addition (the reference's LLMLingua-2 path
   filters words, and optionally whole contexts): the same word scores,
   averaged per sentence, choose whole sentences. A small reader answers far
@@ -46,11 +53,17 @@ from segpress.v1 import segpress_pb2 as pb
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
                    length_sorted_batches, pad_right)
 from .models import fingerprint, resolve_dtype
-from .segmenter import SENTENCE_END, segment_text, trim_spaces
+from .segmenter import (SENTENCE_END, count_tokens, segment_text, trim_spaces,
+                        unknown_word_pieces)
 
 NAME = "llmlingua2"
 DEFAULT_RATE = 0.5
 MAX_FORCE_TOKENS = 100
+MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
+# A word of more than MAX_WORD_TOKENS tokens (ordinary words have far fewer)
+# is kept or dropped in pieces of WORD_PIECE_TOKENS tokens.
+MAX_WORD_TOKENS = 8
+WORD_PIECE_TOKENS = 4
 _DIGIT = re.compile(r"[0-9]")
 _SPACE_RUN = re.compile(r"\s+")
 GRANULARITIES = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
@@ -106,6 +119,11 @@ class Params:
         for i, t in enumerate(self.force_tokens):
             if t == "":
                 raise InvalidParams(f"llmlingua2.force_tokens[{i}] is empty")
+            if len(t) > MAX_FORCE_TOKEN_BYTES or len(t.encode("utf-8")) > MAX_FORCE_TOKEN_BYTES:
+                raise InvalidParams(
+                    f"llmlingua2.force_tokens[{i}] is {len(t.encode('utf-8'))} bytes; the "
+                    f"limit is max_force_token_bytes={MAX_FORCE_TOKEN_BYTES}"
+                )
 
 
 class LLMLingua2:
@@ -113,7 +131,7 @@ class LLMLingua2:
     kind = Kind.WORD_SCORES
     output = "text"
     Params = Params
-    limits = {"max_force_tokens": MAX_FORCE_TOKENS}
+    limits = {"max_force_tokens": MAX_FORCE_TOKENS, "max_force_token_bytes": MAX_FORCE_TOKEN_BYTES}
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 16,
                  dtype: str = "float32"):
@@ -152,7 +170,10 @@ class LLMLingua2:
     # -- segment -----------------------------------------------------------
 
     def segment(self, text: str) -> list[Segment]:
-        return segment_text(text, self.tokenizer, self.max_segment_tokens)
+        return segment_text(text, self.tokenizer, self.max_segment_tokens, unknown_pieces=True)
+
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        return count_tokens(text, self.tokenizer, stop_after, unknown_pieces=True)
 
     # -- encode: the model pass, cached per segment ------------------------
 
@@ -163,7 +184,7 @@ class LLMLingua2:
         # Every model input is at most `window` tokens; a segment that is
         # longer (only when re-tokenization grew it) spans several inputs.
         inputs = []  # (segment index, token ids)
-        for si, (ids, _, _) in enumerate(words):
+        for si, (ids, *_) in enumerate(words):
             for k in range(0, max(len(ids), 1), self.window):
                 inputs.append((si, ids[k : k + self.window]))
         probs: list[list[np.ndarray]] = [[] for _ in texts]
@@ -175,11 +196,11 @@ class LLMLingua2:
             probs[si].append(chunks[i])
 
         out = []
-        for (ids, spans, word_of_token), p in zip(words, probs):
-            token_probs = np.concatenate(p)[: len(ids)]
+        for (ids, spans, word_of_unit, unit_token), p in zip(words, probs):
+            unit_probs = np.concatenate(p)[: len(ids)][unit_token]
             n_words = len(spans)
-            counts = np.bincount(word_of_token, minlength=n_words).astype(np.int32)
-            sums = np.bincount(word_of_token, weights=token_probs, minlength=n_words)
+            counts = np.bincount(word_of_unit, minlength=n_words).astype(np.int32)
+            sums = np.bincount(word_of_unit, weights=unit_probs, minlength=n_words)
             scores = (sums / np.maximum(counts, 1)).astype(np.float32)
             out.append({
                 "spans": np.asarray(spans, dtype=np.int32).reshape(n_words, 2),
@@ -189,41 +210,62 @@ class LLMLingua2:
         return out
 
     def _words(self, text: str):
-        """Token ids, word spans, and the word index of every token.
+        """Token ids, word spans, and for every counted unit its word and
+        its token.
 
-        A word is a run of tokens of one pre-tokenizer word; a token made only
-        of punctuation is a word of its own (as in the reference package).
-        A word's span reaches over characters no token covers (for example a
-        zero-width space), so nothing between words is lost.
+        A unit is a token, or a piece of a long unknown-word token (the
+        segmenter's unknown_word_pieces; each piece is a word of its own,
+        with its token's keep probability), so words count what the
+        segmenter counts. A word is a run of units of one pre-tokenizer word;
+        a token made only of punctuation is a word of its own (as in the
+        reference package); a word of more than MAX_WORD_TOKENS units is cut
+        into words of WORD_PIECE_TOKENS units (a Chinese sentence is one
+        SentencePiece word, a kana or Hangul run one WordPiece word), so a
+        budget can keep part of it. A word's span reaches over characters no
+        token covers (for example a zero-width space), so nothing between
+        words is lost.
         """
         enc = self.tokenizer(
             text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
         ids, word_ids = enc["input_ids"], enc.word_ids()
         offsets = trim_spaces(text, enc["offset_mapping"])
-        spans: list[list[int]] = []
-        word_of_token = np.zeros(len(ids), dtype=np.int64)
-        waiting = []  # zero-width tokens: they join the next word
-        prev_wid, prev_punct = None, False
+        unk = self.tokenizer.unk_token_id
+        unit_spans: list[tuple[int, int]] = []
+        unit_tokens: list[list[int]] = []  # per unit: its token, and zero-width ones before it
+        words: list[list[int]] = []        # per word: its units
+        waiting = []  # zero-width tokens: they join the next unit
+        prev_wid, prev_apart = None, False
         for t, ((s, e), wid) in enumerate(zip(offsets, word_ids)):
             if e <= s:
                 waiting.append(t)
                 continue
-            punct = _is_punct(text[s:e])
-            if not spans or wid != prev_wid or punct or prev_punct:
-                spans.append([s, e])
-            else:
-                spans[-1][1] = e
-            word_of_token[waiting + [t]] = len(spans) - 1
-            waiting, prev_wid, prev_punct = [], wid, punct
-        word_of_token[waiting] = max(len(spans) - 1, 0)
+            pieces = unknown_word_pieces(text, s, e) if ids[t] == unk else [(s, e)]
+            apart = _is_punct(text[s:e]) or len(pieces) > 1  # a word (or words) of its own
+            for k, piece in enumerate(pieces):
+                if not words or wid != prev_wid or apart or prev_apart:
+                    words.append([])
+                words[-1].append(len(unit_spans))
+                unit_spans.append(piece)
+                unit_tokens.append(waiting + [t] if k == 0 else [t])
+                waiting = []
+            prev_wid, prev_apart = wid, apart
+        if unit_tokens:
+            unit_tokens[-1] += waiting
+        words = [w[i : i + WORD_PIECE_TOKENS] if len(w) > MAX_WORD_TOKENS else w
+                 for w in words
+                 for i in range(0, len(w), WORD_PIECE_TOKENS if len(w) > MAX_WORD_TOKENS else len(w))]
+        spans = [[unit_spans[w[0]][0], unit_spans[w[-1]][1]] for w in words]
+        word_of_unit = [i for i, w in enumerate(words) for u in w for _ in unit_tokens[u]]
+        unit_token = [t for w in words for u in w for t in unit_tokens[u]]
         for a, b in zip(spans, spans[1:]):
             while a[1] < b[0] and not text[a[1]].isspace():
                 a[1] += 1
         if spans:
             while spans[-1][1] < len(text) and not text[spans[-1][1]].isspace():
                 spans[-1][1] += 1
-        return ids, spans, word_of_token
+        return (ids, spans, np.asarray(word_of_unit, dtype=np.int64),
+                np.asarray(unit_token, dtype=np.int64))
 
     def model_inputs(self, batch: list[list[int]]):
         """input_ids and attention_mask [batch, width] for token-id lists:
@@ -289,13 +331,13 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params,
     force_hits = np.zeros(len(spans), dtype=bool)
     extra = set()
     for ft in dict.fromkeys(params.force_tokens):
-        for m in re.finditer(re.escape(ft), text):
-            lo = np.searchsorted(spans[:, 1], m.start(), side="right")
-            hi = np.searchsorted(spans[:, 0], m.end(), side="left")
+        for start, end in _occurrences(text, ft):
+            lo = np.searchsorted(spans[:, 1], start, side="right")
+            hi = np.searchsorted(spans[:, 0], end, side="left")
             if lo < hi:
                 force_hits[lo:hi] = True
             else:
-                extra.add((m.start(), m.end()))
+                extra.add((start, end))
     forced |= force_hits
     if allowed is not None:
         forced &= inside
@@ -312,10 +354,12 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params,
             keep = _best_words(scores, tokens, forced, budget, sentences & inside)
     if keep is None or not keep.any():  # word granularity, or no whole sentence fits
         keep = _best_words(scores, tokens, forced, budget, inside)
+    if budget > 0 and not keep.any():
+        keep = _one_word(scores, tokens, budget, inside)
 
     items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
              for i, (s, e) in enumerate(spans) if keep[i]]
-    items += [(s, e, True, 0) for s, e in extra]
+    items += [(s, e, True, 0) for s, e in _merge_overlapping(extra)]
     items.sort()
     if params.drop_consecutive:
         items = _drop_consecutive(text, items, set(params.force_tokens))
@@ -332,6 +376,44 @@ def within(spans: np.ndarray, allowed: list[tuple[int, int]]) -> np.ndarray:
     ok = i >= 0
     ok[ok] = spans[ok, 1] <= ranges[i[ok], 1]
     return ok
+
+
+def _occurrences(text: str, sub: str):
+    """(start, end) of the non-overlapping occurrences of `sub`, left to
+    right (as re.finditer would find them, without compiling and caching a
+    pattern per force token)."""
+    i = text.find(sub)
+    while i >= 0:
+        yield i, i + len(sub)
+        i = text.find(sub, i + len(sub))
+
+
+def _merge_overlapping(spans) -> list[tuple[int, int]]:
+    """Spans with the overlapping ones merged (force tokens such as "\\n" and
+    "\\n\\n" match the same characters), so no character is output twice.
+    Spans that only touch stay apart."""
+    out: list[list[int]] = []
+    for s, e in sorted(spans):
+        if out and s < out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _one_word(scores, tokens, budget: int, candidates=None) -> np.ndarray:
+    """Words to keep [n] (bool) when the budget kept none (a context of a
+    few words, or of words longer than its budget): the best-scoring word
+    that fits the budget, else the best of the shortest ones. A context
+    never comes back empty while its budget is above zero."""
+    keep = np.zeros(len(scores), dtype=bool)
+    idx = np.flatnonzero(np.ones(len(scores), dtype=bool) if candidates is None else candidates)
+    if len(idx) == 0:
+        return keep
+    fits = idx[tokens[idx] <= budget]
+    pool = fits if len(fits) else idx[tokens[idx] == tokens[idx].min()]
+    keep[pool[np.argmax(scores[pool])]] = True  # the first among equals
+    return keep
 
 
 def _best_words(scores, tokens, forced, budget: int, candidates) -> np.ndarray:
@@ -420,8 +502,10 @@ def context_words(c: ContextParts) -> dict[str, np.ndarray]:
 def _budgets(totals: list[int], params: Params) -> list[int]:
     """Tokens each context may keep."""
     if params.target_tokens is None:
+        # At least one token of a context that has any: round(0.5 x 1) = 0
+        # would return a one-word context empty.
         rate = DEFAULT_RATE if params.rate is None else params.rate
-        return [int(round(rate * t)) for t in totals]
+        return [max(int(round(rate * t)), 1) if t else 0 for t in totals]
     grand = sum(totals)
     if params.target_tokens >= grand:
         return list(totals)
@@ -432,6 +516,14 @@ def _budgets(totals: list[int], params: Params) -> list[int]:
     short = params.target_tokens - sum(budgets)
     for i in sorted(range(len(totals)), key=lambda i: budgets[i] - exact[i])[:short]:
         budgets[i] += 1
+    # A context with tokens gets at least one while the target allows: one
+    # taken from the largest budget (the target is still met exactly).
+    for i in [i for i, t in enumerate(totals) if t and not budgets[i]]:
+        largest = max(range(len(budgets)), key=lambda k: budgets[k])
+        if budgets[largest] < 2:
+            break
+        budgets[largest] -= 1
+        budgets[i] = 1
     return budgets
 
 
@@ -465,8 +557,8 @@ def _join(text: str, spans: list[tuple[int, int]]) -> str:
             lines = [r for r in runs if "\n" in r]
             if lines or runs:
                 parts.append((lines or runs)[-1])
-            elif gap:
-                parts.append(" ")
+            elif gap and not (text[s].isspace() or text[prev_end - 1].isspace()):
+                parts.append(" ")  # (a forced space or line break needs none)
         parts.append(text[s:e])
         prev_end = e
     return "".join(parts)

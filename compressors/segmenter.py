@@ -12,6 +12,7 @@ compressor can still see in the context.
 """
 
 import re
+import unicodedata
 
 from .base import Segment
 
@@ -30,8 +31,20 @@ _CJK_STOP = ("\u3002", "\uff01", "\uff1f")  # 。！？ end a sentence without a
 SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f]|\n")
 
 
-def segment_text(text: str, tokenizer, max_tokens: int) -> list[Segment]:
-    offsets = token_offsets(text, tokenizer)
+# Unknown words: a WordPiece (BERT) tokenizer gives a word it cannot spell
+# one [UNK] token however long it is: Thai, or any run of more than 100
+# characters without spaces or punctuation (a long number, a blob). With
+# `unknown_pieces`, an unknown-word token longer than LONG_UNKNOWN characters
+# counts, and can be kept, as pieces of about PIECE_CHARS characters, never
+# cut before a combining mark; so such a run is not one token that a budget
+# keeps whole or drops whole.
+PIECE_CHARS = 8
+LONG_UNKNOWN = 2 * PIECE_CHARS
+
+
+def segment_text(text: str, tokenizer, max_tokens: int,
+                 unknown_pieces: bool = False) -> list[Segment]:
+    offsets = token_offsets(text, tokenizer, unknown_pieces)
     n = len(offsets)
     segments: list[Segment] = []
     i = 0
@@ -61,25 +74,127 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def token_offsets(text: str, tokenizer) -> list[tuple[int, int]]:
+def token_offsets(text: str, tokenizer, unknown_pieces: bool = False) -> list[tuple[int, int]]:
     """Character spans of the tokens of `text`, without special tokens.
 
     Zero-width tokens are merged into the next token, so every span is
-    non-empty and spans are increasing.
+    non-empty and spans are increasing. With `unknown_pieces`, a long
+    unknown-word token is several spans (unknown_word_pieces).
     """
     enc = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
     )
+    unk = tokenizer.unk_token_id if unknown_pieces else None
     spans: list[tuple[int, int]] = []
     pending = None
-    for s, e in trim_spaces(text, enc["offset_mapping"]):
+    for (s, e), tid in zip(trim_spaces(text, enc["offset_mapping"]), enc["input_ids"]):
         if e <= s:
             pending = s if pending is None else pending
             continue
+        pieces = unknown_word_pieces(text, s, e) if tid == unk else [(s, e)]
         if pending is not None:
-            s, pending = min(s, pending), None
-        spans.append((s, e))
+            pieces[0], pending = (min(pieces[0][0], pending), pieces[0][1]), None
+        spans += pieces
     return spans
+
+
+def unknown_word_pieces(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The pieces an unknown-word token text[start:end] counts as: itself
+    when it is at most LONG_UNKNOWN characters, else pieces of PIECE_CHARS
+    characters, each cut moved past combining marks and joiners."""
+    if end - start <= LONG_UNKNOWN:
+        return [(start, end)]
+    pieces = []
+    while start < end:
+        cut = min(start + PIECE_CHARS, end)
+        while cut < end and _joins_previous(text, cut):
+            cut += 1
+        pieces.append((start, cut))
+        start = cut
+    return pieces
+
+
+def _joins_previous(text: str, i: int) -> bool:
+    """Whether text[i] belongs to the character before it (a combining mark,
+    a variation selector, or the character after a zero-width joiner)."""
+    c = text[i]
+    return (unicodedata.category(c) in ("Mn", "Mc", "Me") or "\ufe00" <= c <= "\ufe0f"
+            or c == "\u200d" or text[i - 1] == "\u200d")
+
+
+# -- counting tokens before segmenting ------------------------------------------
+
+# Bytes of the UTF-8 text mapped for visible_runs: ASCII whitespace stays,
+# visible ASCII (! to ~) becomes "x", every other byte is deleted.
+_RUN_TABLE = bytes(0x20 if b in b" \t\n\r" else 0x78 for b in range(256))
+_RUN_DELETE = bytes(b for b in range(256) if b not in b" \t\n\r" and not 0x21 <= b <= 0x7E)
+
+
+def visible_runs(text: str) -> int:
+    """A cheap lower bound on the tokens of `text` (one pass in C, no
+    tokenizer): the runs between ASCII spaces, tabs and line breaks that hold
+    a visible ASCII character. Each such run is at least one token of its
+    own for the tokenizers used here (WordPiece, SentencePiece and byte-level
+    BPE all split at those spaces and never drop a visible ASCII character)."""
+    runs = text.encode("utf-8", "surrogatepass").translate(_RUN_TABLE, _RUN_DELETE)
+    return runs.count(b" x") + runs.startswith(b"x")
+
+
+def count_tokens(text: str, tokenizer, stop_after: int, unknown_pieces: bool = False,
+                 chunk_chars: int = 1 << 16) -> int:
+    """The tokens segment_text counts in `text` (the sum of its segments'
+    n_tokens) when that is at most `stop_after`; otherwise some number above
+    `stop_after`, found without tokenizing the whole text: first the cheap
+    lower bound (visible_runs), then the text tokenized in pieces of about
+    `chunk_chars` characters until the count passes `stop_after`. Time and
+    memory grow with `stop_after`, not with the text.
+
+    Pieces end inside whitespace (before the last whitespace character of a
+    run), where the tokenizers used here cut anyway, so the count is exact.
+    Only where no whitespace is found within 4 * chunk_chars is a piece cut
+    inside a word, which changes that word's tokens (by at most about one
+    per character of its shorter side, and never more than 100 for a
+    WordPiece word); CUT_SLACK tokens are taken off the count for each such
+    cut, so it stays a lower bound and no request is refused for a cut."""
+    n = visible_runs(text)
+    if n > stop_after:
+        return n
+    n = start = 0
+    while start < len(text):
+        end, cut_in_word = _chunk_end(text, start, chunk_chars)
+        n += len(token_offsets(text[start:end], tokenizer, unknown_pieces)) - CUT_SLACK * cut_in_word
+        if n > stop_after:
+            return n
+        start = end
+    return max(n, 0)
+
+
+CUT_SLACK = 128  # tokens a cut inside a word is allowed to have added (count_tokens)
+
+
+def _chunk_end(text: str, start: int, size: int) -> tuple[int, bool]:
+    """Where a counting piece that starts at `start` ends, and whether it had
+    to cut elsewhere than in whitespace: at the last _CUT before start + size,
+    else at the first one after it (within 4 * size), else at 4 * size."""
+    if start + size >= len(text):
+        return len(text), False
+    limit = start + size
+    last = None
+    for lo in (max(start + 1, limit - 4096), start + 1):
+        for last in _CUT.finditer(text, lo, limit):
+            pass
+        if last is not None:
+            return last.start(), False
+    m = _CUT.search(text, limit, min(start + 4 * size, len(text)))
+    if m is not None:
+        return m.start(), False
+    end = min(start + 4 * size, len(text))
+    return end, end < len(text)
+
+
+# An ASCII whitespace character that ends a whitespace run (the next one is
+# not whitespace): a piece may end before it.
+_CUT = re.compile(r"[ \t\n\r](?=\S)")
 
 
 def trim_spaces(text: str, offsets) -> list[tuple[int, int]]:

@@ -147,8 +147,11 @@ class Pipeline:
             if not c.strip():
                 raise RequestError(invalid, f"contexts[{i}] is empty or only whitespace")
         size = sum(len(c.encode("utf-8")) for c in req.contexts) + len(req.query.encode("utf-8"))
+        which = req.WhichOneof("params")
+        if which is not None:  # the compressor's parameters (force_tokens) count too
+            size += getattr(req, which).ByteSize()
         if size > cfg.max_request_bytes:
-            raise RequestError(exhausted, f"contexts and query are {size} bytes; "
+            raise RequestError(exhausted, f"contexts, query and parameters are {size} bytes; "
                                f"the limit is max_request_bytes={cfg.max_request_bytes}")
         name = req.compressor or self.default_compressor
         if name not in self.compressors:
@@ -162,7 +165,6 @@ class Pipeline:
                                f"digits, '-', '_', '.', ':'; got {req.namespace[:40]!r}")
         if len(req.request_id.encode("utf-8")) > 128:
             raise RequestError(invalid, "request_id is longer than 128 bytes")
-        which = req.WhichOneof("params")
         if which is not None and which != name:
             raise RequestError(invalid, f"params for {which!r} were set but compressor "
                                f"is {name!r}; set {name} params or none")
@@ -204,10 +206,34 @@ class Pipeline:
     # -- the stages --------------------------------------------------------------
 
     async def segment(self, flow: Flow) -> None:
-        """Segments of every context, and their cache keys."""
+        """Segments of every context, and their cache keys. A request over
+        max_request_tokens is refused before it is segmented: a segment's
+        tokens never outnumber its UTF-8 bytes, so a request of at most that
+        many bytes is within the limit; a larger one is counted first with
+        the compressor's count_tokens (when it has one), which stops at the
+        limit, so refusing costs time and memory in proportion to the limit,
+        not to the input."""
         compressor = flow.compressor
+        limit = self.config.max_request_tokens
+        count = getattr(compressor, "count_tokens", None)
+
+        def over_limit() -> bool:
+            if count is None or sum(len(c.encode("utf-8")) for c in flow.req.contexts) <= limit:
+                return False
+            left = limit
+            for c in flow.req.contexts:
+                left -= count(c, left)
+                if left < 0:
+                    return True
+            return False
+
+        loop = asyncio.get_running_loop()
         with _timed(flow, "segment_ms"):
-            flow.segmented = await asyncio.get_running_loop().run_in_executor(
+            if await loop.run_in_executor(self.cpu_pool, over_limit):
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"contexts are more than {limit} tokens; the limit is "
+                                   f"max_request_tokens={limit}")
+            flow.segmented = await loop.run_in_executor(
                 self.cpu_pool, lambda: [compressor.segment(c) for c in flow.req.contexts])
         n_tokens = sum(s.n_tokens for segs in flow.segmented for s in segs)
         if n_tokens > self.config.max_request_tokens:

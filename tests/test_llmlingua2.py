@@ -151,3 +151,73 @@ def test_sentence_granularity_falls_back_to_words_when_no_sentence_fits(llmlingu
     (r,) = compress(llmlingua2, text, rate=0.3, granularity="sentence")
     (words,) = compress(llmlingua2, text, rate=0.3)
     assert r.text == words.text and r.compressed_tokens > 0
+
+
+# -- exact text whatever force_tokens say; never empty (issue 15) ------------------
+
+
+def words_of(text: str, tokens=None) -> dict:
+    """What encode caches for `text`, with made-up scores (no model needed)."""
+    spans = np.array([m.span() for m in re.finditer(r"\w+|[^\w\s]", text)], np.int32).reshape(-1, 2)
+    n = len(spans)
+    return {"spans": spans, "scores": np.linspace(0.9, 0.1, n).astype(np.float32),
+            "tokens": np.ones(n, np.int32) if tokens is None else np.asarray(tokens, np.int32)}
+
+
+@pytest.mark.parametrize("text,force", [
+    ("Alpha beta.\n\nGamma delta.", ["\n", "\n\n"]),
+    ("Alpha beta.\n\nGamma delta.", ["\n\n", "\n"]),
+    ("  Leading spaces  and  doubles.", [" ", "  "]),
+    ("a\n\n\n\nb", ["\n\n\n", "\n\n", "\n"]),
+    ("x . . y", [" . ", ". ", " ."]),
+])
+def test_overlapping_force_tokens_never_repeat_text(text, force):
+    from compressors.llmlingua2 import _join, select
+    from helpers import assert_subsequence
+
+    w = words_of(text)
+    for budget in (0, 1, 2, len(w["spans"])):
+        items = select(text, w, budget, Params(rate=1.0, force_tokens=force))
+        out = _join(text, [(s, e) for s, e, _, _ in items])
+        assert_subsequence(text, out)
+        spans = sorted((s, e) for s, e, _, _ in items)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # no overlap
+    if all(c.isspace() or c.isalnum() or c == "." for c in text.strip()):
+        items = select(text, w, len(w["spans"]), Params(rate=1.0, force_tokens=force))
+        assert _join(text, [(s, e) for s, e, _, _ in items]) == text.rstrip()
+
+
+def test_matching_force_tokens_does_not_grow_a_cache():
+    from compressors.llmlingua2 import select
+
+    text = "Alpha beta gamma delta. " * 20
+    w = words_of(text)
+    re.purge()
+    select(text, w, 10, Params(force_tokens=[f"t{i}x" * 60 for i in range(100)]))
+    assert len(re._cache) == 0  # a compiled pattern per force token was cached before
+
+
+def test_a_context_is_never_empty_while_its_budget_is_not_zero():
+    from compressors.llmlingua2 import _budgets, select
+
+    assert _budgets([1, 1, 0], Params(rate=0.33)) == [1, 1, 0]     # round(0.33) would be 0
+    assert _budgets([1, 100], Params(target_tokens=10)) == [1, 9]  # still 10 in all
+    assert _budgets([1, 1, 1], Params(target_tokens=2)) == [1, 1, 0]  # truly zero: one is empty
+    text = "Supercalifragilistic words."
+    w = words_of(text, tokens=[30, 2, 1])  # the best word alone is over the budget
+    items = select(text, w, 2, Params(rate=0.1))
+    assert [text[s:e] for s, e, _, _ in items] == ["words"]     # the best that fits
+    items = select(text, words_of(text, tokens=[30, 9, 9]), 2, Params(rate=0.1))
+    assert [text[s:e] for s, e, _, _ in items] == ["words"]     # else the best of the shortest
+
+
+def test_long_unspaced_runs_are_kept_in_pieces(llmlingua2):
+    thai = "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35\u0e04\u0e23\u0e31\u0e1a" * 12
+    kana = "\u3072\u3089\u304c\u306a\u3067\u3059" * 10
+    for text in (thai, "9" * 150, kana):
+        (r,) = compress(llmlingua2, text, rate=0.5)
+        assert r.text and r.compressed_tokens <= round(0.5 * r.original_tokens)
+        assert text.startswith(r.text) or r.text in text or all(p in text for p in r.text.split())
+        assert r.original_tokens > 1 and 0 < len(r.text) < len(text)
+    (r,) = compress(llmlingua2, "two", rate=0.33)
+    assert r.text == "two"

@@ -650,7 +650,10 @@ type LLMLingua2Params struct {
 	// Strings that are always kept wherever they occur in a context (for
 	// example "\n", "?", names). A word overlapping an occurrence is kept; an
 	// occurrence in the space between words (such as "\n") is kept as is.
-	// Each entry non-empty, at most Info.limits.max_force_tokens entries.
+	// Each entry non-empty and at most Info.limits.max_force_token_bytes
+	// bytes (UTF-8), at most Info.limits.max_force_tokens entries; they count
+	// toward max_request_bytes. Occurrences that overlap (such as those of
+	// "\n" and "\n\n") are kept once.
 	ForceTokens []string `protobuf:"bytes,3,rep,name=force_tokens,json=forceTokens,proto3" json:"force_tokens,omitempty"`
 	// Always keep words that contain a digit 0-9.
 	ForceReserveDigit bool `protobuf:"varint,4,opt,name=force_reserve_digit,json=forceReserveDigit,proto3" json:"force_reserve_digit,omitempty"`
@@ -1692,7 +1695,8 @@ type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Most contexts in one request.
 	MaxContexts int32 `protobuf:"varint,1,opt,name=max_contexts,json=maxContexts,proto3" json:"max_contexts,omitempty"`
-	// Most bytes (UTF-8) of contexts plus query in one request.
+	// Most bytes (UTF-8) of contexts plus query plus the compressor's
+	// parameters (force_tokens) in one request.
 	MaxRequestBytes int64 `protobuf:"varint,2,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
 	// Largest gRPC message the server accepts, in bytes.
 	MaxMessageBytes int64 `protobuf:"varint,3,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
@@ -1702,8 +1706,10 @@ type Limits struct {
 	// (all-MiniLM-L6-v2: longer text would be cut there). 0: selection is not
 	// available on this server.
 	MaxQueryTokens int32 `protobuf:"varint,5,opt,name=max_query_tokens,json=maxQueryTokens,proto3" json:"max_query_tokens,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Most bytes (UTF-8) of one force_tokens entry.
+	MaxForceTokenBytes int32 `protobuf:"varint,6,opt,name=max_force_token_bytes,json=maxForceTokenBytes,proto3" json:"max_force_token_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1767,6 +1773,13 @@ func (x *Limits) GetMaxForceTokens() int32 {
 func (x *Limits) GetMaxQueryTokens() int32 {
 	if x != nil {
 		return x.MaxQueryTokens
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxForceTokenBytes() int32 {
+	if x != nil {
+		return x.MaxForceTokenBytes
 	}
 	return 0
 }
@@ -1959,13 +1972,14 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x06output\x18\x02 \x01(\x0e2\x17.segpress.v1.OutputKindR\x06output\x12,\n" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
-	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\xd7\x01\n" +
+	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\x8a\x02\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
 	"\x11max_message_bytes\x18\x03 \x01(\x03R\x0fmaxMessageBytes\x12(\n" +
 	"\x10max_force_tokens\x18\x04 \x01(\x05R\x0emaxForceTokens\x12(\n" +
-	"\x10max_query_tokens\x18\x05 \x01(\x05R\x0emaxQueryTokens\"\xc3\x01\n" +
+	"\x10max_query_tokens\x18\x05 \x01(\x05R\x0emaxQueryTokens\x121\n" +
+	"\x15max_force_token_bytes\x18\x06 \x01(\x05R\x12maxForceTokenBytes\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12=\n" +
 	"\vcompressors\x18\x02 \x03(\v2\x1b.segpress.v1.CompressorInfoR\vcompressors\x12-\n" +

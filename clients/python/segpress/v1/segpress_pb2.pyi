@@ -392,7 +392,10 @@ class LLMLingua2Params(_message.Message):
         """Strings that are always kept wherever they occur in a context (for
         example "\\n", "?", names). A word overlapping an occurrence is kept; an
         occurrence in the space between words (such as "\\n") is kept as is.
-        Each entry non-empty, at most Info.limits.max_force_tokens entries.
+        Each entry non-empty and at most Info.limits.max_force_token_bytes
+        bytes (UTF-8), at most Info.limits.max_force_tokens entries; they count
+        toward max_request_bytes. Occurrences that overlap (such as those of
+        "\\n" and "\\n\\n") are kept once.
         """
 
     def __init__(
@@ -933,10 +936,13 @@ class Limits(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_FORCE_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_QUERY_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_FORCE_TOKEN_BYTES_FIELD_NUMBER: _builtins.int
     max_contexts: _builtins.int
     """Most contexts in one request."""
     max_request_bytes: _builtins.int
-    """Most bytes (UTF-8) of contexts plus query in one request."""
+    """Most bytes (UTF-8) of contexts plus query plus the compressor's
+    parameters (force_tokens) in one request.
+    """
     max_message_bytes: _builtins.int
     """Largest gRPC message the server accepts, in bytes."""
     max_force_tokens: _builtins.int
@@ -946,6 +952,8 @@ class Limits(_message.Message):
     (all-MiniLM-L6-v2: longer text would be cut there). 0: selection is not
     available on this server.
     """
+    max_force_token_bytes: _builtins.int
+    """Most bytes (UTF-8) of one force_tokens entry."""
     def __init__(
         self,
         *,
@@ -954,10 +962,11 @@ class Limits(_message.Message):
         max_message_bytes: _builtins.int = ...,
         max_force_tokens: _builtins.int = ...,
         max_query_tokens: _builtins.int = ...,
+        max_force_token_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

