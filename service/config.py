@@ -60,6 +60,12 @@ class Config:
         "help": "largest gRPC message accepted or sent"})
     stream_window: int = field(default=8, metadata={
         "help": "requests of one CompressStream processed at once"})
+    stream_idle_s: float = field(default=60.0, metadata={
+        "help": "a CompressStream that sends no request this long while none of its "
+                "requests is in progress is ended (DEADLINE_EXCEEDED)"})
+    max_streams_per_client: int = field(default=16, metadata={
+        "help": "most CompressStream calls open at once per client (its token, or its "
+                "address when auth is off); more are refused with RESOURCE_EXHAUSTED"})
     grace_s: float = field(default=10.0, metadata={
         "help": "on SIGTERM, seconds in-flight requests get to finish"})
     model_dtype: str = field(default="auto", metadata={

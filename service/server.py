@@ -6,10 +6,21 @@ refused with UNAVAILABLE so clients back off instead of piling up), metrics
 and one structured log line. Errors a request causes become their gRPC status
 (RequestError); anything unexpected is logged with the request id and
 answered INTERNAL, and the server keeps serving.
+
+Streams: an open CompressStream is not work in progress, each of its
+requests is while it runs (and gets UNAVAILABLE as its status over
+--max-queue). A client may hold --max-streams-per-client streams at once; a
+stream that sends nothing for --stream-idle-s while none of its requests is
+in progress is ended; when a stream ends (the client cancelled, the deadline
+passed) every request of it still queued or running is cancelled.
+
+With auth on, server reflection needs a token too (ReflectionAuth); health
+stays open for load balancers.
 """
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import time
@@ -42,22 +53,22 @@ class SegpressServicer(pb_grpc.SegpressServicer):
         self.pipeline = pipeline
         self.auth = auth
         self.in_progress = 0
+        self.streams: dict[str, int] = {}  # client -> CompressStream calls open
 
     @contextlib.asynccontextmanager
-    async def _guard(self, method: str, context, request_id: str = ""):
-        """Auth, the in-progress limit, metrics and the access log of one call;
-        yields the caller's namespace (None when auth is off)."""
+    async def _guard(self, method: str, context, request_id: str = "", counts: bool = True):
+        """Auth, the in-progress limit (when the call `counts` as work in
+        progress: not a stream, whose requests count one by one), metrics and
+        the access log of one call; yields the caller's namespace (None when
+        auth is off)."""
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
-        self.in_progress += 1
+        self.in_progress += counts
         metrics.IN_PROGRESS.set(self.in_progress)
         try:
             namespace = self.auth.namespace(context.invocation_metadata())
-            limit = self.pipeline.config.max_queue
-            if self.in_progress > limit:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                                   f"server overloaded: more than max_queue={limit} requests "
-                                   "in progress; retry with backoff")
+            if counts:
+                self._check_queue()
             yield namespace
         except RequestError as e:
             code = e.code
@@ -72,7 +83,7 @@ class SegpressServicer(pb_grpc.SegpressServicer):
             log.exception("%s failed", method, extra={"request_id": request_id})
             await context.abort(code, "internal error; see the server log")
         finally:
-            self.in_progress -= 1
+            self.in_progress -= counts
             metrics.IN_PROGRESS.set(self.in_progress)
             elapsed = time.perf_counter() - t0
             metrics.REQUESTS.labels(method, code.name).inc()
@@ -85,47 +96,158 @@ class SegpressServicer(pb_grpc.SegpressServicer):
         async with self._guard("Compress", context, request.request_id) as namespace:
             return await self.pipeline.compress(request, namespace)
 
+    def _check_queue(self) -> None:
+        limit = self.pipeline.config.max_queue
+        if self.in_progress > limit:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"server overloaded: more than max_queue={limit} requests "
+                               "in progress; retry with backoff")
+
     async def CompressStream(self, request_iterator, context):
         # Up to `stream_window` requests run at once; results go out in order.
-        async with self._guard("CompressStream", context) as namespace:
-            pending: asyncio.Queue = asyncio.Queue(maxsize=self.pipeline.config.stream_window)
-
-            async def read():
-                try:
-                    async for req in request_iterator:
-                        await pending.put(asyncio.ensure_future(self._one(req, namespace)))
-                finally:
-                    await pending.put(None)
-
-            reader = asyncio.ensure_future(read())
-            index = 0
-            try:
-                while (task := await pending.get()) is not None:
-                    code, message, resp = await task
-                    item = pb.CompressStreamResponse(
-                        index=index, status=pb.ItemStatus(code=code, message=message))
-                    if resp is not None:
-                        item.response.CopyFrom(resp)
-                    index += 1
+        async with self._guard("CompressStream", context, counts=False) as namespace:
+            with self._stream_slot(_client(context, self.auth.enabled)):
+                async for item in self._stream(request_iterator, namespace):
                     yield item
-                await reader  # surfaces a broken request stream
-            finally:
-                reader.cancel()
+
+    @contextlib.contextmanager
+    def _stream_slot(self, client: str):
+        """One of the client's max_streams_per_client streams, for the call."""
+        limit = self.pipeline.config.max_streams_per_client
+        if self.streams.get(client, 0) >= limit:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"this client already has {limit} CompressStream calls open; the "
+                               f"limit is max_streams_per_client={limit}: send more requests "
+                               "on the open streams, or close one first")
+        self.streams[client] = self.streams.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            self.streams[client] -= 1
+            if not self.streams[client]:
+                del self.streams[client]
+
+    async def _stream(self, request_iterator, namespace):
+        """The results of a stream's requests, in order, each computed as a
+        task of its own (up to stream_window at once). When the stream ends
+        early (cancelled, deadline, idle) every task still queued or running
+        is cancelled with it."""
+        cfg = self.pipeline.config
+        window = asyncio.Semaphore(cfg.stream_window)
+        results: asyncio.Queue = asyncio.Queue()  # tasks in request order, then None or an error
+        tasks: set[asyncio.Future] = set()
+
+        async def read():
+            try:
+                async for req in _messages(request_iterator, tasks, cfg.stream_idle_s):
+                    await window.acquire()
+                    task = asyncio.ensure_future(self._one(req, namespace))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    results.put_nowait(task)
+                results.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a broken or idle request stream
+                results.put_nowait(e)
+
+        reader = asyncio.ensure_future(read())
+        index = 0
+        try:
+            while (task := await results.get()) is not None:
+                if isinstance(task, Exception):
+                    raise task
+                code, message, resp = await task
+                window.release()
+                item = pb.CompressStreamResponse(
+                    index=index, status=pb.ItemStatus(code=code, message=message))
+                if resp is not None:
+                    item.response.CopyFrom(resp)
+                index += 1
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
 
     async def _one(self, req, namespace):
+        """One request of a stream: (code, message, response or None). It is
+        work in progress while it runs, refused with UNAVAILABLE over max_queue."""
+        self.in_progress += 1
+        metrics.IN_PROGRESS.set(self.in_progress)
         try:
+            self._check_queue()
             return 0, "", await self.pipeline.compress(req, namespace)
         except RequestError as e:
             return e.code.value[0], e.message, None
         except Exception:  # noqa: BLE001
             log.exception("stream item failed", extra={"request_id": req.request_id})
             return grpc.StatusCode.INTERNAL.value[0], "internal error; see the server log", None
+        finally:
+            self.in_progress -= 1
+            metrics.IN_PROGRESS.set(self.in_progress)
 
     async def Info(self, request, context):
         async with self._guard("Info", context):
             if isinstance(request, Undecodable):
                 raise request.error()
-            return self.pipeline.info()
+            resp = self.pipeline.info()
+            cfg = self.pipeline.config
+            resp.limits.stream_idle_s = cfg.stream_idle_s
+            resp.limits.max_streams_per_client = cfg.max_streams_per_client
+            return resp
+
+
+async def _messages(request_iterator, in_progress: set, idle_s: float):
+    """The stream's requests as they arrive; RequestError DEADLINE_EXCEEDED
+    when none arrives for `idle_s` seconds while `in_progress` is empty."""
+    it = request_iterator.__aiter__()
+    while True:
+        nxt = asyncio.ensure_future(it.__anext__())
+        try:
+            while not (await asyncio.wait({nxt}, timeout=idle_s))[0]:
+                if not in_progress:
+                    raise RequestError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the stream sent no request for {idle_s:g} s with none in progress; "
+                        f"the limit is stream_idle_s={idle_s:g}: open a stream when there "
+                        "are requests to send")
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+        try:
+            yield nxt.result()
+        except StopAsyncIteration:
+            return
+
+
+def _client(context, auth_enabled: bool) -> str:
+    """Who a call is from, for per-client limits: its token (hashed) when
+    auth is on, else its address without the port."""
+    if auth_enabled:
+        header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+        return "token:" + hashlib.sha256(str(header).encode()).hexdigest()[:16]
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
+class ReflectionAuth(grpc.aio.ServerInterceptor):
+    """With auth on, server reflection answers only calls with a valid token
+    (UNAUTHENTICATED otherwise); every other service is left to its handler."""
+
+    def __init__(self, auth: Authenticator):
+        self.auth = auth
+
+    async def intercept_service(self, continuation, details):
+        if self.auth.enabled and details.method.startswith("/grpc.reflection."):
+            try:
+                self.auth.namespace(details.invocation_metadata)
+            except RequestError as e:
+                async def refuse(request_iterator, context, e=e):
+                    await context.abort(e.code, e.message)
+
+                return grpc.stream_stream_rpc_method_handler(refuse)
+        return await continuation(details)
 
 
 def _parser(message_class):
@@ -232,7 +354,7 @@ async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credent
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[ReflectionAuth(auth)])
     servicer = SegpressServicer(pipeline, auth)
     add_service(servicer, server)
     health_servicer = health.aio.HealthServicer()

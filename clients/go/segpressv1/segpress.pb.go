@@ -1708,8 +1708,14 @@ type Limits struct {
 	MaxQueryTokens int32 `protobuf:"varint,5,opt,name=max_query_tokens,json=maxQueryTokens,proto3" json:"max_query_tokens,omitempty"`
 	// Most bytes (UTF-8) of one force_tokens entry.
 	MaxForceTokenBytes int32 `protobuf:"varint,6,opt,name=max_force_token_bytes,json=maxForceTokenBytes,proto3" json:"max_force_token_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Seconds a CompressStream may stay open without sending while none of
+	// its requests is in progress.
+	StreamIdleS float64 `protobuf:"fixed64,7,opt,name=stream_idle_s,json=streamIdleS,proto3" json:"stream_idle_s,omitempty"`
+	// Most CompressStream calls one client (token, or address when auth is
+	// off) may have open at once.
+	MaxStreamsPerClient int32 `protobuf:"varint,8,opt,name=max_streams_per_client,json=maxStreamsPerClient,proto3" json:"max_streams_per_client,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1780,6 +1786,20 @@ func (x *Limits) GetMaxQueryTokens() int32 {
 func (x *Limits) GetMaxForceTokenBytes() int32 {
 	if x != nil {
 		return x.MaxForceTokenBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetStreamIdleS() float64 {
+	if x != nil {
+		return x.StreamIdleS
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxStreamsPerClient() int32 {
+	if x != nil {
+		return x.MaxStreamsPerClient
 	}
 	return 0
 }
@@ -1972,14 +1992,16 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x06output\x18\x02 \x01(\x0e2\x17.segpress.v1.OutputKindR\x06output\x12,\n" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
-	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\x8a\x02\n" +
+	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\xe3\x02\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
 	"\x11max_message_bytes\x18\x03 \x01(\x03R\x0fmaxMessageBytes\x12(\n" +
 	"\x10max_force_tokens\x18\x04 \x01(\x05R\x0emaxForceTokens\x12(\n" +
 	"\x10max_query_tokens\x18\x05 \x01(\x05R\x0emaxQueryTokens\x121\n" +
-	"\x15max_force_token_bytes\x18\x06 \x01(\x05R\x12maxForceTokenBytes\"\xc3\x01\n" +
+	"\x15max_force_token_bytes\x18\x06 \x01(\x05R\x12maxForceTokenBytes\x12\"\n" +
+	"\rstream_idle_s\x18\a \x01(\x01R\vstreamIdleS\x123\n" +
+	"\x16max_streams_per_client\x18\b \x01(\x05R\x13maxStreamsPerClient\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12=\n" +
 	"\vcompressors\x18\x02 \x03(\v2\x1b.segpress.v1.CompressorInfoR\vcompressors\x12-\n" +

@@ -48,7 +48,12 @@ type SegpressClient interface {
 	Compress(ctx context.Context, in *CompressRequest, opts ...grpc.CallOption) (*CompressResponse, error)
 	// Compresses a stream of requests (batch use). Responses come back in
 	// request order, one per request; each carries its own status, so one bad
-	// item does not end the stream.
+	// item does not end the stream. A stream that sends nothing for
+	// Info.limits.stream_idle_s while none of its requests is in progress is
+	// ended with DEADLINE_EXCEEDED; a client (a token, or an address when auth
+	// is off) may hold Info.limits.max_streams_per_client streams at once,
+	// more are refused with RESOURCE_EXHAUSTED. Only requests being worked on
+	// count toward the server's in-progress limit, not open streams.
 	CompressStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CompressRequest, CompressStreamResponse], error)
 	// Describes the server: version, compressors, models and limits.
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
@@ -105,7 +110,12 @@ type SegpressServer interface {
 	Compress(context.Context, *CompressRequest) (*CompressResponse, error)
 	// Compresses a stream of requests (batch use). Responses come back in
 	// request order, one per request; each carries its own status, so one bad
-	// item does not end the stream.
+	// item does not end the stream. A stream that sends nothing for
+	// Info.limits.stream_idle_s while none of its requests is in progress is
+	// ended with DEADLINE_EXCEEDED; a client (a token, or an address when auth
+	// is off) may hold Info.limits.max_streams_per_client streams at once,
+	// more are refused with RESOURCE_EXHAUSTED. Only requests being worked on
+	// count toward the server's in-progress limit, not open streams.
 	CompressStream(grpc.BidiStreamingServer[CompressRequest, CompressStreamResponse]) error
 	// Describes the server: version, compressors, models and limits.
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)

@@ -937,6 +937,8 @@ class Limits(_message.Message):
     MAX_FORCE_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_QUERY_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_FORCE_TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    STREAM_IDLE_S_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _builtins.int
     max_contexts: _builtins.int
     """Most contexts in one request."""
     max_request_bytes: _builtins.int
@@ -954,6 +956,14 @@ class Limits(_message.Message):
     """
     max_force_token_bytes: _builtins.int
     """Most bytes (UTF-8) of one force_tokens entry."""
+    stream_idle_s: _builtins.float
+    """Seconds a CompressStream may stay open without sending while none of
+    its requests is in progress.
+    """
+    max_streams_per_client: _builtins.int
+    """Most CompressStream calls one client (token, or address when auth is
+    off) may have open at once.
+    """
     def __init__(
         self,
         *,
@@ -963,10 +973,12 @@ class Limits(_message.Message):
         max_force_tokens: _builtins.int = ...,
         max_query_tokens: _builtins.int = ...,
         max_force_token_bytes: _builtins.int = ...,
+        stream_idle_s: _builtins.float = ...,
+        max_streams_per_client: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

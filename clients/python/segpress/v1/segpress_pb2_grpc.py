@@ -66,7 +66,12 @@ class SegpressServicer:
     def CompressStream(self, request_iterator, context):
         """Compresses a stream of requests (batch use). Responses come back in
         request order, one per request; each carries its own status, so one bad
-        item does not end the stream.
+        item does not end the stream. A stream that sends nothing for
+        Info.limits.stream_idle_s while none of its requests is in progress is
+        ended with DEADLINE_EXCEEDED; a client (a token, or an address when auth
+        is off) may hold Info.limits.max_streams_per_client streams at once,
+        more are refused with RESOURCE_EXHAUSTED. Only requests being worked on
+        count toward the server's in-progress limit, not open streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,12 @@ class SegpressStub:
     CompressStream: _grpc.StreamStreamMultiCallable[_segpress_pb2.CompressRequest, _segpress_pb2.CompressStreamResponse]
     """Compresses a stream of requests (batch use). Responses come back in
     request order, one per request; each carries its own status, so one bad
-    item does not end the stream.
+    item does not end the stream. A stream that sends nothing for
+    Info.limits.stream_idle_s while none of its requests is in progress is
+    ended with DEADLINE_EXCEEDED; a client (a token, or an address when auth
+    is off) may hold Info.limits.max_streams_per_client streams at once,
+    more are refused with RESOURCE_EXHAUSTED. Only requests being worked on
+    count toward the server's in-progress limit, not open streams.
     """
     Info: _grpc.UnaryUnaryMultiCallable[_segpress_pb2.InfoRequest, _segpress_pb2.InfoResponse]
     """Describes the server: version, compressors, models and limits."""
@@ -66,7 +71,12 @@ class SegpressAsyncStub(SegpressStub):
     CompressStream: _aio.StreamStreamMultiCallable[_segpress_pb2.CompressRequest, _segpress_pb2.CompressStreamResponse]  # type: ignore[assignment]
     """Compresses a stream of requests (batch use). Responses come back in
     request order, one per request; each carries its own status, so one bad
-    item does not end the stream.
+    item does not end the stream. A stream that sends nothing for
+    Info.limits.stream_idle_s while none of its requests is in progress is
+    ended with DEADLINE_EXCEEDED; a client (a token, or an address when auth
+    is off) may hold Info.limits.max_streams_per_client streams at once,
+    more are refused with RESOURCE_EXHAUSTED. Only requests being worked on
+    count toward the server's in-progress limit, not open streams.
     """
     Info: _aio.UnaryUnaryMultiCallable[_segpress_pb2.InfoRequest, _segpress_pb2.InfoResponse]  # type: ignore[assignment]
     """Describes the server: version, compressors, models and limits."""
@@ -90,7 +100,12 @@ class SegpressServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_segpress_pb2.CompressStreamResponse], _abc.AsyncIterator[_segpress_pb2.CompressStreamResponse]]:
         """Compresses a stream of requests (batch use). Responses come back in
         request order, one per request; each carries its own status, so one bad
-        item does not end the stream.
+        item does not end the stream. A stream that sends nothing for
+        Info.limits.stream_idle_s while none of its requests is in progress is
+        ended with DEADLINE_EXCEEDED; a client (a token, or an address when auth
+        is off) may hold Info.limits.max_streams_per_client streams at once,
+        more are refused with RESOURCE_EXHAUSTED. Only requests being worked on
+        count toward the server's in-progress limit, not open streams.
         """
 
     @_abc_1.abstractmethod

