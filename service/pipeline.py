@@ -353,6 +353,17 @@ class Pipeline:
                 order = sorted(order, key=lambda i: flow.choices[i].rank)
             resp.text = "\n\n".join(flow.rendered[i].text for i in order
                                      if not flow.choices or flow.choices[i].kept)
+            # The text is in the message twice (per context and joined): a
+            # request within max_request_bytes can still make a response
+            # over max_message_bytes. Refuse it here, with a status the log
+            # and metrics see, rather than fail the send.
+            size = resp.ByteSize() + STATS_HEADROOM
+            if size > self.config.max_message_bytes:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"the response would be about {size} bytes (the kept text "
+                                   "is sent per context and joined); the limit is "
+                                   f"max_message_bytes={self.config.max_message_bytes}: send "
+                                   "fewer or shorter contexts per request, or a lower rate")
         stats.segments = sum(len(s) for s in flow.segmented)
         stats.cache_misses = sum(1 for ks in flow.keys for k in ks if k in flow.missing)
         stats.cache_hits = sum(len(ks) for ks in flow.keys) - stats.cache_misses

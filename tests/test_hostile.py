@@ -14,7 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from segpress import SegpressClient
+from compressors.base import Rendered
+from segpress import SegpressClient, SegpressError
 from segpress.v1 import segpress_pb2_grpc as pb_grpc
 from service.config import Config
 
@@ -36,6 +37,14 @@ class SlowTiny(Tiny):
         time.sleep(0.2)
         self.calls += 1
         return super().encode(texts)
+
+
+class KeepAll(Tiny):
+    """Tiny that keeps every word (as llmlingua2 does at rate 1.0)."""
+
+    def render(self, contexts, params, query=None):
+        return [Rendered(sum(s.n_tokens for s in c.segments), sum(s.n_tokens for s in c.segments),
+                         text=c.text.strip()) for c in contexts]
 
 
 def serve(redis_proc, compressor, **settings) -> InProcessServer:
@@ -135,6 +144,35 @@ def test_stream_items_over_max_queue_are_refused_one_by_one(redis_proc, ns):
             codes = [i.status.code for i in c.compress_stream(reqs)]
             # The first runs; the others start while it is in progress.
             assert codes[0] == 0 and grpc.StatusCode.UNAVAILABLE.value[0] in codes[1:]
+    finally:
+        srv.stop()
+
+
+# -- responses over the message limit --------------------------------------------
+
+
+def test_a_response_over_the_message_limit_is_resource_exhausted(redis_proc, ns, caplog):
+    srv = serve(redis_proc, KeepAll(), max_message_bytes=64 << 10)
+    text = " ".join(f"word{i}" for i in range(6000))  # 57 KB: the response holds it twice
+    try:
+        with SegpressClient(srv.target, timeout_s=30) as c:
+            with caplog.at_level("INFO", logger="segpress.server"):
+                with pytest.raises(SegpressError) as e:
+                    c.compress([text], namespace=ns)
+                for _ in range(50):  # the server logs the call just after answering it
+                    lines = [r for r in caplog.records if getattr(r, "method", "") == "Compress"]
+                    if lines:
+                        break
+                    time.sleep(0.05)
+            assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_message_bytes=65536" in e.value.details
+            assert [r.code for r in lines] == ["RESOURCE_EXHAUSTED"]
+            # In a stream the item fails alone.
+            reqs = [SegpressClient.request([text], namespace=ns),
+                    SegpressClient.request([TEXT], namespace=ns)]
+            items = list(c.compress_stream(reqs))
+            assert items[0].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert items[1].status.code == 0 and items[1].response.text == TEXT
     finally:
         srv.stop()
 

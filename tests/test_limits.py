@@ -9,15 +9,20 @@ that do not fit their segment.
 This server runs with max_request_tokens=20000 and max_message_bytes=3 MiB.
 """
 
+import contextlib
+import io
+import json
 import time
 import uuid
 
 import grpc
+import pyarrow.parquet as pq
 import pytest
 from conftest import ServerProcess
 from helpers import assert_subsequence
 
 from segpress import SegpressClient, SegpressError
+from service import cli
 
 MAX_TOKENS = 20_000
 MAX_MESSAGE = 3 << 20
@@ -143,3 +148,55 @@ def test_no_context_comes_back_empty(client, ns, text, rate):
     if out.original_tokens >= 8:  # long enough to be cut: kept in pieces, not whole
         assert out.compressed_tokens < out.original_tokens
         assert len(out.text) < len(text)
+
+
+# -- 7, 8. responses over the message limit ------------------------------------------
+
+
+WIDE = "Alpha" + " " * 1_700_000 + "omega."  # 2 tokens; the gap is kept: twice 1.7 MB out
+
+
+def test_a_response_over_the_message_limit_is_refused_and_logged(srv, client, ns):
+    # Before: the send failed ("Sent message larger than max") after the
+    # access log and the metrics had counted the call "Compress OK".
+    ok, refused = (srv.output().count(f"Compress {c} ") for c in ("OK", "RESOURCE_EXHAUSTED"))
+    with pytest.raises(SegpressError) as e:
+        client.compress([WIDE], rate=1.0, namespace=ns)
+    assert e.value.code == EXHAUSTED and f"max_message_bytes={MAX_MESSAGE}" in e.value.details
+    time.sleep(0.5)
+    assert srv.output().count("Compress OK ") == ok
+    assert srv.output().count("Compress RESOURCE_EXHAUSTED ") == refused + 1
+
+
+def run_batch(*args: str) -> tuple[int, dict | str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(["batch", *args, "--json"])
+    try:
+        return rc, json.loads(out.getvalue())
+    except ValueError:
+        return rc, out.getvalue()
+
+
+def test_batch_over_a_server_writes_rows_for_records_too_large(srv, tmp_path, ns):
+    records = [
+        {"id": "small-1", "text": "The first record is short and fine."},
+        {"id": "too-large", "text": "word " * 800_000},   # 4 MB: more than the server takes
+        {"id": "wide", "text": WIDE},                      # fits, but its response would not
+        {"id": "small-2", "text": "The last record is short too."},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    rc, summary = run_batch(str(path), str(out), "--server", srv.target, "--rate", "1.0",
+                            "--namespace", ns)
+    assert rc == 0, summary
+    assert summary["rows"] == 4 and summary["failures"] == {"RESOURCE_EXHAUSTED": 2}
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert rows["small-1"]["code"] == rows["small-2"]["code"] == 0
+    assert rows["too-large"]["code"] == EXHAUSTED.value[0]
+    assert f"max_message_bytes={MAX_MESSAGE}" in rows["too-large"]["message"]
+    assert rows["wide"]["code"] == EXHAUSTED.value[0]
+    rc, again = run_batch(str(path), str(out), "--server", srv.target, "--rate", "1.0",
+                          "--namespace", ns)
+    assert rc == 0 and again["parts_done_before"] == again["parts"]

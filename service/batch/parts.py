@@ -156,14 +156,37 @@ class LocalBackend:
 
 
 class ServerBackend:
-    """A segpress server, one CompressStream per call."""
+    """A segpress server, one CompressStream per call. A request larger than
+    the server's message limit is not sent (the server would end the whole
+    stream): it is a RESOURCE_EXHAUSTED row of its own."""
 
     def __init__(self, target: str, client: SegpressClient):
         self.target, self.client = target, client
+        self._max_message_bytes = None
+
+    def max_message_bytes(self) -> int:
+        """The server's limit on a message (Info), asked once."""
+        if self._max_message_bytes is None:
+            try:
+                self._max_message_bytes = self.client.info().limits.max_message_bytes or 0
+            except SegpressError as e:
+                raise BatchError(f"server {self.target}: {e}") from None
+        return self._max_message_bytes
 
     def compress_many(self, requests):
+        requests = list(requests)
+        limit = self.max_message_bytes()
+        sizes = [r.ByteSize() for r in requests]
+        sendable = [r for r, n in zip(requests, sizes) if not limit or n <= limit]
         try:
-            for item in self.client.compress_stream(requests):
+            results = iter(self.client.compress_stream(sendable))
+            for n in sizes:
+                if limit and n > limit:
+                    yield (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                           f"the request is {n} bytes; the server's limit is "
+                           f"max_message_bytes={limit}", None)
+                    continue
+                item = next(results)
                 code = item.status.code
                 yield code, item.status.message, item.response if code == 0 else None
         except SegpressError as e:
