@@ -153,6 +153,13 @@ class CompressorExtras(Protocol):
         bytes than the limit."""
         ...
 
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        """Whether a cached value (decoded, checksum valid) can be the value
+        of `segment`: the arrays, shapes and dtypes encode makes, values in
+        range. The pipeline treats a value that fails as a miss: computed
+        again and overwritten, never an error and never wrong output."""
+        ...
+
 
 @runtime_checkable
 class SoftCompressor(Compressor, Protocol):
@@ -207,3 +214,38 @@ def render_rows(contexts: list[ContextParts], name: str, hidden: int) -> list[Re
 def overlaps(seg: Segment, allowed: list[tuple[int, int]] | None) -> bool:
     """Whether any of the segment's characters may be kept."""
     return allowed is None or any(s < seg.end and seg.start < e for s, e in allowed)
+
+
+def check_word_scores(encoded: Encoded, segment: Segment) -> bool:
+    """Whether `encoded` is a well-formed Kind.WORD_SCORES value for
+    `segment`: exactly spans [n, 2], scores [n] and tokens [n]; integer spans
+    inside the segment's text, non-empty, increasing and not overlapping;
+    finite scores in [0, 1]; integer token counts of at least 1."""
+    try:
+        if set(encoded) != {"spans", "scores", "tokens"}:
+            return False
+        spans, scores, tokens = encoded["spans"], encoded["scores"], encoded["tokens"]
+        n = len(scores)
+        if (spans.shape != (n, 2) or scores.shape != (n,) or tokens.shape != (n,)
+                or spans.dtype.kind not in "iu" or tokens.dtype.kind not in "iu"
+                or scores.dtype.kind != "f"):
+            return False
+        if n == 0:
+            return True
+        starts, ends = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
+        return bool(starts[0] >= 0 and ends[-1] <= len(segment.text)
+                    and (starts < ends).all() and (ends[:-1] <= starts[1:]).all()
+                    and np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
+                    and (tokens >= 1).all())
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return False
+
+
+def check_rows(encoded: Encoded, name: str, rows: int, hidden: int) -> bool:
+    """Whether `encoded` is exactly {name: float32 [rows, hidden]}, all finite."""
+    try:
+        a = encoded[name]
+        return bool(set(encoded) == {name} and a.dtype == np.float32
+                    and a.shape == (rows, hidden) and np.isfinite(a).all())
+    except (AttributeError, KeyError, TypeError):
+        return False

@@ -46,7 +46,7 @@ import torch
 from segpress.v1 import segpress_pb2 as pb
 
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
-                   length_sorted_batches, render_rows)
+                   check_rows, length_sorted_batches, render_rows)
 from .complm_model import DEFAULT_WEIGHTS, load_model, weights_metadata
 from .models import SMOLLM2, fingerprint, resolve_dtype
 from .segmenter import count_tokens, segment_text
@@ -116,6 +116,12 @@ class CompLLM:
 
     def count_tokens(self, text: str, stop_after: int) -> int:
         return count_tokens(text, self.tokenizer, stop_after)
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        """{"ces": float32 [ceil(tokens / C), hidden]}, finite: the rows
+        encode makes of this segment's text."""
+        ids = self.tokenizer(segment.text, add_special_tokens=False)["input_ids"]
+        return check_rows(encoded, "ces", self.model.slots(len(ids)), self.hidden_size)
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> list[Encoded]:

@@ -51,7 +51,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 from segpress.v1 import segpress_pb2 as pb
 
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
-                   length_sorted_batches, pad_right)
+                   check_word_scores, length_sorted_batches, pad_right)
 from .models import fingerprint, resolve_dtype
 from .segmenter import (SENTENCE_END, count_tokens, segment_text, trim_spaces,
                         unknown_word_pieces)
@@ -174,6 +174,10 @@ class LLMLingua2:
 
     def count_tokens(self, text: str, stop_after: int) -> int:
         return count_tokens(text, self.tokenizer, stop_after, unknown_pieces=True)
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        """Spans inside the segment, increasing; scores in [0, 1]; counts >= 1."""
+        return check_word_scores(encoded, segment)
 
     # -- encode: the model pass, cached per segment ------------------------
 

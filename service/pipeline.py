@@ -51,7 +51,7 @@ from .batcher import MicroBatcher
 from .config import Config
 from .errors import RequestError, Undecodable
 
-_NAMESPACE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # the whole namespace (fullmatch)
 _CACHE_MODES = {
     pb.CACHE_MODE_UNSPECIFIED: "use",
     pb.CACHE_MODE_USE: "use",
@@ -160,7 +160,7 @@ class Pipeline:
         if req.cache_mode not in _CACHE_MODES:
             raise RequestError(invalid, f"unknown cache_mode {req.cache_mode}; use "
                                "CACHE_MODE_USE (1), CACHE_MODE_BYPASS (2) or CACHE_MODE_REFRESH (3)")
-        if req.namespace and not _NAMESPACE.match(req.namespace):
+        if req.namespace and not _NAMESPACE.fullmatch(req.namespace):
             raise RequestError(invalid, "namespace must be 1-128 characters of letters, "
                                f"digits, '-', '_', '.', ':'; got {req.namespace[:40]!r}")
         if len(req.request_id.encode("utf-8")) > 128:
@@ -261,11 +261,17 @@ class Pipeline:
             with _timed(flow, "cache_lookup_ms"):
                 values, errors = await self.store.get_many(list(flow.texts))
                 flow.stats.cache_errors += errors
+                segment_of = {k: s for keys in (flow.keys, flow.vector_keys)
+                              for ks, segs in zip(keys, flow.segmented) for k, s in zip(ks, segs)}
                 for k, v in zip(flow.texts, values):
                     if v is None:
                         continue
                     arrays = codec.decode(flow.encoders[k].kind, v)
-                    if arrays is None:
+                    # A value that does not fit its segment (a checksum can be
+                    # valid over wrong arrays) is a miss, computed again and
+                    # overwritten, never an error or wrong text.
+                    check = getattr(flow.encoders[k], "check_encoded", None)
+                    if arrays is None or check is not None and not check(arrays, segment_of[k]):
                         flow.stats.cache_errors += 1
                     else:
                         flow.found[k] = arrays

@@ -198,6 +198,7 @@ def server(redis_proc, model_dir, tmp_path_factory):
         "SEGPRESS_MAX_REQUEST_BYTES": "200000",
         "SEGPRESS_MAX_REQUEST_TOKENS": "20000",
         "SEGPRESS_CACHE_RETRY_S": "0.5",
+        "SEGPRESS_STREAM_IDLE_S": "3",
     })
     yield s
     s.stop()

@@ -2,18 +2,22 @@
 that names the field or limit, and the server keeps serving.
 
 The session server runs with max_contexts=16, max_request_bytes=200000,
-max_request_tokens=20000 (see conftest.py).
+max_request_tokens=20000, stream_idle_s=3 (see conftest.py).
 """
 
 import math
+import threading
+import time
+import uuid
 
 import grpc
 import pytest
-from helpers import assert_faithful
+from helpers import assert_faithful, assert_subsequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segpress import SegpressClient, SegpressError, pb
+from segpress.v1 import segpress_pb2_grpc as pb_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -53,6 +57,20 @@ BAD = [
     (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a"] * 101)), INVALID, "the limit is 100"),
     (dict(contexts=["x"], llmlingua2=dict(granularity=7)), INVALID,
      "llmlingua2.granularity must be GRANULARITY_WORD or GRANULARITY_SENTENCE, got Granularity value 7"),
+    # Just over each limit (issue 15).
+    (dict(contexts=["x"] * 17), EXHAUSTED, "max_contexts=16"),
+    (dict(contexts=["\u00e9" * 100_001]), EXHAUSTED, "max_request_bytes=200000"),
+    (dict(contexts=["a" + " " * 190_000 + "b"], llmlingua2=dict(force_tokens=["y" * 200] * 100)),
+     EXHAUSTED, "max_request_bytes=200000"),  # force tokens count toward the bytes
+    (dict(contexts=["a " * 20_001]), EXHAUSTED, "max_request_tokens=20000"),
+    (dict(contexts=["\ud55c\uad6d\uc5b4 " * 2_501]), EXHAUSTED, "max_request_tokens=20000"),
+    (dict(contexts=["x"], llmlingua2=dict(force_tokens=["x" * 257])), INVALID,
+     "force_tokens[0] is 257 bytes; the limit is max_force_token_bytes=256"),
+    (dict(contexts=["x"], llmlingua2=dict(force_tokens=["\n", "\u20ac" * 86])), INVALID,
+     "force_tokens[1] is 258 bytes; the limit is max_force_token_bytes=256"),
+    (dict(contexts=["x"], namespace="n" * 129), INVALID, "namespace must be 1-128 characters"),
+    (dict(contexts=["x"], namespace="tenant\n"), INVALID, "namespace must be 1-128 characters"),
+    (dict(contexts=["x"], request_id="r" * 129), INVALID, "request_id is longer than 128 bytes"),
 ]
 
 
@@ -118,19 +136,52 @@ def test_unusual_but_valid_text_is_accepted(client):
 
 ALLOWED = {INVALID, EXHAUSTED}
 
+# Runs without spaces: Thai, kana, digits, a blob, CJK (issue 15: a run of
+# more than 100 characters was one token, and a context of one came back
+# empty at rate 0.5).
+UNSPACED = st.one_of(
+    st.text(st.characters(min_codepoint=0x0E01, max_codepoint=0x0E4F), min_size=20, max_size=400),
+    st.text(st.characters(min_codepoint=0x3041, max_codepoint=0x30FF), min_size=20, max_size=200),
+    st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x4FFF), min_size=5, max_size=100),
+    st.text("0123456789", min_size=50, max_size=400),
+    st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", min_size=90,
+            max_size=400),
+)
+CONTEXT = st.one_of(st.text(max_size=300), UNSPACED,
+                    st.lists(st.one_of(st.text(max_size=30), UNSPACED,
+                                       st.sampled_from([" ", "  ", "\n", "\n\n", "\t"])),
+                             max_size=8).map("".join))
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+
+@st.composite
+def force_tokens(draw, contexts):
+    """Arbitrary strings, whitespace that overlaps itself ("\n" and "\n\n"),
+    and pieces of the contexts with pieces of those pieces (nested, overlapping)."""
+    out = draw(st.lists(st.text(max_size=5), max_size=3))
+    out += draw(st.lists(st.sampled_from([" ", "  ", "\n", "\n\n", "\n\n\n", ". ", "\t"]),
+                         max_size=3))
+    for c in contexts[:3]:
+        if len(c) > 1 and draw(st.booleans()):
+            i = draw(st.integers(0, len(c) - 1))
+            j = draw(st.integers(i + 1, min(len(c), i + 12)))
+            k = draw(st.integers(i, j - 1))
+            out += [c[i:j], c[k:j], c[i : k + 1]]
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    contexts=st.lists(st.text(max_size=300), max_size=20),
+    data=st.data(),
+    contexts=st.lists(CONTEXT, max_size=20),
     rate=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
     target=st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
     cache_mode=st.integers(-3, 6),
-    namespace=st.text(max_size=140),
+    namespace=st.one_of(st.text(max_size=140), st.sampled_from(["ns\n", "a" * 128, "a" * 129])),
     compressor=st.sampled_from(["", "llmlingua2", "nope", "LLMLINGUA2"]),
-    force=st.lists(st.text(max_size=5), max_size=4),
 )
 def test_fuzzed_requests_get_a_response_or_a_precise_error(
-        client, contexts, rate, target, cache_mode, namespace, compressor, force):
+        client, data, contexts, rate, target, cache_mode, namespace, compressor):
+    force = data.draw(force_tokens(contexts))
     req = pb.CompressRequest(contexts=contexts, cache_mode=cache_mode, namespace=namespace,
                              compressor=compressor)
     if rate is not None:
@@ -147,3 +198,60 @@ def test_fuzzed_requests_get_a_response_or_a_precise_error(
     assert len(resp.contexts) == len(contexts)
     for original, out in zip(contexts, resp.contexts):
         assert_faithful(original, out.text)
+        assert_subsequence(original, out.text)  # overlapping force tokens never repeat text
+        if target is None and out.original_tokens:  # a rate: never empty (issue 15)
+            assert out.text.strip() and out.compressed_tokens >= 1, (original, out)
+
+
+# -- streams: idle, too many, cancelled (issue 15) -------------------------------
+
+
+def test_idle_streams_do_not_hold_the_server_and_are_capped_and_ended(server, client):
+    gate = threading.Event()
+
+    def nothing():
+        gate.wait()
+        return
+        yield
+
+    with server.channel() as ch:
+        stub = pb_grpc.SegpressStub(ch)
+        limit = client.info().limits.max_streams_per_client
+        assert limit == 16 and client.info().limits.stream_idle_s == 3.0
+        try:
+            idle = [stub.CompressStream(nothing(), timeout=60) for _ in range(limit)]
+            time.sleep(0.5)
+            assert client.compress(["Served while streams sit idle."]).text
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.CompressStream(iter([pb.CompressRequest(contexts=["x"])]), timeout=10))
+            assert e.value.code() == EXHAUSTED and "max_streams_per_client=16" in e.value.details()
+            for call in idle:  # ended after stream_idle_s
+                with pytest.raises(grpc.RpcError) as e:
+                    list(call)
+                assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            gate.set()
+    assert [i.status.code for i in client.compress_stream(
+        [SegpressClient.request(["A stream after the idle ones."])])] == [0]
+
+
+def test_a_cancelled_stream_stores_nothing_more(server, redis_proc, sample_text):
+    ns = "cancel-" + uuid.uuid4().hex[:8]
+    texts = ["\n".join(f"R{i}: {line}" for line in (sample_text * 2).splitlines() if line)
+             for i in range(20)]  # no segment shared between requests
+    with SegpressClient(server.target, timeout_s=120) as c:
+        per_request = c.compress([texts[0]], namespace=ns + "-count").stats.segments
+        with server.channel() as ch:
+            call = pb_grpc.SegpressStub(ch).CompressStream(
+                iter([SegpressClient.request([t], namespace=ns) for t in texts[1:]]), timeout=120)
+            time.sleep(0.3)
+            call.cancel()
+        # The model takes work in order: once a request sent now is answered,
+        # whatever the stream had queued was computed (and, before the fix,
+        # stored by requests that went on after the cancel).
+        assert c.compress([f"A probe after the cancel, {uuid.uuid4().hex}."]).text
+    time.sleep(0.5)
+    stored = len(redis_proc.client().keys(f"segpress:v1:{ns}:*"))
+    # Before: the window of 8 requests went on to the cache (8 x per_request
+    # values). Now: at most what finished before the cancel.
+    assert stored <= 2 * per_request, (stored, per_request)

@@ -228,3 +228,30 @@ def test_soft_token_output_row_takes_the_context_rows_from_the_response_tensor()
     assert np.array_equal(to_numpy(back), rows)
     table = pa.Table.from_pylist([row], schema=files.SCHEMA)  # the Parquet columns, unchanged
     assert table.column("tensor_shape").to_pylist() == [[4, 3]]
+
+
+def test_an_integer_id_and_a_string_id_that_read_the_same_are_refused(tmp_path):
+    from service.batch import files
+
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"id": 7, "text": "seven"}\n{"id": 8, "text": "eight"}\n'
+                    '{"id": "7", "text": "a different record"}\n')
+    with pytest.raises(files.BatchError, match="row 2 has id '7' and row 0 has id 7"):
+        files.plan(files.open_input(str(path), "auto", "id", "text"), 10)
+    # Integers and strings that do not collide, and repeats of one type, are fine.
+    path.write_text('{"id": 7, "text": "seven"}\n{"id": "x7", "text": "other"}\n'
+                    '{"id": 7, "text": "seven again"}\n')
+    plan = files.plan(files.open_input(str(path), "auto", "id", "text"), 10)
+    assert (plan.duplicates, plan.duplicate_ids) == (1, ["7"])
+
+
+def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
+    from service.batch import files
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "text": "first"}).encode() + b"\n"
+                     + json.dumps({"id": "b", "text": "second"}).encode() + b"\n")
+    source = files.open_input(str(path), "auto", "id", "text")
+    (part,) = files.plan(source, 10).parts
+    records = source.read(part)
+    assert [(r.id, r.text, r.error) for r in records] == [("a", "first", ""), ("b", "second", "")]

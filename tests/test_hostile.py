@@ -10,11 +10,13 @@ import time
 import uuid
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from compressors.base import Rendered
+from cache import codec
+from compressors.base import Rendered, check_word_scores
 from segpress import SegpressClient, SegpressError
 from segpress.v1 import segpress_pb2_grpc as pb_grpc
 from service.config import Config
@@ -45,6 +47,13 @@ class KeepAll(Tiny):
     def render(self, contexts, params, query=None):
         return [Rendered(sum(s.n_tokens for s in c.segments), sum(s.n_tokens for s in c.segments),
                          text=c.text.strip()) for c in contexts]
+
+
+class CheckedTiny(Tiny):
+    """Tiny with the compressor contract's optional value check."""
+
+    def check_encoded(self, encoded, segment):
+        return check_word_scores(encoded, segment)
 
 
 def serve(redis_proc, compressor, **settings) -> InProcessServer:
@@ -177,14 +186,61 @@ def test_a_response_over_the_message_limit_is_resource_exhausted(redis_proc, ns,
         srv.stop()
 
 
-# -- reflection ------------------------------------------------------------------
+# -- namespace, cache values, reflection ----------------------------------------
 
 
 @pytest.fixture(scope="module")
 def tiny_srv(redis_proc):
-    s = serve(redis_proc, Tiny())
+    s = serve(redis_proc, CheckedTiny())
     yield s
     s.stop()
+
+
+@pytest.mark.parametrize("namespace", ["tenant\n", "tenant\r\n", "\ntenant", "ten\nant"])
+def test_a_namespace_with_a_line_break_is_invalid(tiny_srv, redis_proc, namespace):
+    with SegpressClient(tiny_srv.target, timeout_s=10) as c:
+        with pytest.raises(SegpressError) as e:
+            c.compress([f"{TEXT} {uuid.uuid4().hex}"], namespace=namespace)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "namespace must be" in e.value.details
+    assert not [k for k in redis_proc.client().keys("segpress:*") if b"\n" in k]
+
+
+def bad_values(n: int, length: int) -> dict:
+    """Values with a valid checksum that do not fit a segment of n words in
+    `length` characters."""
+    spans = np.array([[0, 3]] * n, np.int32)
+    ok = {"spans": spans, "scores": np.full(n, 0.9, np.float32), "tokens": np.ones(n, np.int32)}
+    return {
+        "all start at 0": ok,
+        "short scores": {**ok, "scores": np.full(n - 1, 0.9, np.float32),
+                         "spans": np.array([[i * 2, i * 2 + 1] for i in range(n)], np.int32)},
+        "negative counts": {**ok, "tokens": np.full(n, -5, np.int32),
+                            "spans": np.array([[i * 2, i * 2 + 1] for i in range(n)], np.int32)},
+        "past the end": {**ok, "spans": np.array([[length + i, length + i + 1] for i in range(n)],
+                                                 np.int32)},
+        "nan scores": {**ok, "scores": np.full(n, np.nan, np.float32),
+                       "spans": np.array([[i * 2, i * 2 + 1] for i in range(n)], np.int32)},
+        "missing array": {"spans": ok["spans"], "scores": ok["scores"]},
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_values(3, 10)))
+def test_a_cache_value_that_does_not_fit_its_segment_is_a_miss_and_is_overwritten(
+        tiny_srv, redis_proc, ns, case):
+    text = f"{TEXT} {uuid.uuid4().hex}"
+    with SegpressClient(tiny_srv.target, timeout_s=10) as c:
+        first = c.compress([text], namespace=ns)
+        r = redis_proc.client()
+        keys = sorted(r.keys(f"segpress:v1:{ns}:tiny:*"))
+        assert len(keys) == first.stats.segments
+        good = codec.decode(Tiny.kind, r.get(keys[0]))
+        r.set(keys[0], codec.encode(Tiny.kind, bad_values(len(good["scores"]), 10_000)[case]))
+        again = c.compress([text], namespace=ns)
+        assert again.text == first.text
+        assert again.stats.cache_errors == 1 and again.stats.cache_misses == 1
+        stored = codec.decode(Tiny.kind, r.get(keys[0]))  # overwritten with a good value
+        assert all(np.array_equal(stored[k], good[k]) for k in good)
+        assert c.compress([text], namespace=ns).stats.cache_hits == first.stats.segments
 
 
 def reflection_names(target: str, metadata=()) -> set:

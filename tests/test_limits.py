@@ -16,11 +16,14 @@ import time
 import uuid
 
 import grpc
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import ServerProcess
-from helpers import assert_subsequence
+from helpers import assert_faithful, assert_subsequence
 
+from cache import codec
+from compressors.base import Kind
 from segpress import SegpressClient, SegpressError
 from service import cli
 
@@ -200,3 +203,53 @@ def test_batch_over_a_server_writes_rows_for_records_too_large(srv, tmp_path, ns
     rc, again = run_batch(str(path), str(out), "--server", srv.target, "--rate", "1.0",
                           "--namespace", ns)
     assert rc == 0 and again["parts_done_before"] == again["parts"]
+
+
+# -- 11. cache values that do not fit their segment --------------------------------
+
+
+def test_an_inconsistent_cache_value_is_a_miss_and_overwritten(client, redis_proc, ns):
+    text = ("The harbour froze in the winter of 1902. Ships waited outside for eleven "
+            f"days, and the town ran short of coal. Run {uuid.uuid4().hex}.")
+    first = client.compress([text], rate=0.5, namespace=ns)
+    r = redis_proc.client()
+    (key,) = r.keys(f"segpress:v1:{ns}:llmlingua2:*")
+    good = codec.decode(Kind.WORD_SCORES, r.get(key))
+    n = len(good["scores"])
+    for bad in (
+        {**good, "spans": np.zeros((n, 2), np.int32) + [0, 3]},          # all start at 0
+        {**good, "scores": good["scores"][:-1]},                          # short scores
+        {**good, "tokens": -good["tokens"]},                              # negative counts
+        {**good, "spans": good["spans"] + len(text)},                     # past the text
+    ):
+        r.set(key, codec.encode(Kind.WORD_SCORES, bad))
+        again = client.compress([text], rate=0.5, namespace=ns)
+        assert again.text == first.text and again.stats.cache_errors == 1
+        stored = codec.decode(Kind.WORD_SCORES, r.get(key))
+        assert np.array_equal(stored["spans"], good["spans"])
+        assert_faithful(text, again.text)
+
+
+@pytest.fixture(scope="module")
+def complm():
+    from compressors.complm import CompLLM
+    from compressors.models import ensure_smollm2
+    from service.config import Config
+
+    return CompLLM(ensure_smollm2(Config().models_dir), dtype="float32")
+
+
+@pytest.mark.slow
+def test_complm_checks_cached_rows_against_the_segment(complm, sample_text):
+    segments = complm.segment(sample_text)[:40]
+    values = complm.encode([s.text for s in segments])
+    t0 = time.perf_counter()
+    assert all(complm.check_encoded(v, s) for v, s in zip(values, segments))
+    assert time.perf_counter() - t0 < 0.5  # 40 segments: a tokenizer call each
+    v, seg = values[0], segments[0]
+    ces = v["ces"]
+    for bad in ({"ces": ces[:-1]}, {"ces": np.concatenate([ces, ces])}, {"ces": ces[:, :-1]},
+                {"ces": ces.astype(np.float64)}, {"ces": np.full_like(ces, np.nan)},
+                {"ces": ces, "extra": ces}, {}):
+        assert not complm.check_encoded(bad, seg)
+    assert not complm.check_encoded(values[1], seg) or len(values[1]["ces"]) == len(ces)

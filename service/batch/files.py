@@ -15,6 +15,10 @@ one dataset: `pyarrow.parquet.read_table(OUTPUT)`.
 
 Duplicate ids: the first row with an id is compressed; later rows with the
 same id are skipped (counted, not written), so every id is in the output once.
+Ids are strings or integers; an integer id and a string id that read the same
+(7 and "7") would be one id in the output, so such an input is refused before
+the job starts. A UTF-8 byte order mark at the start of a JSONL file is
+skipped.
 """
 
 import fcntl
@@ -120,6 +124,11 @@ def _check_text(value, field: str) -> tuple[str | None, str]:
     return value, ""
 
 
+def _typed_id(value, field: str):
+    """The id as the input has it (str or int), or None when it is not usable."""
+    return value if _check_id(value, field)[0] is not None else None
+
+
 def _valid_utf8(s: str) -> bool:
     """False for strings with lone surrogates (undecodable input bytes)."""
     try:
@@ -160,7 +169,7 @@ class JsonlInput:
                 if obj is None:
                     continue
                 # Planning needs only the id; the text is checked when its part is read.
-                rid = _check_id(obj.get(self.id_field), self.id_field)[0] if isinstance(obj, dict) else None
+                rid = _typed_id(obj.get(self.id_field), self.id_field) if isinstance(obj, dict) else None
                 yield row, rid, offset
 
     def read(self, part: Part) -> list[Record]:
@@ -182,6 +191,8 @@ class JsonlInput:
     def _object(self, row: int, raw: bytes) -> dict | str | None:
         """The line's JSON object, an error message when it is not one, or
         None for a blank line."""
+        if row == 0:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
         if not raw.strip():
             return None
         try:
@@ -217,7 +228,7 @@ class ParquetInput:
         row = 0
         for batch in self.dataset.to_batches(columns=[self.id_field]):
             for value in batch.column(0).to_pylist():
-                yield row, _check_id(value, self.id_field)[0], 0
+                yield row, _typed_id(value, self.id_field), 0
                 row += 1
 
     def read(self, part: Part) -> list[Record]:
@@ -232,7 +243,7 @@ class ParquetInput:
 def plan(source, part_rows: int) -> Plan:
     """Cuts the input into parts of `part_rows` records and finds duplicate ids
     (the first occurrence wins). Deterministic for a given input."""
-    seen: set[str] = set()
+    seen: dict[str, tuple[object, int]] = {}  # id as text -> (the id, its first row)
     parts: list[Part] = []
     duplicate_ids: list[str] = []
     n_duplicates = 0
@@ -250,13 +261,20 @@ def plan(source, part_rows: int) -> Plan:
     for row, rid, end in source.scan():
         current.append((row, end))
         if rid is not None:
-            if rid in seen:
+            key = str(rid)
+            if key in seen and type(seen[key][0]) is not type(rid):
+                first, first_row = seen[key]
+                raise BatchError(
+                    f"row {row} has id {rid!r} and row {first_row} has id {first!r}: an "
+                    "integer and a string id that read the same would be one id in the "
+                    "output; make the ids all strings or all integers")
+            if key in seen:
                 n_duplicates += 1
                 skip.append(row)
                 if len(duplicate_ids) < 5:
-                    duplicate_ids.append(rid)
+                    duplicate_ids.append(key)
             else:
-                seen.add(rid)
+                seen[key] = (rid, row)
         if len(current) == part_rows:
             close()
     if current:
