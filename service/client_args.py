@@ -44,6 +44,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --query: order of the contexts in the text")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="with --query: keep repeated sentences every time")
+    p.add_argument("--min-relevance", type=float,
+                   help="with --query: drop contexts less relevant than this, in [0, 1]")
     p.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     p.add_argument("--namespace", default="")
 
@@ -52,6 +54,7 @@ def request_options(args) -> dict:
     """SegpressClient.request keywords from the flags above."""
     return dict(query=args.query, selection=not args.no_selection, keep_rate=args.keep_rate,
                 ranker=args.ranker, order=args.order, keep_duplicates=args.keep_duplicates,
+                min_relevance=args.min_relevance,
                 compressor=args.compressor, rate=args.rate, target_tokens=args.target_tokens,
                 force_tokens=list(args.force_tokens),
                 force_reserve_digit=args.force_reserve_digit, granularity=args.granularity,

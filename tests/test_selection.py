@@ -60,22 +60,34 @@ def test_repeated_sentences_are_kept_once_but_same_template_facts_both(client, n
     shared = "The ferry to the island leaves every morning at seven from the north pier."
     contexts = [f"{shared} Tara Novak moved to Hanoi last spring.",
                 f"{shared} Olga Petrov moved to Oslo last spring."]
-    resp = client.compress(contexts, rate=1.0, namespace=ns, keep_rate=1.0,
+    resp = client.compress(contexts, rate=1.0, namespace=ns, keep_rate=1.0, min_relevance=0.0,
                            query="When does the ferry leave, and who moved where?")
     assert resp.text.count(shared) == 1
     assert "Hanoi" in resp.text and "Oslo" in resp.text  # one template, other names: both stay
     both = client.compress(contexts, rate=1.0, namespace=ns, keep_rate=1.0, keep_duplicates=True,
-                           query="When does the ferry leave, and who moved where?")
+                           min_relevance=0.0, query="When does the ferry leave, and who moved where?")
     assert both.text.count(shared) == 2
 
 
 def test_order_by_relevance_puts_the_best_context_first_in_the_text(client, ns):
     q = "Which city did Kira Jensen move to?"
-    original = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q)
-    ranked = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q, order="relevance")
+    original = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q, min_relevance=0.0)
+    ranked = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q, order="relevance",
+                             min_relevance=0.0)
     assert ranked.text.startswith(ranked.contexts[5].text) and "Lisbon" in ranked.contexts[5].text
     assert not original.text.startswith(original.contexts[5].text)
     assert [c.text for c in ranked.contexts] == [c.text for c in original.contexts]
+
+
+def test_look_alike_contexts_are_dropped_unless_min_relevance_is_lowered(client, ns):
+    q = "Which city did Tara Novak move to?"
+    default = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q)
+    filled = client.compress(PASSAGES, rate=0.5, namespace=ns, query=q, min_relevance=0.0)
+    assert default.contexts[0].rank == 0 and "Hanoi" in default.contexts[0].text
+    kept = [c for c in default.contexts if c.kept]
+    assert all(c.relevance >= 0.75 for c in kept)
+    assert sum(c.kept for c in filled.contexts) > len(kept)
+    assert filled.stats.compressed_tokens > default.stats.compressed_tokens
 
 
 def test_selection_off_is_the_query_blind_output(client, ns):
@@ -109,6 +121,10 @@ def test_info_reports_the_query_limit(client):
      grpc.StatusCode.INVALID_ARGUMENT, "selection.keep_rate must be in (0, 1]"),
     (lambda: SegpressClient.request(PASSAGES[:1], query="why?", keep_rate=float("nan")),
      grpc.StatusCode.INVALID_ARGUMENT, "selection.keep_rate"),
+    (lambda: SegpressClient.request(PASSAGES[:1], query="why?", min_relevance=1.5),
+     grpc.StatusCode.INVALID_ARGUMENT, "selection.min_relevance must be in [0, 1]"),
+    (lambda: SegpressClient.request(PASSAGES[:1], query="why?", min_relevance=float("nan")),
+     grpc.StatusCode.INVALID_ARGUMENT, "selection.min_relevance"),
     (lambda: pb.CompressRequest(contexts=PASSAGES[:1], query="why?",
                                 selection=pb.SelectionOptions(ranker=9)),
      grpc.StatusCode.INVALID_ARGUMENT, "selection.ranker 9 is unknown"),

@@ -203,6 +203,7 @@ class SegpressQuery(Segpress):
     coarse_factor = None  # None: relevance.COARSE_FACTOR (a tuning run sets it)
     order = None          # None: Options' default
     unit = None           # None: Options' default
+    min_relevance = None  # None: Options' default
 
     def __init__(self, env):
         super().__init__(env)
@@ -224,6 +225,8 @@ class SegpressQuery(Segpress):
             options = dataclasses.replace(options, order=self.order)
         if self.unit is not None:
             options = dataclasses.replace(options, unit=self.unit)
+        if self.min_relevance is not None:
+            options = dataclasses.replace(options, min_relevance=self.min_relevance)
         self.options = options
         return choose(parts, vectors, ex.question, q, budget, options)
 

@@ -566,8 +566,13 @@ type SelectionOptions struct {
 	// Keep a sentence every time it occurs, even when it repeats one already
 	// kept. Default false: repeats are kept once.
 	KeepDuplicates bool `protobuf:"varint,5,opt,name=keep_duplicates,json=keepDuplicates,proto3" json:"keep_duplicates,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Contexts whose relevance (CompressedContext.relevance) is below this are
+	// dropped even when the budget has room; the most relevant context always
+	// stays. In [0, 1]; unset: 0.75 (chosen on the dev split: look-alike
+	// passages next to the answer mislead a small reader). 0 fills the budget.
+	MinRelevance  *float32 `protobuf:"fixed32,6,opt,name=min_relevance,json=minRelevance,proto3,oneof" json:"min_relevance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SelectionOptions) Reset() {
@@ -633,6 +638,13 @@ func (x *SelectionOptions) GetKeepDuplicates() bool {
 		return x.KeepDuplicates
 	}
 	return false
+}
+
+func (x *SelectionOptions) GetMinRelevance() float32 {
+	if x != nil && x.MinRelevance != nil {
+		return *x.MinRelevance
+	}
+	return 0
 }
 
 // Parameters of the llmlingua2 compressor (token classification: every word
@@ -932,7 +944,9 @@ type CompressedContext struct {
 	SegmentEnd int32 `protobuf:"varint,9,opt,name=segment_end,json=segmentEnd,proto3" json:"segment_end,omitempty"`
 	// Query-aware selection only (a query was given and selection ran):
 	// relevance of the context to the query, in [0, 1]: its best sentence's
-	// fused score over the best possible (ranked first by both rankers).
+	// mean over the rankers of the score scaled within the request (dense:
+	// cosine from the lowest to the highest; BM25: over the highest), so 1 is
+	// the best on both.
 	Relevance float32 `protobuf:"fixed32,10,opt,name=relevance,proto3" json:"relevance,omitempty"`
 	// Query-aware selection only: 0 for the most relevant context, 1 for the
 	// next, ... (ties in request order).
@@ -1898,15 +1912,17 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"request_id\x18\a \x01(\tR\trequestId\x12;\n" +
 	"\tselection\x18\t \x01(\v2\x1d.segpress.v1.SelectionOptionsR\tselectionB\b\n" +
 	"\x06paramsB\b\n" +
-	"\x06_query\"\xde\x01\n" +
+	"\x06_query\"\x9a\x02\n" +
 	"\x10SelectionOptions\x12\x1a\n" +
 	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12 \n" +
 	"\tkeep_rate\x18\x02 \x01(\x02H\x00R\bkeepRate\x88\x01\x01\x12+\n" +
 	"\x06ranker\x18\x03 \x01(\x0e2\x13.segpress.v1.RankerR\x06ranker\x12(\n" +
 	"\x05order\x18\x04 \x01(\x0e2\x12.segpress.v1.OrderR\x05order\x12'\n" +
-	"\x0fkeep_duplicates\x18\x05 \x01(\bR\x0ekeepDuplicatesB\f\n" +
+	"\x0fkeep_duplicates\x18\x05 \x01(\bR\x0ekeepDuplicates\x12(\n" +
+	"\rmin_relevance\x18\x06 \x01(\x02H\x01R\fminRelevance\x88\x01\x01B\f\n" +
 	"\n" +
-	"_keep_rate\"\xaa\x02\n" +
+	"_keep_rateB\x10\n" +
+	"\x0e_min_relevance\"\xaa\x02\n" +
 	"\x10LLMLingua2Params\x12\x17\n" +
 	"\x04rate\x18\x01 \x01(\x02H\x00R\x04rate\x88\x01\x01\x12(\n" +
 	"\rtarget_tokens\x18\x02 \x01(\x05H\x01R\ftargetTokens\x88\x01\x01\x12!\n" +

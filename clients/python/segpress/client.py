@@ -96,6 +96,7 @@ class CompressOptions(TypedDict, total=False):
     ranker: str | None
     order: str | None
     keep_duplicates: bool
+    min_relevance: float | None
     compressor: str
     rate: float | None
     target_tokens: int | None
@@ -172,6 +173,7 @@ class _ClientBase:
         ranker: str | None = None,
         order: str | None = None,
         keep_duplicates: bool = False,
+        min_relevance: float | None = None,
         compressor: str = "",
         rate: float | None = None,
         target_tokens: int | None = None,
@@ -189,8 +191,8 @@ class _ClientBase:
 
         query turns on query-aware selection; selection=False turns it off
         again, and keep_rate, ranker ("hybrid", "dense" or "bm25"), order
-        ("original" or "relevance") and keep_duplicates tune it (see
-        SelectionOptions in the .proto).
+        ("original" or "relevance"), keep_duplicates and min_relevance tune
+        it (see SelectionOptions in the .proto).
         rate, target_tokens, force_tokens, force_reserve_digit,
         drop_consecutive and granularity ("word", "sentence" or "sentence_then_word") are llmlingua2
         parameters; output_dtype ("float32",
@@ -210,7 +212,8 @@ class _ClientBase:
             raise ValueError(f"ranker must be one of {sorted(_RANKERS)}, got {ranker!r}")
         if order is not None and order not in _ORDERS:
             raise ValueError(f"order must be one of {sorted(_ORDERS)}, got {order!r}")
-        if not selection or keep_rate is not None or ranker or order or keep_duplicates:
+        if (not selection or keep_rate is not None or ranker or order or keep_duplicates
+                or min_relevance is not None):
             sel = req.selection
             sel.disabled = not selection
             if keep_rate is not None:
@@ -218,6 +221,8 @@ class _ClientBase:
             sel.ranker = _RANKERS[ranker] if ranker else pb.RANKER_UNSPECIFIED
             sel.order = _ORDERS[order] if order else pb.ORDER_UNSPECIFIED
             sel.keep_duplicates = keep_duplicates
+            if min_relevance is not None:
+                sel.min_relevance = min_relevance
         if rate is not None or target_tokens is not None or force_tokens \
                 or force_reserve_digit or drop_consecutive or granularity is not None:
             params = req.llmlingua2

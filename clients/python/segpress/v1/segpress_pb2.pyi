@@ -316,6 +316,7 @@ class SelectionOptions(_message.Message):
     RANKER_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
     KEEP_DUPLICATES_FIELD_NUMBER: _builtins.int
+    MIN_RELEVANCE_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     """Turns selection off for this request although it has a query."""
     keep_rate: _builtins.float
@@ -334,6 +335,12 @@ class SelectionOptions(_message.Message):
     """Keep a sentence every time it occurs, even when it repeats one already
     kept. Default false: repeats are kept once.
     """
+    min_relevance: _builtins.float
+    """Contexts whose relevance (CompressedContext.relevance) is below this are
+    dropped even when the budget has room; the most relevant context always
+    stays. In [0, 1]; unset: 0.75 (chosen on the dev split: look-alike
+    passages next to the answer mislead a small reader). 0 fills the budget.
+    """
     def __init__(
         self,
         *,
@@ -342,14 +349,20 @@ class SelectionOptions(_message.Message):
         ranker: Global___Ranker.ValueType = ...,
         order: Global___Order.ValueType = ...,
         keep_duplicates: _builtins.bool = ...,
+        min_relevance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate", "keep_rate", b"keep_rate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate", "_min_relevance", b"_min_relevance", "keep_rate", b"keep_rate", "min_relevance", b"min_relevance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate", "disabled", b"disabled", "keep_duplicates", b"keep_duplicates", "keep_rate", b"keep_rate", "order", b"order", "ranker", b"ranker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate", "_min_relevance", b"_min_relevance", "disabled", b"disabled", "keep_duplicates", b"keep_duplicates", "keep_rate", b"keep_rate", "min_relevance", b"min_relevance", "order", b"order", "ranker", b"ranker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__keep_rate: _TypeAlias = _typing.Literal["keep_rate"]  # noqa: Y015
     _WhichOneofArgType__keep_rate: _TypeAlias = _typing.Literal["_keep_rate", b"_keep_rate"]  # noqa: Y015
+    _WhichOneofReturnType__min_relevance: _TypeAlias = _typing.Literal["min_relevance"]  # noqa: Y015
+    _WhichOneofArgType__min_relevance: _TypeAlias = _typing.Literal["_min_relevance", b"_min_relevance"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_rate) -> _WhichOneofReturnType__keep_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_relevance) -> _WhichOneofReturnType__min_relevance | None: ...
 
 Global___SelectionOptions: _TypeAlias = SelectionOptions  # noqa: Y015
 
@@ -566,7 +579,9 @@ class CompressedContext(_message.Message):
     relevance: _builtins.float
     """Query-aware selection only (a query was given and selection ran):
     relevance of the context to the query, in [0, 1]: its best sentence's
-    fused score over the best possible (ranked first by both rankers).
+    mean over the rankers of the score scaled within the request (dense:
+    cosine from the lowest to the highest; BM25: over the highest), so 1 is
+    the best on both.
     """
     rank: _builtins.int
     """Query-aware selection only: 0 for the most relevant context, 1 for the
