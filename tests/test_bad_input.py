@@ -56,7 +56,8 @@ BAD = [
     (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a", "b", "c", ""])), INVALID, "force_tokens[3] is empty"),
     (dict(contexts=["x"], llmlingua2=dict(force_tokens=["a"] * 101)), INVALID, "the limit is 100"),
     (dict(contexts=["x"], llmlingua2=dict(granularity=7)), INVALID,
-     "llmlingua2.granularity must be GRANULARITY_WORD or GRANULARITY_SENTENCE, got Granularity value 7"),
+     "llmlingua2.granularity must be GRANULARITY_WORD, GRANULARITY_SENTENCE or "
+     "GRANULARITY_SENTENCE_THEN_WORD, got Granularity value 7"),
     # Just over each limit (issue 15).
     (dict(contexts=["x"] * 17), EXHAUSTED, "max_contexts=16"),
     (dict(contexts=["\u00e9" * 100_001]), EXHAUSTED, "max_request_bytes=200000"),
