@@ -33,7 +33,7 @@ import numpy as np
 
 from segpress.v1 import segpress_pb2 as pb
 
-from .base import ContextParts, Encoded, InvalidParams, Kind
+from .base import ContextParts, Encoded, InvalidParams, Kind, Segment
 from .models import fingerprint
 from .segmenter import sentence_spans
 
@@ -95,6 +95,24 @@ class SentenceVectors:
                         "vectors": vecs[i : i + len(sp)].astype(np.float16)})
             i += len(sp)
         return out
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        """Whether a cached value can be `segment`'s: exactly spans [n, 2]
+        (integers, inside the text, increasing) and float16 vectors [n, dim],
+        finite (see CompressorExtras)."""
+        try:
+            spans, vectors = encoded["spans"], encoded["vectors"]
+            n = len(spans)
+            if (set(encoded) != {"spans", "vectors"} or spans.shape != (n, 2)
+                    or spans.dtype.kind not in "iu" or vectors.dtype != np.float16
+                    or vectors.shape != (n, self.dim)):
+                return False
+            starts, ends = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
+            return bool(n == 0 or (starts[0] >= 0 and ends[-1] <= len(segment.text)
+                                   and (starts < ends).all() and (ends[:-1] <= starts[1:]).all()
+                                   and np.isfinite(vectors).all()))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return False
 
     def query(self, text: str) -> np.ndarray:
         """The query's embedding, float32 [dim]."""

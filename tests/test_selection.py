@@ -148,3 +148,23 @@ def test_client_refuses_unknown_selection_words():
         SegpressClient.request(["x"], query="q", ranker="magic")
     with pytest.raises(ValueError, match="order"):
         SegpressClient.request(["x"], query="q", order="random")
+
+
+def test_a_malformed_cached_sentence_value_is_a_miss_with_the_same_output(client, redis_proc, ns):
+    import numpy as np
+
+    from cache import codec
+    from compressors.base import Kind
+
+    q = "Which city did Olga Petrov move to?"
+    first = client.compress(PASSAGES, rate=0.33, namespace=ns, query=q)
+    r = redis_proc.client()
+    keys = r.keys(f"segpress:v1:{ns}:sentences:*")
+    assert len(keys) == first.stats.segments
+    # A valid checksum, but spans outside the segment and the wrong width.
+    r.set(keys[0], codec.encode(Kind.SENTENCE_VECTORS, {
+        "spans": np.array([[0, 10_000]], np.int32), "vectors": np.zeros((1, 3), np.float16)}))
+    again = client.compress(PASSAGES, rate=0.33, namespace=ns, query=q)
+    assert again.stats.sentence_vector_misses == 1 and again.stats.cache_errors >= 1
+    assert again.text == first.text
+    assert client.compress(PASSAGES, rate=0.33, namespace=ns, query=q).stats.sentence_vector_misses == 0
