@@ -111,6 +111,10 @@ class CompLLM:
                 f"embeddings only for decoder {self.decoder_id!r} (fingerprint "
                 f"{self.decoder_fingerprint}); leave complm.decoder empty or name that decoder")
 
+    def budget(self, params: Params, total_tokens: int) -> None:
+        """No token budget: the rate (tokens per CE) is fixed by the weights."""
+        return None
+
     def segment(self, text: str) -> list[Segment]:
         return segment_text(text, self.tokenizer, self.max_segment_tokens)
 
