@@ -235,15 +235,15 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     seen = _Seen()
     used = 0.0
     for i in order:
-        if relevance[ctx_a[i]] < options.min_relevance and chosen.any():
-            continue  # a context far less relevant than the best: not worth the reader's attention
+        first = not chosen.any()
+        if not first and (used + cost_a[i] > room or relevance[ctx_a[i]] < options.min_relevance):
+            continue  # does not fit, or a context far less relevant than the best
         words = tuple(w.lower() for w in _WORD.findall(texts[i]))
         if not options.keep_duplicates and seen.repeats(words):
             continue
-        if used + cost_a[i] <= room or not chosen.any():
-            chosen[i] = True
-            used += cost_a[i]
-            seen.add(words)
+        chosen[i] = True
+        used += cost_a[i]
+        seen.add(words)
 
     kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
     budgets = _share(budget, kept_tokens, rank, options.dynamic) if budget is not None else None
