@@ -78,3 +78,13 @@ def test_paired_differences_and_their_intervals():
     assert got["random"]["difference"] == 0.8 and got["random"]["n"] == 10
     lo, hi = got["none"]["ci95"]
     assert got["none"]["difference"] == -0.2 and -0.5 <= lo < -0.2 < hi <= 0.0
+
+
+def test_multidoc20_has_twenty_passages_and_one_answer():
+    docs = corpus.split(Config().cache_dir)["dev"]
+    exs = tasks.TASKS["multidoc20"](docs, 8, 0)
+    assert [len(ex.passages) for ex in exs] == [20] * 8
+    assert sorted({ex.meta["gold"] for ex in exs}) == sorted({(i * 3) % 20 for i in range(8)})
+    for ex in exs:
+        assert ex.answer in ex.passages[ex.meta["gold"]]
+        assert sum(contains(p, ex.answer) for p in ex.passages) == 1

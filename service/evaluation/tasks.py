@@ -129,14 +129,24 @@ def multidoc(docs: dict[str, str], n: int, seed: int, passages: int = 10,
     out = []
     for i in range(n):
         kind = KINDS[i % len(KINDS)]
-        facts, subjects, answers = [], set(), set()
-        while len(facts) < passages:  # distinct subjects and answers
+        gold = (i * 3) % passages
+        facts, subjects, answers, first = [], set(), set(), None
+        while len(facts) < passages:
+            # Distinct subjects and answers among the first 10 (some kinds have
+            # only 10 of either); past 10 (multidoc20) only the first fact's
+            # subject and answer stay unique: it becomes the gold passage below.
             subject, fact = _fact(rng, kind)
-            if subject not in subjects and fact[2] not in answers:
+            if len(facts) < 10:
+                fresh = subject not in subjects and fact[2] not in answers
+            else:
+                fresh = subject != first[0] and fact[2] != first[1][2]
+            if fresh:
                 subjects.add(subject)
                 answers.add(fact[2])
                 facts.append(fact)
-        gold = (i * 3) % passages
+                first = first or (subject, fact)
+        if passages > 10:
+            facts.insert(gold, facts.pop(0))
         texts = []
         for fact, _, _ in facts:
             sents = _excerpt(rng, docs, words)
