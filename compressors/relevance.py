@@ -51,8 +51,6 @@ SOFT_KEEP_RATE = 0.5
 # look-alike passages costs it more than the extra text gives. Dev split,
 # multidoc, 14 examples: 0 -> 5/14 correct, 0.6 -> 10, 0.75 -> 12, 0.9 -> 12.
 MIN_RELEVANCE = 0.75
-RANKERS = ("hybrid", "dense", "bm25")
-ORDERS = ("original", "relevance")
 _WORD = re.compile(r"\w+")
 # Both log every index build and model load; a request is not news.
 logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
