@@ -62,6 +62,11 @@ MAX_FORCE_TOKENS = 100
 MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
 # A word of more than MAX_WORD_TOKENS tokens (ordinary words have far fewer)
 # is kept or dropped in pieces of WORD_PIECE_TOKENS tokens.
+# Model inputs are padded to a multiple of this many tokens, and only inputs
+# of one padded width share a forward pass, so a segment's scores never depend
+# on its batch (see base.length_sorted_batches). A full window (510 tokens and
+# 2 special ones) is 512: no padding.
+PAD_MULTIPLE = 32
 MAX_WORD_TOKENS = 8
 WORD_PIECE_TOKENS = 4
 _DIGIT = re.compile(r"[0-9]")
@@ -193,7 +198,9 @@ class LLMLingua2:
                 inputs.append((si, ids[k : k + self.window]))
         probs: list[list[np.ndarray]] = [[] for _ in texts]
         chunks: dict[int, np.ndarray] = {}
-        for batch in length_sorted_batches([len(ids) for _, ids in inputs], self.batch_size):
+        special = len(self.prefix_ids) + len(self.suffix_ids)
+        for batch in length_sorted_batches([len(ids) + special for _, ids in inputs],
+                                           self.batch_size, PAD_MULTIPLE):
             for i, p in zip(batch, self._keep_probs([inputs[i][1] for i in batch])):
                 chunks[i] = p
         for i, (si, _) in enumerate(inputs):
@@ -273,9 +280,9 @@ class LLMLingua2:
 
     def model_inputs(self, batch: list[list[int]]):
         """input_ids and attention_mask [batch, width] for token-id lists:
-        special tokens around each, right padding."""
+        special tokens around each, right padding to a multiple of PAD_MULTIPLE."""
         seqs = [self.prefix_ids + list(ids) + self.suffix_ids for ids in batch]
-        return pad_right(seqs, self.tokenizer.pad_token_id)
+        return pad_right(seqs, self.tokenizer.pad_token_id, multiple=PAD_MULTIPLE)
 
     @torch.inference_mode()
     def _keep_probs(self, batch: list[list[int]]) -> list[np.ndarray]:

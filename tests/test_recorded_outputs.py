@@ -10,7 +10,9 @@ behaviour unnoticed:
   a store filled before the change is all hits after it.
 
 A deliberate change of outputs (new weights, a new selection rule) records
-the file again and says so in its commit.
+the file again and says so in its commit. Recorded again since: llmlingua2's
+first cached value (bfloat16 scores of the shorter segment, padded now to its
+own width only, so that batching cannot change them); texts unchanged.
 """
 
 import asyncio
