@@ -52,11 +52,15 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
                    check_word_scores, length_sorted_batches, pad_right)
-from .models import fingerprint, resolve_dtype
+from .models import ensure_onnx, fingerprint, resolve_dtype
 from .segmenter import (SENTENCE_END, count_tokens, segment_text, trim_spaces,
                         unknown_word_pieces)
 
 NAME = "llmlingua2"
+# What runs the classifier: torch (float32 or bfloat16, --model-dtype), or
+# ONNX Runtime on the CPU in float32 or with dynamic int8 quantisation; the
+# ONNX graph is exported from the checkpoint on first use (models.ensure_onnx).
+ENGINES = ("torch", "onnx", "onnx-int8")
 DEFAULT_RATE = 0.5
 MAX_FORCE_TOKENS = 100
 MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
@@ -139,7 +143,9 @@ class LLMLingua2:
     limits = {"max_force_tokens": MAX_FORCE_TOKENS, "max_force_token_bytes": MAX_FORCE_TOKEN_BYTES}
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 16,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", engine: str = "torch"):
+        if engine not in ENGINES:
+            raise ValueError(f"llmlingua2 engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         path = _resolve(model_path)
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         if config.num_labels != 2:
@@ -150,17 +156,28 @@ class LLMLingua2:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if not self.tokenizer.is_fast:
             raise ValueError(f"{model_path}: a fast tokenizer (tokenizer.json) is required")
-        self.dtype = resolve_dtype(dtype, device)
-        self.model = AutoModelForTokenClassification.from_pretrained(
-            path, trust_remote_code=False, dtype=getattr(torch, self.dtype)
-        ).to(device).eval()
+        self.engine = engine
         self.device = device
         self.batch_size = batch_size
         self.model_id = str(model_path)
         self.fingerprint = fingerprint(path)
-        # What cache keys name: the weights and the precision they ran in
-        # (bfloat16 scores differ from float32 ones in the third decimal).
-        self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        if engine == "torch":
+            self.dtype = resolve_dtype(dtype, device)
+            self.model = AutoModelForTokenClassification.from_pretrained(
+                path, trust_remote_code=False, dtype=getattr(torch, self.dtype)
+            ).to(device).eval()
+            # What cache keys name: the weights and the precision they ran in
+            # (bfloat16 scores differ from float32 ones in the third decimal).
+            self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        else:
+            self.dtype, self.model = "float32" if engine == "onnx" else "int8", None
+            if dtype not in ("auto", "float32") or device != "cpu":
+                raise ValueError(f"llmlingua2 engine {engine} runs on the CPU in "
+                                 f"{self.dtype}; --model-dtype {dtype} --device {device} "
+                                 f"need --engine torch")
+            self.session = _onnx_session(ensure_onnx(path, self.dtype, self.fingerprint) / "model.onnx")
+            # The engine and its quantisation, like the precision above.
+            self.cache_id = f"{self.fingerprint}:{engine}"
         window = min(config.max_position_embeddings, self.tokenizer.model_max_length, 512)
         self.window = window - self.tokenizer.num_special_tokens_to_add(pair=False)
         # Segments leave a few tokens of slack: a segment re-tokenized on its
@@ -200,7 +217,7 @@ class LLMLingua2:
         chunks: dict[int, np.ndarray] = {}
         special = len(self.prefix_ids) + len(self.suffix_ids)
         for batch in length_sorted_batches([len(ids) + special for _, ids in inputs],
-                                           self.batch_size, PAD_MULTIPLE):
+                                           *self._batching()):
             for i, p in zip(batch, self._keep_probs([inputs[i][1] for i in batch])):
                 chunks[i] = p
         for i, (si, _) in enumerate(inputs):
@@ -278,19 +295,33 @@ class LLMLingua2:
         return (ids, spans, np.asarray(word_of_unit, dtype=np.int64),
                 np.asarray(unit_token, dtype=np.int64))
 
+    def _batching(self) -> tuple[int, int]:
+        """Inputs per forward pass, and the multiple widths are padded to.
+
+        onnx-int8 quantises a MatMul's input with one scale for the whole
+        tensor, so its every input, padding included, would move the scores
+        of the others: it runs one input at a time, unpadded."""
+        return (1, 1) if self.engine == "onnx-int8" else (self.batch_size, PAD_MULTIPLE)
+
     def model_inputs(self, batch: list[list[int]]):
         """input_ids and attention_mask [batch, width] for token-id lists:
-        special tokens around each, right padding to a multiple of PAD_MULTIPLE."""
+        special tokens around each, right padding to a multiple of PAD_MULTIPLE
+        (none for onnx-int8, which runs one input at a time)."""
         seqs = [self.prefix_ids + list(ids) + self.suffix_ids for ids in batch]
-        return pad_right(seqs, self.tokenizer.pad_token_id, multiple=PAD_MULTIPLE)
+        return pad_right(seqs, self.tokenizer.pad_token_id, multiple=self._batching()[1])
 
     @torch.inference_mode()
     def _keep_probs(self, batch: list[list[int]]) -> list[np.ndarray]:
         """Keep probability of every token, for a batch of token-id lists."""
         input_ids, mask = self.model_inputs(batch)  # [batch, width] each
-        logits = self.model(  # [batch, width, 2]
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
-        ).logits
+        if self.model is None:  # ONNX Runtime
+            logits = self.session.run(None, {"input_ids": input_ids.numpy(),
+                                             "attention_mask": mask.numpy()})[0]
+            logits = torch.from_numpy(logits)  # [batch, width, 2]
+        else:
+            logits = self.model(  # [batch, width, 2]
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+            ).logits
         keep = logits.float().softmax(-1)[..., 1].cpu().numpy()  # [batch, width]
         n = len(self.prefix_ids)
         return [keep[i, n : n + len(ids)] for i, ids in enumerate(batch)]
@@ -484,6 +515,18 @@ def _resolve(model_path: str) -> Path:
             f"hub id ({type(e).__name__}). Pass a checkpoint directory with "
             f"--llmlingua2-model or SEGPRESS_LLMLINGUA2_MODEL."
         ) from e
+
+
+def _onnx_session(path: Path):
+    """An ONNX Runtime CPU session on as many threads as torch uses (which
+    --torch-threads sets), all graph optimisations on."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _special_affixes(tok) -> tuple[list[int], list[int]]:

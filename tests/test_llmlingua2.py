@@ -27,14 +27,15 @@ def test_encode_shapes_and_scores(llmlingua2, sample_text):
     assert (np.diff(enc["spans"][:, 0]) > 0).all()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_encode_is_deterministic_and_batch_independent(model_dir, sample_text, dtype):
+@pytest.mark.parametrize("engine,dtype", [("torch", "float32"), ("torch", "bfloat16"),
+                                          ("onnx", "float32"), ("onnx-int8", "auto")])
+def test_encode_is_deterministic_and_batch_independent(model_dir, sample_text, engine, dtype):
     """A segment scores exactly the same alone as batched with segments of
     other lengths (in bfloat16 padding alone moves scores by ~3e-3), so a
     cache eviction never changes an output."""
     from compressors.llmlingua2 import LLMLingua2
 
-    c = LLMLingua2(model_dir, dtype=dtype)
+    c = LLMLingua2(model_dir, dtype=dtype, engine=engine)
     paras = sample_text.split("\n\n")[:4] + [sample_text]
     assert len({len(c.tokenizer(p)["input_ids"]) for p in paras}) == len(paras)
     alone = [c.encode([p])[0] for p in paras]

@@ -29,6 +29,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from compressors.llmlingua2 import LLMLingua2
 from segpress import SegpressClient
 
@@ -58,6 +60,28 @@ def timed(fns: dict, repeats: int) -> dict[str, float]:
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def keep_decisions(comp: LLMLingua2, texts: list[str], rate: float) -> list[np.ndarray]:
+    """Per text (one context each), which of its words `comp` keeps at `rate`
+    ([words] bool, in text order)."""
+    from compressors.base import ContextParts
+    from compressors.llmlingua2 import Params, _budgets, context_words, select
+
+    out = []
+    for text in texts:
+        segs = comp.segment(text)
+        w = context_words(ContextParts(text, segs, comp.encode([s.text for s in segs])))
+        (budget,) = _budgets([int(w["tokens"].sum())], Params(rate=rate))
+        kept = {(s, e) for s, e, _, _ in select(text, w, budget, Params(rate=rate))}
+        out.append(np.array([(int(s), int(e)) in kept for s, e in w["spans"]], dtype=bool))
+    return out
+
+
+def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Share of words on which two sets of keep decisions agree."""
+    same = sum(int((x == y).sum()) for x, y in zip(a, b))
+    return same / max(sum(len(x) for x in a), 1)
 
 
 class Bench:
