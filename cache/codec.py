@@ -19,6 +19,7 @@ A value with a wrong magic, version, kind or checksum decodes to None and the
 caller treats it as a miss.
 """
 
+import math
 import struct
 import zlib
 
@@ -75,7 +76,7 @@ def decode(kind: int, value: bytes) -> dict[str, np.ndarray] | None:
             shape = struct.unpack_from(f"<{ndim}I", body, pos)
             pos += 4 * ndim
             dtype = ARRAY_DTYPES[code]
-            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = math.prod(shape) * dtype.itemsize
             arrays[name] = np.frombuffer(body[pos : pos + size], dtype=dtype).reshape(shape).copy()
             pos += size
         if pos != len(body):

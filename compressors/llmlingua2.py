@@ -399,8 +399,8 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params: Params,
     if budget > 0 and not keep.any():
         keep = _one_word(scores, tokens, budget, inside)
 
-    items = [(int(s), int(e), bool(force_hits[i]), int(tokens[i]))
-             for i, (s, e) in enumerate(spans) if keep[i]]
+    kept = np.flatnonzero(keep)  # one pass in numpy, then plain Python values
+    items = list(zip(*spans[kept].T.tolist(), force_hits[kept].tolist(), tokens[kept].tolist()))
     items += [(s, e, True, 0) for s, e in _merge_overlapping(extra)]
     items.sort()
     if params.drop_consecutive:
@@ -607,6 +607,14 @@ def _join(text: str, spans: list[tuple[int, int]]) -> str:
     for s, e in spans:
         if prev_end is not None:
             gap = text[prev_end:s]
+            if gap.isspace():  # the common cases first: one whitespace run, itself
+                parts += (gap, text[s:e])
+                prev_end = e
+                continue
+            if gap[-1:].isspace() and "\n" not in gap:  # no line break: the trailing run
+                parts += (gap[len(gap.rstrip()):], text[s:e])
+                prev_end = e
+                continue
             runs = _SPACE_RUN.findall(gap)
             lines = [r for r in runs if "\n" in r]
             if lines or runs:

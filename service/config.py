@@ -33,6 +33,12 @@ class Config:
         "help": "seconds a cached segment lives (0: no expiry)"})
     cache_timeout_s: float = field(default=0.25, metadata={
         "help": "a Redis operation slower than this is a miss"})
+    segment_cache_mb: int = field(default=32, metadata={
+        "help": "MiB of contexts' segmentations kept in process, so a context seen again is "
+                "not tokenized again (0: off)"})
+    local_cache_mb: int = field(default=0, metadata={
+        "help": "MiB of decoded segment values kept in process in front of Redis: a hit skips "
+                "the Redis round trip (0: off)"})
     cache_retry_s: float = field(default=1.0, metadata={
         "help": "after a Redis failure, serve without cache this long before retrying"})
     llmlingua2_model: str = field(default="", metadata={

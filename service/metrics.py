@@ -11,6 +11,8 @@ STAGE = Histogram("segpress_stage_seconds", "Time per request stage", ["stage"],
                   buckets=_LATENCY_BUCKETS)
 CACHE = Counter("segpress_cache_segments_total", "Segments by cache outcome",
                 ["outcome"])  # hit, miss
+LOCAL_CACHE = Counter("segpress_local_cache_total", "In-process LRU lookups (--segment-cache-mb, "
+                      "--local-cache-mb)", ["cache", "outcome"])  # segments|values, hit|miss
 CACHE_ERRORS = Counter("segpress_cache_errors_total", "Failed cache operations")
 TOKENS = Counter("segpress_tokens_total", "Tokens in and out", ["direction"])  # in, out
 BATCH_SEGMENTS = Histogram("segpress_model_batch_segments", "Segments per model call",

@@ -31,6 +31,7 @@ calls by the compressor's MicroBatcher (service/batcher.py).
 import asyncio
 import contextlib
 import re
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import grpc
 
 from cache import codec
 from cache.keys import segment_key
+from cache.local import LocalCache
 from compressors.base import (Compressor, ContextParts, Encoded, InvalidParams, Rendered, Segment,
                               overlaps)
 from compressors.registry import default_of
@@ -97,6 +99,11 @@ class Pipeline:
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="segpress-model")
         self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-cpu")
         self._batchers: dict[str, MicroBatcher] = {}
+        # In-process LRUs: contexts' segmentations (tokenizing is most of a
+        # cached request's time) and, when --local-cache-mb is set, decoded
+        # values in front of Redis. Both hold only what never changes.
+        self.segmentations = LocalCache(config.segment_cache_mb << 20)
+        self.hot_values = LocalCache(config.local_cache_mb << 20)
 
     async def close(self) -> None:
         for b in self._batchers.values():
@@ -234,7 +241,7 @@ class Pipeline:
                                    f"contexts are more than {limit} tokens; the limit is "
                                    f"max_request_tokens={limit}")
             flow.segmented = await loop.run_in_executor(
-                self.cpu_pool, lambda: [compressor.segment(c) for c in flow.req.contexts])
+                self.cpu_pool, lambda: [self._segment(compressor, c) for c in flow.req.contexts])
         n_tokens = sum(s.n_tokens for segs in flow.segmented for s in segs)
         if n_tokens > self.config.max_request_tokens:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -243,6 +250,19 @@ class Pipeline:
         flow.keys, flow.chosen = self._keys(flow, compressor), flow.segmented
         if flow.options is not None:
             flow.vector_keys = self._keys(flow, self.selector)
+
+    def _segment(self, compressor: Compressor, text: str) -> list[Segment]:
+        """compressor.segment(text), from the in-process LRU when it is there."""
+        if not self.segmentations:
+            return compressor.segment(text)
+        key = (compressor.name, compressor.cache_id, text)
+        segments = self.segmentations.get(key)
+        metrics.LOCAL_CACHE.labels("segments", "miss" if segments is None else "hit").inc()
+        if segments is None:
+            segments = compressor.segment(text)
+            # The context (the key) and the segments' texts, and a little per segment.
+            self.segmentations.put(key, segments, 2 * sys.getsizeof(text) + 150 * len(segments))
+        return segments
 
     def _keys(self, flow: Flow, encoder) -> list[list[str]]:
         """Cache keys of every segment's value from `encoder` (the compressor
@@ -256,14 +276,23 @@ class Pipeline:
         return keys
 
     async def lookup(self, flow: Flow) -> None:
-        """One batched read of every segment; a corrupt or foreign value is a miss."""
-        if flow.mode == "use" and self.store is not None:
+        """One batched read of every segment (of those not in the in-process
+        LRU); a corrupt or foreign value is a miss."""
+        if flow.mode == "use" and self.hot_values:
             with _timed(flow, "cache_lookup_ms"):
-                values, errors = await self.store.get_many(list(flow.texts))
+                for k in flow.texts:
+                    v = self.hot_values.get(k)
+                    metrics.LOCAL_CACHE.labels("values", "miss" if v is None else "hit").inc()
+                    if v is not None:
+                        flow.found[k] = v
+        remote = [k for k in flow.texts if k not in flow.found]
+        if flow.mode == "use" and self.store is not None and remote:
+            with _timed(flow, "cache_lookup_ms"):
+                values, errors = await self.store.get_many(remote)
                 flow.stats.cache_errors += errors
                 segment_of = {k: s for keys in (flow.keys, flow.vector_keys)
                               for ks, segs in zip(keys, flow.segmented) for k, s in zip(ks, segs)}
-                for k, v in zip(flow.texts, values):
+                for k, v in zip(remote, values):
                     if v is None:
                         continue
                     arrays = codec.decode(flow.encoders[k].kind, v)
@@ -275,6 +304,7 @@ class Pipeline:
                         flow.stats.cache_errors += 1
                     else:
                         flow.found[k] = arrays
+                        self._keep_hot(k, arrays)
         flow.missing = {k: txt for k, txt in flow.texts.items() if k not in flow.found}
 
     async def encode_misses(self, flow: Flow, keys: list[str]) -> None:
@@ -295,6 +325,13 @@ class Pipeline:
             with _timed(flow, "cache_store_ms"):
                 flow.stats.cache_errors += await self.store.put_many(
                     {k: codec.encode(flow.encoders[k].kind, flow.found[k]) for k in flow.owned})
+        if flow.mode != "bypass":
+            for k in flow.owned:
+                self._keep_hot(k, flow.found[k])
+
+    def _keep_hot(self, key: str, arrays: Encoded) -> None:
+        if self.hot_values:
+            self.hot_values.put(key, arrays, sum(a.nbytes for a in arrays.values()) + len(key) + 200)
 
     async def select(self, flow: Flow) -> None:
         """Which segments go on to the compressor: all of them without a
@@ -409,6 +446,7 @@ class Pipeline:
             if c.output == "tensor":
                 resp.compressors[-1].decoder.id = c.decoder_id
                 resp.compressors[-1].decoder.fingerprint = c.decoder_fingerprint
+            resp.compressors[-1].pooling_factors.extend(getattr(c, "pooling_factors", ()))
             for limit, value in c.limits.items():
                 setattr(resp.limits, limit, value)
         cfg = self.config
