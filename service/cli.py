@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--no-reference", action="store_true", help="skip the llmlingua package")
     bench.add_argument("--quick", action="store_true", help="smaller sizes (no 100k-token run)")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--engines", help="section 1's rows, comma list (default: torch float32,"
+                                         "torch bfloat16,onnx float32,onnx int8)")
     cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size",
-                              "model_dtype", "redis_url"])
+                              "model_dtype", "engine", "redis_url"])
 
     models = sub.add_parser("models", help="manage model files")
     models.add_argument("action", choices=["pull", "list"],

@@ -4,13 +4,16 @@ Every number is a ratio or rate taken in this one process run, with the
 compared methods interleaved and the median of `--repeats` runs reported, so
 a noisy machine moves all methods together:
 
-1. Cold throughput (no cache): segpress against the reference `llmlingua`
-   package on the same checkpoint and texts (the reference runs float32, as
-   it does on CPU), and against the bare model forward pass over the same
-   segments (the ceiling). When segpress runs bfloat16, a float32 segpress
-   row is added.
+1. Cold throughput (no cache), one row per engine (torch float32, torch
+   bfloat16, ONNX Runtime float32, ONNX Runtime int8; `--engines`), each
+   through the whole pipeline and as its bare forward passes over the same
+   segments (the ceiling), against the reference `llmlingua` package on the
+   same checkpoint and texts (float32, as it runs on CPU); and each engine's
+   keep decisions against torch float32's (share of words).
 2. Warm against cold: the same request with every segment cached in Redis
-   against the request with an empty cache.
+   against the request with an empty cache; cached as served (segmentations
+   in the in-process LRU), without that LRU, and with decoded values in
+   process (--local-cache-mb), each with its stages' times.
 3. Cost per token at 1k, 10k and 100k tokens of context (cold).
 4. Throughput through the gRPC server (a real `segpress serve` process) with
    1, 4 and 16 concurrent clients.
@@ -31,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from compressors.base import length_sorted_batches
 from compressors.llmlingua2 import LLMLingua2
 from segpress import SegpressClient
 
@@ -84,17 +88,26 @@ def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return same / max(sum(len(x) for x in a), 1)
 
 
+# The engines section 1 compares, as (engine, dtype) for LLMLingua2.
+ENGINE_ROWS = {"torch float32": ("torch", "float32"), "torch bfloat16": ("torch", "bfloat16"),
+               "onnx float32": ("onnx", "float32"), "onnx int8": ("onnx-int8", "auto")}
+
+
 class Bench:
     def __init__(self, config: Config, sample: str, rate: float, repeats: int):
         self.config, self.rate, self.repeats = config, rate, repeats
         self.sample = sample
+        # Cold runs use namespaces no earlier run used: the embedded Redis
+        # under --cache-dir keeps what earlier benches stored.
+        self.run_id = os.urandom(4).hex()
         self.loop = asyncio.new_event_loop()  # one loop: the pipelines' batchers live on it
-        self.comp = self._compressor(config.model_dtype)
+        self.comp = self._compressor(config.engine, config.model_dtype)
         self.pipeline = Pipeline(config, {"llmlingua2": self.comp}, store=None)
 
-    def _compressor(self, dtype: str) -> LLMLingua2:
+    def _compressor(self, engine: str, dtype: str) -> LLMLingua2:
         c = self.config
-        return LLMLingua2(c.llmlingua2_model, device=c.device, batch_size=c.batch_size, dtype=dtype)
+        return LLMLingua2(c.llmlingua2_model, device=c.device, batch_size=c.batch_size, dtype=dtype,
+                          engine=engine)
 
     def compress(self, pipeline, texts, **kw):
         req = SegpressClient.request(texts, rate=self.rate, **kw)
@@ -104,21 +117,30 @@ class Bench:
         return sum(len(self.comp.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
     # 1 --------------------------------------------------------------------
-    def cold(self, n_docs: int, with_reference: bool) -> dict:
+    def cold(self, n_docs: int, with_reference: bool, engines=tuple(ENGINE_ROWS)) -> dict:
+        """Every engine through the whole pipeline and as its bare forward
+        passes, and the reference, interleaved; each engine's keep decisions
+        against torch float32's."""
         texts = bench_texts(self.sample, n_docs)
-        fns = {f"segpress llmlingua2 ({self.comp.dtype})":
-               lambda: self.compress(self.pipeline, texts, cache="bypass")}
-        if self.comp.dtype != "float32":
-            fp32 = Pipeline(self.config, {"llmlingua2": self._compressor("float32")}, store=None)
-            fns["segpress llmlingua2 (float32)"] = lambda: self.compress(fp32, texts, cache="bypass")
+        comps = {}
+        for name in engines:
+            engine, dtype = ENGINE_ROWS[name]
+            same = (self.comp.engine, self.comp.dtype) == (engine, "int8" if engine == "onnx-int8" else dtype)
+            comps[name] = self.comp if same else self._compressor(engine, dtype)
+        pipes = {name: Pipeline(self.config, {"llmlingua2": c}, store=None) for name, c in comps.items()}
         ids = sorted((self.comp.tokenizer(s.text, add_special_tokens=False)["input_ids"]
                       for t in texts for s in self.comp.segment(t)), key=len)
 
-        def forward():  # the same forward passes segpress makes, nothing else
-            for b in range(0, len(ids), self.comp.batch_size):
-                self.comp._keep_probs(ids[b : b + self.comp.batch_size])
+        def forward(c):  # the forward passes segpress makes (its batching), nothing else
+            def run():
+                for batch in length_sorted_batches([len(i) + 2 for i in ids], *c._batching()):
+                    c._keep_probs([ids[i] for i in batch])
+            return run
 
-        fns[f"bare forward pass ({self.comp.dtype})"] = forward
+        fns = {}
+        for name in comps:
+            fns[f"segpress {name}"] = lambda p=pipes[name]: self.compress(p, texts, cache="bypass")
+            fns[f"bare forward {name}"] = forward(comps[name])
         if with_reference:
             from ..evaluation.reference import reference_compressor
 
@@ -126,40 +148,80 @@ class Bench:
             fns["reference llmlingua (float32)"] = lambda: ref.compress_prompt_llmlingua2(
                 texts, rate=self.rate)
         medians = timed(fns, self.repeats)
-        if self.comp.dtype != "float32":
-            self.loop.run_until_complete(fp32.close())
+        base = comps.get("torch float32") or self._compressor("torch", "float32")
+        want = keep_decisions(base, texts, self.rate)
+        for p in pipes.values():
+            self.loop.run_until_complete(p.close())
         tokens = self.tokens(texts)
-        base = next(iter(medians.values()))
-        return {"tokens": tokens, "documents": n_docs, "methods": {
-            name: {"median_s": round(m, 4), "tokens_per_s": round(tokens / m, 1),
-                   "segpress_speedup": round(m / base, 3)}
-            for name, m in medians.items()}}
+        ref_s = medians.get("reference llmlingua (float32)")
+        methods = {}
+        for name, m in medians.items():
+            row = {"median_s": round(m, 4), "tokens_per_s": round(tokens / m, 1)}
+            if ref_s:
+                row["vs_reference"] = round(ref_s / m, 3)
+            engine = name.removeprefix("segpress ")
+            if engine in comps:
+                row["of_bare_forward"] = round(medians[f"bare forward {engine}"] / m, 3)
+                row["agreement_vs_torch_float32"] = round(
+                    agreement(want, keep_decisions(comps[engine], texts, self.rate)), 5)
+            methods[name] = row
+        return {"tokens": tokens, "documents": n_docs, "default": f"{self.comp.engine} {self.comp.dtype}",
+                "methods": methods}
 
     # 2 --------------------------------------------------------------------
     def warm_vs_cold(self, n_docs: int) -> dict:
+        """The same request cold (a fresh namespace each run) and with every
+        segment cached: as served (segmentations in the in-process LRU), with
+        that LRU off (a context's first sight on this replica), and with the
+        values' LRU on (--local-cache-mb: no Redis round trip); the stages'
+        times of each."""
+        import dataclasses
+
         from ..server import make_store
 
         texts = bench_texts(self.sample, n_docs)
         store, embedded = self.loop.run_until_complete(make_store(self.config))
-        cached = Pipeline(self.config, {"llmlingua2": self.comp}, store)
+        variants = {"warm": {}, "warm, segmentation not cached": {"segment_cache_mb": 0},
+                    "warm, values in process": {"local_cache_mb": 64}}
+        pipes = {name: Pipeline(dataclasses.replace(self.config, **kw), {"llmlingua2": self.comp}, store)
+                 for name, kw in variants.items()}
+        cached = pipes["warm"]
         runs = iter(range(10**6))
+        stages = {}
+
+        def run(name):
+            def go():
+                r = self.compress(pipes[name], texts, namespace="bench-warm")
+                assert r.stats.cache_hits == r.stats.segments, "warm run was not fully cached"
+                stages.setdefault(name, []).append(r.stats.timings)
+                return r
+            return go
+
         try:
-            self.compress(cached, texts, namespace="bench-warm")  # fill the cache
+            first = self.compress(cached, texts, namespace="bench-warm")  # fill the cache
             medians = timed({
                 # A fresh namespace each time: nothing cached, then stored.
-                "cold": lambda: self.compress(cached, texts, namespace=f"bench-cold-{next(runs)}"),
-                "warm": lambda: self.compress(cached, texts, namespace="bench-warm"),
+                "cold": lambda: self.compress(cached, texts, namespace=f"bench-cold-{self.run_id}-{next(runs)}"),
+                **{name: run(name) for name in variants},
             }, self.repeats)
-            hits = self.compress(cached, texts, namespace="bench-warm").stats
-            assert hits.cache_hits == hits.segments, "warm run was not fully cached"
+            for name in variants:
+                assert run(name)().text == first.text, "a warm response differs from the cold one"
         finally:
-            self.loop.run_until_complete(cached.close())
+            for p in pipes.values():
+                self.loop.run_until_complete(p.close())
             self.loop.run_until_complete(store.close())
             if embedded is not None:
                 embedded.shutdown()
-        return {"tokens": self.tokens(texts), "cold_ms": round(medians["cold"] * 1000, 2),
-                "warm_ms": round(medians["warm"] * 1000, 2),
-                "speedup": round(medians["cold"] / medians["warm"], 1)}
+        tokens = self.tokens(texts)
+        out = {"tokens": tokens, "cold_ms": round(medians["cold"] * 1000, 2)}
+        for name in variants:
+            ms = medians[name] * 1000
+            out[name] = {"ms": round(ms, 2), "ms_per_1k_tokens": round(ms / tokens * 1000, 3),
+                         "speedup": round(medians["cold"] * 1000 / ms, 1), "stages_ms": {
+                             stage: round(statistics.median(getattr(t, f"{stage}_ms") for t in stages[name]), 2)
+                             for stage in ("segment", "cache_lookup", "render", "total")}}
+        out["warm_ms"], out["speedup"] = out["warm"]["ms"], out["warm"]["speedup"]
+        return out
 
     # 3 --------------------------------------------------------------------
     def cost_per_token(self, sizes=(1_000, 10_000, 100_000)) -> dict:
@@ -181,7 +243,8 @@ class Bench:
     def concurrency(self, levels=(1, 4, 16), docs_per_level: int = 32) -> dict:
         texts = bench_texts(self.sample, docs_per_level)
         tokens = self.tokens(texts)
-        with _server(self.config) as target:
+        server = _server(self.config)
+        with server as target:
             out = {}
             for n in levels:
                 def one(i, n=n):
@@ -198,7 +261,7 @@ class Bench:
             first = out[str(levels[0])]["tokens_per_s"]
             for v in out.values():
                 v["vs_one_client"] = round(v["tokens_per_s"] / first, 3)
-        return {"tokens": tokens, "clients": out}
+        return {"tokens": tokens, "clients": out, "start_to_serving_s": round(server.start_s, 2)}
 
     # 5 --------------------------------------------------------------------
     def query_cost(self, n_docs: int = 10) -> dict:
@@ -222,8 +285,8 @@ class Bench:
                                                     query=question),
             }, self.repeats)
             cold = timed({
-                "without query": lambda: self.compress(pipe, texts, namespace=f"q-{next(runs)}"),
-                "with query": lambda: self.compress(pipe, texts, namespace=f"q-{next(runs)}",
+                "without query": lambda: self.compress(pipe, texts, namespace=f"q-{self.run_id}-{next(runs)}"),
+                "with query": lambda: self.compress(pipe, texts, namespace=f"q-{self.run_id}-{next(runs)}",
                                                     query=question),
             }, self.repeats)
         finally:
@@ -251,18 +314,20 @@ class _server:
             self.port = s.getsockname()[1]
         self.env = {**os.environ, "SEGPRESS_PORT": str(self.port), "SEGPRESS_METRICS_PORT": "0",
                     "SEGPRESS_LLMLINGUA2_MODEL": config.llmlingua2_model,
-                    "SEGPRESS_MODEL_DTYPE": config.model_dtype,
+                    "SEGPRESS_MODEL_DTYPE": config.model_dtype, "SEGPRESS_ENGINE": config.engine,
                     "SEGPRESS_CACHE_DIR": tempfile.mkdtemp(prefix="segpress-bench-")}
 
     def __enter__(self) -> str:
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         target = f"127.0.0.1:{self.port}"
-        deadline = time.time() + 300
+        t0 = time.time()
+        deadline = t0 + 300
         while time.time() < deadline:
             try:
                 with SegpressClient(target, timeout_s=2) as c:
                     c.info()
+                self.start_s = time.time() - t0  # process start to answering (models built)
                 return target
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.5)
@@ -276,20 +341,29 @@ class _server:
 def print_report(r: dict) -> None:
     c = r["cold"]
     print(f"\n1. cold compression: {c['documents']} documents, {c['tokens']} tokens, "
-          f"rate {r['rate']}, median of {r['repeats']}")
-    print(f"   {'method':<34} {'median s':>9} {'tokens/s':>10} {'segpress speedup':>17}")
+          f"rate {r['rate']}, median of {r['repeats']} (default engine: {c['default']})")
+    print(f"   {'method':<34} {'median s':>9} {'tokens/s':>9} {'vs reference':>13} "
+          f"{'of bare':>8} {'keeps as torch fp32':>20}")
     for name, m in c["methods"].items():
-        print(f"   {name:<34} {m['median_s']:>9.3f} {m['tokens_per_s']:>10.0f} "
-              f"{m['segpress_speedup']:>16.2f}x")
+        ref = f"{m['vs_reference']:.2f}x" if "vs_reference" in m else "-"
+        bare = f"{m['of_bare_forward']:.0%}" if "of_bare_forward" in m else "-"
+        agree = f"{m['agreement_vs_torch_float32']:.2%}" if "agreement_vs_torch_float32" in m else "-"
+        print(f"   {name:<34} {m['median_s']:>9.3f} {m['tokens_per_s']:>9.0f} {ref:>13} {bare:>8} {agree:>20}")
     w = r["warm_vs_cold"]
-    print(f"\n2. same request ({w['tokens']} tokens), cold vs all segments cached: "
-          f"{w['cold_ms']:.1f} ms vs {w['warm_ms']:.1f} ms = {w['speedup']}x")
+    print(f"\n2. same request ({w['tokens']} tokens), cold {w['cold_ms']:.1f} ms, against all segments cached:")
+    for name, v in w.items():
+        if isinstance(v, dict):
+            st = v["stages_ms"]
+            print(f"   {name:<32} {v['ms']:>7.1f} ms ({v['ms_per_1k_tokens']:.2f} ms per 1k tokens, "
+                  f"{v['speedup']}x faster; segment {st['segment']}, lookup {st['cache_lookup']}, "
+                  f"render {st['render']} ms)")
     print("\n3. cost per token, one context, cold:")
     for size, v in r["cost_per_token"].items():
         print(f"   {v['tokens']:>7} tokens: {v['ms_per_1k_tokens']:>7.1f} ms per 1k tokens "
               f"({v['vs_smallest']:.2f}x the smallest)")
     k = r["concurrency"]
-    print(f"\n4. through the gRPC server, {k['tokens']} tokens in total, cold:")
+    print(f"\n4. through the gRPC server (start to serving {k['start_to_serving_s']} s), "
+          f"{k['tokens']} tokens in total, cold:")
     for n, v in k["clients"].items():
         print(f"   {n:>2} clients: {v['tokens_per_s']:>8.0f} tokens/s ({v['vs_one_client']:.2f}x one client)")
     q = r["query_cost"]
@@ -311,7 +385,8 @@ def main(args, config: Config) -> int:
     try:
         result = {"rate": args.rate, "repeats": args.repeats,
                   "torch_threads": __import__("torch").get_num_threads()}
-        result["cold"] = bench.cold(args.docs, not args.no_reference)
+        engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else tuple(ENGINE_ROWS)
+        result["cold"] = bench.cold(args.docs, not args.no_reference, engines)
         result["warm_vs_cold"] = bench.warm_vs_cold(args.docs)
         result["cost_per_token"] = bench.cost_per_token(
             (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))
