@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .base import pad_right
+from .lora import LoRALinear
 from .models import WEIGHTS_DIR
 
 # The trained LoRA + head that ship with segpress.
@@ -41,25 +42,6 @@ class CompLLMConfig:
         if "rate" in d:  # weights saved before the field was renamed
             d["tokens_per_ce"] = d.pop("rate")
         return cls(**{**d, "targets": tuple(d["targets"])})
-
-
-class LoRALinear(nn.Module):
-    """base(x) + (alpha / r) * B A x while `enabled`; base stays frozen."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.A = nn.Parameter(torch.empty(rank, base.in_features))  # [r, in]
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))  # [out, r]: starts as a no-op
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.scale = alpha / rank
-        self.enabled = True
-
-    def forward(self, x):
-        y = self.base(x)
-        if self.enabled:
-            y = y + (x.to(self.A.dtype) @ self.A.T @ self.B.T).to(y.dtype) * self.scale
-        return y
 
 
 class CompLLMModel(nn.Module):

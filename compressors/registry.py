@@ -40,9 +40,23 @@ def _complm(config) -> Compressor:
                    batch_size=config.batch_size * 4, dtype=config.model_dtype)
 
 
+def _arc(config) -> Compressor:
+    from .arc import Arc
+    from .arc_model import DEFAULT_WEIGHTS
+    from .models import ensure_smollm2
+
+    weights = config.arc_weights or DEFAULT_WEIGHTS
+    if not Path(weights).is_file():
+        raise ModelError(f"arc weights {weights} are missing; train them with "
+                         "`segpress train arc` or pass --arc-weights")
+    return Arc(ensure_smollm2(config.models_dir), weights, device=config.device,
+               batch_size=config.batch_size * 2, dtype=config.model_dtype)
+
+
 REGISTRY: dict[str, Entry] = {
     "llmlingua2": Entry(_llmlingua2, "LLMLingua-2 token classification: returns text"),
     "complm": Entry(_complm, "CompLLM concept embeddings: returns soft tokens for SmolLM2"),
+    "arc": Entry(_arc, "ARC-Encoder pooled embeddings: returns soft tokens for SmolLM2"),
 }
 # The compressor a request without `compressor` gets, when it is enabled;
 # otherwise the first enabled one.

@@ -6,8 +6,9 @@
     segpress models pull|list [--json]
     segpress train llmlingua2 [--epochs N] ...
     segpress train complm [--steps N] ...
+    segpress train arc [--steps N] ...
     segpress eval [--split dev|test] [--examples N] [--rates 0.33,0.5] ...
-    segpress eval complm [--examples N] [--prefill 1024,4096,8192] ...
+    segpress eval complm|arc [--examples N] [--prefill 1024,4096,8192] ...
 
 Every `serve` flag also reads an environment variable (see service.config).
 `compress` without --server runs the compressor in this process.
@@ -77,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             ("complm", "the complm LoRA + head",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rank", int),
-              ("dev-examples", int)))):
+              ("dev-examples", int))),
+            ("arc", "the arc encoder's LoRA, projector and task embeddings",
+             (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
+              ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
+              ("layers", int), ("rank", int), ("factors", str), ("dev-examples", int),
+              ("checkpoint-every", int), ("corpus", str), ("stop-after", int)))):
         p = train_models.add_parser(name, help=f"{about} (defaults: compressors/training/train_{name}.py TrainConfig)")
         for flag, kind in flags:
             p.add_argument("--" + flag, type=kind)
@@ -88,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation.cli import add_arguments as add_eval_arguments, add_complm_arguments
     add_eval_arguments(ev)
     cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
-    add_complm_arguments(ev.add_subparsers(dest="eval_target").add_parser(
-        "complm", help="complm: continuation loss with CEs vs controls, needle QA, prefill time"))
+    targets = ev.add_subparsers(dest="eval_target")
+    for name in ("complm", "arc"):
+        add_complm_arguments(targets.add_parser(
+            name, help=f"{name}: continuation loss with its soft tokens vs controls, "
+                       "needle QA, prefill time" + (", reconstruction" if name == "arc" else "")))
 
     from .batch import cli as batch
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
@@ -195,6 +204,8 @@ def _train(args, config) -> int:
 
     if args.model == "complm":
         from compressors.training import train_complm as training
+    elif args.model == "arc":
+        from compressors.training import train_arc as training
     else:
         from compressors.training import train_llmlingua2 as training
 
@@ -207,7 +218,7 @@ def _train(args, config) -> int:
 
 
 def _eval(args, config) -> int:
-    if getattr(args, "eval_target", None) == "complm":
+    if getattr(args, "eval_target", None) in ("complm", "arc"):
         from .evaluation.soft import main as eval_main
     else:
         from .evaluation.cli import main as eval_main

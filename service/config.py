@@ -45,10 +45,12 @@ class Config:
         "help": "LLMLingua-2 checkpoint directory or hub id; empty builds the default "
                 "under --cache-dir/models"})
     compressors: str = field(default="llmlingua2", metadata={
-        "help": "comma list of compressors to load: llmlingua2, complm (complm builds "
-                "SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
+        "help": "comma list of compressors to load: llmlingua2, complm, arc (complm and arc "
+                "build SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
     complm_weights: str = field(default="", metadata={
         "help": "complm LoRA + head (safetensors from segpress train complm); empty: the shipped ones"})
+    arc_weights: str = field(default="", metadata={
+        "help": "arc LoRA + projector (safetensors from segpress train arc); empty: the shipped ones"})
     selection: bool = field(default=True, metadata={
         "help": "query-aware selection for requests with a query (loads a sentence "
                 "embedding model); false refuses queries"})

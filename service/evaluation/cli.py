@@ -23,7 +23,7 @@ def add_arguments(ap) -> None:
 
 
 def add_complm_arguments(p) -> None:
-    """The `segpress eval complm` flags (service/evaluation/soft.py runs it)."""
+    """The `segpress eval complm|arc` flags (service/evaluation/soft.py runs it)."""
     p.add_argument("--examples", type=int, default=64, help="continuation-loss examples")
     p.add_argument("--context-tokens", type=int, default=128, help="context tokens per example")
     p.add_argument("--continuation", type=int, default=32, help="continuation tokens scored")
@@ -33,11 +33,16 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="", help="JSON result file (default: --cache-dir/eval/complm.json)")
+    p.add_argument("--pooling-factor", type=int, default=0, help="arc: tokens per row (0: its default)")
+    p.add_argument("--reconstructions", type=int, default=32,
+                   help="arc: held-out segments regenerated greedily from their rows (0: skip)")
+    p.add_argument("--corpus", default="essays", help="held-out text: essays, prose or both "
+                   "(comma list; compressors/training/soft.py)")
+    p.add_argument("--out", default="", help="JSON result file (default: --cache-dir/eval/NAME.json)")
     # Configuration flags here too (`segpress eval complm --cache-dir D`); SUPPRESS keeps
     # a value given before `complm` from being reset.
     for flag, kind in (("--cache-dir", str), ("--torch-threads", int), ("--model-dtype", str),
-                       ("--complm-weights", str)):
+                       ("--complm-weights", str), ("--arc-weights", str)):
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help="as for segpress serve")
 
 

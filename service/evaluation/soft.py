@@ -1,9 +1,12 @@
-"""`segpress eval complm`: what the concept embeddings are worth to the decoder.
+"""`segpress eval complm|arc`: what a soft-token compressor's rows are worth
+to the decoder.
 
 The decoder is a fresh, unmodified SmolLM2-135M-Instruct (the reader); the
-CEs come from the complm compressor exactly as the server makes them
-(segment -> encode -> render). All text is from the held-out "test" essays
-(compressors/training/corpus.py); complm trained on "train" only.
+rows ("CEs" below, whichever compressor made them) come from the compressor
+exactly as the server makes them (segment -> encode -> render, so arc's rows
+end with its <Cont> row). All text is from the held-out "test" split
+(--corpus: the essays of compressors/training/corpus.py and/or the prose of
+prose.py); the compressors trained on "train" only.
 
 1. Continuation loss. Each example is `context` tokens of an essay and the
    `continuation` tokens after it. The decoder's mean cross-entropy on the
@@ -23,8 +26,13 @@ CEs come from the complm compressor exactly as the server makes them
    or not at all.
 3. Prefill. Median time of one decoder forward pass (the prefill before the
    first generated token) over [eot] + N context tokens against [eot] + the
-   N/2 CEs, for N in --prefill; and the time to make the CEs from nothing
-   (a cache miss; a hit costs only the cache lookup).
+   CEs of those N tokens, for N in --prefill; and the time to make the CEs
+   from nothing (a cache miss; a hit costs only the cache lookup).
+4. Reconstruction (arc, whose training also teaches a <Rec> row): the
+   decoder reads [eot, a held-out segment's rows, <Rec>] and generates
+   greedily as many tokens as the segment has; token accuracy is the share
+   of positions where it wrote the segment's token, exact match the share of
+   segments it wrote entirely.
 """
 
 import json
@@ -64,7 +72,7 @@ def bootstrap(losses: dict[str, np.ndarray], n: int, seed: int) -> dict:
 # -- 1. continuation loss -----------------------------------------------------------
 
 
-def continuation_losses(decoder, comp, examples: list[dict], bos_id: int):
+def continuation_losses(decoder, comp, params, examples: list[dict], bos_id: int):
     """Per-condition losses [examples], and the CE rows of each example."""
     import torch
     import torch.nn.functional as F
@@ -73,7 +81,7 @@ def continuation_losses(decoder, comp, examples: list[dict], bos_id: int):
     dtype = E.weight.dtype
 
     def ces(text):
-        return torch.from_numpy(_render(comp, text).tensor).to(dtype)
+        return torch.from_numpy(_render(comp, text, params).tensor).to(dtype)
 
     def loss(prefix: torch.Tensor, cont: list[int]) -> float:
         x = torch.cat([E(torch.tensor([bos_id])), prefix.to(dtype), E(torch.tensor(cont))])[None]
@@ -97,20 +105,20 @@ def continuation_losses(decoder, comp, examples: list[dict], bos_id: int):
     return {k: np.asarray(v) for k, v in out.items()}, [len(c) for c in all_ces]
 
 
-def _render(comp, text: str):
+def _render(comp, text: str, params):
     """`text` through the compressor as the server runs it (segment, encode,
     render), with no cache."""
     from compressors.base import ContextParts
 
     segs = comp.segment(text)
-    return comp.render([ContextParts(text, segs, comp.encode([s.text for s in segs]))], comp.Params())[0]
+    return comp.render([ContextParts(text, segs, comp.encode([s.text for s in segs]))], params)[0]
 
 
-def _tensor(comp, text: str):
+def _tensor(comp, text: str, params):
     """The CEs of `text` as the wire Tensor a client gets."""
     from segpress.tensors import from_numpy
 
-    r = _render(comp, text)
+    r = _render(comp, text, params)
     t = from_numpy(r.tensor, "float32", np.concatenate([[0], np.cumsum(r.segment_rows)]))
     t.decoder_id = comp.decoder_id
     return t
@@ -119,7 +127,8 @@ def _tensor(comp, text: str):
 # -- 2. needle QA -------------------------------------------------------------------
 
 
-def needle_qa(reader, comp, docs: dict[str, str], n: int, words: int, seed: int, progress) -> dict:
+def needle_qa(reader, comp, params, docs: dict[str, str], n: int, words: int, seed: int,
+              progress) -> dict:
     from segpress.soft_tokens import generate
 
     from .reader import PROMPT, contains
@@ -130,7 +139,7 @@ def needle_qa(reader, comp, docs: dict[str, str], n: int, words: int, seed: int,
         prompt = PROMPT.replace("{question}", ex.question)
         answers = {
             "full": reader.answer(ex.context, ex.question),
-            "ce": generate(_tensor(comp, ex.context), reader.model, reader.tokenizer, prompt,
+            "ce": generate(_tensor(comp, ex.context, params), reader.model, reader.tokenizer, prompt,
                            max_new_tokens=reader.max_new_tokens),
             "none": reader.answer("", ex.question),
         }
@@ -146,8 +155,8 @@ def needle_qa(reader, comp, docs: dict[str, str], n: int, words: int, seed: int,
 # -- 3. prefill -----------------------------------------------------------------------
 
 
-def prefill_times(decoder, comp, tok, docs: dict[str, str], lengths: list[int], repeats: int,
-                  bos_id: int, progress) -> list[dict]:
+def prefill_times(decoder, comp, params, tok, docs: dict[str, str], lengths: list[int],
+                  repeats: int, bos_id: int, progress) -> list[dict]:
     import torch
 
     E = decoder.get_input_embeddings()
@@ -177,7 +186,7 @@ def prefill_times(decoder, comp, tok, docs: dict[str, str], lengths: list[int], 
         with torch.inference_mode():
             full = torch.cat([E(torch.tensor([bos_id])), E(torch.tensor(ids[:n]))])
             segs = comp.segment(text)
-            ce = torch.from_numpy(np.concatenate([e["ces"] for e in comp.encode([s.text for s in segs])]))
+            ce = torch.from_numpy(_render(comp, text, params).tensor)
             soft = torch.cat([E(torch.tensor([bos_id])), ce.to(E.weight.dtype)])
         row = {"context_tokens": n, "ce_rows": len(ce),
                "prefill_full_s": timed(lambda: forward(full)),
@@ -190,16 +199,58 @@ def prefill_times(decoder, comp, tok, docs: dict[str, str], lengths: list[int], 
     return rows
 
 
+# -- 4. reconstruction ---------------------------------------------------------------
+
+
+def reconstruction(decoder, comp, params, examples: list[dict], n: int, bos_id: int, progress) -> dict:
+    """Greedy regeneration of the first segment of `n` examples from its rows
+    (without the <Cont> row) and the <Rec> row."""
+    import torch
+
+    E = decoder.get_input_embeddings()
+    rows = []
+    for ex in examples[:n]:
+        seg = comp.segment(ex["context"])[0]
+        want = comp.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+        soft = torch.from_numpy(np.concatenate([_render(comp, seg.text, params).tensor[:-1], comp.rec_row]))
+        with torch.inference_mode():
+            x = torch.cat([E(torch.tensor([bos_id])), soft.to(E.weight.dtype)])[None]
+            got = decoder.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
+                                   max_new_tokens=len(want), min_new_tokens=len(want), do_sample=False,
+                                   pad_token_id=bos_id)[0, -len(want):].tolist()
+        rows.append({"tokens": len(want), "correct": sum(a == b for a, b in zip(got, want)),
+                     "exact": got == want, "text": comp.tokenizer.decode(got)})
+        progress(f"reconstruction {len(rows)}/{n}: {rows[-1]['correct']}/{len(want)} tokens")
+    return {"segments": len(rows),
+            "token_accuracy": sum(r["correct"] for r in rows) / max(sum(r["tokens"] for r in rows), 1),
+            "exact_match": sum(r["exact"] for r in rows) / max(len(rows), 1), "rows": rows}
+
+
 # -- the command --------------------------------------------------------------------
+
+
+def soft_compressor(name: str, decoder_dir, config, args):
+    """(compressor, its Params for this run, weights path) for `name`."""
+    if name == "arc":
+        from compressors.arc import Arc
+        from compressors.arc_model import DEFAULT_WEIGHTS
+
+        weights = config.arc_weights or DEFAULT_WEIGHTS
+        comp = Arc(decoder_dir, weights, dtype=config.model_dtype)
+        return comp, comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor), weights
+    from compressors.complm import DEFAULT_WEIGHTS, CompLLM
+
+    weights = config.complm_weights or DEFAULT_WEIGHTS
+    comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
+    return comp, comp.Params(), weights
+
 
 
 def main(args, config) -> int:
     import torch
 
     from compressors import models
-    from compressors.training import corpus
-    from compressors.complm import DEFAULT_WEIGHTS, CompLLM
-    from compressors.training.train_complm import examples
+    from compressors.training import soft
 
     from .reader import Reader
 
@@ -209,24 +260,26 @@ def main(args, config) -> int:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     decoder_dir = models.ensure_smollm2(config.models_dir)
-    weights = config.complm_weights or DEFAULT_WEIGHTS
-    comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
+    name = args.eval_target
+    comp, params, weights = soft_compressor(name, decoder_dir, config, args)
     reader = Reader(str(decoder_dir), dtype=config.model_dtype)  # the frozen decoder, untouched
     tok = reader.tokenizer
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")
-    test = corpus.split(config.cache_dir)["test"]
+    sources = args.corpus.split(",")
+    test = soft.documents(config.cache_dir, "test", sources)
     t0 = time.time()
 
-    exs = examples(test, tok, args.examples, args.seed, args.context_tokens, args.context_tokens,
-                   args.continuation, comp.max_segment_tokens)
-    losses, rows = continuation_losses(reader.model, comp, exs, bos_id)
+    exs = soft.examples(test, tok, args.examples, args.seed, args.context_tokens, args.context_tokens,
+                        args.continuation, comp.max_segment_tokens, uniform_docs=True, stream="complm")
+    losses, rows = continuation_losses(reader.model, comp, params, exs, bos_id)
     progress(f"continuation losses: {', '.join(f'{k} {v.mean():.3f}' for k, v in losses.items())}")
     result = {
         "command": "segpress " + " ".join(sys.argv[1:]),
         "weights": str(weights), "weights_fingerprint": comp.fingerprint,
         "decoder": {"id": comp.decoder_id, "fingerprint": comp.decoder_fingerprint,
                     "dtype": reader.dtype},
-        "data": {**corpus.PROVENANCE, "split": "test"},
+        "compressor": name, "params": {k: v for k, v in vars(params).items()},
+        "data": {"sources": soft.provenance(sources), "split": "test"},
         "torch_threads": torch.get_num_threads(),
         "setup": {"examples": len(exs), "context_tokens": args.context_tokens,
                   "continuation": args.continuation, "bootstrap": args.bootstrap, "seed": args.seed,
@@ -235,13 +288,18 @@ def main(args, config) -> int:
         "per_example": {k: v.tolist() for k, v in losses.items()},
     }
     if args.needles:
-        result["needle"] = needle_qa(reader, comp, test, args.needles, args.needle_words, args.seed, progress)
+        result["needle"] = needle_qa(reader, comp, params, test, args.needles, args.needle_words,
+                                     args.seed, progress)
     lengths = [int(n) for n in args.prefill.split(",") if n]
     if lengths:
-        result["prefill"] = prefill_times(reader.model, comp, tok, test, lengths, args.repeats, bos_id, progress)
+        result["prefill"] = prefill_times(reader.model, comp, params, tok, test, lengths, args.repeats,
+                                          bos_id, progress)
+    if args.reconstructions and hasattr(comp, "rec_row"):
+        result["reconstruction"] = reconstruction(reader.model, comp, params, exs, args.reconstructions,
+                                                  bos_id, progress)
     result["seconds"] = round(time.time() - t0, 1)
 
-    out = Path(args.out or Path(config.cache_dir) / "eval" / "complm.json")
+    out = Path(args.out or Path(config.cache_dir) / "eval" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(report(result))
@@ -274,6 +332,10 @@ def report(result: dict) -> str:
         a = n["accuracy"]
         lines += ["", f"Needle QA ({n['examples']} examples, {n['mean_context_tokens']:.0f} context tokens): "
                   f"full text {a['full']:.0%}, CEs {a['ce']:.0%}, no context {a['none']:.0%}"]
+    if "reconstruction" in result:
+        r = result["reconstruction"]
+        lines += ["", f"Reconstruction ({r['segments']} held-out segments, greedy from their rows and "
+                  f"<Rec>): token accuracy {r['token_accuracy']:.1%}, exact match {r['exact_match']:.0%}"]
     if "prefill" in result:
         lines += ["", "| context tokens | CEs | prefill, text (s) | prefill, CEs (s) | speed-up | "
                   "making the CEs (s) | speed-up incl. making them |", "| --- | --- | --- | --- | --- | --- | --- |"]

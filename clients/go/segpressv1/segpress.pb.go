@@ -402,6 +402,7 @@ type CompressRequest struct {
 	//
 	//	*CompressRequest_Llmlingua2
 	//	*CompressRequest_Complm
+	//	*CompressRequest_Arc
 	Params isCompressRequest_Params `protobuf_oneof:"params"`
 	// Cache use for this request; unset means CACHE_MODE_USE.
 	CacheMode CacheMode `protobuf:"varint,5,opt,name=cache_mode,json=cacheMode,proto3,enum=segpress.v1.CacheMode" json:"cache_mode,omitempty"`
@@ -494,6 +495,15 @@ func (x *CompressRequest) GetComplm() *CompLLMParams {
 	return nil
 }
 
+func (x *CompressRequest) GetArc() *ArcParams {
+	if x != nil {
+		if x, ok := x.Params.(*CompressRequest_Arc); ok {
+			return x.Arc
+		}
+	}
+	return nil
+}
+
 func (x *CompressRequest) GetCacheMode() CacheMode {
 	if x != nil {
 		return x.CacheMode
@@ -534,9 +544,15 @@ type CompressRequest_Complm struct {
 	Complm *CompLLMParams `protobuf:"bytes,8,opt,name=complm,proto3,oneof"`
 }
 
+type CompressRequest_Arc struct {
+	Arc *ArcParams `protobuf:"bytes,10,opt,name=arc,proto3,oneof"`
+}
+
 func (*CompressRequest_Llmlingua2) isCompressRequest_Params() {}
 
 func (*CompressRequest_Complm) isCompressRequest_Params() {}
+
+func (*CompressRequest_Arc) isCompressRequest_Params() {}
 
 // Query-aware selection, in front of any compressor (LongLLMLingua's coarse
 // stage). Every sentence of every context is scored against the query: the
@@ -816,6 +832,81 @@ func (x *CompLLMParams) GetDecoder() string {
 	return ""
 }
 
+// Parameters of the arc compressor (ARC-Encoder-style soft tokens: every
+// segment of at most Info's max_segment_tokens tokens becomes
+// ceil(tokens / pooling_factor) rows in the input-embedding space of one
+// decoder LLM). After each context's rows comes one more row, the learned
+// <Cont> embedding, which tells the decoder to go on from the context: put a
+// context's rows (CompressedContext.row_start to row_end) where its text
+// would go and nothing else is needed. In Tensor.segment_offsets that row
+// belongs to the context's last segment. The result is the same for any
+// query.
+type ArcParams struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens per row: one of the factors the weights were trained for
+	// (Info: CompressorInfo.pooling_factors). Unset (0) means 4. Any other
+	// value is INVALID_ARGUMENT.
+	PoolingFactor int32 `protobuf:"varint,1,opt,name=pooling_factor,json=poolingFactor,proto3" json:"pooling_factor,omitempty"`
+	// Element type of the returned tensors, as in CompLLMParams.output_dtype.
+	OutputDtype DType `protobuf:"varint,2,opt,name=output_dtype,json=outputDtype,proto3,enum=segpress.v1.DType" json:"output_dtype,omitempty"`
+	// The decoder the caller will feed the rows to, by id or fingerprint, as
+	// in CompLLMParams.decoder.
+	Decoder       string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArcParams) Reset() {
+	*x = ArcParams{}
+	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArcParams) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArcParams) ProtoMessage() {}
+
+func (x *ArcParams) ProtoReflect() protoreflect.Message {
+	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArcParams.ProtoReflect.Descriptor instead.
+func (*ArcParams) Descriptor() ([]byte, []int) {
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ArcParams) GetPoolingFactor() int32 {
+	if x != nil {
+		return x.PoolingFactor
+	}
+	return 0
+}
+
+func (x *ArcParams) GetOutputDtype() DType {
+	if x != nil {
+		return x.OutputDtype
+	}
+	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *ArcParams) GetDecoder() string {
+	if x != nil {
+		return x.Decoder
+	}
+	return ""
+}
+
 // Soft tokens: embedding vectors a decoder LLM reads in place of text.
 type Tensor struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -840,7 +931,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +943,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[4]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +956,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{4}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Tensor) GetDtype() DType {
@@ -961,7 +1052,7 @@ type CompressedContext struct {
 
 func (x *CompressedContext) Reset() {
 	*x = CompressedContext{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1064,7 @@ func (x *CompressedContext) String() string {
 func (*CompressedContext) ProtoMessage() {}
 
 func (x *CompressedContext) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[5]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1077,7 @@ func (x *CompressedContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressedContext.ProtoReflect.Descriptor instead.
 func (*CompressedContext) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{5}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CompressedContext) GetText() string {
@@ -1091,7 +1182,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1194,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[6]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1207,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{6}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Timings) GetSegmentMs() float64 {
@@ -1202,7 +1293,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1305,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[7]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1318,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{7}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Stats) GetOriginalTokens() int64 {
@@ -1321,7 +1412,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1424,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[8]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1437,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{8}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ModelInfo) GetId() string {
@@ -1389,7 +1480,7 @@ type CompressResponse struct {
 
 func (x *CompressResponse) Reset() {
 	*x = CompressResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1492,7 @@ func (x *CompressResponse) String() string {
 func (*CompressResponse) ProtoMessage() {}
 
 func (x *CompressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[9]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1505,7 @@ func (x *CompressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressResponse.ProtoReflect.Descriptor instead.
 func (*CompressResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{9}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompressResponse) GetRequestId() string {
@@ -1480,7 +1571,7 @@ type ItemStatus struct {
 
 func (x *ItemStatus) Reset() {
 	*x = ItemStatus{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1583,7 @@ func (x *ItemStatus) String() string {
 func (*ItemStatus) ProtoMessage() {}
 
 func (x *ItemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[10]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1596,7 @@ func (x *ItemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemStatus.ProtoReflect.Descriptor instead.
 func (*ItemStatus) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{10}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ItemStatus) GetCode() int32 {
@@ -1536,7 +1627,7 @@ type CompressStreamResponse struct {
 
 func (x *CompressStreamResponse) Reset() {
 	*x = CompressStreamResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1639,7 @@ func (x *CompressStreamResponse) String() string {
 func (*CompressStreamResponse) ProtoMessage() {}
 
 func (x *CompressStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[11]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1652,7 @@ func (x *CompressStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressStreamResponse.ProtoReflect.Descriptor instead.
 func (*CompressStreamResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{11}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CompressStreamResponse) GetIndex() int64 {
@@ -1593,7 +1684,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1696,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[12]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1709,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{12}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{13}
 }
 
 type CompressorInfo struct {
@@ -1634,14 +1725,17 @@ type CompressorInfo struct {
 	// For soft-token compressors: the decoder whose input-embedding space the
 	// output lives in (id and fingerprint, as in Tensor). Unset for text
 	// compressors.
-	Decoder       *ModelInfo `protobuf:"bytes,5,opt,name=decoder,proto3" json:"decoder,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Decoder *ModelInfo `protobuf:"bytes,5,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	// For arc: the pooling factors (tokens per row) a request may ask for in
+	// ArcParams.pooling_factor. Empty for other compressors.
+	PoolingFactors []int32 `protobuf:"varint,6,rep,packed,name=pooling_factors,json=poolingFactors,proto3" json:"pooling_factors,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CompressorInfo) Reset() {
 	*x = CompressorInfo{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1747,7 @@ func (x *CompressorInfo) String() string {
 func (*CompressorInfo) ProtoMessage() {}
 
 func (x *CompressorInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[13]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1760,7 @@ func (x *CompressorInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompressorInfo.ProtoReflect.Descriptor instead.
 func (*CompressorInfo) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{13}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CompressorInfo) GetName() string {
@@ -1704,6 +1798,13 @@ func (x *CompressorInfo) GetDecoder() *ModelInfo {
 	return nil
 }
 
+func (x *CompressorInfo) GetPoolingFactors() []int32 {
+	if x != nil {
+		return x.PoolingFactors
+	}
+	return nil
+}
+
 // Limits a request must stay within; exceeding one gives RESOURCE_EXHAUSTED.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1734,7 +1835,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1847,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[14]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1860,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{14}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Limits) GetMaxContexts() int32 {
@@ -1834,7 +1935,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_segpress_v1_segpress_proto_msgTypes[15]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +1947,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_segpress_v1_segpress_proto_msgTypes[15]
+	mi := &file_segpress_v1_segpress_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +1960,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{15}
+	return file_segpress_v1_segpress_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -1894,7 +1995,7 @@ var File_segpress_v1_segpress_proto protoreflect.FileDescriptor
 
 const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\n" +
-	"\x1asegpress/v1/segpress.proto\x12\vsegpress.v1\"\xa4\x03\n" +
+	"\x1asegpress/v1/segpress.proto\x12\vsegpress.v1\"\xd0\x03\n" +
 	"\x0fCompressRequest\x12\x1a\n" +
 	"\bcontexts\x18\x01 \x03(\tR\bcontexts\x12\x19\n" +
 	"\x05query\x18\x02 \x01(\tH\x01R\x05query\x88\x01\x01\x12\x1e\n" +
@@ -1904,7 +2005,9 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\n" +
 	"llmlingua2\x18\x04 \x01(\v2\x1d.segpress.v1.LLMLingua2ParamsH\x00R\n" +
 	"llmlingua2\x124\n" +
-	"\x06complm\x18\b \x01(\v2\x1a.segpress.v1.CompLLMParamsH\x00R\x06complm\x125\n" +
+	"\x06complm\x18\b \x01(\v2\x1a.segpress.v1.CompLLMParamsH\x00R\x06complm\x12*\n" +
+	"\x03arc\x18\n" +
+	" \x01(\v2\x16.segpress.v1.ArcParamsH\x00R\x03arc\x125\n" +
 	"\n" +
 	"cache_mode\x18\x05 \x01(\x0e2\x16.segpress.v1.CacheModeR\tcacheMode\x12\x1c\n" +
 	"\tnamespace\x18\x06 \x01(\tR\tnamespace\x12\x1d\n" +
@@ -1934,7 +2037,11 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x0e_target_tokens\"`\n" +
 	"\rCompLLMParams\x125\n" +
 	"\foutput_dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
-	"\adecoder\x18\x02 \x01(\tR\adecoder\"\xd5\x01\n" +
+	"\adecoder\x18\x02 \x01(\tR\adecoder\"\x83\x01\n" +
+	"\tArcParams\x12%\n" +
+	"\x0epooling_factor\x18\x01 \x01(\x05R\rpoolingFactor\x125\n" +
+	"\foutput_dtype\x18\x02 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
+	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xd5\x01\n" +
 	"\x06Tensor\x12(\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +
@@ -2002,13 +2109,14 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x03R\x05index\x12/\n" +
 	"\x06status\x18\x02 \x01(\v2\x17.segpress.v1.ItemStatusR\x06status\x129\n" +
 	"\bresponse\x18\x03 \x01(\v2\x1d.segpress.v1.CompressResponseR\bresponse\"\r\n" +
-	"\vInfoRequest\"\xe3\x01\n" +
+	"\vInfoRequest\"\x8c\x02\n" +
 	"\x0eCompressorInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x06output\x18\x02 \x01(\x0e2\x17.segpress.v1.OutputKindR\x06output\x12,\n" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
-	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\"\xe3\x02\n" +
+	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\x12'\n" +
+	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\xe3\x02\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
@@ -2070,7 +2178,7 @@ func file_segpress_v1_segpress_proto_rawDescGZIP() []byte {
 }
 
 var file_segpress_v1_segpress_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_segpress_v1_segpress_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_segpress_v1_segpress_proto_goTypes = []any{
 	(CacheMode)(0),                 // 0: segpress.v1.CacheMode
 	(Ranker)(0),                    // 1: segpress.v1.Ranker
@@ -2082,52 +2190,55 @@ var file_segpress_v1_segpress_proto_goTypes = []any{
 	(*SelectionOptions)(nil),       // 7: segpress.v1.SelectionOptions
 	(*LLMLingua2Params)(nil),       // 8: segpress.v1.LLMLingua2Params
 	(*CompLLMParams)(nil),          // 9: segpress.v1.CompLLMParams
-	(*Tensor)(nil),                 // 10: segpress.v1.Tensor
-	(*CompressedContext)(nil),      // 11: segpress.v1.CompressedContext
-	(*Timings)(nil),                // 12: segpress.v1.Timings
-	(*Stats)(nil),                  // 13: segpress.v1.Stats
-	(*ModelInfo)(nil),              // 14: segpress.v1.ModelInfo
-	(*CompressResponse)(nil),       // 15: segpress.v1.CompressResponse
-	(*ItemStatus)(nil),             // 16: segpress.v1.ItemStatus
-	(*CompressStreamResponse)(nil), // 17: segpress.v1.CompressStreamResponse
-	(*InfoRequest)(nil),            // 18: segpress.v1.InfoRequest
-	(*CompressorInfo)(nil),         // 19: segpress.v1.CompressorInfo
-	(*Limits)(nil),                 // 20: segpress.v1.Limits
-	(*InfoResponse)(nil),           // 21: segpress.v1.InfoResponse
+	(*ArcParams)(nil),              // 10: segpress.v1.ArcParams
+	(*Tensor)(nil),                 // 11: segpress.v1.Tensor
+	(*CompressedContext)(nil),      // 12: segpress.v1.CompressedContext
+	(*Timings)(nil),                // 13: segpress.v1.Timings
+	(*Stats)(nil),                  // 14: segpress.v1.Stats
+	(*ModelInfo)(nil),              // 15: segpress.v1.ModelInfo
+	(*CompressResponse)(nil),       // 16: segpress.v1.CompressResponse
+	(*ItemStatus)(nil),             // 17: segpress.v1.ItemStatus
+	(*CompressStreamResponse)(nil), // 18: segpress.v1.CompressStreamResponse
+	(*InfoRequest)(nil),            // 19: segpress.v1.InfoRequest
+	(*CompressorInfo)(nil),         // 20: segpress.v1.CompressorInfo
+	(*Limits)(nil),                 // 21: segpress.v1.Limits
+	(*InfoResponse)(nil),           // 22: segpress.v1.InfoResponse
 }
 var file_segpress_v1_segpress_proto_depIdxs = []int32{
 	8,  // 0: segpress.v1.CompressRequest.llmlingua2:type_name -> segpress.v1.LLMLingua2Params
 	9,  // 1: segpress.v1.CompressRequest.complm:type_name -> segpress.v1.CompLLMParams
-	0,  // 2: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
-	7,  // 3: segpress.v1.CompressRequest.selection:type_name -> segpress.v1.SelectionOptions
-	1,  // 4: segpress.v1.SelectionOptions.ranker:type_name -> segpress.v1.Ranker
-	2,  // 5: segpress.v1.SelectionOptions.order:type_name -> segpress.v1.Order
-	3,  // 6: segpress.v1.LLMLingua2Params.granularity:type_name -> segpress.v1.Granularity
-	4,  // 7: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
-	4,  // 8: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
-	12, // 9: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
-	11, // 10: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
-	10, // 11: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
-	14, // 12: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
-	13, // 13: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
-	16, // 14: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
-	15, // 15: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
-	5,  // 16: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
-	14, // 17: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
-	14, // 18: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
-	19, // 19: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
-	20, // 20: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
-	6,  // 21: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
-	6,  // 22: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
-	18, // 23: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
-	15, // 24: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
-	17, // 25: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
-	21, // 26: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
-	24, // [24:27] is the sub-list for method output_type
-	21, // [21:24] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	10, // 2: segpress.v1.CompressRequest.arc:type_name -> segpress.v1.ArcParams
+	0,  // 3: segpress.v1.CompressRequest.cache_mode:type_name -> segpress.v1.CacheMode
+	7,  // 4: segpress.v1.CompressRequest.selection:type_name -> segpress.v1.SelectionOptions
+	1,  // 5: segpress.v1.SelectionOptions.ranker:type_name -> segpress.v1.Ranker
+	2,  // 6: segpress.v1.SelectionOptions.order:type_name -> segpress.v1.Order
+	3,  // 7: segpress.v1.LLMLingua2Params.granularity:type_name -> segpress.v1.Granularity
+	4,  // 8: segpress.v1.CompLLMParams.output_dtype:type_name -> segpress.v1.DType
+	4,  // 9: segpress.v1.ArcParams.output_dtype:type_name -> segpress.v1.DType
+	4,  // 10: segpress.v1.Tensor.dtype:type_name -> segpress.v1.DType
+	13, // 11: segpress.v1.Stats.timings:type_name -> segpress.v1.Timings
+	12, // 12: segpress.v1.CompressResponse.contexts:type_name -> segpress.v1.CompressedContext
+	11, // 13: segpress.v1.CompressResponse.tensor:type_name -> segpress.v1.Tensor
+	15, // 14: segpress.v1.CompressResponse.model:type_name -> segpress.v1.ModelInfo
+	14, // 15: segpress.v1.CompressResponse.stats:type_name -> segpress.v1.Stats
+	17, // 16: segpress.v1.CompressStreamResponse.status:type_name -> segpress.v1.ItemStatus
+	16, // 17: segpress.v1.CompressStreamResponse.response:type_name -> segpress.v1.CompressResponse
+	5,  // 18: segpress.v1.CompressorInfo.output:type_name -> segpress.v1.OutputKind
+	15, // 19: segpress.v1.CompressorInfo.model:type_name -> segpress.v1.ModelInfo
+	15, // 20: segpress.v1.CompressorInfo.decoder:type_name -> segpress.v1.ModelInfo
+	20, // 21: segpress.v1.InfoResponse.compressors:type_name -> segpress.v1.CompressorInfo
+	21, // 22: segpress.v1.InfoResponse.limits:type_name -> segpress.v1.Limits
+	6,  // 23: segpress.v1.Segpress.Compress:input_type -> segpress.v1.CompressRequest
+	6,  // 24: segpress.v1.Segpress.CompressStream:input_type -> segpress.v1.CompressRequest
+	19, // 25: segpress.v1.Segpress.Info:input_type -> segpress.v1.InfoRequest
+	16, // 26: segpress.v1.Segpress.Compress:output_type -> segpress.v1.CompressResponse
+	18, // 27: segpress.v1.Segpress.CompressStream:output_type -> segpress.v1.CompressStreamResponse
+	22, // 28: segpress.v1.Segpress.Info:output_type -> segpress.v1.InfoResponse
+	26, // [26:29] is the sub-list for method output_type
+	23, // [23:26] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_segpress_v1_segpress_proto_init() }
@@ -2138,6 +2249,7 @@ func file_segpress_v1_segpress_proto_init() {
 	file_segpress_v1_segpress_proto_msgTypes[0].OneofWrappers = []any{
 		(*CompressRequest_Llmlingua2)(nil),
 		(*CompressRequest_Complm)(nil),
+		(*CompressRequest_Arc)(nil),
 	}
 	file_segpress_v1_segpress_proto_msgTypes[1].OneofWrappers = []any{}
 	file_segpress_v1_segpress_proto_msgTypes[2].OneofWrappers = []any{}
@@ -2147,7 +2259,7 @@ func file_segpress_v1_segpress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_segpress_v1_segpress_proto_rawDesc), len(file_segpress_v1_segpress_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -106,6 +106,7 @@ class CompressOptions(TypedDict, total=False):
     granularity: str | None
     output_dtype: str | None
     decoder: str
+    pooling_factor: int | None
     cache: str
     namespace: str
     request_id: str
@@ -183,6 +184,7 @@ class _ClientBase:
         granularity: str | None = None,
         output_dtype: str | None = None,
         decoder: str = "",
+        pooling_factor: int | None = None,
         cache: str = "use",
         namespace: str = "",
         request_id: str = "",
@@ -197,7 +199,9 @@ class _ClientBase:
         drop_consecutive and granularity ("word", "sentence" or "sentence_then_word") are llmlingua2
         parameters; output_dtype ("float32",
         "float16" or "bfloat16") and decoder (the decoder id or fingerprint
-        the soft tokens are for) are complm's. Setting both kinds is an error."""
+        the soft tokens are for) are the soft-token compressors' (complm's,
+        or arc's with compressor="arc"); pooling_factor (tokens per row) is
+        arc's. Setting text and soft-token parameters together is an error."""
         if isinstance(contexts, str):
             contexts = [contexts]
         if cache not in _CACHE_MODES:
@@ -238,14 +242,19 @@ class _ClientBase:
                     raise ValueError(f"granularity must be one of {sorted(_GRANULARITIES)}, "
                                      f"got {granularity!r}")
                 params.granularity = _GRANULARITIES[granularity]
-        if output_dtype is not None or decoder:
+        if output_dtype is not None or decoder or pooling_factor is not None:
             if req.HasField("llmlingua2"):
-                raise ValueError("output_dtype and decoder (complm) cannot be combined with "
-                                 "llmlingua2 parameters")
+                raise ValueError("output_dtype, decoder and pooling_factor (soft-token compressors) "
+                                 "cannot be combined with llmlingua2 parameters")
             if output_dtype is not None and output_dtype not in DTYPES:
                 raise ValueError(f"output_dtype must be one of {sorted(DTYPES)}, got {output_dtype!r}")
-            req.complm.output_dtype = DTYPES[output_dtype or "float32"]
-            req.complm.decoder = decoder
+            if compressor == "arc" or pooling_factor is not None:
+                soft = req.arc
+                soft.pooling_factor = pooling_factor or 0
+            else:
+                soft = req.complm
+            soft.output_dtype = DTYPES[output_dtype or "float32"]
+            soft.decoder = decoder
         return req
 
 

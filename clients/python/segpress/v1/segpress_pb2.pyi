@@ -221,6 +221,7 @@ class CompressRequest(_message.Message):
     COMPRESSOR_FIELD_NUMBER: _builtins.int
     LLMLINGUA2_FIELD_NUMBER: _builtins.int
     COMPLM_FIELD_NUMBER: _builtins.int
+    ARC_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -261,6 +262,8 @@ class CompressRequest(_message.Message):
     @_builtins.property
     def complm(self) -> Global___CompLLMParams: ...
     @_builtins.property
+    def arc(self) -> Global___ArcParams: ...
+    @_builtins.property
     def selection(self) -> Global___SelectionOptions:
         """How query-aware selection runs; unset means the defaults. Ignored (and
         selection is off) when `query` is not set.
@@ -274,18 +277,19 @@ class CompressRequest(_message.Message):
         compressor: _builtins.str = ...,
         llmlingua2: Global___LLMLingua2Params | None = ...,
         complm: Global___CompLLMParams | None = ...,
+        arc: Global___ArcParams | None = ...,
         cache_mode: Global___CacheMode.ValueType = ...,
         namespace: _builtins.str = ...,
         request_id: _builtins.str = ...,
         selection: Global___SelectionOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "complm", b"complm", "llmlingua2", b"llmlingua2", "params", b"params", "query", b"query", "selection", b"selection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "arc", b"arc", "complm", b"complm", "llmlingua2", b"llmlingua2", "params", b"params", "query", b"query", "selection", b"selection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "cache_mode", b"cache_mode", "complm", b"complm", "compressor", b"compressor", "contexts", b"contexts", "llmlingua2", b"llmlingua2", "namespace", b"namespace", "params", b"params", "query", b"query", "request_id", b"request_id", "selection", b"selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_query", b"_query", "arc", b"arc", "cache_mode", b"cache_mode", "complm", b"complm", "compressor", b"compressor", "contexts", b"contexts", "llmlingua2", b"llmlingua2", "namespace", b"namespace", "params", b"params", "query", b"query", "request_id", b"request_id", "selection", b"selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__query: _TypeAlias = _typing.Literal["query"]  # noqa: Y015
     _WhichOneofArgType__query: _TypeAlias = _typing.Literal["_query", b"_query"]  # noqa: Y015
-    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["llmlingua2", "complm"]  # noqa: Y015
+    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["llmlingua2", "complm", "arc"]  # noqa: Y015
     _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__query) -> _WhichOneofReturnType__query | None: ...
@@ -474,6 +478,50 @@ class CompLLMParams(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompLLMParams: _TypeAlias = CompLLMParams  # noqa: Y015
+
+@_typing.final
+class ArcParams(_message.Message):
+    """Parameters of the arc compressor (ARC-Encoder-style soft tokens: every
+    segment of at most Info's max_segment_tokens tokens becomes
+    ceil(tokens / pooling_factor) rows in the input-embedding space of one
+    decoder LLM). After each context's rows comes one more row, the learned
+    <Cont> embedding, which tells the decoder to go on from the context: put a
+    context's rows (CompressedContext.row_start to row_end) where its text
+    would go and nothing else is needed. In Tensor.segment_offsets that row
+    belongs to the context's last segment. The result is the same for any
+    query.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLING_FACTOR_FIELD_NUMBER: _builtins.int
+    OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
+    DECODER_FIELD_NUMBER: _builtins.int
+    pooling_factor: _builtins.int
+    """Tokens per row: one of the factors the weights were trained for
+    (Info: CompressorInfo.pooling_factors). Unset (0) means 4. Any other
+    value is INVALID_ARGUMENT.
+    """
+    output_dtype: Global___DType.ValueType
+    """Element type of the returned tensors, as in CompLLMParams.output_dtype."""
+    decoder: _builtins.str
+    """The decoder the caller will feed the rows to, by id or fingerprint, as
+    in CompLLMParams.decoder.
+    """
+    def __init__(
+        self,
+        *,
+        pooling_factor: _builtins.int = ...,
+        output_dtype: Global___DType.ValueType = ...,
+        decoder: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArcParams: _TypeAlias = ArcParams  # noqa: Y015
 
 @_typing.final
 class Tensor(_message.Message):
@@ -906,6 +954,7 @@ class CompressorInfo(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_SEGMENT_TOKENS_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
+    POOLING_FACTORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to put in CompressRequest.compressor."""
     output: Global___OutputKind.ValueType
@@ -923,6 +972,12 @@ class CompressorInfo(_message.Message):
         compressors.
         """
 
+    @_builtins.property
+    def pooling_factors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """For arc: the pooling factors (tokens per row) a request may ask for in
+        ArcParams.pooling_factor. Empty for other compressors.
+        """
+
     def __init__(
         self,
         *,
@@ -931,10 +986,11 @@ class CompressorInfo(_message.Message):
         model: Global___ModelInfo | None = ...,
         max_segment_tokens: _builtins.int = ...,
         decoder: Global___ModelInfo | None = ...,
+        pooling_factors: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "max_segment_tokens", b"max_segment_tokens", "model", b"model", "name", b"name", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "max_segment_tokens", b"max_segment_tokens", "model", b"model", "name", b"name", "output", b"output", "pooling_factors", b"pooling_factors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,173 @@
+"""ARC: each segment becomes pooled soft tokens a frozen decoder reads.
+
+ARC-Encoder (Pilchen, Grave, Perez; kyutai, arXiv 2510.20535) compresses a
+context into x times fewer vectors in a decoder's input-embedding space with
+an encoder made from an LLM, so the unchanged decoder reads them in place of
+the context's token embeddings. Here, scaled to what trains on a CPU:
+
+    h   = the decoder's first L-1 blocks over the segment's tokens, with a
+          LoRA and without the causal mask (every token sees every token)
+    q_g = mean of h over group g of x consecutive tokens        (pooling)
+    h_g = block L (with its LoRA) with queries q_g, keys and values from
+          every token of h: one output per group
+    row_g = P2 P1 norm(h_g)          P1, P2: bias-free linear, no activation
+
+and after each context's rows one learned <Cont> row, which tells the decoder
+to go on from the context (training also learns a <Rec> row, "repeat the
+context", used only there and in the evaluation). The decoder is
+SmolLM2-135M-Instruct, the one complm targets; the encoder starts from its
+own weights. x (ArcParams.pooling_factor) is 4 by default; the weights are
+trained for every factor in ArcConfig.factors at once.
+
+Choices where ARC leaves details open (or where we differ):
+- Segments of at most 128 tokens, cut by the shared segmenter and compressed
+  one by one (ARC compresses a whole context), so every segment's rows are
+  cached and reused in any context.
+- L = 6 blocks (ARC drops only the decoder's last 2 of 32; a shallow encoder
+  trains several times faster per step on a CPU, as GMSA arXiv 2505.12215
+  also reports), and a LoRA of rank 64 on every linear layer of them (ARC:
+  rank 128 within 0.6 points of full training).
+- The cache holds every factor's rows of a segment in one value (the first
+  L-1 blocks are shared, so the extra factors cost one block each), so
+  a request at another factor is still all cache hits.
+
+Training: compressors/training/train_arc.py. The math: compressors/arc_model.py.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segpress.v1 import segpress_pb2 as pb
+
+from .arc_model import DEFAULT_WEIGHTS, load_model
+from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
+                   check_rows, render_rows)
+from .complm import OUTPUT_DTYPES
+from .complm_model import weights_metadata
+from .models import SMOLLM2, fingerprint, resolve_dtype
+from .segmenter import count_tokens, segment_text
+
+NAME = "arc"
+DEFAULT_FACTOR = 4
+
+
+@dataclass
+class Params:
+    pooling_factor: int = DEFAULT_FACTOR  # tokens per row
+    output_dtype: str = "float32"  # element type of the returned tensors
+    decoder: str = ""  # the decoder the caller will use; "" = ours
+
+    @classmethod
+    def from_proto(cls, req: pb.CompressRequest) -> "Params":
+        p = req.arc
+        return cls(pooling_factor=p.pooling_factor or DEFAULT_FACTOR,
+                   output_dtype=OUTPUT_DTYPES.get(p.output_dtype, f"DType value {p.output_dtype}"),
+                   decoder=p.decoder)
+
+    def check(self) -> None:
+        names = sorted(set(OUTPUT_DTYPES.values()))
+        if self.output_dtype not in names:
+            raise InvalidParams(f"arc.output_dtype must be one of {', '.join(names)}, "
+                                f"got {self.output_dtype!r}")
+
+
+def rows_name(factor: int) -> str:
+    """The name of a segment's rows at pooling `factor` in its cached value."""
+    return f"x{factor}"
+
+
+class Arc:
+    name = NAME
+    kind = Kind.SOFT_TOKENS
+    output = "tensor"
+    Params = Params
+    limits: dict[str, int] = {}
+
+    def __init__(self, decoder_dir: str | Path, weights: str | Path = DEFAULT_WEIGHTS,
+                 device: str = "cpu", batch_size: int = 32, dtype: str = "float32"):
+        self.dtype = resolve_dtype(dtype, device)
+        self.model, self.tokenizer = load_model(decoder_dir, weights, self.dtype, device)
+        self.config = self.model.config
+        self.pooling_factors = self.config.factors
+        self.batch_size = batch_size
+        self.max_segment_tokens = self.config.segment_tokens
+        self.hidden_size = self.model.decoder.config.hidden_size
+        self.decoder_id = SMOLLM2
+        self.decoder_fingerprint = fingerprint(decoder_dir)
+        trained_for = weights_metadata(weights).get("decoder_fingerprint")
+        if trained_for not in (None, self.decoder_fingerprint):
+            raise ValueError(f"arc weights {weights} were trained for decoder {trained_for[:16]}..., "
+                             f"not for {decoder_dir} ({self.decoder_fingerprint[:16]}...)")
+        self.model_id = f"{NAME}:{Path(weights).name}"
+        # The rows depend on the decoder, the trained weights and the precision.
+        h = hashlib.sha256(self.decoder_fingerprint.encode())
+        h.update(Path(weights).read_bytes())
+        self.fingerprint = h.hexdigest()
+        self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        # The <Cont> row every context ends with, float32 [1, hidden].
+        self.cont_row = self.model.cont.detach().float().cpu().numpy()[None]
+        # The <Rec> row (repeat the context): training and evaluation only.
+        self.rec_row = self.model.rec.detach().float().cpu().numpy()[None]
+
+    def check_params(self, params: Params) -> None:
+        """A trained pooling factor, and the decoder the rows are made for."""
+        if params.pooling_factor not in self.pooling_factors:
+            raise InvalidParams(
+                f"arc.pooling_factor is {params.pooling_factor}, but this server's arc weights are "
+                f"trained for {', '.join(map(str, self.pooling_factors))} tokens per row "
+                f"(0 means {DEFAULT_FACTOR})")
+        if params.decoder and params.decoder not in (self.decoder_id, self.decoder_fingerprint):
+            raise InvalidParams(
+                f"arc.decoder is {params.decoder!r}, but this server's arc makes rows only for "
+                f"decoder {self.decoder_id!r} (fingerprint {self.decoder_fingerprint}); leave "
+                "arc.decoder empty or name that decoder")
+
+    def budget(self, params: Params, total_tokens: int) -> None:
+        """No token budget: a segment's rows are fixed by the pooling factor."""
+        return None
+
+    def segment(self, text: str) -> list[Segment]:
+        return segment_text(text, self.tokenizer, self.max_segment_tokens)
+
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        return count_tokens(text, self.tokenizer, stop_after)
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        """For every trained factor x, "x<x>": float32 [ceil(tokens / x),
+        hidden], finite: the rows encode makes of this segment's text."""
+        n = len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"])
+        return set(encoded) == {rows_name(f) for f in self.pooling_factors} and all(
+            check_rows({rows_name(f): encoded[rows_name(f)]}, rows_name(f), self.model.n_rows(n, f),
+                       self.hidden_size)
+            for f in self.pooling_factors)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """Per segment, for every trained factor x: "x<x>" float32
+        [ceil(tokens / x), hidden]."""
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        out: list[Encoded] = [{} for _ in ids]
+        for b in range(0, len(ids), self.batch_size):
+            rows = self.model.rows(ids[b : b + self.batch_size])
+            for f, per_segment in rows.items():
+                for i, r in enumerate(per_segment):
+                    out[b + i][rows_name(f)] = r.float().cpu().numpy()
+        return out
+
+    def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
+        """Each context's rows at the request's factor, its segments' in
+        order, then the <Cont> row: float32 [rows + 1, hidden] (no rows at
+        all for a context with no segment left). The <Cont> row is counted
+        with the context's last segment. The pipeline converts the rows to
+        params.output_dtype for the wire."""
+        out = render_rows(contexts, rows_name(params.pooling_factor), self.hidden_size)
+        for r in out:
+            if r.segment_rows:
+                r.tensor = np.concatenate([r.tensor, self.cont_row])
+                r.segment_rows[-1] += 1
+                r.compressed_tokens += 1
+        return out

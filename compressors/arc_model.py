@@ -1,0 +1,224 @@
+"""The ARC encoder: the decoder's first blocks, bidirectional, pooled in the
+last block, then a projector into the decoder's input-embedding space.
+
+compressors/arc.py explains the method and serves it; this module is the
+math (ArcModel.rows), its configuration and its weights. The encoder's blocks
+are the decoder's own first `layers` blocks with a LoRA on every linear
+layer; the LoRA is on only while encoding, so with it off the same modules
+are the unchanged decoder that reads the rows. Trained weights are the LoRA,
+the projector and the two task embeddings (a few MB); the decoder comes from
+its own checkpoint.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import pad_right
+from .lora import LoRALinear
+from .models import WEIGHTS_DIR
+
+# The trained weights that ship with segpress.
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "arc-smollm2-135m.safetensors"
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+TASKS = ("cont", "rec")  # continue after the context / repeat the context
+
+
+@dataclass(frozen=True)
+class ArcConfig:
+    """What a set of trained weights was made with (stored in its metadata)."""
+
+    layers: int = 6  # encoder depth: the decoder's first blocks; the last one pools
+    factors: tuple[int, ...] = (4, 8)  # pooling factors: tokens per row
+    segment_tokens: int = 128  # most tokens per segment
+    rank: int = 64  # LoRA rank on every linear layer of the encoder's blocks
+    alpha: float = 128.0  # LoRA scale = alpha / rank
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "factors": list(self.factors)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ArcConfig":
+        d = json.loads(s)
+        return cls(**{**d, "factors": tuple(d["factors"])})
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Llama's convention) of x [B, heads, L, hd]
+    at positions pos [B, L] (fractional positions allowed)."""
+    freqs = pos.to(torch.float32)[..., None] * inv_freq  # [B, L, hd/2]
+    emb = torch.cat([freqs, freqs], -1)[:, None]  # [B, 1, L, hd]
+    x1, x2 = x.chunk(2, -1)
+    return (x * emb.cos() + torch.cat([-x2, x1], -1) * emb.sin()).to(x.dtype)
+
+
+class ArcModel(nn.Module):
+    """The decoder (frozen), the LoRA on its first blocks (on only while
+    encoding), the projector and the task embeddings."""
+
+    def __init__(self, decoder, pad_id: int, config: ArcConfig = ArcConfig()):
+        super().__init__()
+        self.decoder = decoder.requires_grad_(False)
+        self.config = config
+        self.pad_id = pad_id
+        self.blocks = decoder.model.layers[: config.layers]
+        self.loras: list[LoRALinear] = []
+        for block in self.blocks:
+            for path in LINEARS:
+                parent, name = path.split(".")
+                lora = LoRALinear(getattr(getattr(block, parent), name), config.rank, config.alpha)
+                setattr(getattr(block, parent), name, lora)
+                self.loras.append(lora)
+        cfg = decoder.config
+        D = cfg.hidden_size
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or D // self.heads
+        rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": cfg.rope_theta}
+        self.register_buffer("inv_freq", 1.0 / rope["rope_theta"] ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim), persistent=False)
+        # Projector: two bias-free linear layers, no activation. It starts as
+        # a scaled identity that maps the final norm's output (RMS ~ the norm
+        # weight's) to the RMS of the decoder's input embeddings.
+        E = decoder.get_input_embeddings().weight
+        scale = (E.pow(2).mean().sqrt() / decoder.model.norm.weight.pow(2).mean().sqrt()).item()
+        self.proj_in = nn.Linear(D, D, bias=False)
+        self.proj_out = nn.Linear(D, D, bias=False)
+        with torch.no_grad():
+            self.proj_in.weight.copy_(torch.eye(D))
+            self.proj_out.weight.copy_(torch.eye(D) * scale)
+        # Task embeddings, read after a context's rows: they start as the
+        # mean input embedding and learn to say "continue" or "repeat".
+        self.cont = nn.Parameter(E.detach().mean(0).clone())  # [D]
+        self.rec = nn.Parameter(E.detach().mean(0).clone())  # [D]
+        self.set_lora(False)
+
+    @property
+    def embed(self) -> nn.Embedding:
+        return self.decoder.get_input_embeddings()
+
+    def set_lora(self, enabled: bool) -> None:
+        for lora in self.loras:
+            lora.enabled = enabled
+
+    def n_rows(self, n_tokens: int, factor: int) -> int:
+        """Rows of a segment of `n_tokens` tokens at pooling `factor`."""
+        return math.ceil(n_tokens / factor)
+
+    def task(self, name: str) -> torch.Tensor:
+        """The learned embedding [D] of task `name` ("cont" or "rec")."""
+        return self.cont if name == "cont" else self.rec
+
+    def _attend(self, attn, x_q, x_kv, pos_q, pos_kv, keys):
+        """Bidirectional attention of queries from x_q [B, Lq, D] over keys
+        and values from x_kv [B, Lk, D]; keys [B, Lk] is False on padding."""
+        B, Lq, _ = x_q.shape
+        Lk = x_kv.shape[1]
+        q = attn.q_proj(x_q).view(B, Lq, self.heads, self.head_dim).transpose(1, 2)  # [B, H, Lq, hd]
+        k = attn.k_proj(x_kv).view(B, Lk, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, Lk, hd]
+        v = attn.v_proj(x_kv).view(B, Lk, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotate(q, pos_q, self.inv_freq), rotate(k, pos_kv, self.inv_freq)
+        groups = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)  # [B, H, Lk, hd]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])  # [B, H, Lq, hd]
+        return attn.o_proj(out.transpose(1, 2).reshape(B, Lq, self.heads * self.head_dim))
+
+    def rows(self, segments: list[list[int]], factors: tuple[int, ...] | None = None
+             ) -> dict[int, list[torch.Tensor]]:
+        """For each pooling factor x: the rows [ceil(n_i / x), D] of each
+        segment (token ids), all segments in one forward pass.
+
+        Every segment is padded to the same width, so its rows never depend on
+        which other segments share its batch."""
+        factors = factors or self.config.factors
+        step = math.lcm(*factors)
+        width = max([self.config.segment_tokens] + [len(s) for s in segments])
+        width = -(-width // step) * step
+        ids, mask = pad_right(segments, self.pad_id, width=width)  # [B, W] each
+        device = self.proj_in.weight.device
+        ids, keys = ids.to(device), mask.to(device).bool()
+        B, W = ids.shape
+        pos = torch.arange(W, device=device).expand(B, W)  # [B, W]
+        self.set_lora(True)
+        try:
+            h = self.embed(ids)  # [B, W, D]
+            for block in self.blocks[:-1]:
+                x = block.input_layernorm(h)
+                h = h + self._attend(block.self_attn, x, x, pos, pos, keys)
+                h = h + block.mlp(block.post_attention_layernorm(h))
+            # The last block: queries are the residual stream averaged over
+            # groups of x tokens (padding left out), at the group's mean
+            # position; keys and values are every token.
+            last = self.blocks[-1]
+            x = last.input_layernorm(h)
+            out = {}
+            for f in factors:
+                G = W // f
+                w = keys.view(B, G, f, 1).to(h.dtype)  # [B, G, f, 1]
+                count = w.sum(2).clamp(min=1)  # [B, G, 1]
+                hp = (h.view(B, G, f, -1) * w).sum(2) / count  # [B, G, D]
+                pos_q = (pos.view(B, G, f) * w[..., 0]).sum(-1) / count[..., 0]  # [B, G]
+                hp = hp + self._attend(last.self_attn, last.input_layernorm(hp), x, pos_q, pos, keys)
+                hp = hp + last.mlp(last.post_attention_layernorm(hp))
+                r = self.proj_out(self.proj_in(self.decoder.model.norm(hp)))  # [B, G, D]
+                out[f] = [r[i, : self.n_rows(len(s), f)] for i, s in enumerate(segments)]
+        finally:
+            self.set_lora(False)
+        return out
+
+    # -- trained weights: LoRA, projector, task embeddings ----------------------
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        state = {"proj_in.weight": self.proj_in.weight, "proj_out.weight": self.proj_out.weight,
+                 "task.cont": self.cont, "task.rec": self.rec}
+        for i, lora in enumerate(self.loras):
+            state[f"lora.{i}.A"] = lora.A
+            state[f"lora.{i}.B"] = lora.B
+        return state
+
+    def trainable(self) -> list[nn.Parameter]:
+        return list(self.trained_state().values())
+
+    def save(self, path: str | Path, metadata: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.trained_state().items()}
+        save_file(state, str(path), metadata={"config": self.config.to_json(), **metadata})
+
+    def load(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        mine = self.trained_state()
+        if set(state) != set(mine):
+            raise ValueError(f"{path} does not hold arc LoRA + projector tensors for this model")
+        with torch.no_grad():
+            for k, v in state.items():
+                if v.shape != mine[k].shape:
+                    raise ValueError(f"{path}: {k} is {tuple(v.shape)}, expected {tuple(mine[k].shape)}")
+                mine[k].copy_(v.to(mine[k].dtype))
+
+
+def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,
+               dtype: str = "float32", device: str = "cpu", config: ArcConfig | None = None):
+    """(ArcModel, tokenizer) for the decoder checkpoint in `decoder_dir`, with
+    the trained weights from `weights` (their config with them), or untrained
+    with `config` (default ArcConfig()) when weights is None."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config or ArcConfig()
+    if weights is not None:
+        with safe_open(str(weights), "pt") as f:
+            config = ArcConfig.from_json(f.metadata()["config"])
+    tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+    decoder = AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32)
+    model = ArcModel(decoder, tokenizer.eos_token_id, config)
+    if weights is not None:
+        model.load(weights)
+    return model.to(device=device, dtype=getattr(torch, dtype)).eval(), tokenizer
