@@ -195,14 +195,18 @@ def _convert_smollm2(models_dir: Path, out: Path) -> Path:
 
 ONNX_OPSET = 17
 ONNX_QUANTIZATIONS = ("float32", "int8")
+ONNX_TASKS = {"token-classification": ("AutoModelForTokenClassification", "logits"),
+              "feature-extraction": ("AutoModel", "last_hidden_state")}
 
 
 def ensure_onnx(model_dir: str | os.PathLike, quantization: str = "float32",
-                model_fingerprint: str | None = None) -> Path:
-    """model.onnx of the token-classification checkpoint `model_dir`,
-    exported on first use into `<model_dir>/onnx-<quantization>/` and reused
-    while the checkpoint's weights (their fingerprint) and the exporter's
-    versions are the same; a damaged export is refused like a damaged model.
+                model_fingerprint: str | None = None, task: str = "token-classification",
+                into: str | os.PathLike | None = None) -> Path:
+    """model.onnx of the checkpoint `model_dir` (`task`: a token classifier,
+    output "logits", or a bare encoder, output "last_hidden_state"),
+    exported on first use into `<into or model_dir>/onnx-<quantization>/` and
+    reused while the checkpoint's weights (their fingerprint) and the
+    exporter's versions are the same; a damaged export is made again.
 
     float32: torch.onnx.export of the float32 model, with the encoder's
     attention, GELU and layer norms fused by onnxruntime's transformer
@@ -214,16 +218,20 @@ def ensure_onnx(model_dir: str | os.PathLike, quantization: str = "float32",
 
     if quantization not in ONNX_QUANTIZATIONS:
         raise ValueError(f"ONNX quantization must be one of {ONNX_QUANTIZATIONS}, got {quantization!r}")
+    if task not in ONNX_TASKS:
+        raise ValueError(f"ONNX task must be one of {', '.join(ONNX_TASKS)}, got {task!r}")
     model_dir = Path(model_dir)
     source = {"model_fingerprint": model_fingerprint or fingerprint(model_dir),
               "quantization": quantization, "opset": ONNX_OPSET,
               "torch": torch.__version__.split("+")[0], "onnxruntime": onnxruntime.__version__}
+    if task != "token-classification":  # (the first exports' manifests do not name it)
+        source["task"] = task
     if quantization == "float32":
-        build = lambda d: _export_onnx(model_dir, d / "model.onnx")  # noqa: E731
+        build = lambda d: _export_onnx(model_dir, d / "model.onnx", task)  # noqa: E731
     else:
-        fp32 = ensure_onnx(model_dir, "float32", source["model_fingerprint"]) / "model.onnx"
+        fp32 = ensure_onnx(model_dir, "float32", source["model_fingerprint"], task, into) / "model.onnx"
         build = lambda d: _quantize_onnx(fp32, d / "model.onnx")  # noqa: E731
-    out = model_dir / f"onnx-{quantization}"
+    out = Path(into or model_dir) / f"onnx-{quantization}"
     if out.exists() and _damage(out):  # derived from the checkpoint: made again
         shutil.rmtree(out)
     try:
@@ -233,15 +241,23 @@ def ensure_onnx(model_dir: str | os.PathLike, quantization: str = "float32",
                          f"writable copy of the checkpoint, or --engine torch") from e
 
 
-def _export_onnx(model_dir: Path, out: Path) -> None:
-    import numpy as np
+def _export_onnx(model_dir: Path, out: Path, task: str) -> None:
     import onnxruntime as ort
     import torch
-    from transformers import AutoModelForTokenClassification
+    import transformers
 
-    model = AutoModelForTokenClassification.from_pretrained(
+    auto, output = ONNX_TASKS[task]
+    model = getattr(transformers, auto).from_pretrained(
         model_dir, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager").eval()
     config = model.config
+    # A probe: random ids, widths 7 and 40, the shorter padded; run before the
+    # export, which can leave the torch model computing something else.
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randint(1000, min(config.vocab_size, 20000), (2, 40), generator=gen)
+    probe_mask = torch.ones_like(probe)
+    probe_mask[0, 7:] = 0
+    with torch.inference_mode():
+        want = _used(output, model(input_ids=probe, attention_mask=probe_mask)[0], probe_mask)
     # Example inputs with padding, so the traced graph keeps the mask's path.
     ids = torch.full((2, 16), 5, dtype=torch.long)
     mask = torch.ones((2, 16), dtype=torch.long)
@@ -250,25 +266,15 @@ def _export_onnx(model_dir: Path, out: Path) -> None:
     axes = {0: "batch", 1: "width"}
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python-side branches
-        torch.onnx.export(model, (ids, mask), str(plain), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes})
-
-    # A probe: random ids, widths 7 and 40, the shorter padded.
-    gen = torch.Generator().manual_seed(0)
-    probe = torch.randint(1000, min(config.vocab_size, 20000), (2, 40), generator=gen)
-    probe_mask = torch.ones_like(probe)
-    probe_mask[0, 7:] = 0
-    with torch.inference_mode():
-        want = model(input_ids=probe, attention_mask=probe_mask).logits.float().softmax(-1).numpy()
-    real = probe_mask.numpy()[..., None].astype(bool)
+        torch.onnx.export(_ByName(model, output), (ids, mask), str(plain),
+                          input_names=["input_ids", "attention_mask"],
+                          output_names=[output], opset_version=ONNX_OPSET, dynamo=False,
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes})
 
     def error(path: Path) -> float:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        logits = sess.run(None, {"input_ids": probe.numpy(), "attention_mask": probe_mask.numpy()})[0]
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        got = e / e.sum(-1, keepdims=True)
-        return float(np.abs(np.where(real, got - want, 0)).max())
+        got = sess.run([output], {"input_ids": probe.numpy(), "attention_mask": probe_mask.numpy()})[0]
+        return float((_used(output, torch.from_numpy(got), probe_mask) - want).abs().max())
 
     if error(plain) > 1e-4:
         raise ModelError(f"the ONNX export of {model_dir} does not reproduce its outputs; "
@@ -285,6 +291,32 @@ def _export_onnx(model_dir: Path, out: Path) -> None:
     except Exception:  # noqa: BLE001 - a graph the optimizer cannot fuse: keep it plain
         pass
     os.replace(plain, out)
+
+
+def _ByName(model, output: str):
+    """`model` called with its inputs by name, returning only `output`."""
+    import torch
+
+    class ByName(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                      use_cache=False), output)
+
+    return ByName()
+
+
+def _used(output: str, raw, mask):
+    """What segpress reads of a model's output, compared by the export's
+    probe: keep probabilities of real tokens, or unit mean-pooled vectors."""
+    if output == "logits":
+        return raw.float().softmax(-1)[..., 1] * mask
+    m = mask[..., None].float()
+    pooled = (raw.float() * m).sum(1) / m.sum(1)
+    return pooled / pooled.norm(dim=-1, keepdim=True)
 
 
 def _quantize_onnx(fp32: Path, out: Path) -> None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from segpress.v1 import segpress_pb2 as pb
 
-from .base import ContextParts, Encoded, InvalidParams, Kind, Segment
+from .base import (ContextParts, Encoded, InvalidParams, Kind, Segment, length_sorted_batches,
+                   pad_right)
 from .models import fingerprint
 from .segmenter import sentence_spans
 
@@ -70,16 +71,52 @@ class SentenceVectors:
     kind = Kind.SENTENCE_VECTORS
 
     def __init__(self, model_dir: str | Path | None = None, device: str = "cpu",
-                 batch_size: int = 64):
+                 batch_size: int = 64, engine: str = "torch",
+                 export_dir: str | Path | None = None):
+        """engine: torch (sentence-transformers) or onnx / onnx-int8 (ONNX
+        Runtime on the CPU: the encoder exported on first use into
+        `export_dir`, default the model directory; mean pooling and
+        normalising here, as the model's sentence-transformers modules do)."""
         from sentence_transformers import SentenceTransformer
 
+        if engine not in ("torch", "onnx", "onnx-int8"):
+            raise ValueError(f"sentence embedder engine must be torch, onnx or onnx-int8, got {engine!r}")
         path = Path(model_dir) if model_dir else default_model_dir()
         self.model = SentenceTransformer(str(path), device=device)
         self.dim = self.model.get_embedding_dimension()
         self.batch_size = batch_size
         self.model_id = path.name if model_dir else "all-MiniLM-L6-v2"
         self.fingerprint = fingerprint(path)
-        self.cache_id = f"{self.fingerprint}:float16"
+        self.engine = engine
+        self.session = None
+        if engine == "torch":
+            self.cache_id = f"{self.fingerprint}:float16"
+        else:  # the engine is part of the vectors' cache identity
+            self.session = self._onnx(path, device, export_dir)
+            self.cache_id = f"{self.fingerprint}:{engine}:float16"
+
+    def _onnx(self, path: Path, device: str, export_dir):
+        """The ONNX Runtime session of the model's encoder; only models that
+        are an encoder, mean pooling and (optionally) normalising."""
+        import onnxruntime as ort
+        import torch
+
+        from .models import ensure_onnx
+
+        kinds = [type(m).__name__ for m in self.model]
+        pooling = self.model[1].get_config_dict() if len(kinds) > 1 else {}
+        if (device != "cpu" or kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"])
+                or pooling.get("pooling_mode") not in (None, "mean")
+                or not pooling.get("pooling_mode_mean_tokens", pooling.get("pooling_mode") == "mean")):
+            raise ValueError(f"sentence model {path}: the ONNX engine runs an encoder with mean "
+                             f"pooling on the CPU (this one is {kinds} on {device}); use engine torch")
+        quant = "float32" if self.engine == "onnx" else "int8"
+        onnx_path = ensure_onnx(path, quant, self.fingerprint, task="feature-extraction",
+                                into=export_dir) / "model.onnx"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         """Per segment text: {"spans": int32 [n, 2] (segment-relative),
@@ -127,8 +164,27 @@ class SentenceVectors:
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self.session is not None:
+            return self._embed_onnx(texts)
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False)
+
+    def _embed_onnx(self, texts: list[str]) -> np.ndarray:
+        """Unit mean-pooled encoder states [len(texts), dim], float32. Inputs
+        of one padded width share a pass (onnx-int8: one at a time, unpadded),
+        so a sentence's vector never depends on its batch."""
+        tok = self.model.tokenizer
+        ids = tok(texts, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        batch_size, multiple = (1, 1) if self.engine == "onnx-int8" else (self.batch_size, 32)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for batch in length_sorted_batches([len(i) for i in ids], batch_size, multiple):
+            input_ids, mask = pad_right([ids[i] for i in batch], tok.pad_token_id, multiple=multiple)
+            mask = mask.numpy()
+            (h,) = self.session.run(["last_hidden_state"], {"input_ids": input_ids.numpy(),
+                                                            "attention_mask": mask})  # [b, w, dim]
+            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            out[batch] = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        return out
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--no-reference", action="store_true", help="skip the llmlingua package")
     bench.add_argument("--quick", action="store_true", help="smaller sizes (no 100k-token run)")
-    bench.add_argument("--json", action="store_true")
     bench.add_argument("--engines", help="section 1's rows, comma list (default: torch float32,"
                                          "torch bfloat16,onnx float32,onnx int8)")
+    bench.add_argument("--json", action="store_true")
     cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size",
                               "model_dtype", "engine", "redis_url"])
 

@@ -290,6 +290,13 @@ async def make_store(config: Config):
     return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s), embedded
 
 
+def sentence_export_dir(config: Config) -> Path | None:
+    """Where the sentence model's ONNX export goes: beside the built models
+    for the default one (it lives in an installed package), else None (in
+    its own directory)."""
+    return None if config.sentence_model else Path(config.models_dir) / "all-minilm-l6-v2"
+
+
 async def open_pipeline(config: Config, embedded: bool = True):
     """The request pipeline as `serve` runs it: the configured compressors
     (torch threads per --torch-threads) and the segment store (--redis-url;
@@ -304,7 +311,8 @@ async def open_pipeline(config: Config, embedded: bool = True):
     if config.selection:
         from compressors.relevance import SentenceVectors
 
-        selector = SentenceVectors(config.sentence_model or None, device=config.device)
+        selector = SentenceVectors(config.sentence_model or None, device=config.device,
+                                   engine=config.engine, export_dir=sentence_export_dir(config))
     store = started = None
     if config.redis_url or embedded:
         store, started = await make_store(config)

@@ -63,3 +63,76 @@ def test_onnx_refuses_what_it_cannot_run(model_dir):
         LLMLingua2(model_dir, engine="onnx", dtype="bfloat16")
     with pytest.raises((ValueError, ModelError)):
         ensure_onnx(model_dir, "int4")
+
+
+# -- the sentence embedder of query-aware selection --------------------------------
+
+
+@pytest.fixture(scope="module")
+def sentence_models(tmp_path_factory):
+    from compressors.relevance import SentenceVectors
+
+    into = tmp_path_factory.mktemp("sentence-onnx")
+    return {engine: SentenceVectors(engine=engine, export_dir=into if engine != "torch" else None)
+            for engine in ("torch", "onnx", "onnx-int8")}
+
+
+@pytest.mark.slow
+def test_sentence_vectors_on_onnx_match_torch(sentence_models, sample_text):
+    import numpy as np
+
+    from compressors.segmenter import sentence_spans
+
+    sentences = [sample_text[s:e] for s, e in sentence_spans(sample_text)]
+    want = sentence_models["torch"]._embed(sentences)
+    query = "What did the keeper record in his log?"
+    for engine, min_cos in (("onnx", 0.9999), ("onnx-int8", 0.98)):
+        m = sentence_models[engine]
+        got = m._embed(sentences)
+        assert got.shape == want.shape
+        assert (got * want).sum(1).min() >= min_cos
+        assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+        # A sentence's vector does not depend on its batch.
+        assert np.array_equal(np.stack([m._embed([s])[0] for s in sentences[:5]]), got[:5])
+        if engine == "onnx":  # the same ranking of the sentences for a question
+            q, q_want = m.query(query), sentence_models["torch"].query(query)
+            assert np.argsort(-(got @ q))[:5].tolist() == np.argsort(-(want @ q_want))[:5].tolist()
+    ids = {m.cache_id for m in sentence_models.values()}
+    assert len(ids) == 3 and sentence_models["torch"].cache_id.endswith(":float16")
+
+
+def test_sentence_vectors_refuse_unknown_engine():
+    from compressors.relevance import SentenceVectors
+
+    with pytest.raises(ValueError, match="engine"):
+        SentenceVectors(engine="tensorrt")
+
+
+def test_pipeline_with_engine_onnx(model_dir, redis_proc, tmp_path, sample_text):
+    """--engine onnx end to end: both models on ONNX Runtime (the sentence
+    model's export under --cache-dir/models), a query request cold then
+    cached gives the same response."""
+    import asyncio
+
+    from segpress import SegpressClient
+    from service.config import Config
+    from service.server import open_pipeline
+
+    config = Config(engine="onnx", llmlingua2_model=model_dir, cache_dir=str(tmp_path),
+                    redis_url=redis_proc.url)
+    req = SegpressClient.request(sample_text.split("\n\n"), rate=0.33, namespace=f"onnx-{tmp_path.name}",
+                                 query="What did the keeper record in his log?")
+
+    async def run():
+        pipeline, close = await open_pipeline(config)
+        try:
+            return [await pipeline.compress(req) for _ in range(2)], pipeline
+        finally:
+            await close()
+
+    (cold, warm), pipeline = asyncio.run(run())
+    assert pipeline.compressors["llmlingua2"].cache_id.endswith(":onnx")
+    assert pipeline.selector.cache_id.endswith(":onnx:float16")
+    assert (tmp_path / "models" / "all-minilm-l6-v2" / "onnx-float32" / "model.onnx").is_file()
+    assert cold.text == warm.text and cold.text
+    assert warm.stats.cache_hits == warm.stats.segments and warm.stats.sentence_vector_hits == warm.stats.segments

@@ -269,12 +269,14 @@ class Bench:
         the ranking on top of a cached request) and both cold."""
         from compressors.relevance import SentenceVectors
 
-        from ..server import make_store
+        from ..server import make_store, sentence_export_dir
 
         texts = bench_texts(self.sample, n_docs)
         question = "What did the keeper record in his log?"
         store, embedded = self.loop.run_until_complete(make_store(self.config))
-        pipe = Pipeline(self.config, {"llmlingua2": self.comp}, store, SentenceVectors())
+        selector = SentenceVectors(self.config.sentence_model or None, engine=self.config.engine,
+                                   export_dir=sentence_export_dir(self.config))
+        pipe = Pipeline(self.config, {"llmlingua2": self.comp}, store, selector)
         runs = iter(range(10**6))
         try:
             for kw in ({}, {"query": question}):  # fill the cache, both kinds of values
