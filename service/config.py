@@ -80,10 +80,12 @@ class Config:
         "help": "float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 "
                 "instructions or on CUDA, else float32)"})
     engine: str = field(default="torch", metadata={
-        "help": "what runs the llmlingua2 classifier and selection's sentence embedder: torch "
-                "(the classifier in --model-dtype), onnx (ONNX Runtime, CPU, float32) or onnx-int8 "
-                "(dynamic int8 quantisation); ONNX graphs are exported under --cache-dir/models "
-                "(or into --llmlingua2-model / --sentence-model) on first use"})
+        "help": "what runs the llmlingua2 classifier: torch (in --model-dtype), onnx (ONNX "
+                "Runtime, CPU, float32) or onnx-int8 (dynamic int8 quantisation); the ONNX graph "
+                "is exported into the model's directory on first use"})
+    sentence_engine: str = field(default="onnx", metadata={
+        "help": "what runs selection's sentence embedder: onnx (ONNX Runtime, float32; exported "
+                "under --cache-dir/models on first use), onnx-int8, or torch (sentence-transformers)"})
     max_request_tokens: int = field(default=400_000, metadata={
         "help": "most tokens (all contexts, compressor's tokenizer) per request"})
     max_queue: int = field(default=64, metadata={

@@ -311,8 +311,10 @@ async def open_pipeline(config: Config, embedded: bool = True):
     if config.selection:
         from compressors.relevance import SentenceVectors
 
+        # ONNX Runtime runs here on the CPU only: on an accelerator, torch.
+        engine = config.sentence_engine if config.device == "cpu" else "torch"
         selector = SentenceVectors(config.sentence_model or None, device=config.device,
-                                   engine=config.engine, export_dir=sentence_export_dir(config))
+                                   engine=engine, export_dir=sentence_export_dir(config))
     store = started = None
     if config.redis_url or embedded:
         store, started = await make_store(config)

@@ -109,17 +109,17 @@ def test_sentence_vectors_refuse_unknown_engine():
 
 
 def test_pipeline_with_engine_onnx(model_dir, redis_proc, tmp_path, sample_text):
-    """--engine onnx end to end: both models on ONNX Runtime (the sentence
-    model's export under --cache-dir/models), a query request cold then
-    cached gives the same response."""
+    """--engine onnx --sentence-engine onnx end to end: both models on ONNX
+    Runtime (the sentence model's export under --cache-dir/models), a query
+    request cold then cached gives the same response."""
     import asyncio
 
     from segpress import SegpressClient
     from service.config import Config
     from service.server import open_pipeline
 
-    config = Config(engine="onnx", llmlingua2_model=model_dir, cache_dir=str(tmp_path),
-                    redis_url=redis_proc.url)
+    config = Config(engine="onnx", sentence_engine="onnx", llmlingua2_model=model_dir,
+                    cache_dir=str(tmp_path), redis_url=redis_proc.url)
     req = SegpressClient.request(sample_text.split("\n\n"), rate=0.33, namespace=f"onnx-{tmp_path.name}",
                                  query="What did the keeper record in his log?")
 

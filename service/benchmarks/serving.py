@@ -274,7 +274,7 @@ class Bench:
         texts = bench_texts(self.sample, n_docs)
         question = "What did the keeper record in his log?"
         store, embedded = self.loop.run_until_complete(make_store(self.config))
-        selector = SentenceVectors(self.config.sentence_model or None, engine=self.config.engine,
+        selector = SentenceVectors(self.config.sentence_model or None, engine=self.config.sentence_engine,
                                    export_dir=sentence_export_dir(self.config))
         pipe = Pipeline(self.config, {"llmlingua2": self.comp}, store, selector)
         runs = iter(range(10**6))
