@@ -236,9 +236,9 @@ def ensure_onnx(model_dir: str | os.PathLike, quantization: str = "float32",
         shutil.rmtree(out)
     try:
         return _ensure(out, source, build, suffixes=(".onnx",))
-    except PermissionError as e:
-        raise ModelError(f"cannot write the ONNX export into {model_dir} ({e}); use a "
-                         f"writable copy of the checkpoint, or --engine torch") from e
+    except OSError as e:  # not writable, read-only file system, disk full
+        raise ModelError(f"cannot write the ONNX export into {out.parent} ({e}); use a "
+                         f"writable copy of the checkpoint, or the torch engine") from e
 
 
 def _export_onnx(model_dir: Path, out: Path, task: str) -> None:
