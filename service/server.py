@@ -294,7 +294,9 @@ def sentence_export_dir(config: Config) -> Path | None:
     """Where the sentence model's ONNX export goes: beside the built models
     for the default one (it lives in an installed package), else None (in
     its own directory)."""
-    return None if config.sentence_model else Path(config.models_dir) / "all-minilm-l6-v2"
+    from compressors.models import sentence_onnx_dir
+
+    return None if config.sentence_model else sentence_onnx_dir(config.models_dir)
 
 
 async def open_pipeline(config: Config, embedded: bool = True):
