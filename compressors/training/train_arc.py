@@ -18,6 +18,7 @@ same flags resumes from the last one. The result (float16) and a JSON card
 (command, data, config, loss history, dev numbers) go to `--out`.
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     corpus: str = "essays,prose"  # text sources (compressors/training/soft.py)
     stop_after: int = 0  # stop at a checkpoint after this step, to resume later; 0: run to the end
+    init_from: str = ""  # start from these trained weights (their layers, rank, factors) instead of fresh ones
 
 
 def batch_loss(model: ArcModel, batch: list[dict], factor: int, bos_id: int, bf16: bool):
@@ -100,10 +102,15 @@ def dev_report(model: ArcModel, dev: list[dict], factors: tuple[int, ...], bos_i
 
 def train(cache_dir: str, cfg: TrainConfig, out: Path):
     torch.manual_seed(cfg.seed)
-    factors = tuple(int(f) for f in cfg.factors.split(","))
     decoder_dir = models.ensure_smollm2(Path(cache_dir) / "models")
-    arc = ArcConfig(layers=cfg.layers, factors=factors, rank=cfg.rank, alpha=2.0 * cfg.rank)
-    model, tok = load_model(decoder_dir, None, config=arc)
+    if cfg.init_from:
+        model, tok = load_model(decoder_dir, cfg.init_from)
+        arc = model.config
+    else:
+        arc = ArcConfig(layers=cfg.layers, factors=tuple(int(f) for f in cfg.factors.split(",")),
+                        rank=cfg.rank, alpha=2.0 * cfg.rank)
+        model, tok = load_model(decoder_dir, None, config=arc)
+    factors = arc.factors
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     S = arc.segment_tokens
     sources = cfg.corpus.split(",")
@@ -125,6 +132,8 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
         start = 0
         record = {"dev_before": dev_report(model, dev, factors, bos_id, cfg.bf16), "history": [],
                   "seconds_before_resume": 0.0}
+        if cfg.init_from:  # the card of the weights this run continues is in git history
+            record["init_from_sha256"] = hashlib.sha256(Path(cfg.init_from).read_bytes()).hexdigest()
         log.info("dev before: %s", record["dev_before"])
     progress = soft.Progress(cfg.steps, start)
     t0 = time.time() - record["seconds_before_resume"]
