@@ -44,7 +44,15 @@ def test_html_cleaning_keeps_prose_and_drops_the_rest():
 
 @pytest.fixture(scope="module")
 def parts():
-    return prose.split(Config().cache_dir)
+    """The split; skipped (with apt's message) only where the pinned packages
+    cannot be downloaded: no package lists (`apt-get update` never ran), or
+    Debian has superseded a pinned version (the message says what to pin)."""
+    try:
+        return prose.split(Config().cache_dir)
+    except prose.ProseError as e:
+        if "could not download" not in str(e):
+            raise
+        pytest.skip(str(e))
 
 
 @pytest.mark.slow  # downloads the pinned .debs
