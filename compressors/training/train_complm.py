@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from .. import models
 from ..complm import DEFAULT_WEIGHTS
 from ..complm_model import CompLLMConfig, CompLLMModel, load_model
-from ..segmenter import segment_text
-from . import corpus
+from . import corpus, soft
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +52,6 @@ class TrainConfig:
     bf16: bool = True  # decoder passes in bfloat16 autocast
     rank: int = 8
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after
-
-
-def examples(docs: dict[str, str], tok, n: int, seed: int, ctx_min: int, ctx_max: int,
-             continuation: int, segment_tokens: int) -> list[dict]:
-    """`n` examples with fixed seed: context text, its segments' token ids,
-    the context's own token ids, and the continuation's token ids."""
-    rng = random.Random(f"complm-{seed}")
-    names = sorted(docs)
-    encoded = {}
-    out = []
-    while len(out) < n:
-        name = rng.choice(names)
-        if name not in encoded:
-            enc = tok(docs[name], add_special_tokens=False, return_offsets_mapping=True)
-            encoded[name] = (enc["input_ids"], enc["offset_mapping"])
-        ids, offsets = encoded[name]
-        length = rng.randint(ctx_min, ctx_max)
-        if len(ids) < length + continuation + 1:
-            continue
-        s = rng.randrange(0, len(ids) - length - continuation)
-        text = docs[name][offsets[s][0] : offsets[s + length - 1][1]].strip()
-        if not text:
-            continue
-        out.append({
-            "doc": name,
-            "context": text,
-            "context_ids": tok(text, add_special_tokens=False)["input_ids"],
-            "segments": [tok(seg.text, add_special_tokens=False)["input_ids"]
-                         for seg in segment_text(text, tok, segment_tokens)],
-            "continuation": ids[s + length : s + length + continuation],
-        })
-    return out
 
 
 def continuation_logits(decoder, embeds: list[torch.Tensor], n_targets: int) -> torch.Tensor:
@@ -160,10 +127,11 @@ def train(cache_dir: str, cfg: TrainConfig, log_every: int = 10):
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     S = model.config.segment_tokens
     split = corpus.split(cache_dir)
-    data = examples(split["train"], tok, cfg.steps * cfg.batch_size, cfg.seed, cfg.ctx_min,
-                    cfg.ctx_max, cfg.continuation, S)
-    dev = examples(split["dev"], tok, cfg.dev_examples, cfg.seed + 1, cfg.ctx_min, cfg.ctx_max,
-                   cfg.continuation, S)
+    # Uniform over essays, stream "complm": the examples the shipped weights trained on.
+    data = soft.examples(split["train"], tok, cfg.steps * cfg.batch_size, cfg.seed, cfg.ctx_min,
+                         cfg.ctx_max, cfg.continuation, S, uniform_docs=True, stream="complm")
+    dev = soft.examples(split["dev"], tok, cfg.dev_examples, cfg.seed + 1, cfg.ctx_min, cfg.ctx_max,
+                        cfg.continuation, S, uniform_docs=True, stream="complm")
 
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
