@@ -34,7 +34,6 @@ Choices where ARC leaves details open (or where we differ):
 Training: compressors/training/train_arc.py. The math: compressors/arc_model.py.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +44,9 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .arc_model import DEFAULT_WEIGHTS, load_model
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
-                   check_rows, render_rows)
+                   check_decoder, check_output_dtype, check_rows, render_rows, soft_identity)
 from .complm import OUTPUT_DTYPES
-from .complm_model import weights_metadata
-from .models import SMOLLM2, fingerprint, resolve_dtype
+from .models import SMOLLM2, resolve_dtype
 from .segmenter import count_tokens, segment_text
 
 NAME = "arc"
@@ -69,10 +67,7 @@ class Params:
                    decoder=p.decoder)
 
     def check(self) -> None:
-        names = sorted(set(OUTPUT_DTYPES.values()))
-        if self.output_dtype not in names:
-            raise InvalidParams(f"arc.output_dtype must be one of {', '.join(names)}, "
-                                f"got {self.output_dtype!r}")
+        check_output_dtype(NAME, self.output_dtype, sorted(set(OUTPUT_DTYPES.values())))
 
 
 def rows_name(factor: int) -> str:
@@ -97,16 +92,8 @@ class Arc:
         self.max_segment_tokens = self.config.segment_tokens
         self.hidden_size = self.model.decoder.config.hidden_size
         self.decoder_id = SMOLLM2
-        self.decoder_fingerprint = fingerprint(decoder_dir)
-        trained_for = weights_metadata(weights).get("decoder_fingerprint")
-        if trained_for not in (None, self.decoder_fingerprint):
-            raise ValueError(f"arc weights {weights} were trained for decoder {trained_for[:16]}..., "
-                             f"not for {decoder_dir} ({self.decoder_fingerprint[:16]}...)")
-        self.model_id = f"{NAME}:{Path(weights).name}"
+        self.decoder_fingerprint, self.model_id, self.fingerprint = soft_identity(NAME, decoder_dir, weights)
         # The rows depend on the decoder, the trained weights and the precision.
-        h = hashlib.sha256(self.decoder_fingerprint.encode())
-        h.update(Path(weights).read_bytes())
-        self.fingerprint = h.hexdigest()
         self.cache_id = f"{self.fingerprint}:{self.dtype}"
         # The <Cont> row every context ends with, float32 [1, hidden].
         self.cont_row = self.model.cont.detach().float().cpu().numpy()[None]
@@ -120,11 +107,7 @@ class Arc:
                 f"arc.pooling_factor is {params.pooling_factor}, but this server's arc weights are "
                 f"trained for {', '.join(map(str, self.pooling_factors))} tokens per row "
                 f"(0 means {DEFAULT_FACTOR})")
-        if params.decoder and params.decoder not in (self.decoder_id, self.decoder_fingerprint):
-            raise InvalidParams(
-                f"arc.decoder is {params.decoder!r}, but this server's arc makes rows only for "
-                f"decoder {self.decoder_id!r} (fingerprint {self.decoder_fingerprint}); leave "
-                "arc.decoder empty or name that decoder")
+        check_decoder(self, params.decoder, "rows")
 
     def budget(self, params: Params, total_tokens: int) -> None:
         """No token budget: a segment's rows are fixed by the pooling factor."""

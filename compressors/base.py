@@ -231,6 +231,46 @@ def render_rows(contexts: list[ContextParts], name: str, hidden: int) -> list[Re
     return out
 
 
+def soft_identity(name: str, decoder_dir, weights) -> tuple[str, str, str]:
+    """(decoder fingerprint, model id, fingerprint) of soft compressor `name`
+    with trained `weights` for the decoder checkpoint in `decoder_dir`.
+    Weights trained for another decoder are refused. The fingerprint covers
+    the decoder and the weights: the rows depend on both."""
+    import hashlib
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from .models import fingerprint
+
+    decoder_fingerprint = fingerprint(decoder_dir)
+    with safe_open(str(weights), "pt") as f:
+        trained_for = f.metadata().get("decoder_fingerprint")
+    if trained_for not in (None, decoder_fingerprint):
+        raise ValueError(f"{name} weights {weights} were trained for decoder {trained_for[:16]}..., "
+                         f"not for {decoder_dir} ({decoder_fingerprint[:16]}...)")
+    h = hashlib.sha256(decoder_fingerprint.encode())
+    h.update(Path(weights).read_bytes())
+    return decoder_fingerprint, f"{name}:{Path(weights).name}", h.hexdigest()
+
+
+def check_output_dtype(name: str, output_dtype: str, names: list[str]) -> None:
+    """A soft compressor's `output_dtype` parameter is one of `names`."""
+    if output_dtype not in names:
+        raise InvalidParams(f"{name}.output_dtype must be one of {', '.join(names)}, "
+                            f"got {output_dtype!r}")
+
+
+def check_decoder(c: "SoftCompressor", requested: str, what: str) -> None:
+    """The request's `decoder` parameter, if set, names the decoder (id or
+    fingerprint) that compressor `c` makes `what` for."""
+    if requested and requested not in (c.decoder_id, c.decoder_fingerprint):
+        raise InvalidParams(
+            f"{c.name}.decoder is {requested!r}, but this server's {c.name} makes {what} only for "
+            f"decoder {c.decoder_id!r} (fingerprint {c.decoder_fingerprint}); leave "
+            f"{c.name}.decoder empty or name that decoder")
+
+
 def overlaps(seg: Segment, allowed: list[tuple[int, int]] | None) -> bool:
     """Whether any of the segment's characters may be kept."""
     return allowed is None or any(s < seg.end and seg.start < e for s, e in allowed)

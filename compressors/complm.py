@@ -37,7 +37,6 @@ concatenates a context's segments and reports each segment's row count.
 The model itself (LoRA, head, loading) is compressors/complm_model.py.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +44,11 @@ import torch
 
 from segpress.v1 import segpress_pb2 as pb
 
-from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
-                   check_rows, length_sorted_batches, render_rows)
-from .complm_model import DEFAULT_WEIGHTS, load_model, weights_metadata
-from .models import SMOLLM2, fingerprint, resolve_dtype
+from .base import (ContextParts, Encoded, Kind, Rendered, Segment, check_decoder,
+                   check_output_dtype, check_rows, length_sorted_batches, render_rows,
+                   soft_identity)
+from .complm_model import DEFAULT_WEIGHTS, load_model
+from .models import SMOLLM2, resolve_dtype
 from .segmenter import count_tokens, segment_text
 
 NAME = "complm"
@@ -69,10 +69,7 @@ class Params:
                    decoder=p.decoder)
 
     def check(self) -> None:
-        names = sorted(set(OUTPUT_DTYPES.values()))
-        if self.output_dtype not in names:
-            raise InvalidParams(f"complm.output_dtype must be one of {', '.join(names)}, "
-                                f"got {self.output_dtype!r}")
+        check_output_dtype(NAME, self.output_dtype, sorted(set(OUTPUT_DTYPES.values())))
 
 
 class CompLLM:
@@ -91,25 +88,13 @@ class CompLLM:
         self.max_segment_tokens = self.config.segment_tokens
         self.hidden_size = self.model.decoder.config.hidden_size
         self.decoder_id = SMOLLM2
-        self.decoder_fingerprint = fingerprint(decoder_dir)
-        trained_for = weights_metadata(weights).get("decoder_fingerprint")
-        if trained_for not in (None, self.decoder_fingerprint):
-            raise ValueError(f"complm weights {weights} were trained for decoder {trained_for[:16]}..., "
-                             f"not for {decoder_dir} ({self.decoder_fingerprint[:16]}...)")
-        self.model_id = f"{NAME}:{Path(weights).name}"
+        self.decoder_fingerprint, self.model_id, self.fingerprint = soft_identity(NAME, decoder_dir, weights)
         # The CEs depend on the decoder, the trained weights and the precision.
-        h = hashlib.sha256(self.decoder_fingerprint.encode())
-        h.update(Path(weights).read_bytes())
-        self.fingerprint = h.hexdigest()
         self.cache_id = f"{self.fingerprint}:{self.dtype}"
 
     def check_params(self, params: Params) -> None:
         """The request's decoder must be the one the CEs are made for."""
-        if params.decoder and params.decoder not in (self.decoder_id, self.decoder_fingerprint):
-            raise InvalidParams(
-                f"complm.decoder is {params.decoder!r}, but this server's complm makes concept "
-                f"embeddings only for decoder {self.decoder_id!r} (fingerprint "
-                f"{self.decoder_fingerprint}); leave complm.decoder empty or name that decoder")
+        check_decoder(self, params.decoder, "concept embeddings")
 
     def budget(self, params: Params, total_tokens: int) -> None:
         """No token budget: the rate (tokens per CE) is fixed by the weights."""

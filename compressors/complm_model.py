@@ -148,10 +148,3 @@ def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEI
     if weights is not None:
         model.load(weights)
     return model.to(device=device, dtype=getattr(torch, dtype)).eval(), tokenizer
-
-
-def weights_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata())
