@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import pad_right
-from .lora import LoRALinear
+from .lora import LoRALinear, load_trained, save_trained
 from .models import WEIGHTS_DIR
 
 # The trained weights that ship with segpress.
@@ -185,23 +185,10 @@ class ArcModel(nn.Module):
         return list(self.trained_state().values())
 
     def save(self, path: str | Path, metadata: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.trained_state().items()}
-        save_file(state, str(path), metadata={"config": self.config.to_json(), **metadata})
+        save_trained(self.trained_state(), path, {"config": self.config.to_json(), **metadata})
 
     def load(self, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-        mine = self.trained_state()
-        if set(state) != set(mine):
-            raise ValueError(f"{path} does not hold arc LoRA + projector tensors for this model")
-        with torch.no_grad():
-            for k, v in state.items():
-                if v.shape != mine[k].shape:
-                    raise ValueError(f"{path}: {k} is {tuple(v.shape)}, expected {tuple(mine[k].shape)}")
-                mine[k].copy_(v.to(mine[k].dtype))
+        load_trained(self.trained_state(), path, "arc LoRA + projector")
 
 
 def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,

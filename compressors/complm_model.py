@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import pad_right
-from .lora import LoRALinear
+from .lora import LoRALinear, load_trained, save_trained
 from .models import WEIGHTS_DIR
 
 # The trained LoRA + head that ship with segpress.
@@ -111,23 +111,10 @@ class CompLLMModel(nn.Module):
         return [p for lora in self.loras for p in (lora.A, lora.B)] + list(self.head.parameters())
 
     def save(self, path: str | Path, metadata: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.to(torch.float16).contiguous() for k, v in self.trained_state().items()}
-        save_file(state, str(path), metadata={"config": self.config.to_json(), **metadata})
+        save_trained(self.trained_state(), path, {"config": self.config.to_json(), **metadata})
 
     def load(self, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-        mine = self.trained_state()
-        if set(state) != set(mine):
-            raise ValueError(f"{path} does not hold complm LoRA + head tensors for this model")
-        with torch.no_grad():
-            for k, v in state.items():
-                if v.shape != mine[k].shape:
-                    raise ValueError(f"{path}: {k} is {tuple(v.shape)}, expected {tuple(mine[k].shape)}")
-                mine[k].copy_(v.to(mine[k].dtype))
+        load_trained(self.trained_state(), path, "complm LoRA + head")
 
 
 def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,

@@ -26,3 +26,27 @@ class LoRALinear(nn.Module):
         if self.enabled:
             y = y + (x.to(self.A.dtype) @ self.A.T @ self.B.T).to(y.dtype) * self.scale
         return y
+
+
+def save_trained(state: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:
+    """The trained tensors `state` (LoRA and the rest) as float16 safetensors
+    with `metadata` (the model's config and provenance)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}, str(path),
+              metadata=metadata)
+
+
+def load_trained(mine: dict[str, torch.Tensor], path, what: str) -> None:
+    """Copies the tensors saved at `path` into `mine` (a model's trained
+    tensors by name); refuses a file with other names or shapes."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if set(state) != set(mine):
+        raise ValueError(f"{path} does not hold {what} tensors for this model")
+    with torch.no_grad():
+        for k, v in state.items():
+            if v.shape != mine[k].shape:
+                raise ValueError(f"{path}: {k} is {tuple(v.shape)}, expected {tuple(mine[k].shape)}")
+            mine[k].copy_(v.to(mine[k].dtype))
