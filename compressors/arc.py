@@ -37,7 +37,6 @@ Training: compressors/training/train_arc.py. The math: compressors/arc_model.py.
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from segpress.v1 import segpress_pb2 as pb
@@ -147,10 +146,4 @@ class Arc:
         all for a context with no segment left). The <Cont> row is counted
         with the context's last segment. The pipeline converts the rows to
         params.output_dtype for the wire."""
-        out = render_rows(contexts, rows_name(params.pooling_factor), self.hidden_size)
-        for r in out:
-            if r.segment_rows:
-                r.tensor = np.concatenate([r.tensor, self.cont_row])
-                r.segment_rows[-1] += 1
-                r.compressed_tokens += 1
-        return out
+        return render_rows(contexts, rows_name(params.pooling_factor), self.hidden_size, self.cont_row)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import pad_right
-from .lora import LoRALinear, load_trained, save_trained
+from .lora import LoRALinear, load_on_decoder, load_trained, save_trained
 from .models import WEIGHTS_DIR
 
 # The trained weights that ship with segpress.
@@ -128,16 +128,17 @@ class ArcModel(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])  # [B, H, Lq, hd]
         return attn.o_proj(out.transpose(1, 2).reshape(B, Lq, self.heads * self.head_dim))
 
-    def rows(self, segments: list[list[int]], factors: tuple[int, ...] | None = None
-             ) -> dict[int, list[torch.Tensor]]:
+    def rows(self, segments: list[list[int]], factors: tuple[int, ...] | None = None,
+             min_width: int | None = None) -> dict[int, list[torch.Tensor]]:
         """For each pooling factor x: the rows [ceil(n_i / x), D] of each
         segment (token ids), all segments in one forward pass.
 
-        Every segment is padded to the same width, so its rows never depend on
-        which other segments share its batch."""
+        Every segment is padded to the same width (at least `min_width`
+        tokens, by default segment_tokens), so its rows never depend on which
+        other segments share its batch."""
         factors = factors or self.config.factors
         step = math.lcm(*factors)
-        width = max([self.config.segment_tokens] + [len(s) for s in segments])
+        width = max([min_width or self.config.segment_tokens] + [len(s) for s in segments])
         width = -(-width // step) * step
         ids, mask = pad_right(segments, self.pad_id, width=width)  # [B, W] each
         device = self.proj_in.weight.device
@@ -196,16 +197,4 @@ def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEI
     """(ArcModel, tokenizer) for the decoder checkpoint in `decoder_dir`, with
     the trained weights from `weights` (their config with them), or untrained
     with `config` (default ArcConfig()) when weights is None."""
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    config = config or ArcConfig()
-    if weights is not None:
-        with safe_open(str(weights), "pt") as f:
-            config = ArcConfig.from_json(f.metadata()["config"])
-    tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
-    decoder = AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32)
-    model = ArcModel(decoder, tokenizer.eos_token_id, config)
-    if weights is not None:
-        model.load(weights)
-    return model.to(device=device, dtype=getattr(torch, dtype)).eval(), tokenizer
+    return load_on_decoder(ArcModel, ArcConfig, decoder_dir, weights, dtype, device, config)

@@ -217,13 +217,18 @@ def length_sorted_batches(lengths: list[int], batch_size: int,
         yield batch
 
 
-def render_rows(contexts: list[ContextParts], name: str, hidden: int) -> list[Rendered]:
+def render_rows(contexts: list[ContextParts], name: str, hidden: int,
+                end_row: np.ndarray | None = None) -> list[Rendered]:
     """Soft tokens of each context: its segments' cached rows (`encoded[name]`,
     [k, hidden] each) concatenated in order, with the rows of each segment.
-    With a selection (`allowed`), only the segments that overlap it."""
+    With a selection (`allowed`), only the segments that overlap it. A
+    context with rows ends with `end_row` [1, hidden] when given (a learned
+    task row such as <Cont>), counted with its last segment."""
     out = []
     for c in contexts:
         rows = [e[name] for seg, e in zip(c.segments, c.encoded) if overlaps(seg, c.allowed)]
+        if rows and end_row is not None:
+            rows[-1] = np.concatenate([rows[-1], end_row])
         tensor = np.concatenate(rows) if rows else np.zeros((0, hidden), np.float32)
         out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
                             compressed_tokens=len(tensor), tensor=tensor,

@@ -91,6 +91,12 @@ class CompLLM:
         self.decoder_fingerprint, self.model_id, self.fingerprint = soft_identity(NAME, decoder_dir, weights)
         # The CEs depend on the decoder, the trained weights and the precision.
         self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        # Weights trained with task rows: the <Cont> row every context ends
+        # with, and the <Rec> row (repeat the context: training and
+        # evaluation only), float32 [1, hidden]; None for weights without them.
+        self.cont_row, self.rec_row = (
+            None if self.model.task(t) is None else self.model.task(t).detach().float().cpu().numpy()[None]
+            for t in ("cont", "rec"))
 
     def check_params(self, params: Params) -> None:
         """The request's decoder must be the one the CEs are made for."""
@@ -123,6 +129,8 @@ class CompLLM:
         return out
 
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
-        """Each context's CEs, its segments' in order: float32 [rows, hidden].
-        The pipeline converts them to params.output_dtype for the wire."""
-        return render_rows(contexts, "ces", self.hidden_size)
+        """Each context's CEs, its segments' in order, then the <Cont> row
+        when the weights have one (counted with the last segment): float32
+        [rows, hidden]. The pipeline converts them to params.output_dtype for
+        the wire."""
+        return render_rows(contexts, "ces", self.hidden_size, self.cont_row)

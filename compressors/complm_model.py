@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import pad_right
-from .lora import LoRALinear, load_trained, save_trained
+from .lora import LoRALinear, load_on_decoder, load_trained, save_trained
 from .models import WEIGHTS_DIR
 
 # The trained LoRA + head that ship with segpress.
@@ -31,7 +31,9 @@ class CompLLMConfig:
     tokens_per_ce: int = 2  # C: segment tokens per concept embedding
     rank: int = 8  # LoRA rank
     alpha: float = 16.0  # LoRA scale = alpha / rank
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # LoRA'd linears of every layer
+    tasks: bool = False  # learned <Cont>/<Rec> rows (weights trained with reconstruction)
+    start: str = "zero"  # "zero": CE = head(h); "mean": CE = mean of its tokens' embeddings + head(h)
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "targets": list(self.targets)}, sort_keys=True)
@@ -44,6 +46,10 @@ class CompLLMConfig:
         return cls(**{**d, "targets": tuple(d["targets"])})
 
 
+MLP = ("gate_proj", "up_proj", "down_proj")  # LoRA targets in a layer's MLP; the rest are attention's
+TASKS = ("cont", "rec")  # continue after the context / repeat the context
+
+
 class CompLLMModel(nn.Module):
     """The decoder (frozen), its LoRA (on only while compressing) and the head."""
 
@@ -54,15 +60,23 @@ class CompLLMModel(nn.Module):
         self.eos_id = eos_id
         self.loras: list[LoRALinear] = []
         for layer in decoder.model.layers:
-            attn = layer.self_attn
             for name in config.targets:
-                lora = LoRALinear(getattr(attn, name), config.rank, config.alpha)
-                setattr(attn, name, lora)
+                parent = layer.mlp if name in MLP else layer.self_attn
+                lora = LoRALinear(getattr(parent, name), config.rank, config.alpha)
+                setattr(parent, name, lora)
                 self.loras.append(lora)
         hidden = decoder.config.hidden_size
         self.head = nn.Linear(hidden, hidden)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # With start "mean", each CE starts as the mean input embedding of
+        # the C tokens it stands for, rescaled to the embeddings' RMS, and
+        # the head (zero at first) learns what to add.
+        self.register_buffer("embed_rms", self.embed.weight.detach().pow(2).mean().sqrt(), persistent=False)
+        # Task rows, read after a context's CEs: they start as the mean input
+        # embedding and learn to say "continue" or "repeat".
+        self.tasks = nn.ParameterDict({t: nn.Parameter(self.embed.weight.detach().mean(0).clone())
+                                       for t in (TASKS if config.tasks else ())})  # [hidden] each
         self.set_lora(False)
 
     @property
@@ -72,6 +86,11 @@ class CompLLMModel(nn.Module):
     def set_lora(self, enabled: bool) -> None:
         for lora in self.loras:
             lora.enabled = enabled
+
+    def task(self, name: str) -> torch.Tensor | None:
+        """The learned row [hidden] of task `name` ("cont" or "rec"); None
+        for weights trained without task rows."""
+        return self.tasks[name] if name in self.tasks else None
 
     def slots(self, n_tokens: int) -> int:
         """CEs of a segment of `n_tokens` tokens."""
@@ -95,20 +114,33 @@ class CompLLMModel(nn.Module):
             self.set_lora(False)
         out = []
         for i, (s, k) in enumerate(zip(segments, ks)):
-            out.append(self.head(h[i, len(s) : len(s) + k].to(self.head.weight.dtype)))
+            ce = self.head(h[i, len(s) : len(s) + k].to(self.head.weight.dtype))  # [k, hidden]
+            if self.config.start == "mean":
+                ce = ce + self.mean_embeddings(s, k).to(ce.dtype)
+            out.append(ce)
         return out
+
+    def mean_embeddings(self, segment: list[int], k: int) -> torch.Tensor:
+        """[k, hidden]: the mean input embedding of each CE's C tokens,
+        rescaled to the RMS of the decoder's input embeddings."""
+        e = self.embed(torch.tensor(segment, device=self.embed_rms.device))  # [n, hidden]
+        slot = torch.arange(len(segment), device=e.device) // self.config.tokens_per_ce  # [n]: each token's CE
+        mean = e.new_zeros((k, e.shape[-1])).index_add_(0, slot, e) / torch.bincount(slot, minlength=k)[:, None]
+        return mean * self.embed_rms / mean.pow(2).mean(-1, keepdim=True).sqrt()
 
     # -- trained weights: LoRA + head, nothing of the base ----------------------
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        state = {"head.weight": self.head.weight, "head.bias": self.head.bias}
+        state = {"head.weight": self.head.weight, "head.bias": self.head.bias,
+                 **{f"task.{t}": p for t, p in self.tasks.items()}}
         for i, lora in enumerate(self.loras):
             state[f"lora.{i}.A"] = lora.A
             state[f"lora.{i}.B"] = lora.B
         return {k: v.detach() for k, v in state.items()}
 
     def trainable(self) -> list[nn.Parameter]:
-        return [p for lora in self.loras for p in (lora.A, lora.B)] + list(self.head.parameters())
+        return ([p for lora in self.loras for p in (lora.A, lora.B)] + list(self.head.parameters())
+                + list(self.tasks.values()))
 
     def save(self, path: str | Path, metadata: dict[str, str]) -> None:
         save_trained(self.trained_state(), path, {"config": self.config.to_json(), **metadata})
@@ -122,16 +154,4 @@ def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEI
     """(CompLLMModel, tokenizer) for the decoder checkpoint in `decoder_dir`,
     with the trained LoRA + head from `weights` (their config with them), or
     untrained with `config` (default CompLLMConfig()) when weights is None."""
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    config = config or CompLLMConfig()
-    if weights is not None:
-        with safe_open(str(weights), "pt") as f:
-            config = CompLLMConfig.from_json(f.metadata()["config"])
-    tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
-    decoder = AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32)
-    model = CompLLMModel(decoder, tokenizer.eos_token_id, config)
-    if weights is not None:
-        model.load(weights)
-    return model.to(device=device, dtype=getattr(torch, dtype)).eval(), tokenizer
+    return load_on_decoder(CompLLMModel, CompLLMConfig, decoder_dir, weights, dtype, device, config)

@@ -50,3 +50,23 @@ def load_trained(mine: dict[str, torch.Tensor], path, what: str) -> None:
             if v.shape != mine[k].shape:
                 raise ValueError(f"{path}: {k} is {tuple(v.shape)}, expected {tuple(mine[k].shape)}")
             mine[k].copy_(v.to(mine[k].dtype))
+
+
+def load_on_decoder(model_cls, config_cls, decoder_dir, weights, dtype: str, device: str, config):
+    """(model, tokenizer): `model_cls(decoder, eos id, config)` on the
+    decoder checkpoint in `decoder_dir`, with the trained tensors from
+    `weights` and the config stored with them, or untrained with `config`
+    (default `config_cls()`) when weights is None."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config or config_cls()
+    if weights is not None:
+        with safe_open(str(weights), "pt") as f:
+            config = config_cls.from_json(f.metadata()["config"])
+    tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+    decoder = AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32)
+    model = model_cls(decoder, tokenizer.eos_token_id, config)
+    if weights is not None:
+        model.load(weights)
+    return model.to(device=device, dtype=getattr(torch, dtype)).eval(), tokenizer

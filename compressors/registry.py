@@ -28,16 +28,23 @@ def _llmlingua2(config) -> Compressor:
                       dtype=config.model_dtype, engine=config.engine)
 
 
+def _trained_weights(name: str, configured, default: Path) -> Path:
+    """The weights file soft compressor `name` loads: `configured` (its
+    --<name>-weights flag) or the shipped `default`; it must exist."""
+    weights = Path(configured or default)
+    if not weights.is_file():
+        raise ModelError(f"{name} weights {weights} are missing; train them with "
+                         f"`segpress train {name}` or pass --{name}-weights")
+    return weights
+
+
 def _complm(config) -> Compressor:
     from .complm import DEFAULT_WEIGHTS, CompLLM
     from .models import ensure_smollm2
 
-    weights = config.complm_weights or DEFAULT_WEIGHTS
-    if not Path(weights).is_file():
-        raise ModelError(f"complm weights {weights} are missing; train them with "
-                         "`segpress train complm` or pass --complm-weights")
-    return CompLLM(ensure_smollm2(config.models_dir), weights, device=config.device,
-                   batch_size=config.batch_size * 4, dtype=config.model_dtype)
+    return CompLLM(ensure_smollm2(config.models_dir),
+                   _trained_weights("complm", config.complm_weights, DEFAULT_WEIGHTS),
+                   device=config.device, batch_size=config.batch_size * 4, dtype=config.model_dtype)
 
 
 def _arc(config) -> Compressor:
@@ -45,12 +52,8 @@ def _arc(config) -> Compressor:
     from .arc_model import DEFAULT_WEIGHTS
     from .models import ensure_smollm2
 
-    weights = config.arc_weights or DEFAULT_WEIGHTS
-    if not Path(weights).is_file():
-        raise ModelError(f"arc weights {weights} are missing; train them with "
-                         "`segpress train arc` or pass --arc-weights")
-    return Arc(ensure_smollm2(config.models_dir), weights, device=config.device,
-               batch_size=config.batch_size * 2, dtype=config.model_dtype)
+    return Arc(ensure_smollm2(config.models_dir), _trained_weights("arc", config.arc_weights, DEFAULT_WEIGHTS),
+               device=config.device, batch_size=config.batch_size * 2, dtype=config.model_dtype)
 
 
 REGISTRY: dict[str, Entry] = {

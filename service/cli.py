@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
               ("head-lr", float), ("batch-size", int), ("max-words", int))),
             ("complm", "the complm LoRA + head",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
-              ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rank", int),
-              ("dev-examples", int))),
+              ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
+              ("rank", int), ("mlp", int), ("start", str), ("dev-examples", int), ("checkpoint-every", int),
+              ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int))),
             ("arc", "the arc encoder's LoRA, projector and task embeddings",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("complm", "arc"):
         add_complm_arguments(targets.add_parser(
             name, help=f"{name}: continuation loss with its soft tokens vs controls, "
-                       "needle QA, prefill time" + (", reconstruction" if name == "arc" else "")))
+                       "needle QA, prefill time, reconstruction (weights with a <Rec> row)"))
 
     from .batch import cli as batch
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))

@@ -290,13 +290,19 @@ async def make_store(config: Config):
     return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s), embedded
 
 
-def sentence_export_dir(config: Config) -> Path | None:
-    """Where the sentence model's ONNX export goes: beside the built models
-    for the default one (it lives in an installed package), else None (in
-    its own directory)."""
+def sentence_vectors(config: Config):
+    """Query-aware selection's sentence embedder as configured: its model
+    (--sentence-model, default all-MiniLM-L6-v2), its engine
+    (--sentence-engine; ONNX Runtime runs on the CPU only, so torch on an
+    accelerator), its ONNX export beside the built models for the default
+    model (it lives in an installed package), else in its own directory."""
     from compressors.models import sentence_onnx_dir
+    from compressors.relevance import SentenceVectors
 
-    return None if config.sentence_model else sentence_onnx_dir(config.models_dir)
+    engine = config.sentence_engine if config.device == "cpu" else "torch"
+    export_dir = None if config.sentence_model else sentence_onnx_dir(config.models_dir)
+    return SentenceVectors(config.sentence_model or None, device=config.device, engine=engine,
+                           export_dir=export_dir)
 
 
 async def open_pipeline(config: Config, embedded: bool = True):
@@ -309,14 +315,7 @@ async def open_pipeline(config: Config, embedded: bool = True):
 
         torch.set_num_threads(config.torch_threads)
     compressors = build_all(config)
-    selector = None
-    if config.selection:
-        from compressors.relevance import SentenceVectors
-
-        # ONNX Runtime runs here on the CPU only: on an accelerator, torch.
-        engine = config.sentence_engine if config.device == "cpu" else "torch"
-        selector = SentenceVectors(config.sentence_model or None, device=config.device,
-                                   engine=engine, export_dir=sentence_export_dir(config))
+    selector = sentence_vectors(config) if config.selection else None
     store = started = None
     if config.redis_url or embedded:
         store, started = await make_store(config)

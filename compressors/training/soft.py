@@ -20,10 +20,12 @@ document, so dev and test text is never trained on.
 """
 
 import json
+import math
 import random
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,20 @@ def examples(docs: dict[str, str], tok, n: int, seed: int, ctx_min: int, ctx_max
     return out
 
 
+def train_and_dev(cache_dir: str, tok, cfg, segment_tokens: int) -> tuple[list[dict], list[dict]]:
+    """A run's examples from `cfg.corpus`: `cfg.steps * cfg.batch_size` from
+    split "train" (contexts of cfg.ctx_min..ctx_max tokens, documents in
+    proportion to their length, reconstruction with cfg.rec_share), and
+    `cfg.dev_examples` from split "dev" (cfg.ctx_max tokens, documents
+    uniformly, all continuation)."""
+    sources = cfg.corpus.split(",")
+    data = examples(documents(cache_dir, "train", sources), tok, cfg.steps * cfg.batch_size, cfg.seed,
+                    cfg.ctx_min, cfg.ctx_max, cfg.continuation, segment_tokens, cfg.rec_share)
+    dev = examples(documents(cache_dir, "dev", sources), tok, cfg.dev_examples, cfg.seed + 1,
+                   cfg.ctx_max, cfg.ctx_max, cfg.continuation, segment_tokens, uniform_docs=True)
+    return data, dev
+
+
 def decoder_loss(decoder, prefixes: list[torch.Tensor], targets: list[list[int]]):
     """Cross-entropy of the frozen decoder on `targets[i]` after reading
     `prefixes[i]` ([p_i, D] input embeddings), teacher-forced, one right-padded
@@ -129,6 +145,109 @@ def prefix(embed, bos_id: int, rows: torch.Tensor, task: torch.Tensor | None) ->
     if task is not None:
         parts.append(task.to(rows.dtype)[None])
     return torch.cat(parts)
+
+
+# encode(segments' token ids) -> each segment's rows [k_i, D]
+Encode = Callable[[list[list[int]]], list[torch.Tensor]]
+
+
+def batch_loss(model, encode: Encode, batch: list[dict], bos_id: int, bf16: bool):
+    """(mean loss, per-example losses, per-example token accuracy) of a batch
+    of examples. `model` has the frozen `decoder`, its `embed` and
+    `task(name)` (a learned row, or None)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        rows = iter(encode([s for ex in batch for s in ex["segments"]]))
+        prefixes, targets = [], []
+        for ex in batch:
+            r = torch.cat([next(rows) for _ in ex["segments"]])  # [rows, D]
+            prefixes.append(prefix(model.embed, bos_id, r, model.task(ex["task"])))
+            targets.append(ex["context_ids"] if ex["task"] == "rec" else ex["continuation"])
+        return decoder_loss(model.decoder, prefixes, targets)
+
+
+@torch.no_grad()
+def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int, bf16: bool) -> dict:
+    """The continuation loss of `dev` with the full text and with no context,
+    and for each of `encoders`: with its rows, the share of the gap closed,
+    and teacher-forced reconstruction token accuracy."""
+    E = model.embed
+    cont = [dict(ex, task="cont") for ex in dev]
+    rec = [dict(ex, task="rec") for ex in dev]
+    full, none = [], []
+    for i in range(0, len(dev), 8):
+        b = cont[i : i + 8]
+        targets = [ex["continuation"] for ex in b]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            full += decoder_loss(model.decoder, [E(torch.tensor([bos_id] + ex["context_ids"])) for ex in b],
+                                 targets)[1].tolist()
+            none += decoder_loss(model.decoder, [E(torch.tensor([bos_id])) for _ in b], targets)[1].tolist()
+    out = {"loss_full": sum(full) / len(dev), "loss_none": sum(none) / len(dev)}
+    for name, encode in encoders.items():
+        loss, acc = [], []
+        for i in range(0, len(dev), 8):
+            loss += batch_loss(model, encode, cont[i : i + 8], bos_id, bf16)[1].tolist()
+            acc += batch_loss(model, encode, rec[i : i + 8], bos_id, bf16)[2].tolist()
+        mean = sum(loss) / len(dev)
+        out[name] = {"loss_rows": mean, "rec_token_accuracy": sum(acc) / len(dev),
+                     "gap_closed": (out["loss_none"] - mean) / (out["loss_none"] - out["loss_full"])}
+    return out
+
+
+def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict], ckpt_path: Path):
+    """Trains `model.trainable()` on `data`, `cfg.batch_size` examples a
+    step for `cfg.steps` steps: AdamW (no weight decay), linear warmup over
+    `cfg.warmup` steps then cosine decay from `cfg.lr`, gradients clipped at
+    norm 1. `step_loss(step, batch)` returns batch_loss's triple. A
+    checkpoint every `cfg.checkpoint_every` steps; a run started again
+    resumes from it. Returns (finished, record): finished is False when the
+    run stopped at `cfg.stop_after`; record has the dev numbers before (and
+    after) training, the loss history and the seconds trained."""
+    params = model.trained_state()
+    opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    ckpt = Checkpoint(ckpt_path)
+    resumed = ckpt.load(params, opt, sched)
+    if resumed:
+        start, record = resumed
+        print(f"resumed at step {start} from {ckpt.path}", file=sys.stderr, flush=True)
+    else:
+        start = 0
+        record = {"dev_before": dev(), "history": [], "seconds_before_resume": 0.0}
+        print(json.dumps({"dev_before": record["dev_before"]}), file=sys.stderr, flush=True)
+    progress = Progress(cfg.steps, start)
+    t0 = time.time() - record["seconds_before_resume"]
+    model.train()
+    window = []
+    for step in range(start, cfg.steps):
+        batch = data[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        loss, _, acc = step_loss(step, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.trainable(), 1.0)
+        opt.step()
+        sched.step()
+        window.append((loss.item(), *[a.item() for a, ex in zip(acc, batch) if ex["task"] == "rec"]))
+        done = step + 1
+        at_checkpoint = done % cfg.checkpoint_every == 0 and done < cfg.steps
+        if done % 10 == 0 or at_checkpoint or done == cfg.steps:
+            losses = [w[0] for w in window]
+            accs = [a for w in window for a in w[1:]]
+            row = progress.line(done, loss=sum(losses) / len(losses),
+                                rec_accuracy=sum(accs) / max(len(accs), 1), lr=sched.get_last_lr()[0])
+            record["history"].append(dict(row, seconds=round(time.time() - t0, 1)))
+            window = []
+        if at_checkpoint:
+            record["seconds_before_resume"] = time.time() - t0
+            ckpt.save(done, params, opt, sched, record)
+            if done == cfg.stop_after:
+                return False, record
+    model.eval()
+    record["dev_after"] = dev()
+    record["seconds"] = round(time.time() - t0, 1)
+    print(json.dumps({"dev_after": record["dev_after"]}), file=sys.stderr, flush=True)
+    del record["seconds_before_resume"]
+    return True, record
 
 
 class Checkpoint:
@@ -173,3 +292,42 @@ class Progress:
                "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1)}
         print(json.dumps(row), file=sys.stderr, flush=True)
         return row
+
+
+def export(model, cfg, record: dict, out: Path, decoder_dir) -> dict:
+    """Writes the trained tensors (float16) to `out` with their config, the
+    decoder they are for and the training flags, and a JSON card beside
+    them: flags, data (source and licence), model config, dev numbers,
+    loss history. Returns the card."""
+    from dataclasses import asdict
+
+    from .. import models
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    decoder_fingerprint = models.fingerprint(decoder_dir)
+    model.save(out, {"decoder": models.SMOLLM2, "decoder_fingerprint": decoder_fingerprint,
+                     "train": json.dumps(asdict(cfg), sort_keys=True)})
+    return models.write_card(
+        out, asdict(cfg),
+        decoder_fingerprint=decoder_fingerprint,
+        parameters=sum(p.numel() for p in model.trainable()),
+        model=json.loads(model.config.to_json()),
+        data=provenance(cfg.corpus.split(",")),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        **record,
+    )
+
+
+def finish(finished: bool, model, cfg, record: dict, out: Path, decoder_dir) -> int:
+    """The end of `segpress train <soft compressor>`: export a finished run
+    (and drop its checkpoint) and print its summary, or say how to resume."""
+    ckpt = out.with_suffix(".ckpt")
+    if not finished:
+        print(f"stopped after step {cfg.stop_after}; run again to resume from {ckpt}", file=sys.stderr)
+        return 0
+    card = export(model, cfg, record, out, decoder_dir)
+    ckpt.unlink(missing_ok=True)
+    print(json.dumps({k: card[k] for k in ("file", "sha256", "bytes", "parameters", "seconds",
+                                           "dev_before", "dev_after")}, indent=2))
+    return 0

@@ -267,15 +267,12 @@ class Bench:
     def query_cost(self, n_docs: int = 10) -> dict:
         """With a query against without, both cached (one query embedding and
         the ranking on top of a cached request) and both cold."""
-        from compressors.relevance import SentenceVectors
-
-        from ..server import make_store, sentence_export_dir
+        from ..server import make_store, sentence_vectors
 
         texts = bench_texts(self.sample, n_docs)
         question = "What did the keeper record in his log?"
         store, embedded = self.loop.run_until_complete(make_store(self.config))
-        selector = SentenceVectors(self.config.sentence_model or None, engine=self.config.sentence_engine,
-                                   export_dir=sentence_export_dir(self.config))
+        selector = sentence_vectors(self.config)
         pipe = Pipeline(self.config, {"llmlingua2": self.comp}, store, selector)
         runs = iter(range(10**6))
         try:

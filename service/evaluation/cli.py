@@ -65,7 +65,7 @@ def main(args, config) -> int:
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    env = Env(Path(config.models_dir), Reader(reader_dir), reader_dir, llmlingua2_dir, args.seed)
+    env = Env(Path(config.models_dir), Reader(reader_dir), reader_dir, llmlingua2_dir, args.seed, config)
     parts = corpus.split(config.cache_dir)
     rates = [float(r) for r in args.rates.split(",") if r]
 

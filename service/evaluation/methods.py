@@ -37,6 +37,7 @@ class Env:
     reader_dir: str       # the decoder checkpoint (also the LLMLingua-1 scoring LM)
     llmlingua2_dir: str   # the llmlingua2 checkpoint (segpress and the reference's LLMLingua-2)
     seed: int = 0
+    config: object = None  # service.config.Config: the sentence embedder as served (default Config())
     _llmlingua2: object = field(default=None, repr=False)
     _selector: object = field(default=None, repr=False)
 
@@ -50,11 +51,13 @@ class Env:
         return self._llmlingua2
 
     def selector(self):
-        """The sentence embedder of query-aware selection, loaded once."""
+        """The sentence embedder of query-aware selection as the server runs
+        it (--sentence-engine etc.), loaded once."""
         if self._selector is None:
-            from compressors.relevance import SentenceVectors
+            from ..config import Config
+            from ..server import sentence_vectors
 
-            self._selector = SentenceVectors()
+            self._selector = sentence_vectors(self.config or Config())
         return self._selector
 
 

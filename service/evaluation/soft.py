@@ -28,7 +28,7 @@ prose.py); the compressors trained on "train" only.
    first generated token) over [eot] + N context tokens against [eot] + the
    CEs of those N tokens, for N in --prefill; and the time to make the CEs
    from nothing (a cache miss; a hit costs only the cache lookup).
-4. Reconstruction (arc, whose training also teaches a <Rec> row): the
+4. Reconstruction (weights whose training also taught a <Rec> row): the
    decoder reads [eot, a held-out segment's rows, <Rec>] and generates
    greedily as many tokens as the segment has; token accuracy is the share
    of positions where it wrote the segment's token, exact match the share of
@@ -294,7 +294,7 @@ def main(args, config) -> int:
     if lengths:
         result["prefill"] = prefill_times(reader.model, comp, params, tok, test, lengths, args.repeats,
                                           bos_id, progress)
-    if args.reconstructions and hasattr(comp, "rec_row"):
+    if args.reconstructions and comp.rec_row is not None:
         result["reconstruction"] = reconstruction(reader.model, comp, params, exs, args.reconstructions,
                                                   bos_id, progress)
     result["seconds"] = round(time.time() - t0, 1)
