@@ -13,8 +13,10 @@ How one segment of n tokens t_1..t_n becomes k = ceil(n / C) CEs:
     x = [E(t_1) .. E(t_n), E(eos) x k]        E: the decoder's token embeddings
     h = decoder_with_LoRA(x)                  final hidden states (after the
                                               final norm), causal attention
-    CE_j = W h[n + j] + b,  j = 0..k-1        the k slot positions; each slot
+    CE_j = W h[n + j] + b (+ m_j),  j < k     the k slot positions; each slot
                                               sees the whole segment
+    m_j = mean(E(t_jC+1) .. E(t_jC+C)),       with start "mean": the CE starts
+          rescaled to E's RMS                 as its tokens' mean embedding
 
 Choices where the paper leaves details open (or where we differ):
 - Segments: at most S = 20 tokens (the paper's S), cut by the shared
@@ -24,13 +26,17 @@ Choices where the paper leaves details open (or where we differ):
   rotary positions tell them apart. C = 2 (CompLLMConfig.tokens_per_ce) is
   fixed at training time: it is a property of the trained weights, not a
   request parameter, so what is cached does not depend on the request.
-- LoRA: rank 8, alpha 16, on the q, k, v and o projections of every layer.
-- Head: one Linear(hidden, hidden) with bias, zero-initialised (the CEs start
-  at 0 and move where the decoder's loss pulls them).
-- Training (compressors/training/train_complm.py): KL divergence between the frozen
-  decoder's next-token distributions on continuation tokens after the full
-  text and after the CEs (the paper distils hidden states on answer tokens;
-  the KL on the output is the quantity `segpress eval complm` measures).
+- LoRA on every layer (CompLLMConfig: rank, and attention only or the MLP
+  too). Head: one Linear(hidden, hidden) with bias, zero-initialised, so the
+  CEs start at 0 ("zero") or at their tokens' mean embedding ("mean").
+- Task rows (weights trained with them, CompLLMConfig.tasks): a learned
+  <Cont> row after each context's CEs tells the decoder to go on from the
+  context (a <Rec> row, "repeat the context", is used in training and the
+  evaluation). The response carries <Cont> as the context's last row.
+- Training (compressors/training/train_complm.py): cross-entropy through the
+  frozen decoder on reconstruction (the context from its CEs) and
+  continuation (the next tokens), as ICAE and ARC-Encoder do; the paper
+  distils hidden states on answer tokens.
 
 What the cache holds per segment: the CEs as float32 [k, hidden]; `render`
 concatenates a context's segments and reports each segment's row count.

@@ -446,7 +446,12 @@ class CompLLMParams(_message.Message):
     Info's max_segment_tokens tokens becomes ceil(tokens / 2) concept
     embeddings, vectors in the input-embedding space of one decoder LLM, which
     reads them in place of the segment's token embeddings). The rate is fixed
-    by the trained weights; the result is the same for any query.
+    by the trained weights; the result is the same for any query. Weights
+    trained with task embeddings (CompLLMConfig.tasks) end each context's
+    embeddings with one more row, the learned <Cont> embedding, as arc does:
+    it belongs to the context's last segment in Tensor.segment_offsets, so
+    putting a context's rows (CompressedContext.row_start to row_end) where its
+    text would go is all a client does either way.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
