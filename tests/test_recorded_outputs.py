@@ -12,7 +12,9 @@ behaviour unnoticed:
 A deliberate change of outputs (new weights, a new selection rule) records
 the file again and says so in its commit. Recorded again since: llmlingua2's
 first cached value (bfloat16 scores of the shorter segment, padded now to its
-own width only, so that batching cannot change them); texts unchanged.
+own width only, so that batching cannot change them); texts unchanged. And
+complm's entries (`tests/record_complm.py`), for its retrained weights
+(reconstruction, task rows: each context now ends with a <Cont> row).
 """
 
 import asyncio

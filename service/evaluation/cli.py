@@ -35,7 +35,8 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pooling-factor", type=int, default=0, help="arc: tokens per row (0: its default)")
     p.add_argument("--reconstructions", type=int, default=32,
-                   help="arc: held-out segments regenerated greedily from their rows (0: skip)")
+                   help="held-out segments regenerated greedily from their rows and <Rec> "
+                        "(weights with task rows; 0: skip)")
     p.add_argument("--corpus", default="essays", help="held-out text: essays, prose or both "
                    "(comma list; compressors/training/soft.py)")
     p.add_argument("--out", default="", help="JSON result file (default: --cache-dir/eval/NAME.json)")
