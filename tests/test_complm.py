@@ -80,11 +80,15 @@ def test_encode_and_render(complm):
     # A segment's CEs do not depend on the batch it is encoded in.
     alone = complm.encode([segs[1].text])[0]["ces"]
     assert np.array_equal(alone, enc[1]["ces"])
+    # The shipped weights have task rows: the context ends with <Cont>,
+    # counted with its last segment.
     r = complm.render([ContextParts(text, segs, enc)], complm.Params())[0]
-    assert r.tensor.shape == (sum(len(e["ces"]) for e in enc), hidden)
-    assert r.segment_rows == [len(e["ces"]) for e in enc]
+    assert complm.cont_row is not None and complm.cont_row.shape == (1, hidden)
+    assert r.tensor.shape == (sum(len(e["ces"]) for e in enc) + 1, hidden)
+    assert r.segment_rows == [len(e["ces"]) for e in enc[:-1]] + [len(enc[-1]["ces"]) + 1]
     assert r.compressed_tokens == len(r.tensor) and r.original_tokens == sum(s.n_tokens for s in segs)
-    assert np.array_equal(r.tensor[r.segment_rows[0]:], np.concatenate([e["ces"] for e in enc[1:]]))
+    assert np.array_equal(r.tensor[r.segment_rows[0]:],
+                          np.concatenate([e["ces"] for e in enc[1:]] + [complm.cont_row]))
 
 
 # -- a real server ------------------------------------------------------------------
@@ -298,7 +302,6 @@ def test_tiny_training_run_resumes_and_serves_with_a_cont_row(tmp_path, decoder_
     k = sum(new.model.slots(len(new.tokenizer(s.text, add_special_tokens=False)["input_ids"])) for s in segs)
     assert r.tensor.shape == (k + 1, new.hidden_size) and sum(r.segment_rows) == k + 1
     np.testing.assert_array_equal(r.tensor[-1], new.cont_row[0])
-    assert complm.cont_row is None or complm.model.config.tasks
 
 
 @pytest.mark.slow  # loads SmolLM2
