@@ -1,10 +1,12 @@
-"""The CompLLM model: a frozen decoder, a LoRA on it, and a linear head.
+"""The CompLLM model: a frozen decoder, a LoRA on it, a linear head and (for
+weights trained with them) the <Cont>/<Rec> task rows.
 
 compressors/complm.py explains the method and serves it; this module is the
 math (CompLLMModel.concept_embeddings), its configuration and its weights.
 The LoRA is on only while compressing; with it off, the same module is the
-unchanged decoder that reads the CEs. Trained weights are the LoRA and the
-head only (a few MB); the decoder comes from its own checkpoint.
+unchanged decoder that reads the CEs. Trained weights are the LoRA, the
+head and the task rows only (a few MB to 20 MB); the decoder comes from its
+own checkpoint.
 """
 
 import json
@@ -51,7 +53,8 @@ TASKS = ("cont", "rec")  # continue after the context / repeat the context
 
 
 class CompLLMModel(nn.Module):
-    """The decoder (frozen), its LoRA (on only while compressing) and the head."""
+    """The decoder (frozen), its LoRA (on only while compressing), the head
+    and the task rows."""
 
     def __init__(self, decoder, eos_id: int, config: CompLLMConfig = CompLLMConfig()):
         super().__init__()
