@@ -1,5 +1,6 @@
 """What training a soft-token compressor needs, whichever it is: text, examples,
-the frozen decoder's loss, checkpoints that survive a kill, a progress line.
+the frozen decoder's loss, the training loop (train_loop) with checkpoints
+that survive a kill and a progress line, dev numbers, the weights and card.
 
 A soft-token compressor turns a context into rows a frozen decoder reads in
 place of the context's token embeddings. One training example is a stretch of
