@@ -84,7 +84,9 @@ class Arc:
     def __init__(self, decoder_dir: str | Path, weights: str | Path = DEFAULT_WEIGHTS,
                  device: str = "cpu", batch_size: int = 32, dtype: str = "float32"):
         self.dtype = resolve_dtype(dtype, device)
-        self.model, self.tokenizer = load_model(decoder_dir, weights, self.dtype, device)
+        # The server only compresses (the caller's decoder reads the rows),
+        # so the LoRA is folded into the layers it adapts: one matmul each.
+        self.model, self.tokenizer = load_model(decoder_dir, weights, self.dtype, device, fold=True)
         self.config = self.model.config
         self.pooling_factors = self.config.factors
         self.batch_size = batch_size

@@ -193,8 +193,10 @@ class ArcModel(nn.Module):
 
 
 def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,
-               dtype: str = "float32", device: str = "cpu", config: ArcConfig | None = None):
+               dtype: str = "float32", device: str = "cpu", config: ArcConfig | None = None,
+               fold: bool = False):
     """(ArcModel, tokenizer) for the decoder checkpoint in `decoder_dir`, with
     the trained weights from `weights` (their config with them), or untrained
-    with `config` (default ArcConfig()) when weights is None."""
-    return load_on_decoder(ArcModel, ArcConfig, decoder_dir, weights, dtype, device, config)
+    with `config` (default ArcConfig()) when weights is None. `fold`: LoRA
+    folded in, for serving (lora.load_on_decoder)."""
+    return load_on_decoder(ArcModel, ArcConfig, decoder_dir, weights, dtype, device, config, fold)

@@ -153,8 +153,10 @@ class CompLLMModel(nn.Module):
 
 
 def load_model(decoder_dir: str | Path, weights: str | Path | None = DEFAULT_WEIGHTS,
-               dtype: str = "float32", device: str = "cpu", config: CompLLMConfig | None = None):
+               dtype: str = "float32", device: str = "cpu", config: CompLLMConfig | None = None,
+               fold: bool = False):
     """(CompLLMModel, tokenizer) for the decoder checkpoint in `decoder_dir`,
     with the trained LoRA + head from `weights` (their config with them), or
-    untrained with `config` (default CompLLMConfig()) when weights is None."""
-    return load_on_decoder(CompLLMModel, CompLLMConfig, decoder_dir, weights, dtype, device, config)
+    untrained with `config` (default CompLLMConfig()) when weights is None.
+    `fold`: LoRA folded in, for serving (lora.load_on_decoder)."""
+    return load_on_decoder(CompLLMModel, CompLLMConfig, decoder_dir, weights, dtype, device, config, fold)

@@ -91,6 +91,23 @@ def test_encode_and_render(complm):
                           np.concatenate([e["ces"] for e in enc[1:]] + [complm.cont_row]))
 
 
+def test_the_folded_lora_gives_the_trained_models_ces(complm, decoder_dir):
+    """The server folds the LoRA into the layers it adapts (one matmul each
+    instead of three); its CEs are those of the model as trained."""
+    import torch
+
+    from compressors.complm_model import load_model
+
+    trained, tok = load_model(decoder_dir)  # float32, the LoRA kept apart and switched on to compress
+    segs = complm.segment(CONTEXTS[0])
+    with torch.inference_mode():
+        want = trained.concept_embeddings([tok(s.text, add_special_tokens=False)["input_ids"] for s in segs])
+    got = complm.encode([s.text for s in segs])
+    assert all(lora.folded for lora in complm.model.loras) and not any(l.folded for l in trained.loras)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g["ces"], w.numpy(), atol=2e-4)
+
+
 # -- a real server ------------------------------------------------------------------
 
 
