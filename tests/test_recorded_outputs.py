@@ -14,7 +14,8 @@ the file again and says so in its commit. Recorded again since: llmlingua2's
 first cached value (bfloat16 scores of the shorter segment, padded now to its
 own width only, so that batching cannot change them); texts unchanged. And
 complm's entries (`tests/record_complm.py`), for its retrained weights
-(reconstruction, task rows: each context now ends with a <Cont> row).
+(reconstruction, task rows: each context now ends with a <Cont> row) and
+again for its LoRA folded into the layers when served (rounding).
 """
 
 import asyncio
