@@ -43,7 +43,7 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .arc_model import DEFAULT_WEIGHTS, load_model
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
-                   check_decoder, check_output_dtype, check_rows, render_rows, soft_identity)
+                   check_decoder, check_output_dtype, check_rows, render_rows, soft_identity, task_row)
 from .complm import OUTPUT_DTYPES
 from .models import SMOLLM2, resolve_dtype
 from .segmenter import count_tokens, segment_text
@@ -97,9 +97,9 @@ class Arc:
         # The rows depend on the decoder, the trained weights and the precision.
         self.cache_id = f"{self.fingerprint}:{self.dtype}"
         # The <Cont> row every context ends with, float32 [1, hidden].
-        self.cont_row = self.model.cont.detach().float().cpu().numpy()[None]
+        self.cont_row = task_row(self.model, "cont")
         # The <Rec> row (repeat the context): training and evaluation only.
-        self.rec_row = self.model.rec.detach().float().cpu().numpy()[None]
+        self.rec_row = task_row(self.model, "rec")
 
     def check_params(self, params: Params) -> None:
         """A trained pooling factor, and the decoder the rows are made for."""

@@ -236,6 +236,13 @@ def render_rows(contexts: list[ContextParts], name: str, hidden: int,
     return out
 
 
+def task_row(model, name: str) -> np.ndarray | None:
+    """A soft model's learned task row `name` ("cont", "rec") as float32
+    [1, hidden] for render and evaluation; None when its weights have none."""
+    row = model.task(name)
+    return None if row is None else row.detach().float().cpu().numpy()[None]
+
+
 def soft_identity(name: str, decoder_dir, weights) -> tuple[str, str, str]:
     """(decoder fingerprint, model id, fingerprint) of soft compressor `name`
     with trained `weights` for the decoder checkpoint in `decoder_dir`.

@@ -52,7 +52,7 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .base import (ContextParts, Encoded, Kind, Rendered, Segment, check_decoder,
                    check_output_dtype, check_rows, length_sorted_batches, render_rows,
-                   soft_identity)
+                   soft_identity, task_row)
 from .complm_model import DEFAULT_WEIGHTS, load_model
 from .models import SMOLLM2, resolve_dtype
 from .segmenter import count_tokens, segment_text
@@ -102,9 +102,7 @@ class CompLLM:
         # Weights trained with task rows: the <Cont> row every context ends
         # with, and the <Rec> row (repeat the context: training and
         # evaluation only), float32 [1, hidden]; None for weights without them.
-        self.cont_row, self.rec_row = (
-            None if self.model.task(t) is None else self.model.task(t).detach().float().cpu().numpy()[None]
-            for t in ("cont", "rec"))
+        self.cont_row, self.rec_row = task_row(self.model, "cont"), task_row(self.model, "rec")
 
     def check_params(self, params: Params) -> None:
         """The request's decoder must be the one the CEs are made for."""
