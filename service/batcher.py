@@ -12,10 +12,11 @@ batcher:
   batches fill by themselves, and an idle server adds no waiting time.
 - Deadlines: when every request waiting for a segment has gone (deadline
   passed, client cancelled) before its batch starts, the segment is skipped.
-- A finished segment stays here, its result ready, until the request that
-  queued it has written it to the cache and calls `release` (or KEEP_S
-  seconds, if that request went away first): a request that looked the key
-  up before that write finds the result here instead of computing the
+- A finished segment stays here, its result ready, until RELEASE_GRACE_S
+  after the request that queued it has written it to the cache and called
+  `release` (or KEEP_S seconds after it finished, if that request went away
+  first): a request whose cache lookup was still on its way while the value
+  was written (it saw a miss) finds the result here instead of computing the
   segment again.
 """
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from . import metrics
 
 KEEP_S = 5.0  # longest a finished segment waits for its owner's release
+RELEASE_GRACE_S = 1.0  # how long it stays after: lookups sent before the write
 
 
 @dataclass
@@ -45,14 +47,18 @@ class MicroBatcher:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _worker: asyncio.Task | None = None
 
-    async def encode(self, work: dict[str, str]) -> tuple[dict[str, dict], list[str]]:
+    async def encode(self, work: dict[str, str], reuse_finished: bool = True
+                     ) -> tuple[dict[str, dict], list[str]]:
         """Encoded values for `work` (key -> text), and the keys this call
-        queued itself (the others were already on their way)."""
+        queued itself (the others were already on their way). Without
+        `reuse_finished` (the request asked not to read the cache), finished
+        results waiting for their release are computed again."""
         loop = asyncio.get_running_loop()
         jobs, owned = {}, []
         for key, text in work.items():
             job = self._inflight.get(key)
-            if job is None or job.future.cancelled():
+            if job is None or job.future.cancelled() or (
+                    not reuse_finished and job.future.done()):
                 job = self._inflight[key] = _Job(text, loop.create_future())
                 self._queue.append((key, job))
                 owned.append(key)
@@ -73,11 +79,13 @@ class MicroBatcher:
 
     def release(self, keys: list[str]) -> None:
         """Forgets the finished segments `keys` (queued by the caller, now in
-        the cache or never to be)."""
+        the cache or never to be), once the lookups that may have missed
+        them just before the write have come back."""
+        loop = asyncio.get_running_loop()
         for key in keys:
             job = self._inflight.get(key)
             if job is not None and job.future.done():
-                self._drop(key, job)
+                loop.call_later(RELEASE_GRACE_S, self._drop, key, job)
 
     def _drop(self, key: str, job: _Job) -> None:
         if self._inflight.get(key) is job:

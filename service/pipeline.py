@@ -315,7 +315,12 @@ class Pipeline:
         if not work:
             return
         with _timed(flow, "encode_ms"):
-            computed, owned = await self._batcher(flow.encoders[next(iter(work))]).encode(work)
+            batcher = self._batcher(flow.encoders[next(iter(work))])
+            # A finished result waiting here stands in for a cache hit that a
+            # lookup sent just before its write missed; with no cache to read
+            # (bypass, refresh, no store) every request computes its own.
+            reuse = flow.mode == "use" and self.store is not None
+            computed, owned = await batcher.encode(work, reuse_finished=reuse)
             flow.found.update(computed)
             flow.owned += owned
 

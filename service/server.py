@@ -94,6 +94,11 @@ class SegpressServicer(pb_grpc.SegpressServicer):
 
     async def Compress(self, request, context):
         async with self._guard("Compress", context, request.request_id) as namespace:
+            left = context.time_remaining()
+            if left is not None and left <= 0:  # nobody waits for the answer: do no work
+                raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the call's deadline passed before the server started on it; "
+                                   "give the call more time (timeout_s)")
             return await self.pipeline.compress(request, namespace)
 
     def _check_queue(self) -> None:

@@ -153,6 +153,24 @@ def test_concurrent_requests_for_a_missing_segment_encode_it_once(srv, tiny, ns)
     assert len({r.text for r in results}) == 1
 
 
+def test_a_lookup_that_missed_just_before_the_write_reuses_the_result(srv, tiny, redis_proc, ns,
+                                                                      monkeypatch):
+    # The race single flight must cover: request B's cache lookup is sent
+    # before request A writes the value, so B sees a miss, and B reaches the
+    # batcher after A has stored and released it. B must not encode again.
+    monkeypatch.setattr("service.batcher.RELEASE_GRACE_S", 60.0)  # no timing in this test
+    text = f"A text only this test sends, number {uuid.uuid4().hex}."
+    srv.call(srv.pipeline.compress(SegpressClient.request([text], namespace=ns)))
+    (key,) = [k.decode() for k in redis_proc.client().keys(f"segpress:v1:{ns}:tiny:*")]
+    before = len(tiny.encoded)
+
+    async def late_miss():
+        return await srv.pipeline._batcher(tiny).encode({key: text})
+
+    values, owned = srv.call(late_miss())
+    assert len(tiny.encoded) == before and owned == [] and list(values) == [key]
+
+
 @pytest.mark.parametrize("kwargs,code,words", [
     (dict(contexts=[]), grpc.StatusCode.INVALID_ARGUMENT, "contexts is empty"),
     (dict(contexts=["a"] * 5), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_contexts=4"),
