@@ -48,13 +48,15 @@ class MicroBatcher:
     _worker: asyncio.Task | None = None
 
     async def encode(self, work: dict[str, str], reuse_finished: bool = True
-                     ) -> tuple[dict[str, dict], list[str]]:
-        """Encoded values for `work` (key -> text), and the keys this call
-        queued itself (the others were already on their way). Without
-        `reuse_finished` (the request asked not to read the cache), finished
-        results waiting for their release are computed again."""
+                     ) -> tuple[dict[str, dict], list[str], list[str]]:
+        """Encoded values for `work` (key -> text); the keys this call queued
+        itself; and those it took from finished results, which the caller's
+        cache lookup missed (written again by the caller: the same bytes, or
+        a repair of a value found corrupt). Without `reuse_finished` (the
+        request asked not to read the cache), finished results are computed
+        again."""
         loop = asyncio.get_running_loop()
-        jobs, owned = {}, []
+        jobs, owned, finished = {}, [], []
         for key, text in work.items():
             job = self._inflight.get(key)
             if job is None or job.future.cancelled() or (
@@ -62,6 +64,8 @@ class MicroBatcher:
                 job = self._inflight[key] = _Job(text, loop.create_future())
                 self._queue.append((key, job))
                 owned.append(key)
+            elif job.future.done() and job.future.exception() is None:
+                finished.append(key)
             job.waiters += 1
             jobs[key] = job
         metrics.ENCODE_QUEUE.set(len(self._queue))
@@ -70,7 +74,8 @@ class MicroBatcher:
         self._wake.set()
         try:
             # shield: one caller giving up must not cancel the shared result.
-            return {key: await asyncio.shield(job.future) for key, job in jobs.items()}, owned
+            return ({key: await asyncio.shield(job.future) for key, job in jobs.items()},
+                    owned, finished)
         finally:
             for job in jobs.values():
                 job.waiters -= 1

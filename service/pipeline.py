@@ -84,6 +84,9 @@ class Flow:
     found: dict[str, Encoded] = field(default_factory=dict)       # key -> encoded value
     missing: dict[str, str] = field(default_factory=dict)         # key -> text, not in the cache
     owned: list[str] = field(default_factory=list)                # keys this request computed
+    # Keys another request had just computed when this one's lookup missed
+    # them (single flight's finished results): written back like owned ones.
+    reused: list[str] = field(default_factory=list)
     parts: list[ContextParts] = field(default_factory=list)       # what render reads
     choices: list = field(default_factory=list)                   # relevance.Choice per context
     rendered: list[Rendered] = field(default_factory=list)
@@ -320,18 +323,21 @@ class Pipeline:
             # lookup sent just before its write missed; with no cache to read
             # (bypass, refresh, no store) every request computes its own.
             reuse = flow.mode == "use" and self.store is not None
-            computed, owned = await batcher.encode(work, reuse_finished=reuse)
+            computed, owned, reused = await batcher.encode(work, reuse_finished=reuse)
             flow.found.update(computed)
             flow.owned += owned
+            flow.reused += reused
 
     async def store_new(self, flow: Flow) -> None:
-        """What this request computed, written back (not with CACHE_MODE_BYPASS)."""
-        if flow.owned and flow.mode != "bypass" and self.store is not None:
+        """What this request computed or reused for a miss, written back (not
+        with CACHE_MODE_BYPASS)."""
+        new = flow.owned + flow.reused
+        if new and flow.mode != "bypass" and self.store is not None:
             with _timed(flow, "cache_store_ms"):
                 flow.stats.cache_errors += await self.store.put_many(
-                    {k: codec.encode(flow.encoders[k].kind, flow.found[k]) for k in flow.owned})
+                    {k: codec.encode(flow.encoders[k].kind, flow.found[k]) for k in new})
         if flow.mode != "bypass":
-            for k in flow.owned:
+            for k in new:
                 self._keep_hot(k, flow.found[k])
 
     def _keep_hot(self, key: str, arrays: Encoded) -> None:

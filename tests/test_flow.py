@@ -167,8 +167,8 @@ def test_a_lookup_that_missed_just_before_the_write_reuses_the_result(srv, tiny,
     async def late_miss():
         return await srv.pipeline._batcher(tiny).encode({key: text})
 
-    values, owned = srv.call(late_miss())
-    assert len(tiny.encoded) == before and owned == [] and list(values) == [key]
+    values, owned, reused = srv.call(late_miss())
+    assert len(tiny.encoded) == before and owned == [] and reused == [key] and list(values) == [key]
 
 
 @pytest.mark.parametrize("kwargs,code,words", [
