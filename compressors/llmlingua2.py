@@ -39,6 +39,7 @@ Where this differs from the reference `llmlingua` package, and why:
   better from whole sentences at low rates (README, Quality).
 """
 
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -52,15 +53,20 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
                    check_word_scores, length_sorted_batches, pad_right)
-from .models import ensure_onnx, fingerprint, resolve_dtype
+from .models import (OpenVINOSession, built_file_sha256, calibration_passages, ensure_onnx,
+                     ensure_openvino_int8, fingerprint, resolve_dtype)
 from .segmenter import (SENTENCE_END, count_tokens, segment_text, trim_spaces,
                         unknown_word_pieces)
 
 NAME = "llmlingua2"
-# What runs the classifier: torch (float32 or bfloat16, --model-dtype), or
-# ONNX Runtime on the CPU in float32 or with dynamic int8 quantisation; the
-# ONNX graph is exported from the checkpoint on first use (models.ensure_onnx).
-ENGINES = ("torch", "onnx", "onnx-int8")
+log = logging.getLogger(__name__)
+# What runs the classifier: torch (float32 or bfloat16, --model-dtype), ONNX
+# Runtime on the CPU in float32 or with dynamic int8 quantisation, or
+# OpenVINO on the CPU reading the same float32 ONNX graph (float32 or
+# bfloat16, --model-dtype) or its static int8 quantisation (what stays in
+# floating point runs in --model-dtype). The graphs are made from the
+# checkpoint on first use (models.ensure_onnx, models.ensure_openvino_int8).
+ENGINES = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 DEFAULT_RATE = 0.5
 MAX_FORCE_TOKENS = 100
 MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
@@ -135,6 +141,24 @@ class Params:
                 )
 
 
+def load(model_path: str, device: str = "cpu", batch_size: int = 16, dtype: str = "auto",
+         engine: str = "auto") -> "LLMLingua2":
+    """LLMLingua2 on `engine`. "auto" (the default): openvino-int8 on the CPU,
+    the fastest engine measured with keep decisions within 1% of float32
+    torch's (docs/speed.md); torch on another device, or where that engine
+    cannot be built for the checkpoint (logged)."""
+    if engine != "auto":
+        return LLMLingua2(model_path, device, batch_size, dtype, engine)
+    if device != "cpu":
+        return LLMLingua2(model_path, device, batch_size, dtype, "torch")
+    try:
+        return LLMLingua2(model_path, device, batch_size, dtype, "openvino-int8")
+    except Exception as e:  # noqa: BLE001 - any export or quantisation failure: fall back
+        log.warning("llmlingua2 --engine auto: openvino-int8 cannot be built for %s (%s: %s); "
+                    "using torch", model_path, type(e).__name__, e)
+        return LLMLingua2(model_path, device, batch_size, dtype, "torch")
+
+
 class LLMLingua2:
     name = NAME
     kind = Kind.WORD_SCORES
@@ -161,6 +185,13 @@ class LLMLingua2:
         self.batch_size = batch_size
         self.model_id = str(model_path)
         self.fingerprint = fingerprint(path)
+        window = min(config.max_position_embeddings, self.tokenizer.model_max_length, 512)
+        self.window = window - self.tokenizer.num_special_tokens_to_add(pair=False)
+        # Segments leave a few tokens of slack: a segment re-tokenized on its
+        # own can differ by a token or two at its edges.
+        self.max_segment_tokens = self.window - 8
+        # Special tokens around the text: [CLS] ... [SEP] or <s> ... </s>.
+        self.prefix_ids, self.suffix_ids = _special_affixes(self.tokenizer)
         if engine == "torch":
             self.dtype = resolve_dtype(dtype, device)
             self.model = AutoModelForTokenClassification.from_pretrained(
@@ -169,6 +200,22 @@ class LLMLingua2:
             # What cache keys name: the weights and the precision they ran in
             # (bfloat16 scores differ from float32 ones in the third decimal).
             self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        elif engine.startswith("openvino"):
+            if device != "cpu":
+                raise ValueError(f"llmlingua2 engine {engine} runs on the CPU; --device {device} "
+                                 "needs --engine torch")
+            self.dtype, self.model = resolve_dtype(dtype, device), None
+            if engine == "openvino":
+                graph = ensure_onnx(path, "float32", self.fingerprint) / "model.onnx"
+                self.cache_id = f"{self.fingerprint}:{engine}:{self.dtype}"
+            else:
+                built = ensure_openvino_int8(path, self.fingerprint, self._calibration_inputs)
+                graph = built / "model.xml"
+                # Also the quantised weights and scales (another NNCF could
+                # make others), and the precision of the float parts.
+                scales = built_file_sha256(built, "model.bin")[:16]
+                self.cache_id = f"{self.fingerprint}:{engine}-{scales}:{self.dtype}"
+            self.session = OpenVINOSession(graph, self.dtype)
         else:
             self.dtype, self.model = "float32" if engine == "onnx" else "int8", None
             if dtype not in ("auto", "float32") or device != "cpu":
@@ -178,13 +225,17 @@ class LLMLingua2:
             self.session = _onnx_session(ensure_onnx(path, self.dtype, self.fingerprint) / "model.onnx")
             # The engine and its quantisation, like the precision above.
             self.cache_id = f"{self.fingerprint}:{engine}"
-        window = min(config.max_position_embeddings, self.tokenizer.model_max_length, 512)
-        self.window = window - self.tokenizer.num_special_tokens_to_add(pair=False)
-        # Segments leave a few tokens of slack: a segment re-tokenized on its
-        # own can differ by a token or two at its edges.
-        self.max_segment_tokens = self.window - 8
-        # Special tokens around the text: [CLS] ... [SEP] or <s> ... </s>.
-        self.prefix_ids, self.suffix_ids = _special_affixes(self.tokenizer)
+
+    def _calibration_inputs(self) -> list[dict]:
+        """Model inputs of the calibration passages' segments, one per
+        forward pass as served (special tokens, padded width)."""
+        inputs = []
+        for passage in calibration_passages():
+            for seg in self.segment(passage):
+                ids = self.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
+                input_ids, mask = self.model_inputs([ids])
+                inputs.append({"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()})
+        return inputs
 
     def check_params(self, params: Params) -> None:
         """Checks that need the model: none (Params.check covers them all)."""
@@ -314,7 +365,7 @@ class LLMLingua2:
     def _keep_probs(self, batch: list[list[int]]) -> list[np.ndarray]:
         """Keep probability of every token, for a batch of token-id lists."""
         input_ids, mask = self.model_inputs(batch)  # [batch, width] each
-        if self.model is None:  # ONNX Runtime
+        if self.model is None:  # ONNX Runtime or OpenVINO
             logits = self.session.run(None, {"input_ids": input_ids.numpy(),
                                              "attention_mask": mask.numpy()})[0]
             logits = torch.from_numpy(logits)  # [batch, width, 2]

@@ -21,11 +21,11 @@ class Entry:
 
 
 def _llmlingua2(config) -> Compressor:
-    from .llmlingua2 import LLMLingua2
+    from .llmlingua2 import load
 
     path = config.llmlingua2_model or str(ensure_default_llmlingua2(config.models_dir))
-    return LLMLingua2(path, device=config.device, batch_size=config.batch_size,
-                      dtype=config.model_dtype, engine=config.engine)
+    return load(path, device=config.device, batch_size=config.batch_size,
+                dtype=config.model_dtype, engine=config.engine)
 
 
 def _trained_weights(name: str, configured, default: Path) -> Path:

@@ -39,6 +39,7 @@ from .models import fingerprint
 from .segmenter import sentence_spans
 
 NAME = "sentences"  # the cache key's compressor part for sentence vectors
+ENGINES = ("torch", "onnx", "onnx-int8", "openvino")  # what runs the sentence embedder
 RRF_K = 60
 # The coarse stage keeps this many times the compressor's budget (the fine
 # stage then cuts it to the budget), or, for a compressor without a budget
@@ -73,14 +74,17 @@ class SentenceVectors:
     def __init__(self, model_dir: str | Path | None = None, device: str = "cpu",
                  batch_size: int = 64, engine: str = "torch",
                  export_dir: str | Path | None = None):
-        """engine: torch (sentence-transformers) or onnx / onnx-int8 (ONNX
+        """engine: torch (sentence-transformers), onnx / onnx-int8 (ONNX
         Runtime on the CPU: the encoder exported on first use into
         `export_dir`, default the model directory; mean pooling and
-        normalising here, as the model's sentence-transformers modules do)."""
+        normalising here, as the model's sentence-transformers modules do),
+        or openvino (OpenVINO on the CPU reading that float32 export, in
+        bfloat16 where the CPU has bf16 instructions)."""
         from sentence_transformers import SentenceTransformer
 
-        if engine not in ("torch", "onnx", "onnx-int8"):
-            raise ValueError(f"sentence embedder engine must be torch, onnx or onnx-int8, got {engine!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"sentence embedder engine must be one of {', '.join(ENGINES)}, "
+                             f"got {engine!r}")
         path = Path(model_dir) if model_dir else default_model_dir()
         self.model = SentenceTransformer(str(path), device=device)
         self.dim = self.model.get_embedding_dimension()
@@ -93,15 +97,19 @@ class SentenceVectors:
             self.cache_id = f"{self.fingerprint}:float16"
         else:  # the engine is part of the vectors' cache identity
             self.session = self._onnx(path, device, export_dir)
-            self.cache_id = f"{self.fingerprint}:{engine}:float16"
+            if engine == "openvino":  # and the precision it computes in
+                self.cache_id = f"{self.fingerprint}:{engine}:{self.session.dtype}:float16"
+            else:
+                self.cache_id = f"{self.fingerprint}:{engine}:float16"
 
     def _onnx(self, path: Path, device: str, export_dir):
-        """The ONNX Runtime session of the model's encoder; only models that
-        are an encoder, mean pooling and (optionally) normalising."""
+        """The ONNX Runtime (or OpenVINO) session of the model's encoder;
+        only models that are an encoder, mean pooling and (optionally)
+        normalising."""
         import onnxruntime as ort
         import torch
 
-        from .models import ensure_onnx
+        from .models import OpenVINOSession, ensure_onnx, resolve_dtype
 
         kinds = [type(m).__name__ for m in self.model]
         pooling = self.model[1].get_config_dict() if len(kinds) > 1 else {}
@@ -110,9 +118,11 @@ class SentenceVectors:
                 or not pooling.get("pooling_mode_mean_tokens", pooling.get("pooling_mode") == "mean")):
             raise ValueError(f"sentence model {path}: the ONNX engine runs an encoder with mean "
                              f"pooling on the CPU (this one is {kinds} on {device}); use engine torch")
-        quant = "float32" if self.engine == "onnx" else "int8"
+        quant = "int8" if self.engine == "onnx-int8" else "float32"
         onnx_path = ensure_onnx(path, quant, self.fingerprint, task="feature-extraction",
                                 into=export_dir) / "model.onnx"
+        if self.engine == "openvino":
+            return OpenVINOSession(onnx_path, resolve_dtype("auto", device))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.inter_op_num_threads = 1

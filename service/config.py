@@ -79,13 +79,17 @@ class Config:
     model_dtype: str = field(default="auto", metadata={
         "help": "float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 "
                 "instructions or on CUDA, else float32)"})
-    engine: str = field(default="torch", metadata={
+    engine: str = field(default="auto", metadata={
         "help": "what runs the llmlingua2 classifier: torch (in --model-dtype), onnx (ONNX "
-                "Runtime, CPU, float32) or onnx-int8 (dynamic int8 quantisation); the ONNX graph "
-                "is exported into the model's directory on first use"})
-    sentence_engine: str = field(default="onnx", metadata={
-        "help": "what runs selection's sentence embedder: onnx (ONNX Runtime, float32; exported "
-                "under --cache-dir/models on first use), onnx-int8, or torch (sentence-transformers)"})
+                "Runtime, CPU, float32), onnx-int8 (its dynamic int8), openvino (OpenVINO, CPU, "
+                "in --model-dtype), openvino-int8 (static int8, the rest in --model-dtype), or "
+                "auto: openvino-int8 on the CPU, else torch (and torch where it cannot be built); "
+                "the graphs are made in the model's directory on first use"})
+    sentence_engine: str = field(default="openvino", metadata={
+        "help": "what runs selection's sentence embedder: openvino (OpenVINO, bfloat16 where the "
+                "CPU has bf16 instructions, else float32), onnx (ONNX Runtime, float32), onnx-int8, "
+                "or torch (sentence-transformers); the ONNX graph they read is exported under "
+                "--cache-dir/models on first use"})
     max_request_tokens: int = field(default=400_000, metadata={
         "help": "most tokens (all contexts, compressor's tokenizer) per request"})
     max_queue: int = field(default=64, metadata={

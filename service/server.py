@@ -298,7 +298,7 @@ async def make_store(config: Config):
 def sentence_vectors(config: Config):
     """Query-aware selection's sentence embedder as configured: its model
     (--sentence-model, default all-MiniLM-L6-v2), its engine
-    (--sentence-engine; ONNX Runtime runs on the CPU only, so torch on an
+    (--sentence-engine; ONNX Runtime and OpenVINO run on the CPU only, so torch on an
     accelerator), its ONNX export beside the built models for the default
     model (it lives in an installed package), else in its own directory."""
     from compressors.models import sentence_onnx_dir

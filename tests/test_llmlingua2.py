@@ -28,7 +28,9 @@ def test_encode_shapes_and_scores(llmlingua2, sample_text):
 
 
 @pytest.mark.parametrize("engine,dtype", [("torch", "float32"), ("torch", "bfloat16"),
-                                          ("onnx", "float32"), ("onnx-int8", "auto")])
+                                          ("onnx", "float32"), ("onnx-int8", "auto"),
+                                          ("openvino", "float32"), ("openvino", "bfloat16"),
+                                          ("openvino-int8", "auto")])
 def test_encode_is_deterministic_and_batch_independent(model_dir, sample_text, engine, dtype):
     """A segment scores exactly the same alone as batched with segments of
     other lengths (in bfloat16 padding alone moves scores by ~3e-3), so a

@@ -15,7 +15,10 @@ first cached value (bfloat16 scores of the shorter segment, padded now to its
 own width only, so that batching cannot change them); texts unchanged. And
 complm's entries (`tests/record_complm.py`), for its retrained weights
 (reconstruction, task rows: each context now ends with a <Cont> row) and
-again for its LoRA folded into the layers when served (rounding).
+again for its LoRA folded into the layers when served (rounding). The
+llmlingua2 entries were recorded on torch (bfloat16): the test pins
+--engine torch since the default became openvino-int8, whose keep decisions
+tests/test_engine.py checks against torch's.
 """
 
 import asyncio
@@ -44,7 +47,7 @@ def results(model_dir):
     from service.server import open_pipeline
 
     config = Config(cache_dir=Config().cache_dir, llmlingua2_model=model_dir,
-                    compressors="llmlingua2,complm")
+                    compressors="llmlingua2,complm", engine="torch")
     text = SAMPLE.read_text(encoding="utf-8")
 
     async def run():

@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from compressors.base import length_sorted_batches
-from compressors.llmlingua2 import LLMLingua2
+from compressors.llmlingua2 import LLMLingua2, load
+from compressors.models import resolve_dtype
 from segpress import SegpressClient
 
 from ..config import Config
@@ -90,7 +91,9 @@ def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 # The engines section 1 compares, as (engine, dtype) for LLMLingua2.
 ENGINE_ROWS = {"torch float32": ("torch", "float32"), "torch bfloat16": ("torch", "bfloat16"),
-               "onnx float32": ("onnx", "float32"), "onnx int8": ("onnx-int8", "auto")}
+               "onnx float32": ("onnx", "float32"), "onnx int8": ("onnx-int8", "auto"),
+               "openvino float32": ("openvino", "float32"), "openvino bfloat16": ("openvino", "bfloat16"),
+               "openvino int8": ("openvino-int8", "auto")}
 
 
 class Bench:
@@ -106,8 +109,8 @@ class Bench:
 
     def _compressor(self, engine: str, dtype: str) -> LLMLingua2:
         c = self.config
-        return LLMLingua2(c.llmlingua2_model, device=c.device, batch_size=c.batch_size, dtype=dtype,
-                          engine=engine)
+        return load(c.llmlingua2_model, device=c.device, batch_size=c.batch_size, dtype=dtype,
+                    engine=engine)
 
     def compress(self, pipeline, texts, **kw):
         req = SegpressClient.request(texts, rate=self.rate, **kw)
@@ -125,7 +128,8 @@ class Bench:
         comps = {}
         for name in engines:
             engine, dtype = ENGINE_ROWS[name]
-            same = (self.comp.engine, self.comp.dtype) == (engine, "int8" if engine == "onnx-int8" else dtype)
+            want = "int8" if engine == "onnx-int8" else resolve_dtype(dtype, self.config.device)
+            same = (self.comp.engine, self.comp.dtype) == (engine, want)
             comps[name] = self.comp if same else self._compressor(engine, dtype)
         pipes = {name: Pipeline(self.config, {"llmlingua2": c}, store=None) for name, c in comps.items()}
         ids = sorted((self.comp.tokenizer(s.text, add_special_tokens=False)["input_ids"]

@@ -38,17 +38,19 @@ class Env:
     llmlingua2_dir: str   # the llmlingua2 checkpoint (segpress and the reference's LLMLingua-2)
     seed: int = 0
     config: object = None  # service.config.Config: the sentence embedder as served (default Config())
-    _llmlingua2: object = field(default=None, repr=False)
+    _llmlingua2: dict = field(default_factory=dict, repr=False)
     _selector: object = field(default=None, repr=False)
 
-    def llmlingua2(self):
-        """segpress's llmlingua2 compressor on llmlingua2_dir (float32), loaded
-        once for every method that uses it."""
-        if self._llmlingua2 is None:
+    def llmlingua2(self, engine: str = "torch"):
+        """segpress's llmlingua2 compressor on llmlingua2_dir (torch: float32;
+        another engine in its default precision), loaded once per engine for
+        every method that uses it."""
+        if engine not in self._llmlingua2:
             from compressors.llmlingua2 import LLMLingua2
 
-            self._llmlingua2 = LLMLingua2(self.llmlingua2_dir, dtype="float32")
-        return self._llmlingua2
+            dtype = "float32" if engine == "torch" else "auto"
+            self._llmlingua2[engine] = LLMLingua2(self.llmlingua2_dir, dtype=dtype, engine=engine)
+        return self._llmlingua2[engine]
 
     def selector(self):
         """The sentence embedder of query-aware selection as the server runs
@@ -141,9 +143,10 @@ class Segpress:
     passage; the budget in reader tokens (within_budget)."""
     name = "segpress-llmlingua2"
     granularity = "word"
+    engine = "torch"
 
     def __init__(self, env):
-        self.comp = env.llmlingua2()
+        self.comp = env.llmlingua2(self.engine)
         self.reader = env.reader
 
     def prepare(self, ex):
@@ -158,6 +161,12 @@ class Segpress:
             params = Params(rate=r, granularity=self.granularity)
             return "\n\n".join(x.text for x in self.comp.render(parts, params))
         return within_budget(render, rate, self.reader, self.reader.count(ex.context))
+
+
+class SegpressOpenVINOInt8(Segpress):
+    """The same on --engine openvino-int8 (static int8 on OpenVINO)."""
+    name = "segpress-llmlingua2-openvino-int8"
+    engine = "openvino-int8"
 
 
 class SegpressSentences(Segpress):
@@ -334,6 +343,6 @@ class ReferenceLLMLingua2:
 
 METHODS = {m.name: m for m in [
     NoCompression, RandomDrop, Truncate, ReferenceLLMLingua, ReferenceLLMLingua2, Teacher, Segpress,
-    SegpressSentences, SegpressSentenceThenWord, SegpressQuery, SegpressQuerySentences,
+    SegpressOpenVINOInt8, SegpressSentences, SegpressSentenceThenWord, SegpressQuery, SegpressQuerySentences,
     SegpressQueryDense, SegpressQueryBM25, ReferenceLongLLMLingua,
 ]}
