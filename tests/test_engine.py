@@ -7,7 +7,7 @@ import os
 import pytest
 
 from compressors.llmlingua2 import LLMLingua2
-from compressors.models import ModelError, ensure_onnx
+from compressors.models import ModelError, ensure_onnx, resolve_dtype
 from service.benchmarks.serving import agreement, bench_texts, keep_decisions
 
 
@@ -71,6 +71,27 @@ def test_onnx_refuses_what_it_cannot_run(model_dir):
         LLMLingua2(model_dir, engine="openvino", device="cuda")
     with pytest.raises((ValueError, ModelError)):
         ensure_onnx(model_dir, "int4")
+
+
+def test_engine_auto_is_openvino_int8_on_the_cpu_and_torch_where_that_fails(
+        engines, model_dir, monkeypatch, caplog):
+    import compressors.llmlingua2 as llmlingua2
+    from compressors.models import ModelError
+
+    auto = llmlingua2.load(model_dir)  # the int8 model is built already (the fixture)
+    assert auto.engine == "openvino-int8" and auto.dtype == resolve_dtype("auto")
+    # the same int8 model (the fixture's runs its float parts in float32)
+    assert auto.cache_id.rsplit(":", 1)[0] == engines["openvino-int8"].cache_id.rsplit(":", 1)[0]
+
+    def cannot_build(*args, **kwargs):  # what a read-only or unexportable checkpoint gives
+        raise ModelError("cannot write the int8 model")
+
+    monkeypatch.setattr(llmlingua2, "ensure_openvino_int8", cannot_build)
+    with caplog.at_level("WARNING", logger="compressors.llmlingua2"):
+        fallback = llmlingua2.load(model_dir)
+    assert fallback.engine == "torch" and "using torch" in caplog.text
+    with pytest.raises(ModelError):  # asked for by name: no fallback
+        llmlingua2.load(model_dir, engine="openvino-int8")
 
 
 # -- the sentence embedder of query-aware selection --------------------------------
