@@ -425,9 +425,7 @@ def pull(models_dir: str | os.PathLike) -> list[dict]:
     for path in _built_models(Path(models_dir)).values():
         if path.exists() and _damage(path):
             shutil.rmtree(path)
-    from .llmlingua2 import load
-
-    load(str(ensure_default_llmlingua2(models_dir)))  # and what --engine auto runs
+    ensure_default_llmlingua2(models_dir)
     ensure_smollm2(models_dir)
     ensure_onnx(minilm_base_dir(), "float32", task="feature-extraction",
                 into=sentence_onnx_dir(models_dir))  # what --sentence-engine reads

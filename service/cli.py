@@ -189,7 +189,14 @@ def _models(args, config) -> int:
     from compressors import models
 
     try:
-        rows = (models.pull if args.action == "pull" else models.list_models)(config.models_dir)
+        if args.action == "pull":
+            from compressors.llmlingua2 import load
+
+            rows = models.pull(config.models_dir)
+            # and the llmlingua2 engine the server runs (--engine auto: the int8 model)
+            load(str(models.ensure_default_llmlingua2(config.models_dir)), engine=config.engine)
+        else:
+            rows = models.list_models(config.models_dir)
     except models.ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
