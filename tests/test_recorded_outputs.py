@@ -15,7 +15,8 @@ first cached value (bfloat16 scores of the shorter segment, padded now to its
 own width only, so that batching cannot change them); texts unchanged. And
 complm's entries (`tests/record_complm.py`), for its retrained weights
 (reconstruction, task rows: each context now ends with a <Cont> row) and
-again for its LoRA folded into the layers when served (rounding). The
+again for its LoRA folded into the layers when served (rounding), and for
+its weights trained 150 steps further. The
 llmlingua2 entries were recorded on torch (bfloat16): the test pins
 --engine torch since the default became openvino-int8, whose keep decisions
 tests/test_engine.py checks against torch's.
