@@ -193,8 +193,10 @@ def _models(args, config) -> int:
             from compressors.llmlingua2 import load
 
             rows = models.pull(config.models_dir)
-            # and the llmlingua2 engine the server runs (--engine auto: the int8 model)
-            load(str(models.ensure_default_llmlingua2(config.models_dir)), engine=config.engine)
+            # and the llmlingua2 engine the server runs (--engine auto: the int8
+            # model), on the checkpoint pull has just built and verified
+            load(next(r["path"] for r in rows if r["name"] == models.DEFAULT_LLMLINGUA2),
+                 engine=config.engine)
         else:
             rows = models.list_models(config.models_dir)
     except models.ModelError as e:
