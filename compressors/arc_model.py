@@ -7,9 +7,12 @@ are the decoder's own first `layers` blocks with a LoRA on every linear
 layer; the LoRA is on only while encoding, so with it off the same modules
 are the unchanged decoder that reads the rows. Trained weights are the LoRA,
 the projector and the two task embeddings (a few MB); the decoder comes from
-its own checkpoint.
+its own checkpoint. With rank 0 the encoder's blocks are instead copies of
+the decoder's, trained in full and shipped with the weights (about 3.5M
+parameters a block).
 """
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -37,7 +40,7 @@ class ArcConfig:
     layers: int = 6  # encoder depth: the decoder's first blocks; the last one pools
     factors: tuple[int, ...] = (4, 8)  # pooling factors: tokens per row
     segment_tokens: int = 128  # most tokens per segment
-    rank: int = 64  # LoRA rank on every linear layer of the encoder's blocks
+    rank: int = 64  # LoRA rank on every linear layer of the encoder's blocks; 0: the blocks trained in full
     alpha: float = 128.0  # LoRA scale = alpha / rank
 
     def to_json(self) -> str:
@@ -67,9 +70,13 @@ class ArcModel(nn.Module):
         self.decoder = decoder.requires_grad_(False)
         self.config = config
         self.pad_id = pad_id
-        self.blocks = decoder.model.layers[: config.layers]
         self.loras: list[LoRALinear] = []
-        for block in self.blocks:
+        if not config.rank:  # full training: the encoder's own copies of the blocks, every weight trained
+            self.blocks = nn.ModuleList(copy.deepcopy(b) for b in decoder.model.layers[: config.layers])
+            self.blocks.requires_grad_(True)
+        else:
+            self.blocks = decoder.model.layers[: config.layers]
+        for block in self.blocks if config.rank else ():
             for path in LINEARS:
                 parent, name = path.split(".")
                 lora = LoRALinear(getattr(getattr(block, parent), name), config.rank, config.alpha)
@@ -180,6 +187,8 @@ class ArcModel(nn.Module):
         for i, lora in enumerate(self.loras):
             state[f"lora.{i}.A"] = lora.A
             state[f"lora.{i}.B"] = lora.B
+        if not self.config.rank:
+            state.update({f"block.{name}": p for name, p in self.blocks.named_parameters()})
         return state
 
     def trainable(self) -> list[nn.Parameter]:

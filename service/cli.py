@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
               ("rank", int), ("mlp", int), ("start", str), ("dev-examples", int), ("checkpoint-every", int),
               ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int))),
-            ("arc", "the arc encoder's LoRA, projector and task embeddings",
+            ("arc", "the arc encoder's LoRA (or, with --rank 0, its blocks), projector and task embeddings",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
               ("layers", int), ("rank", int), ("factors", str), ("dev-examples", int),

@@ -208,3 +208,33 @@ def test_tiny_training_run_resumes_and_writes_weights_and_card(tmp_path):
     assert set(card["dev_after"]) >= {"x4", "x8", "loss_full", "loss_none"}
     state = load_file(str(out))
     assert len([k for k in state if k.startswith("lora.")]) == 2 * 7 * 2 and "task.cont" in state
+
+
+def test_full_training_trains_copies_of_the_blocks_and_round_trips(decoder_dir, tmp_path):
+    """Rank 0 (`segpress train arc --rank 0`): the encoder's blocks are copies
+    of the decoder's, trained in full. A step changes them and leaves the
+    decoder that reads the rows as it was; the saved weights hold the blocks
+    and load back to the same rows."""
+    import torch
+
+    from compressors.arc_model import ArcConfig, load_model
+
+    torch.manual_seed(0)
+    model, tok = load_model(decoder_dir, None, config=ArcConfig(layers=2, rank=0))
+    assert not model.loras and model.blocks[0] is not model.decoder.model.layers[0]
+    decoder_before = model.decoder.model.layers[0].mlp.up_proj.weight.clone()
+    block_before = model.blocks[0].mlp.up_proj.weight.clone()
+    segment = tok(CONTEXTS[1])["input_ids"]
+    opt = torch.optim.SGD(model.trainable(), lr=1e-3)
+    model.rows([segment])[4][0].pow(2).sum().backward()
+    opt.step()
+    assert not torch.equal(model.blocks[0].mlp.up_proj.weight, block_before)
+    assert torch.equal(model.decoder.model.layers[0].mlp.up_proj.weight, decoder_before)
+
+    path = tmp_path / "full.safetensors"
+    model.save(path, {})
+    again, _ = load_model(decoder_dir, path)
+    assert again.config.rank == 0 and not again.loras
+    with torch.no_grad():
+        want, got = model.rows([segment])[4][0], again.rows([segment])[4][0]
+    assert torch.allclose(got, want, atol=0.02), (got - want).abs().max()  # saved in float16

@@ -42,7 +42,7 @@ class TrainConfig:
     continuation: int = 32  # tokens the continuation loss is on
     rec_share: float = 0.2  # share of reconstruction examples
     layers: int = 6  # encoder depth (the decoder's first blocks)
-    rank: int = 64  # LoRA rank
+    rank: int = 64  # LoRA rank; 0: train the encoder's blocks in full
     factors: str = "4,8"  # pooling factors, alternated step by step
     bf16: bool = True  # decoder passes in bfloat16 autocast
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after
