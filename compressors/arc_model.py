@@ -42,6 +42,8 @@ class ArcConfig:
     segment_tokens: int = 128  # most tokens per segment
     rank: int = 64  # LoRA rank on every linear layer of the encoder's blocks; 0: the blocks trained in full
     alpha: float = 128.0  # LoRA scale = alpha / rank
+    start: str = "identity"  # "identity": row = projector(h), the projector a scaled identity at first;
+    # "mean": row = mean input embedding of its tokens + projector(h), the projector zero at first
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "factors": list(self.factors)}, sort_keys=True)
@@ -91,14 +93,19 @@ class ArcModel(nn.Module):
             torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim), persistent=False)
         # Projector: two bias-free linear layers, no activation. It starts as
         # a scaled identity that maps the final norm's output (RMS ~ the norm
-        # weight's) to the RMS of the decoder's input embeddings.
+        # weight's) to the RMS of the decoder's input embeddings, or (start
+        # "mean") at zero.
         E = decoder.get_input_embeddings().weight
         scale = (E.pow(2).mean().sqrt() / decoder.model.norm.weight.pow(2).mean().sqrt()).item()
         self.proj_in = nn.Linear(D, D, bias=False)
         self.proj_out = nn.Linear(D, D, bias=False)
         with torch.no_grad():
             self.proj_in.weight.copy_(torch.eye(D))
-            self.proj_out.weight.copy_(torch.eye(D) * scale)
+            self.proj_out.weight.copy_(torch.eye(D) * scale if config.start == "identity" else torch.zeros(D, D))
+        # With start "mean", each row also gets the mean input embedding of
+        # the x tokens it stands for, rescaled to the embeddings' RMS, so it
+        # carries their content from the first step (complm's start).
+        self.register_buffer("embed_rms", E.detach().pow(2).mean().sqrt(), persistent=False)
         # Task embeddings, read after a context's rows: they start as the
         # mean input embedding and learn to say "continue" or "repeat".
         self.cont = nn.Parameter(E.detach().mean(0).clone())  # [D]
@@ -154,7 +161,7 @@ class ArcModel(nn.Module):
         pos = torch.arange(W, device=device).expand(B, W)  # [B, W]
         self.set_lora(True)
         try:
-            h = self.embed(ids)  # [B, W, D]
+            h = e = self.embed(ids)  # [B, W, D]
             for block in self.blocks[:-1]:
                 x = block.input_layernorm(h)
                 h = h + self._attend(block.self_attn, x, x, pos, pos, keys)
@@ -174,6 +181,9 @@ class ArcModel(nn.Module):
                 hp = hp + self._attend(last.self_attn, last.input_layernorm(hp), x, pos_q, pos, keys)
                 hp = hp + last.mlp(last.post_attention_layernorm(hp))
                 r = self.proj_out(self.proj_in(self.decoder.model.norm(hp)))  # [B, G, D]
+                if self.config.start == "mean":
+                    mean = (e.view(B, G, f, -1) * w).sum(2) / count  # [B, G, D]
+                    r = r + mean * self.embed_rms / mean.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=1e-6)
                 out[f] = [r[i, : self.n_rows(len(s), f)] for i, s in enumerate(segments)]
         finally:
             self.set_lora(False)

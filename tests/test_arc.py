@@ -238,3 +238,24 @@ def test_full_training_trains_copies_of_the_blocks_and_round_trips(decoder_dir, 
     with torch.no_grad():
         want, got = model.rows([segment])[4][0], again.rows([segment])[4][0]
     assert torch.allclose(got, want, atol=0.02), (got - want).abs().max()  # saved in float16
+
+
+def test_mean_start_rows_are_their_tokens_mean_embedding_before_training(decoder_dir):
+    """Start "mean" (`segpress train arc --start mean`): before training, each
+    row is the mean input embedding of the x tokens it stands for, at the
+    embeddings' RMS; the projector (zero at first) learns what to add."""
+    import torch
+
+    from compressors.arc_model import ArcConfig, load_model
+
+    model, tok = load_model(decoder_dir, None, config=ArcConfig(layers=2, start="mean"))
+    segment = tok(CONTEXTS[1])["input_ids"]
+    with torch.no_grad():
+        rows = model.rows([segment])
+        e = model.embed(torch.tensor(segment))  # [n, D]
+    for f in (4, 8):
+        assert rows[f][0].shape == (-(-len(segment) // f), e.shape[1])
+        for g in range(len(rows[f][0])):
+            mean = e[g * f : (g + 1) * f].mean(0)
+            want = mean * model.embed_rms / mean.pow(2).mean().sqrt()
+            assert torch.allclose(rows[f][0][g], want, atol=1e-5), (f, g)

@@ -44,6 +44,7 @@ class TrainConfig:
     layers: int = 6  # encoder depth (the decoder's first blocks)
     rank: int = 64  # LoRA rank; 0: train the encoder's blocks in full
     factors: str = "4,8"  # pooling factors, alternated step by step
+    start: str = "identity"  # "identity" or "mean": what the rows are before training (ArcConfig.start)
     bf16: bool = True  # decoder passes in bfloat16 autocast
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after
     checkpoint_every: int = 25
@@ -67,7 +68,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
         model, tok = load_model(decoder_dir, cfg.init_from)
     else:
         arc = ArcConfig(layers=cfg.layers, factors=tuple(int(f) for f in cfg.factors.split(",")),
-                        rank=cfg.rank, alpha=2.0 * cfg.rank)
+                        rank=cfg.rank, alpha=2.0 * cfg.rank, start=cfg.start)
         model, tok = load_model(decoder_dir, None, config=arc)
     factors = model.config.factors
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
