@@ -44,6 +44,8 @@ class ArcConfig:
     alpha: float = 128.0  # LoRA scale = alpha / rank
     start: str = "identity"  # "identity": row = projector(h), the projector a scaled identity at first;
     # "mean": row = mean input embedding of its tokens + projector(h), the projector zero at first
+    causal: bool = False  # keep the decoder's causal mask in the encoder (ARC: off); a pooled
+    # query then sees its group's tokens and those before
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "factors": list(self.factors)}, sort_keys=True)
@@ -128,9 +130,10 @@ class ArcModel(nn.Module):
         """The learned embedding [D] of task `name` ("cont" or "rec")."""
         return self.cont if name == "cont" else self.rec
 
-    def _attend(self, attn, x_q, x_kv, pos_q, pos_kv, keys):
-        """Bidirectional attention of queries from x_q [B, Lq, D] over keys
-        and values from x_kv [B, Lk, D]; keys [B, Lk] is False on padding."""
+    def _attend(self, attn, x_q, x_kv, pos_q, pos_kv, allowed):
+        """Attention of queries from x_q [B, Lq, D] over keys and values from
+        x_kv [B, Lk, D]; allowed [B, Lq, Lk] is False where a query may not
+        look (padding, and the future when causal)."""
         B, Lq, _ = x_q.shape
         Lk = x_kv.shape[1]
         q = attn.q_proj(x_q).view(B, Lq, self.heads, self.head_dim).transpose(1, 2)  # [B, H, Lq, hd]
@@ -139,7 +142,7 @@ class ArcModel(nn.Module):
         q, k = rotate(q, pos_q, self.inv_freq), rotate(k, pos_kv, self.inv_freq)
         groups = self.heads // self.kv_heads
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)  # [B, H, Lk, hd]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])  # [B, H, Lq, hd]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # [B, H, Lq, hd]
         return attn.o_proj(out.transpose(1, 2).reshape(B, Lq, self.heads * self.head_dim))
 
     def rows(self, segments: list[list[int]], factors: tuple[int, ...] | None = None,
@@ -159,16 +162,22 @@ class ArcModel(nn.Module):
         ids, keys = ids.to(device), mask.to(device).bool()
         B, W = ids.shape
         pos = torch.arange(W, device=device).expand(B, W)  # [B, W]
+
+        def allowed(last_q: torch.Tensor) -> torch.Tensor:  # [B, Lq]: the last position each query may see
+            ok = keys[:, None, :].expand(B, last_q.shape[1], W)  # [B, Lq, W]
+            return ok & (pos[:, None, :] <= last_q[:, :, None]) if self.config.causal else ok
+
         self.set_lora(True)
         try:
             h = e = self.embed(ids)  # [B, W, D]
             for block in self.blocks[:-1]:
                 x = block.input_layernorm(h)
-                h = h + self._attend(block.self_attn, x, x, pos, pos, keys)
+                h = h + self._attend(block.self_attn, x, x, pos, pos, allowed(pos))
                 h = h + block.mlp(block.post_attention_layernorm(h))
             # The last block: queries are the residual stream averaged over
             # groups of x tokens (padding left out), at the group's mean
-            # position; keys and values are every token.
+            # position; keys and values are every token (causal: every token
+            # up to the group's last).
             last = self.blocks[-1]
             x = last.input_layernorm(h)
             out = {}
@@ -178,7 +187,8 @@ class ArcModel(nn.Module):
                 count = w.sum(2).clamp(min=1)  # [B, G, 1]
                 hp = (h.view(B, G, f, -1) * w).sum(2) / count  # [B, G, D]
                 pos_q = (pos.view(B, G, f) * w[..., 0]).sum(-1) / count[..., 0]  # [B, G]
-                hp = hp + self._attend(last.self_attn, last.input_layernorm(hp), x, pos_q, pos, keys)
+                group_end = pos.view(B, G, f)[..., -1]  # [B, G]
+                hp = hp + self._attend(last.self_attn, last.input_layernorm(hp), x, pos_q, pos, allowed(group_end))
                 hp = hp + last.mlp(last.post_attention_layernorm(hp))
                 r = self.proj_out(self.proj_in(self.decoder.model.norm(hp)))  # [B, G, D]
                 if self.config.start == "mean":

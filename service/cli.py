@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             ("arc", "the arc encoder's LoRA (or, with --rank 0, its blocks), projector and task embeddings",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
-              ("layers", int), ("rank", int), ("factors", str), ("start", str), ("dev-examples", int),
+              ("layers", int), ("rank", int), ("factors", str), ("start", str), ("causal", int), ("dev-examples", int),
               ("checkpoint-every", int), ("corpus", str), ("stop-after", int), ("init-from", str),
               ("warmup", int)))):
         p = train_models.add_parser(name, help=f"{about} (defaults: compressors/training/train_{name}.py TrainConfig)")

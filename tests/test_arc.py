@@ -259,3 +259,21 @@ def test_mean_start_rows_are_their_tokens_mean_embedding_before_training(decoder
             mean = e[g * f : (g + 1) * f].mean(0)
             want = mean * model.embed_rms / mean.pow(2).mean().sqrt()
             assert torch.allclose(rows[f][0][g], want, atol=1e-5), (f, g)
+
+
+def test_causal_encoder_rows_do_not_see_later_tokens(decoder_dir):
+    """`--causal 1` keeps the decoder's causal mask in the encoder: the rows
+    of a segment's first groups are the same whatever follows them; without
+    it (ARC's choice, the default) they change."""
+    import torch
+
+    from compressors.arc_model import ArcConfig, load_model
+
+    segment = CONTEXTS[0]
+    for causal in (True, False):
+        torch.manual_seed(0)
+        model, tok = load_model(decoder_dir, None, config=ArcConfig(layers=2, causal=causal))
+        ids = tok(segment)["input_ids"][:24]
+        with torch.no_grad():
+            whole, prefix = model.rows([ids])[4][0], model.rows([ids[:8]])[4][0]  # [6, D], [2, D]
+        assert torch.equal(whole[:2], prefix) == causal

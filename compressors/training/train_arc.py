@@ -45,6 +45,7 @@ class TrainConfig:
     rank: int = 64  # LoRA rank; 0: train the encoder's blocks in full
     factors: str = "4,8"  # pooling factors, alternated step by step
     start: str = "identity"  # "identity" or "mean": what the rows are before training (ArcConfig.start)
+    causal: int = 0  # 1: keep the causal mask in the encoder (ArcConfig.causal)
     bf16: bool = True  # decoder passes in bfloat16 autocast
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after
     checkpoint_every: int = 25
@@ -68,7 +69,8 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
         model, tok = load_model(decoder_dir, cfg.init_from)
     else:
         arc = ArcConfig(layers=cfg.layers, factors=tuple(int(f) for f in cfg.factors.split(",")),
-                        rank=cfg.rank, alpha=2.0 * cfg.rank, start=cfg.start)
+                        rank=cfg.rank, alpha=2.0 * cfg.rank, start=cfg.start,
+                        causal=bool(cfg.causal))
         model, tok = load_model(decoder_dir, None, config=arc)
     factors = model.config.factors
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
