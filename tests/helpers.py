@@ -17,13 +17,14 @@ def segpress(*args: str, **kw) -> subprocess.CompletedProcess:
 def train_stopped_and_resumed(args: tuple[str, ...], out: Path) -> dict:
     """Runs `segpress <args>` (a 4-step soft-token training run writing
     `out`, checkpoints every 2 steps) stopped after step 2, then again: the
-    checkpoint is there and the weights are not after the first, the second
-    resumes from it. Returns the card."""
+    checkpoint is there and the weights are not after the first (which
+    prints its dev numbers), the second resumes from it. Returns the card."""
     import json
 
     first = segpress(*args, "--stop-after", "2", timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert out.with_suffix(".ckpt").exists() and not out.exists()
+    assert '"dev_at_stop"' in first.stderr
     r = segpress(*args, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed at step 2" in r.stderr

@@ -202,7 +202,7 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
     norm 1. `step_loss(step, batch)` returns batch_loss's triple. A
     checkpoint every `cfg.checkpoint_every` steps; a run started again
     resumes from it. Returns (finished, record): finished is False when the
-    run stopped at `cfg.stop_after`; record has the dev numbers before (and
+    run stopped at `cfg.stop_after` (its dev numbers printed then); record has the dev numbers before (and
     after) training, the loss history and the seconds trained."""
     params = model.trained_state()
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=0.0)
@@ -242,7 +242,9 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
         if at_checkpoint:
             record["seconds_before_resume"] = time.time() - t0
             ckpt.save(done, params, opt, sched, record)
-            if done == cfg.stop_after:
+            if done == cfg.stop_after:  # the dev numbers at this step, for runs compared part-way
+                model.eval()
+                print(json.dumps({"step": done, "dev_at_stop": dev()}), file=sys.stderr, flush=True)
                 return False, record
     model.eval()
     record["dev_after"] = dev()
