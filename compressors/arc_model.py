@@ -132,8 +132,8 @@ class ArcModel(nn.Module):
 
     def _attend(self, attn, x_q, x_kv, pos_q, pos_kv, allowed):
         """Attention of queries from x_q [B, Lq, D] over keys and values from
-        x_kv [B, Lk, D]; allowed [B, Lq, Lk] is False where a query may not
-        look (padding, and the future when causal)."""
+        x_kv [B, Lk, D]; allowed [B, Lq or 1, Lk] is False where a query may
+        not look (padding, and the future when causal)."""
         B, Lq, _ = x_q.shape
         Lk = x_kv.shape[1]
         q = attn.q_proj(x_q).view(B, Lq, self.heads, self.head_dim).transpose(1, 2)  # [B, H, Lq, hd]
@@ -151,8 +151,9 @@ class ArcModel(nn.Module):
         segment (token ids), all segments in one forward pass.
 
         Every segment is padded to the same width (at least `min_width`
-        tokens, by default segment_tokens), so its rows never depend on which
-        other segments share its batch."""
+        tokens, by default segment_tokens), so its rows do not depend on which
+        other segments share its batch (beyond float32 rounding on CPUs whose
+        matmul threads split the work by batch size)."""
         factors = factors or self.config.factors
         step = math.lcm(*factors)
         width = max([min_width or self.config.segment_tokens] + [len(s) for s in segments])
@@ -163,9 +164,12 @@ class ArcModel(nn.Module):
         B, W = ids.shape
         pos = torch.arange(W, device=device).expand(B, W)  # [B, W]
 
-        def allowed(last_q: torch.Tensor) -> torch.Tensor:  # [B, Lq]: the last position each query may see
-            ok = keys[:, None, :].expand(B, last_q.shape[1], W)  # [B, Lq, W]
-            return ok & (pos[:, None, :] <= last_q[:, :, None]) if self.config.causal else ok
+        def allowed(last_q: torch.Tensor) -> torch.Tensor:
+            """[B, Lq or 1, W]: what queries whose last visible position is
+            last_q [B, Lq] may see (bidirectional: every real token)."""
+            if not self.config.causal:
+                return keys[:, None, :]  # [B, 1, W], broadcast over queries (SDPA's batch-independent path)
+            return keys[:, None, :] & (pos[:, None, :] <= last_q[:, :, None])  # [B, Lq, W]
 
         self.set_lora(True)
         try:

@@ -32,9 +32,11 @@ def test_encode_shapes_and_scores(llmlingua2, sample_text):
                                           ("openvino", "float32"), ("openvino", "bfloat16"),
                                           ("openvino-int8", "auto")])
 def test_encode_is_deterministic_and_batch_independent(model_dir, sample_text, engine, dtype):
-    """A segment scores exactly the same alone as batched with segments of
-    other lengths (in bfloat16 padding alone moves scores by ~3e-3), so a
-    cache eviction never changes an output."""
+    """A segment scores the same alone as batched with segments of other
+    lengths (in bfloat16 padding alone moves scores by ~3e-3), so a cache
+    eviction does not change an output: exactly, except torch float32 on
+    CPUs whose float32 matmul threads split the work by batch size (seen:
+    ~1e-6 on an AVX512-FP16 Xeon with 2 threads)."""
     from compressors.llmlingua2 import LLMLingua2
 
     c = LLMLingua2(model_dir, dtype=dtype, engine=engine)
@@ -42,9 +44,10 @@ def test_encode_is_deterministic_and_batch_independent(model_dir, sample_text, e
     assert len({len(c.tokenizer(p)["input_ids"]) for p in paras}) == len(paras)
     alone = [c.encode([p])[0] for p in paras]
     batched = c.encode(paras)
+    tolerance = 1e-5 if (engine, dtype) == ("torch", "float32") else 0.0
     for a, b in zip(alone, batched):
         assert np.array_equal(a["spans"], b["spans"])
-        assert np.array_equal(a["scores"], b["scores"])
+        assert np.allclose(a["scores"], b["scores"], rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.33, 0.5, 0.8])
