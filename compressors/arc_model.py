@@ -168,7 +168,7 @@ class ArcModel(nn.Module):
             """[B, Lq or 1, W]: what queries whose last visible position is
             last_q [B, Lq] may see (bidirectional: every real token)."""
             if not self.config.causal:
-                return keys[:, None, :]  # [B, 1, W], broadcast over queries (SDPA's batch-independent path)
+                return keys[:, None, :]  # [B, 1, W], broadcast over queries
             return keys[:, None, :] & (pos[:, None, :] <= last_q[:, :, None])  # [B, Lq, W]
 
         self.set_lora(True)

@@ -202,8 +202,9 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
     norm 1. `step_loss(step, batch)` returns batch_loss's triple. A
     checkpoint every `cfg.checkpoint_every` steps; a run started again
     resumes from it. Returns (finished, record): finished is False when the
-    run stopped at `cfg.stop_after` (its dev numbers printed then); record has the dev numbers before (and
-    after) training, the loss history and the seconds trained."""
+    run stopped at `cfg.stop_after` (its dev numbers printed then); record
+    has the dev numbers before (and after) training, the loss history and
+    the seconds trained."""
     params = model.trained_state()
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
