@@ -78,14 +78,14 @@ class ArcModel(nn.Module):
         if not config.rank:  # full training: the encoder's own copies of the blocks, every weight trained
             self.blocks = nn.ModuleList(copy.deepcopy(b) for b in decoder.model.layers[: config.layers])
             self.blocks.requires_grad_(True)
-        else:
+        else:  # the decoder's own blocks, with a LoRA on every linear layer
             self.blocks = decoder.model.layers[: config.layers]
-        for block in self.blocks if config.rank else ():
-            for path in LINEARS:
-                parent, name = path.split(".")
-                lora = LoRALinear(getattr(getattr(block, parent), name), config.rank, config.alpha)
-                setattr(getattr(block, parent), name, lora)
-                self.loras.append(lora)
+            for block in self.blocks:
+                for path in LINEARS:
+                    parent, name = path.split(".")
+                    lora = LoRALinear(getattr(getattr(block, parent), name), config.rank, config.alpha)
+                    setattr(getattr(block, parent), name, lora)
+                    self.loras.append(lora)
         cfg = decoder.config
         D = cfg.hidden_size
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -50,11 +50,12 @@ def cpu() -> str:
     """What decides the last bits of these outputs on this machine: torch's
     CPU kernel level and the CPU's low-precision dot-product instructions."""
     import re
+    from pathlib import Path
 
     import torch
 
     flags = set(re.findall(r"\b(avx512_bf16|avx512_fp16|amx_bf16|avx512_vnni|avx_vnni)\b",
-                           open("/proc/cpuinfo").read()))
+                           Path("/proc/cpuinfo").read_text()))
     return " ".join([f"torch {torch.__version__.split('+')[0]}", torch.backends.cpu.get_cpu_capability(),
                      *sorted(flags)])
 
@@ -96,15 +97,15 @@ def run_pipeline(model_dir: str) -> dict:
             await close()
 
     responses, compressors = asyncio.run(run())
-    observed = {"compress": {}, "keys": {}}
-    for case, resp in responses.items():
-        got = as_json(resp)
-        if case != "complm":
-            observed["compress"][case] = {"text": got["text"], "contexts": got["contexts"]}
-    resp = responses["complm"]
-    observed["complm"] = {"contexts": as_json(resp)["contexts"],
-                          "sha256": hashlib.sha256(resp.tensor.data).hexdigest(),
-                          "shape": [str(d) for d in resp.tensor.shape]}
+    resp = responses.pop("complm")
+    complm = as_json(resp)
+    observed = {"compress": {case: {k: v for k, v in as_json(resp).items() if k in ("text", "contexts")}
+                             for case, resp in responses.items()},
+                "complm": {"contexts": complm["contexts"], "dtype": complm["tensor"]["dtype"],
+                           "segment_offsets": complm["tensor"]["segment_offsets"],
+                           "sha256": hashlib.sha256(resp.tensor.data).hexdigest(),
+                           "shape": [str(d) for d in resp.tensor.shape]},
+                "keys": {}}
     for name in ("llmlingua2", "complm"):
         compressor = compressors[name]
         segments = compressor.segment(text)
