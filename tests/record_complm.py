@@ -1,25 +1,32 @@
-"""Records complm's entries of tests/data/recorded_outputs.json again, after a
-deliberate change of its weights: `.venv/bin/python tests/record_complm.py`.
-The other entries stay as they are; say so in the commit. Other CPUs'
-recorded complm differences are dropped (they were for the old weights):
-record them again on those CPUs with tests/record_cpu.py."""
+"""Records complm's entries of tests/data/recorded_outputs.json and its rows
+(tests/data/complm_rows.safetensors) again, after a deliberate change of its
+weights: `.venv/bin/python tests/record_complm.py`. The other entries stay
+as they are; say so in the commit. The rows are compared with a tolerance,
+so one CPU's recording holds for all: other CPUs' complm entries are
+dropped."""
 
 import copy
 import json
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from compressors.models import ensure_default_llmlingua2  # noqa: E402
 from service.config import Config  # noqa: E402
-from test_recorded_outputs import RECORDED, run_pipeline  # noqa: E402
+from test_recorded_outputs import RECORDED, ROWS, run_pipeline  # noqa: E402
 
 
 def main() -> None:
     path = ROOT / "tests" / "data" / "recorded_outputs.json"
     got = run_pipeline(str(ensure_default_llmlingua2(Config().models_dir)))
+    rows = got["complm"].pop("rows")
+    del got["keys"]["complm"]["values"]  # the response's rows, recorded with them
+    save_file({"rows": torch.tensor(rows).bfloat16()}, ROWS)  # the CEs are bfloat16: exact
     recorded = {**RECORDED, "complm": got["complm"], "keys": {**RECORDED["keys"], "complm": got["keys"]["complm"]}}
     others = copy.deepcopy(RECORDED.get("other_cpus", []))
     for other in others:
