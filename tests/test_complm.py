@@ -316,11 +316,12 @@ def test_tiny_training_run_resumes_and_serves_with_a_cont_row(tmp_path, decoder_
 @pytest.mark.slow  # loads SmolLM2
 def test_small_real_complm_eval(tmp_path):
     """`segpress eval complm` for real, small: every condition's loss, the
-    gap closed with its interval, needle QA and one prefill timing."""
+    gap closed with its interval, needle QA, one prefill timing and one
+    greedy reconstruction."""
     out = tmp_path / "complm.json"
     r = segpress("eval", "complm", "--examples", "4", "--context-tokens", "32", "--continuation", "8",
                  "--needles", "1", "--needle-words", "60", "--prefill", "64", "--repeats", "1",
-                 "--bootstrap", "50", "--out", str(out), timeout=600)
+                 "--reconstructions", "1", "--bootstrap", "50", "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["per_example"]) == {"none", "full", "ce", "ce_other", "truncated"}
@@ -330,3 +331,7 @@ def test_small_real_complm_eval(tmp_path):
     assert set(result["needle"]["accuracy"]) == {"full", "ce", "none"} and result["needle"]["examples"] == 1
     (row,) = result["prefill"]
     assert row["context_tokens"] == 64 and row["ce_rows"] == 32 + 1 and row["prefill_ce_s"] > 0  # + <Cont>
+    rec = result["reconstruction"]
+    (row,) = rec["rows"]  # the first segment of the first example, regenerated from its rows
+    assert row["want"] and 0 < row["tokens"] <= 20 and 0 <= row["correct"] <= row["tokens"]
+    assert rec["token_accuracy"] == row["correct"] / row["tokens"]

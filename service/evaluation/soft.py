@@ -219,7 +219,8 @@ def reconstruction(decoder, comp, params, examples: list[dict], n: int, bos_id: 
                                    max_new_tokens=len(want), min_new_tokens=len(want), do_sample=False,
                                    pad_token_id=bos_id)[0, -len(want):].tolist()
         rows.append({"tokens": len(want), "correct": sum(a == b for a, b in zip(got, want)),
-                     "exact": got == want, "text": comp.tokenizer.decode(got)})
+                     "exact": got == want, "text": comp.tokenizer.decode(got),
+                     "want": seg.text})
         progress(f"reconstruction {len(rows)}/{n}: {rows[-1]['correct']}/{len(want)} tokens")
     return {"segments": len(rows),
             "token_accuracy": sum(r["correct"] for r in rows) / max(sum(r["tokens"] for r in rows), 1),
