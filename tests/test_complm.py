@@ -333,5 +333,14 @@ def test_small_real_complm_eval(tmp_path):
     assert row["context_tokens"] == 64 and row["ce_rows"] == 32 + 1 and row["prefill_ce_s"] > 0  # + <Cont>
     rec = result["reconstruction"]
     (row,) = rec["rows"]  # the first segment of the first example, regenerated from its rows
-    assert row["want"] and 0 < row["tokens"] <= 20 and 0 <= row["correct"] <= row["tokens"]
+    assert row["want"] and 0 < row["tokens"] <= 20 and 0 <= row["correct"] <= row["in_order"] <= row["tokens"]
     assert rec["token_accuracy"] == row["correct"] / row["tokens"]
+    assert rec["in_order_recall"] == row["in_order"] / row["tokens"]
+
+
+def test_common_subsequence_counts_tokens_in_order_whatever_their_position():
+    from service.evaluation.soft import common_subsequence
+
+    assert common_subsequence([1, 2, 3, 4], [9, 1, 2, 3, 4]) == 4  # one token dropped: position-wise 0 right
+    assert common_subsequence([4, 3, 2, 1], [1, 2, 3, 4]) == 1  # reversed: one in order
+    assert common_subsequence([], [1, 2]) == 0 and common_subsequence([5, 6], [7]) == 0
