@@ -144,7 +144,6 @@ def assert_rows_close(got: np.ndarray, want: np.ndarray):
     assert diff.max() <= ROWS_TOLERANCE, f"row {diff.argmax()} differs by {diff.max():.3f} from its recording"
 
 
-
 @pytest.fixture(scope="module")
 def observed(model_dir):
     if not DEFAULT_WEIGHTS.exists():
@@ -193,8 +192,8 @@ def test_segments_keys_and_cached_values_are_unchanged(observed, name):
     assert got["segments"] == want["segments"]
     assert got["keys"] == want["keys"]
     if name == "complm":  # a segment's cached rows are its rows in the response
-        offsets = [int(o) for o in RECORDED["complm"]["segment_offsets"]]
+        offsets, rows = [int(o) for o in RECORDED["complm"]["segment_offsets"]], recorded_rows()
         for i, value in enumerate(got["values"]):
-            assert_rows_close(value, recorded_rows()[offsets[i]:offsets[i + 1]])
+            assert_rows_close(value, rows[offsets[i]:offsets[i + 1]])
     else:
         assert_recorded(got["value_sha256"], ("keys", name, "value_sha256"))
