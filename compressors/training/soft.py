@@ -116,34 +116,50 @@ def train_and_dev(cache_dir: str, tok, cfg, segment_tokens: int) -> tuple[list[d
     return data, dev
 
 
+def decoder_logits(decoder, prefixes: list[torch.Tensor], targets: list[list[int]]):
+    """The frozen decoder's logits on `targets[i]` after reading `prefixes[i]`
+    ([p_i, D] input embeddings), teacher-forced, in one right-padded batch.
+    Returns (logits [N, vocab] float32, example index [N], target ids [N]),
+    N = every target token of every example, example by example."""
+    E = decoder.get_input_embeddings()
+    device = prefixes[0].device
+    seqs = [torch.cat([p, E(torch.tensor(t, device=device)).to(p.dtype)]) for p, t in zip(prefixes, targets)]
+    width = max(len(s) for s in seqs)
+    x = seqs[0].new_zeros((len(seqs), width, seqs[0].shape[-1]))  # [B, W, D]
+    mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    h = decoder.model(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+    # position p_i - 1 + j of example i predicts its target token j
+    example = torch.tensor([i for i, t in enumerate(targets) for _ in t], device=device)  # [N]
+    position = torch.tensor([len(p) - 1 + j for p, t in zip(prefixes, targets) for j in range(len(t))],
+                            device=device)  # [N]
+    want = torch.tensor([i for t in targets for i in t], device=device)  # [N]
+    return decoder.lm_head(h[example, position]).float(), example, want
+
+
 def decoder_loss(decoder, prefixes: list[torch.Tensor], targets: list[list[int]]):
     """Cross-entropy of the frozen decoder on `targets[i]` after reading
     `prefixes[i]` ([p_i, D] input embeddings), teacher-forced, one right-padded
     batch. Returns (mean loss over all target tokens, per-example mean
     losses [B], per-example greedy token accuracy [B])."""
-    E = decoder.get_input_embeddings()
-    seqs = [torch.cat([p, E(torch.tensor(t)).to(p.dtype)]) for p, t in zip(prefixes, targets)]
-    width = max(len(s) for s in seqs)
-    x = seqs[0].new_zeros((len(seqs), width, seqs[0].shape[-1]))  # [B, W, D]
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    h = decoder.model(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
-    losses, accuracy, total, count = [], [], 0.0, 0
-    for i, (p, t) in enumerate(zip(prefixes, targets)):
-        logits = decoder.lm_head(h[i, len(p) - 1 : len(p) + len(t) - 1]).float()  # [T_i, vocab]
-        want = torch.tensor(t)
-        loss = F.cross_entropy(logits, want, reduction="sum")
-        total, count = total + loss, count + len(t)
-        losses.append(loss.detach() / len(t))
-        accuracy.append((logits.argmax(-1) == want).float().mean())
-    return total / count, torch.stack(losses), torch.stack(accuracy)
+    logits, example, want = decoder_logits(decoder, prefixes, targets)
+    return _losses(logits, example, want, len(targets))
+
+
+def _losses(logits, example, want, n: int):
+    token_loss = F.cross_entropy(logits, want, reduction="none")  # [N]
+    count = torch.bincount(example, minlength=n).float()  # [B]
+    per_example = torch.zeros(n, device=logits.device).index_add_(0, example, token_loss.detach()) / count
+    right = (logits.argmax(-1) == want).float()
+    accuracy = torch.zeros(n, device=logits.device).index_add_(0, example, right) / count
+    return token_loss.mean(), per_example, accuracy
 
 
 def prefix(embed, bos_id: int, rows: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
     """[eot, rows, task] as decoder input embeddings [1 + r (+ 1), D]."""
-    parts = [embed(torch.tensor([bos_id])).to(rows.dtype), rows]
+    parts = [embed(torch.tensor([bos_id], device=rows.device)).to(rows.dtype), rows]
     if task is not None:
         parts.append(task.to(rows.dtype)[None])
     return torch.cat(parts)
@@ -153,18 +169,49 @@ def prefix(embed, bos_id: int, rows: torch.Tensor, task: torch.Tensor | None) ->
 Encode = Callable[[list[list[int]]], list[torch.Tensor]]
 
 
-def batch_loss(model, encode: Encode, batch: list[dict], bos_id: int, bf16: bool):
+def autocast(model, bf16: bool):
+    """bfloat16 autocast on the device the model's decoder is on."""
+    return torch.autocast(model.embed.weight.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def batches(data: list[dict], size: int) -> Callable[[int], list[dict]]:
+    """The batches of a fixed example list: step i gets examples [i * size, (i + 1) * size)."""
+    return lambda step: data[step * size : (step + 1) * size]
+
+
+def batch_loss(model, encode: Encode, batch: list[dict], bos_id: int, bf16: bool, distill: float = 0.0):
     """(mean loss, per-example losses, per-example token accuracy) of a batch
     of examples. `model` has the frozen `decoder`, its `embed` and
-    `task(name)` (a learned row, or None)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    `task(name)` (a learned row, or None).
+
+    With `distill` > 0, the loss adds `distill` times the KL divergence from
+    the full-text teacher to the rows on the continuation examples' target
+    tokens: the same frozen decoder reading [eot, context tokens] gives the
+    next-token distributions the rows should lead it to (dense
+    distillation; one extra forward pass without gradients)."""
+    with autocast(model, bf16):
         rows = iter(encode([s for ex in batch for s in ex["segments"]]))
         prefixes, targets = [], []
         for ex in batch:
             r = torch.cat([next(rows) for _ in ex["segments"]])  # [rows, D]
             prefixes.append(prefix(model.embed, bos_id, r, model.task(ex["task"])))
             targets.append(ex["context_ids"] if ex["task"] == "rec" else ex["continuation"])
-        return decoder_loss(model.decoder, prefixes, targets)
+        logits, example, want = decoder_logits(model.decoder, prefixes, targets)
+        loss, per_example, accuracy = _losses(logits, example, want, len(batch))
+        cont = [i for i, ex in enumerate(batch) if ex["task"] == "cont"]
+        if distill and cont:
+            device = logits.device
+            with torch.no_grad():
+                full = [model.embed(torch.tensor([bos_id] + batch[i]["context_ids"], device=device))
+                        for i in cont]
+                teacher = decoder_logits(model.decoder, full, [batch[i]["continuation"] for i in cont])[0]
+            is_cont = torch.zeros(len(batch), dtype=torch.bool, device=device)
+            is_cont[cont] = True
+            student = logits[is_cont[example]]  # [N_cont, vocab], the same tokens in the same order
+            kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                          reduction="batchmean")
+            loss = loss + distill * kl
+        return loss, per_example, accuracy
 
 
 @torch.no_grad()
@@ -173,16 +220,18 @@ def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int,
     and for each of `encoders`: with its rows, the share of the gap closed,
     and teacher-forced reconstruction token accuracy."""
     E = model.embed
+    device = E.weight.device
     cont = [dict(ex, task="cont") for ex in dev]
     rec = [dict(ex, task="rec") for ex in dev]
     full, none = [], []
     for i in range(0, len(dev), 8):
         b = cont[i : i + 8]
         targets = [ex["continuation"] for ex in b]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            full += decoder_loss(model.decoder, [E(torch.tensor([bos_id] + ex["context_ids"])) for ex in b],
+        with autocast(model, bf16):
+            full += decoder_loss(model.decoder, [E(torch.tensor([bos_id] + ex["context_ids"], device=device))
+                                                 for ex in b], targets)[1].tolist()
+            none += decoder_loss(model.decoder, [E(torch.tensor([bos_id], device=device)) for _ in b],
                                  targets)[1].tolist()
-            none += decoder_loss(model.decoder, [E(torch.tensor([bos_id])) for _ in b], targets)[1].tolist()
     out = {"loss_full": sum(full) / len(dev), "loss_none": sum(none) / len(dev)}
     for name, encode in encoders.items():
         loss, acc = [], []
@@ -195,16 +244,22 @@ def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int,
     return out
 
 
-def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict], ckpt_path: Path):
-    """Trains `model.trainable()` on `data`, `cfg.batch_size` examples a
-    step for `cfg.steps` steps: AdamW (no weight decay), linear warmup over
-    `cfg.warmup` steps then cosine decay from `cfg.lr`, gradients clipped at
-    norm 1. `step_loss(step, batch)` returns batch_loss's triple. A
-    checkpoint every `cfg.checkpoint_every` steps; a run started again
-    resumes from it. Returns (finished, record): finished is False when the
-    run stopped at `cfg.stop_after` (its dev numbers printed then); record
-    has the dev numbers before (and after) training, the loss history and
-    the seconds trained."""
+def train_loop(model, cfg, batches: Callable[[int], list[dict]], step_loss, dev: Callable[[], dict],
+               ckpt_path: Path, minutes: float = 0.0, on_checkpoint: Callable[[int, dict], None] | None = None):
+    """Trains `model.trainable()` on `batches(step)` (`cfg.batch_size`
+    examples) for `cfg.steps` steps: AdamW (no weight decay), linear warmup
+    over `cfg.warmup` steps then cosine decay from `cfg.lr`, gradients
+    clipped at norm 1. `step_loss(step, batch)` returns batch_loss's triple.
+    A checkpoint every `cfg.checkpoint_every` steps (then
+    `on_checkpoint(step, record)`, if given); a run started again resumes from it.
+    With `minutes`, the run fits itself into that much training time (from
+    its start or restart): after 25 steps it sets `cfg.steps` to the steps
+    the measured speed allows (at most the configured ones), so the
+    schedule still ends at zero.
+    Returns (finished, record): finished is False when the run stopped at
+    `cfg.stop_after` (its dev numbers printed then); record has the dev
+    numbers before (and after) training, the loss history and the seconds
+    trained."""
     params = model.trained_state()
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
@@ -213,6 +268,7 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
     resumed = ckpt.load(params, opt, sched)
     if resumed:
         start, record = resumed
+        cfg.steps = record.get("steps", cfg.steps)  # as fitted by `minutes` before the restart
         print(f"resumed at step {start} from {ckpt.path}", file=sys.stderr, flush=True)
     else:
         start = 0
@@ -220,10 +276,12 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
         print(json.dumps({"dev_before": record["dev_before"]}), file=sys.stderr, flush=True)
     progress = Progress(cfg.steps, start)
     t0 = time.time() - record["seconds_before_resume"]
+    t_restart = time.time()
     model.train()
     window = []
-    for step in range(start, cfg.steps):
-        batch = data[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+    step = start
+    while step < cfg.steps:
+        batch = batches(step)
         loss, _, acc = step_loss(step, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,7 +289,16 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
         opt.step()
         sched.step()
         window.append((loss.item(), *[a.item() for a, ex in zip(acc, batch) if ex["task"] == "rec"]))
-        done = step + 1
+        step = done = step + 1
+        if done == start + 5:
+            t5 = time.time()  # the first steps (allocations, kernel choices) are slower: not timed
+        if minutes and done == start + 25:
+            per_step = (time.time() - t5) / 20
+            cfg.steps = record["steps"] = min(cfg.steps, done + int((minutes * 60 - (time.time() - t_restart))
+                                                                 / per_step))
+            progress.total = cfg.steps
+            print(json.dumps({"fitted_steps": cfg.steps, "seconds_per_step": round(per_step, 3)}),
+                  file=sys.stderr, flush=True)
         at_checkpoint = done % cfg.checkpoint_every == 0 and done < cfg.steps
         if done % 10 == 0 or at_checkpoint or done == cfg.steps:
             losses = [w[0] for w in window]
@@ -243,6 +310,8 @@ def train_loop(model, cfg, data: list[dict], step_loss, dev: Callable[[], dict],
         if at_checkpoint:
             record["seconds_before_resume"] = time.time() - t0
             ckpt.save(done, params, opt, sched, record)
+            if on_checkpoint:
+                on_checkpoint(done, record)
             if done == cfg.stop_after:  # the dev numbers at this step, for runs compared part-way
                 model.eval()
                 print(json.dumps({"step": done, "dev_at_stop": dev()}), file=sys.stderr, flush=True)

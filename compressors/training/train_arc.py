@@ -83,7 +83,8 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     def dev_report() -> dict:
         return soft.dev_report(model, dev, {f"x{f}": encoder(model, f) for f in factors}, bos_id, cfg.bf16)
 
-    finished, record = soft.train_loop(model, cfg, data, step_loss, dev_report, out.with_suffix(".ckpt"))
+    finished, record = soft.train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
+                                       out.with_suffix(".ckpt"))
     if cfg.init_from:  # the card of the weights this run continues is in git history
         record["init_from_sha256"] = hashlib.sha256(Path(cfg.init_from).read_bytes()).hexdigest()
     return finished, model, record, decoder_dir

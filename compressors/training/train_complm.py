@@ -76,7 +76,8 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     def dev_report() -> dict:
         return soft.dev_report(model, dev, {"ces": model.concept_embeddings}, bos_id, cfg.bf16)
 
-    finished, record = soft.train_loop(model, cfg, data, step_loss, dev_report, out.with_suffix(".ckpt"))
+    finished, record = soft.train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
+                                       out.with_suffix(".ckpt"))
     return finished, model, record, decoder_dir
 
 
