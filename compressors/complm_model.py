@@ -101,6 +101,12 @@ class CompLLMModel(nn.Module):
 
     def concept_embeddings(self, segments: list[list[int]]) -> list[torch.Tensor]:
         """CEs [k_i, hidden] of each segment (token ids), in one forward pass."""
+        ces, ks = self.all_concept_embeddings(segments)
+        return list(ces.split(ks))
+
+    def all_concept_embeddings(self, segments: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """Every segment's CEs, one after another [sum k_i, hidden], and the
+        k_i: one forward pass, and one head and mean for all of them."""
         device = self.head.weight.device
         ks = [self.slots(len(s)) for s in segments]
         seqs = [s + [self.eos_id] * k for s, k in zip(segments, ks)]
@@ -115,20 +121,28 @@ class CompLLMModel(nn.Module):
                                    use_cache=False).last_hidden_state  # [B, width, hidden]
         finally:
             self.set_lora(False)
-        out = []
-        for i, (s, k) in enumerate(zip(segments, ks)):
-            ce = self.head(h[i, len(s) : len(s) + k].to(self.head.weight.dtype))  # [k, hidden]
-            if self.config.start == "mean":
-                ce = ce + self.mean_embeddings(s, k).to(ce.dtype)
-            out.append(ce)
-        return out
+        # segment i's slots are positions n_i .. n_i + k_i - 1 of its row
+        row = torch.tensor([i for i, k in enumerate(ks) for _ in range(k)], device=device)  # [K]
+        col = torch.tensor([len(s) + j for s, k in zip(segments, ks) for j in range(k)], device=device)  # [K]
+        ces = self.head(h[row, col].to(self.head.weight.dtype))  # [K, hidden]
+        if self.config.start == "mean":
+            ces = ces + self.mean_embeddings(segments, ks).to(ces.dtype)
+        return ces, ks
 
-    def mean_embeddings(self, segment: list[int], k: int) -> torch.Tensor:
-        """[k, hidden]: the mean input embedding of each CE's C tokens,
-        rescaled to the RMS of the decoder's input embeddings."""
-        e = self.embed(torch.tensor(segment, device=self.embed_rms.device))  # [n, hidden]
-        slot = torch.arange(len(segment), device=e.device) // self.config.tokens_per_ce  # [n]: each token's CE
-        mean = e.new_zeros((k, e.shape[-1])).index_add_(0, slot, e) / torch.bincount(slot, minlength=k)[:, None]
+    def mean_embeddings(self, segments: list[list[int]], ks: list[int]) -> torch.Tensor:
+        """[sum k_i, hidden]: the mean input embedding of each CE's C tokens
+        (the last CE of a segment may have fewer), rescaled to the RMS of the
+        decoder's input embeddings."""
+        device, C = self.embed_rms.device, self.config.tokens_per_ce
+        first = [0]  # each segment's first CE
+        for k in ks[:-1]:
+            first.append(first[-1] + k)
+        tokens = torch.tensor([t for s in segments for t in s], device=device)  # [T]
+        slot = torch.tensor([f + j // C for s, f in zip(segments, first) for j in range(len(s))], device=device)
+        count = torch.tensor([min(C, len(s) - j * C) for s, k in zip(segments, ks) for j in range(k)],
+                             device=device)  # [K]: tokens of each CE
+        e = self.embed(tokens)  # [T, hidden]
+        mean = e.new_zeros((sum(ks), e.shape[-1])).index_add_(0, slot, e) / count[:, None]
         return mean * self.embed_rms / mean.pow(2).mean(-1, keepdim=True).sqrt()
 
     # -- trained weights: LoRA + head, nothing of the base ----------------------

