@@ -75,7 +75,8 @@ def stage(out: Path, cache_dir: str, transfer_mib: float, corpus: str, max_docs:
     """Builds `out`/t1, t2, ...: every file the run needs, in transfers of at
     most `transfer_mib` MiB each; returns the manifest (also in the last
     transfer)."""
-    from transformers import AutoTokenizer
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .. import models
     from . import shards, soft
@@ -98,8 +99,6 @@ def stage(out: Path, cache_dir: str, transfer_mib: float, corpus: str, max_docs:
             if (decoder_dir / name).exists():
                 tar.add(decoder_dir / name, arcname=name)
                 manifest["decoder_files"].append(name)
-    from transformers import AutoModelForCausalLM
-    import torch
     manifest["decoder_tensors"] = models.tensor_digests(
         AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=torch.float32))
 
