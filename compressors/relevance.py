@@ -351,12 +351,20 @@ def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[
 
 def bm25(query: str, texts: list[str]) -> np.ndarray:
     """BM25 scores of `texts` for `query` [n], with the statistics of these
-    texts (bm25s; English stop words out; lowercased words)."""
+    texts (bm25s; English stop words out; lowercased words).
+
+    All zeros, no lexical signal, when the query or the texts have no word
+    BM25 indexes ("Is it there?", "?", an emoji, one-letter words, stop
+    words only): fuse then ranks by the embeddings alone."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
-    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
     q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+    if not q:
+        return np.zeros(len(texts))
+    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+    if not corpus.vocab or not set(q) & set(corpus.vocab):
+        return np.zeros(len(texts))
     retriever = bm25s.BM25()
     retriever.index(corpus, show_progress=False)
     return np.asarray(retriever.get_scores(q), dtype=np.float64)

@@ -28,17 +28,18 @@ OTHER = "Bread needs flour, water, salt and time; the rest is patience and a hot
 
 
 class InProcessServer:
-    """Pipeline, store and gRPC server on an event loop in a thread."""
+    """Pipeline, store and gRPC server on an event loop in a thread (with
+    `selector`, a SentenceVectors, query-aware selection runs)."""
 
-    def __init__(self, config: Config, compressors: dict):
+    def __init__(self, config: Config, compressors: dict, selector=None):
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.pipeline, self.running, self.store = self.call(self._up(config, compressors))
+        self.pipeline, self.running, self.store = self.call(self._up(config, compressors, selector))
         self.target = f"127.0.0.1:{self.running.port}"
 
-    async def _up(self, config, compressors):
+    async def _up(self, config, compressors, selector):
         store, _ = await make_store(config)
-        pipeline = Pipeline(config, compressors, store)
+        pipeline = Pipeline(config, compressors, store, selector)
         return pipeline, await start(config, pipeline, Authenticator.from_config(config)), store
 
     def call(self, coro):

@@ -1,0 +1,136 @@
+"""Query-aware selection on ordinary but degenerate text (issue 22, item
+2): a question with no word BM25 indexes ("Is it there?", "?", an emoji),
+contexts with none (emoji, stop words, one-letter words), a cached
+one-character sentence. Each was INTERNAL before.
+
+The first tests run `choose` and `bm25` on made-up vectors (fast tier);
+the rest send requests to the real pipeline in this process (llmlingua2 on
+the default checkpoint, the sentence embedder, a real Redis, a real gRPC
+server).
+"""
+
+import uuid
+
+import numpy as np
+import pytest
+from helpers import assert_pieces
+
+from compressors.base import ContextParts, Segment
+from compressors.relevance import Options, bm25, choose
+
+NO_WORD_QUERIES = ["Is it there?", "Who was she?", "?", "x", "🍜", "a b c", "the of and"]
+NO_WORD_CONTEXTS = [
+    ["🍜🍜 🍜", "😀 😀."],
+    ["It is the one.", "Of the a."],
+    ["a b c.", "x y z."],
+    ["x"],
+    ["?"],
+    ["🍜", "It is."],
+]
+ORDINARY = ["The harbour froze in the winter of 1902. Ships waited outside for eleven days.",
+            "Bread needs flour, water, salt and time; the rest is patience and a hot oven."]
+
+
+# -- bm25 and choose, without a model ----------------------------------------------
+
+
+@pytest.mark.parametrize("query", NO_WORD_QUERIES)
+def test_a_query_without_an_indexable_word_scores_zero(query):
+    assert bm25(query, ORDINARY).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("texts", NO_WORD_CONTEXTS)
+def test_texts_without_an_indexable_word_score_zero(texts):
+    assert bm25("When did the harbour freeze?", texts).tolist() == [0.0] * len(texts)
+
+
+def test_bm25_still_ranks_when_it_can():
+    s = bm25("When did the harbour freeze?", ORDINARY + ["🍜"])
+    assert s[0] > 0 and s[1] == 0 and s[2] == 0
+
+
+def parts_and_vectors(contexts, seed=0):
+    """ContextParts (one segment per context, a token per word) and made-up
+    unit sentence vectors, as the cache would hold them."""
+    from compressors.segmenter import sentence_spans
+
+    rng = np.random.default_rng(seed)
+    parts, vectors = [], []
+    for c in contexts:
+        seg = Segment(0, len(c), c, max(len(c.split()), 1))
+        spans = np.asarray(sentence_spans(c), np.int32).reshape(-1, 2)
+        v = rng.normal(size=(len(spans), 8)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        parts.append(ContextParts(c, [seg], []))
+        vectors.append([{"spans": spans, "vectors": v.astype(np.float16)}])
+    return parts, vectors
+
+
+@pytest.mark.parametrize("contexts", NO_WORD_CONTEXTS + [ORDINARY])
+@pytest.mark.parametrize("query", NO_WORD_QUERIES + ["When did the harbour freeze?"])
+def test_choose_never_fails_on_text(contexts, query):
+    parts, vectors = parts_and_vectors(contexts)
+    q = np.ones(8, np.float32) / np.sqrt(8)
+    for budget in (None, 1, 5):
+        choices = choose(parts, vectors, query, q, budget, Options())
+        assert len(choices) == len(contexts) and any(c.kept for c in choices)
+        assert all(0.0 <= c.relevance <= 1.0 for c in choices)
+
+
+# -- through the server --------------------------------------------------------------
+
+
+@pytest.fixture()
+def ns():
+    return "qe-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture()
+def client(query_server):
+    from segpress import SegpressClient
+
+    with SegpressClient(query_server.target, timeout_s=60) as c:
+        yield c
+
+
+def check(resp, contexts):
+    """A response, not an error: every context faithful, the best one kept."""
+    assert len(resp.contexts) == len(contexts)
+    for text, ctx in zip(contexts, resp.contexts):
+        assert_pieces(text, ctx.text)
+        assert 0.0 <= ctx.relevance <= 1.0
+    assert any(c.kept for c in resp.contexts)
+
+
+@pytest.mark.parametrize("query", NO_WORD_QUERIES)
+def test_a_question_without_an_indexable_word_is_answered(client, ns, query):
+    for rate in (0.5, 1.0):
+        check(client.compress(ORDINARY, rate=rate, namespace=ns, query=query), ORDINARY)
+
+
+@pytest.mark.parametrize("contexts", NO_WORD_CONTEXTS, ids=str)
+def test_contexts_without_an_indexable_word_are_answered(client, ns, contexts):
+    for query in ("When did the harbour freeze?", "Is it there?"):
+        for granularity in ("word", "sentence"):
+            resp = client.compress(contexts, rate=0.5, namespace=ns, query=query,
+                                   granularity=granularity)
+            check(resp, contexts)
+
+
+def test_a_cached_one_character_sentence_does_not_break_later_requests(client, ns):
+    # The first request caches the sentence vectors of "x" (span (0, 1)).
+    first = client.compress(["x", ORDINARY[0]], namespace=ns, query="When did the harbour freeze?")
+    check(first, ["x", ORDINARY[0]])
+    for query in ("When did the harbour freeze?", "x", "?"):
+        again = client.compress(["x"], namespace=ns, query=query)
+        check(again, ["x"])
+        assert again.stats.sentence_vector_hits == 1
+
+
+def test_stream_items_with_such_questions_succeed(client, ns):
+    from segpress import SegpressClient
+
+    requests = [SegpressClient.request(c, query=q, namespace=ns)
+                for c in (ORDINARY, ["🍜🍜 🍜"], ["a b c."]) for q in ("Is it there?", "?")]
+    results = list(client.compress_stream(requests))
+    assert [r.status.code for r in results] == [0] * len(requests)
