@@ -388,9 +388,12 @@ class LLMLingua2:
     # -- render: the request's budget applied to cached scores -------------
 
     def budget(self, params: Params, total_tokens: int) -> int:
+        """Tokens the request keeps of `total_tokens`: at least one of a
+        request that has any, as _budgets gives each context."""
         if params.target_tokens is not None:
             return min(params.target_tokens, total_tokens)
-        return int(round((DEFAULT_RATE if params.rate is None else params.rate) * total_tokens))
+        rate = DEFAULT_RATE if params.rate is None else params.rate
+        return max(int(round(rate * total_tokens)), 1) if total_tokens else 0
 
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
         """With a selection (ContextParts.allowed, .budget), only words inside

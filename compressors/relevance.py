@@ -53,6 +53,9 @@ SOFT_KEEP_RATE = 0.5
 # look-alike passages costs it more than the extra text gives. Dev split,
 # multidoc, 14 examples: 0 -> 5/14 correct, 0.6 -> 10, 0.75 -> 12, 0.9 -> 12.
 MIN_RELEVANCE = 0.75
+# Token costs are sums of float shares: a sum that should be a whole number
+# of tokens may miss it in the last bits.
+EPSILON = 1e-6
 _WORD = re.compile(r"\w+")
 # Both log every index build and model load; a request is not news.
 logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
@@ -259,11 +262,13 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     ctx, spans, cost, vecs = [], [], [], []
     for k, (part, values) in enumerate(zip(parts, vectors)):
         for seg, v in zip(part.segments, values):
-            chars = max(seg.end - seg.start, 1)
+            # The compressor's tokens of a sentence: the segment's, shared by
+            # the sentences' characters, so a segment's sentences cost all of
+            # its tokens (keeping every sentence leaves the whole budget).
+            chars = max(int(sum(int(e) - int(s) for s, e in v["spans"])), 1)
             for (s, e), vec in zip(v["spans"], v["vectors"]):
                 ctx.append(k)
                 spans.append((seg.start + int(s), seg.start + int(e)))
-                # The compressor's tokens of the sentence, by its share of the segment.
                 cost.append(seg.n_tokens * (int(e) - int(s)) / chars)
                 vecs.append(vec)
     n = len(ctx)
@@ -300,7 +305,8 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     used = 0.0
     for i in order:
         first = not chosen.any()
-        if not first and (used + cost_a[i] > room or relevance[ctx_a[i]] < options.min_relevance):
+        if not first and (used + cost_a[i] > room + EPSILON
+                          or relevance[ctx_a[i]] < options.min_relevance):
             continue  # does not fit, or a context far less relevant than the best
         words = tuple(w.lower() for w in _WORD.findall(texts[i]))
         if not options.keep_duplicates and seen.repeats(words):
@@ -311,6 +317,9 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
 
     kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
     budgets = _share(budget, kept_tokens, rank, options.dynamic) if budget is not None else None
+
+    if budgets is not None:  # a context the budget leaves no token is not kept
+        chosen &= budgets[ctx_a] > 0
 
     out = []
     for k in range(len(parts)):
@@ -434,8 +443,16 @@ def _share(budget: int, kept: np.ndarray, rank: np.ndarray, dynamic: float) -> n
         left -= (kept[capped] - out[capped]).sum()
         out[capped] = kept[capped]
         free &= ~capped
-    floor = np.floor(out).astype(np.int64)
+    floor = np.floor(out + EPSILON).astype(np.int64)
     short = int(round(total)) - int(floor.sum())
     for i in np.argsort(floor - out)[: max(short, 0)]:  # largest remainders first
         floor[i] += 1
+    # A context that kept something gets at least one token while the total
+    # allows, taken from the largest share (the total stays the same).
+    for i in np.flatnonzero((kept > 0) & (floor == 0)):
+        largest = int(np.argmax(floor))
+        if floor[largest] < 2:
+            break
+        floor[largest] -= 1
+        floor[i] = 1
     return floor

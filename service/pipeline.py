@@ -396,7 +396,10 @@ class Pipeline:
                                     kept=True)
             if flow.choices:  # what render saw was the selected part; report the whole
                 choice = flow.choices[i]
-                ctx.relevance, ctx.rank, ctx.kept = choice.relevance, choice.rank, choice.kept
+                ctx.relevance, ctx.rank = choice.relevance, choice.rank
+                # Kept means something of it is in the output: a context whose
+                # budget kept no word is reported as dropped.
+                ctx.kept = choice.kept and (bool(r.text) or r.tensor is not None and len(r.tensor) > 0)
                 ctx.original_tokens = sum(s.n_tokens for s in segs)
         if compressor.output == "tensor":
             _put_tensors(resp, flow.rendered, compressor, flow.params.output_dtype,
@@ -406,7 +409,7 @@ class Pipeline:
             if flow.choices and flow.options.order == "relevance":
                 order = sorted(order, key=lambda i: flow.choices[i].rank)
             resp.text = "\n\n".join(flow.rendered[i].text for i in order
-                                     if not flow.choices or flow.choices[i].kept)
+                                     if not flow.choices or resp.contexts[i].kept)
             # The text is in the message twice (per context and joined): a
             # request within max_request_bytes can still make a response
             # over max_message_bytes. Refuse it here, with a status the log

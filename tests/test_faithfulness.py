@@ -10,8 +10,11 @@ segments or words between such tokens repeated characters
 default checkpoint (uncased WordPiece), a tiny XLM-R (SentencePiece
 Unigram) and a tiny RoBERTa (byte-level BPE), the last two with random
 weights (faithfulness does not depend on the scores); through the
-compressor and over random Unicode (hypothesis).
+compressor, through the real server with and without a query, and over
+random Unicode (hypothesis).
 """
+
+import uuid
 
 import numpy as np
 import pytest
@@ -216,3 +219,33 @@ def _visible(c, text) -> bool:
     characters it drops (a zero-width space, a control character) has no
     words, and comes back empty."""
     return bool(c.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# -- through the server, with and without a query ---------------------------------
+
+QUERIES = [None, "What is the capital city?", "Is it there?"]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_every_script_through_the_server(query_server, query, granularity):
+    from segpress import SegpressClient
+
+    names = sorted(TEXTS)
+    contexts = [TEXTS[n] for n in names]
+    ns = "faith-" + uuid.uuid4().hex[:8]
+    with SegpressClient(query_server.target, timeout_s=60) as client:
+        for rate in RATES:
+            extra = {} if query is None else dict(query=query)
+            resp = client.compress(contexts, rate=rate, granularity=granularity, namespace=ns, **extra)
+            for text, ctx in zip(contexts, resp.contexts):
+                check_output(text, ctx.text, rate, exact=query is None)
+                if query is not None:
+                    assert ctx.kept == bool(ctx.text)
+            # rate 1.0, every sentence: not a token is dropped
+            if rate == 1.0 and query is not None:
+                full = client.compress(contexts, rate=1.0, granularity=granularity, namespace=ns,
+                                       query=query, keep_rate=1.0, min_relevance=0.0)
+                assert [c.text for c in full.contexts] == [t.strip() for t in contexts]
+                assert all(c.kept for c in full.contexts)
+                assert full.stats.compressed_tokens == full.stats.original_tokens

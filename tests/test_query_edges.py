@@ -1,7 +1,8 @@
-"""Query-aware selection on ordinary but degenerate text (issue 22, item
-2): a question with no word BM25 indexes ("Is it there?", "?", an emoji),
-contexts with none (emoji, stop words, one-letter words), a cached
-one-character sentence. Each was INTERNAL before.
+"""Query-aware selection on ordinary but degenerate text (issue 22, items 2
+and 7): a question with no word BM25 indexes ("Is it there?", "?", an
+emoji), contexts with none (emoji, stop words, one-letter words), a cached
+one-character sentence; a context kept with no text; rate 1.0 dropping a
+token. Each was INTERNAL or wrong output before.
 
 The first tests run `choose` and `bm25` on made-up vectors (fast tier);
 the rest send requests to the real pipeline in this process (llmlingua2 on
@@ -75,6 +76,30 @@ def test_choose_never_fails_on_text(contexts, query):
         choices = choose(parts, vectors, query, q, budget, Options())
         assert len(choices) == len(contexts) and any(c.kept for c in choices)
         assert all(0.0 <= c.relevance <= 1.0 for c in choices)
+        if budget is not None:
+            assert all(c.budget > 0 for c in choices if c.kept)
+            assert sum(c.budget for c in choices) <= budget
+
+
+def test_every_sentence_kept_leaves_every_token_to_the_budget():
+    """rate 1.0, keep_rate 1.0, min_relevance 0: each context's budget is all
+    of its tokens, not a rounded character-share estimate of them."""
+    contexts = ["A b. C d. E f g.", "One.  Two three.\n\nFour five six seven.", "x"]
+    parts, vectors = parts_and_vectors(contexts)
+    total = sum(s.n_tokens for p in parts for s in p.segments)
+    choices = choose(parts, vectors, "q", np.ones(8, np.float32) / np.sqrt(8), total,
+                     Options(keep_rate=1.0, min_relevance=0.0))
+    assert [c.budget for c in choices] == [p.segments[0].n_tokens for p in parts]
+
+
+def test_a_budget_too_small_for_every_kept_context_keeps_fewer():
+    """Three kept contexts and a budget of 2: two keep a token each, the
+    third is not kept (rather than kept with nothing)."""
+    parts, vectors = parts_and_vectors(["x.", "y.", "z."])
+    choices = choose(parts, vectors, "q", np.ones(8, np.float32) / np.sqrt(8), 2,
+                     Options(keep_rate=1.0, min_relevance=0.0))
+    assert sorted(c.budget for c in choices) == [0, 1, 1]
+    assert [c.kept for c in choices] == [c.budget > 0 for c in choices]
 
 
 # -- through the server --------------------------------------------------------------
@@ -94,12 +119,14 @@ def client(query_server):
 
 
 def check(resp, contexts):
-    """A response, not an error: every context faithful, the best one kept."""
+    """A response, not an error: every context faithful, kept exactly when
+    it has text, the best one kept."""
     assert len(resp.contexts) == len(contexts)
     for text, ctx in zip(contexts, resp.contexts):
         assert_pieces(text, ctx.text)
+        assert ctx.kept == bool(ctx.text), (text, ctx)
         assert 0.0 <= ctx.relevance <= 1.0
-    assert any(c.kept for c in resp.contexts)
+    assert any(c.kept for c in resp.contexts) and resp.text
 
 
 @pytest.mark.parametrize("query", NO_WORD_QUERIES)
@@ -124,7 +151,7 @@ def test_a_cached_one_character_sentence_does_not_break_later_requests(client, n
     for query in ("When did the harbour freeze?", "x", "?"):
         again = client.compress(["x"], namespace=ns, query=query)
         check(again, ["x"])
-        assert again.stats.sentence_vector_hits == 1
+        assert again.stats.sentence_vector_hits == 1 and again.contexts[0].text == "x"
 
 
 def test_stream_items_with_such_questions_succeed(client, ns):
@@ -134,3 +161,25 @@ def test_stream_items_with_such_questions_succeed(client, ns):
                 for c in (ORDINARY, ["🍜🍜 🍜"], ["a b c."]) for q in ("Is it there?", "?")]
     results = list(client.compress_stream(requests))
     assert [r.status.code for r in results] == [0] * len(requests)
+
+
+# -- output edges (item 7) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("contexts", [["x"], ["Paris."], ["x", "y", "z"], ["Paris.", "Rome is old."]])
+@pytest.mark.parametrize("rate", [0.01, 0.2, 0.33])
+def test_a_kept_context_is_never_empty(client, ns, contexts, rate):
+    resp = client.compress(contexts, rate=rate, namespace=ns, query="Which city?", min_relevance=0.0)
+    check(resp, contexts)
+    if len(contexts) == 1:  # a request keeps at least one token
+        assert resp.contexts[0].kept and resp.contexts[0].text
+
+
+def test_rate_one_with_every_sentence_drops_no_token(client, ns):
+    contexts = ["A b. C d. E f g.", "One.  Two three.\n\nFour five six seven. Eight!",
+                "The harbour froze in 1902.   Ships waited; the town ran short of coal.\nA party crossed."]
+    for granularity in ("word", "sentence", "sentence_then_word"):
+        resp = client.compress(contexts, rate=1.0, keep_rate=1.0, min_relevance=0.0, namespace=ns,
+                               query="Who crossed the ice?", granularity=granularity)
+        assert [c.text for c in resp.contexts] == contexts
+        assert resp.stats.compressed_tokens == resp.stats.original_tokens
