@@ -64,6 +64,9 @@ class Config:
     max_contexts: int = field(default=256, metadata={"help": "most contexts per request"})
     max_request_bytes: int = field(default=8 << 20, metadata={
         "help": "most UTF-8 bytes of contexts plus query per request"})
+    max_query_bytes: int = field(default=16 << 10, metadata={
+        "help": "most UTF-8 bytes of a request's query (refused before it is tokenized; "
+                "selection reads at most max_query_tokens of it)"})
     max_message_bytes: int = field(default=16 << 20, metadata={
         "help": "largest gRPC message accepted or sent"})
     stream_window: int = field(default=8, metadata={

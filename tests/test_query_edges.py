@@ -183,3 +183,54 @@ def test_rate_one_with_every_sentence_drops_no_token(client, ns):
                                query="Who crossed the ice?", granularity=granularity)
         assert [c.text for c in resp.contexts] == contexts
         assert resp.stats.compressed_tokens == resp.stats.original_tokens
+
+
+# -- a huge query (item 3 of the issue: bounded before work, off the event loop) -----
+
+
+def test_a_huge_query_is_refused_at_once_and_a_cached_request_is_not_held_up(client, ns):
+    """8 MB of "." with few spaces passed the word-count bound and was
+    tokenized whole on the event loop (26 s; a cached request sent
+    meanwhile waited as long). Now refused by its bytes before any work."""
+    import threading
+    import time
+
+    from segpress import SegpressError
+
+    client.compress(ORDINARY, namespace=ns, query="When did the harbour freeze?")  # cached now
+    huge = ("." * 100_000 + " ") * 80  # 8 MB, 80 words
+    errors, times = [], []
+
+    def send_huge():
+        t0 = time.perf_counter()
+        try:
+            client.compress(["x"], query=huge, namespace=ns)
+        except SegpressError as e:
+            errors.append(e)
+        times.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=send_huge) for _ in range(4)]
+    for t in threads:
+        t.start()
+    cached = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        resp = client.compress(ORDINARY, namespace=ns, query="When did the harbour freeze?")
+        cached.append(time.perf_counter() - t0)
+        assert resp.stats.cache_misses == 0
+    for t in threads:
+        t.join()
+    assert len(errors) == 4
+    assert all(e.code.name == "RESOURCE_EXHAUSTED" and "max_query_bytes=16384" in e.details
+               for e in errors)
+    assert max(times) < 2.0 and max(cached) < 1.0, (times, cached)
+
+
+def test_a_query_within_its_bytes_is_still_bounded_by_its_tokens(client, ns):
+    from segpress import SegpressError
+
+    with pytest.raises(SegpressError) as e:
+        client.compress(["x"], query="." * 16384, namespace=ns)  # 16,384 tokens, one word
+    assert e.value.code.name == "RESOURCE_EXHAUSTED" and "max_query_tokens=254" in e.value.details
+    resp = client.compress(ORDINARY, query="When? " * 40, namespace=ns)  # 80 tokens: fine
+    check(resp, ORDINARY)
