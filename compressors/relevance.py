@@ -303,15 +303,15 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     chosen = np.zeros(n, dtype=bool)
     seen = _Seen()
     used = 0.0
+    first = True
     for i in order:
-        first = not chosen.any()
         if not first and (used + cost_a[i] > room + EPSILON
                           or relevance[ctx_a[i]] < options.min_relevance):
             continue  # does not fit, or a context far less relevant than the best
         words = tuple(w.lower() for w in _WORD.findall(texts[i]))
         if not options.keep_duplicates and seen.repeats(words):
             continue
-        chosen[i] = True
+        chosen[i], first = True, False
         used += cost_a[i]
         seen.add(words)
 
@@ -383,43 +383,60 @@ class _Seen:
     """Kept sentences (as lowercased word tuples), to find repeats: the same
     words, or one of 5 words or more inside the other, as where overlapping
     chunks cut a sentence. Two facts of one template with other names or
-    numbers differ in a word: both stay. 5-word grams find the candidates."""
+    numbers differ in a word: both stay.
+
+    Each check costs about the sentence's length, not the number kept:
+    a kept sentence inside this one starts at one of its 5-word grams and
+    has a length kept sentences starting with that gram have, so it is a
+    set lookup of that slice; this one inside a kept sentence means every
+    gram of it is in that sentence, so only the kept sentences that hold
+    its rarest gram are compared (none, when a gram of it is new, as the
+    name in a template is), and at most MAX_COMPARED of them: text built so
+    that many kept sentences share every gram of one that none of them
+    holds could otherwise make each check cost the number kept. Past that a
+    repeat may be kept twice, which costs budget, never faithfulness."""
 
     N = 5
+    MAX_COMPARED = 64
 
     def __init__(self):
-        self.items: list[tuple[str, ...]] = []
+        self.items: list[str] = []  # kept sentences, _joined
         self.exact: set[tuple[str, ...]] = set()
-        self.containing: dict[tuple, set[int]] = {}  # gram -> kept sentences that have it
-        self.first: dict[tuple, set[int]] = {}       # gram -> kept sentences that start with it
+        self.containing: dict[tuple, list[int]] = {}  # gram -> kept sentences that have it
+        self.lengths: dict[tuple, set[int]] = {}      # gram -> lengths of kept ones starting with it
 
     def repeats(self, words: tuple[str, ...]) -> bool:
         if words in self.exact:
             return bool(words)
-        if len(words) < self.N:
+        m = len(words)
+        if m < self.N:
             return False
-        grams = self._grams(words)
-        candidates = set(self.containing.get(words[: self.N], ()))  # kept ones that may contain it
-        for g in grams:
-            candidates |= self.first.get(g, set())                  # kept ones it may contain
-        return any(_inside(*sorted((words, self.items[j]), key=len)) for j in candidates)
+        grams = [words[i : i + self.N] for i in range(m - self.N + 1)]
+        for i, g in enumerate(grams):  # a kept sentence inside this one
+            for length in self.lengths.get(g, ()):
+                if i + length <= m and words[i : i + length] in self.exact:
+                    return True
+        pools = [self.containing.get(g) for g in set(grams)]  # this one inside a kept one
+        if any(pool is None for pool in pools):
+            return False
+        key = _joined(words)
+        return any(key in self.items[j] for j in min(pools, key=len)[: self.MAX_COMPARED])
 
     def add(self, words: tuple[str, ...]) -> None:
         j = len(self.items)
-        self.items.append(words)
+        self.items.append(_joined(words))
         self.exact.add(words)
         if len(words) >= self.N:
-            for g in self._grams(words):
-                self.containing.setdefault(g, set()).add(j)
-            self.first.setdefault(words[: self.N], set()).add(j)
-
-    def _grams(self, words):
-        return {words[i : i + self.N] for i in range(len(words) - self.N + 1)}
+            for g in {words[i : i + self.N] for i in range(len(words) - self.N + 1)}:
+                self.containing.setdefault(g, []).append(j)
+            self.lengths.setdefault(words[: self.N], set()).add(len(words))
 
 
-def _inside(short: tuple[str, ...], long_: tuple[str, ...]) -> bool:
-    m = len(short)
-    return any(long_[i : i + m] == short for i in range(len(long_) - m + 1))
+def _joined(words: tuple[str, ...]) -> str:
+    """Words as one string, each between separators that no word holds, so
+    that one sentence's words are inside another's exactly when its string
+    is inside the other's (a substring search in C)."""
+    return "\x1f" + "\x1f".join(words) + "\x1f"
 
 
 def _share(budget: int, kept: np.ndarray, rank: np.ndarray, dynamic: float) -> np.ndarray:

@@ -102,6 +102,73 @@ def test_a_budget_too_small_for_every_kept_context_keeps_fewer():
     assert [c.kept for c in choices] == [c.budget > 0 for c in choices]
 
 
+# -- repeats, near-linear (item 4) ----------------------------------------------------
+
+
+def words(text):
+    return tuple(text.lower().split())
+
+
+def test_repeats_are_the_same_words_or_one_inside_the_other():
+    from compressors.relevance import _Seen
+
+    seen = _Seen()
+    kept = "the ferry to the island leaves every morning at seven from the north pier"
+    seen.add(words(kept))
+    assert seen.repeats(words(kept))
+    assert seen.repeats(words("the ferry to the island leaves"))          # a cut piece, at the start
+    assert seen.repeats(words("every morning at seven from the north"))   # in the middle
+    assert seen.repeats(words("at seven from the north pier"))            # at the end
+    assert seen.repeats(words("yes " + kept + " daily"))                  # holding a kept one
+    assert not seen.repeats(words("the ferry to the island leaves every evening at seven"))
+    assert not seen.repeats(words("north pier"))        # under 5 words: only the same words
+    seen.add(words("north pier"))
+    assert seen.repeats(words("north pier")) and not seen.repeats(())
+    seen.add(words("tara novak moved to hanoi last spring"))
+    assert not seen.repeats(words("olga petrov moved to oslo last spring"))  # one template: both
+
+
+def near_duplicates(n):
+    names = ["Tara Novak", "Olga Petrov", "Pavel Moreau", "Ines Brandt"]
+    sentences = [f"The ferry to the island leaves every morning at {i % 97} from pier {i} "
+                 f"with {names[i % 4]} aboard." for i in range(n)]
+    return [" ".join(sentences[k : k + 50]) for k in range(0, n, 50)]
+
+
+def test_the_repeat_check_grows_with_the_sentences_not_their_square():
+    """8,000 near-duplicate sentences took 41-46 s (quadratic); 20,000 now
+    take about 1.3 s here (the whole of choose; BM25 is most of it)."""
+    import time
+
+    q = np.ones(8, np.float32) / np.sqrt(8)
+    took = {}
+    for n in (4000, 20000):
+        parts, vectors = parts_and_vectors(near_duplicates(n))
+        t0 = time.perf_counter()
+        choices = choose(parts, vectors, "When does the ferry leave?", q, None,
+                         Options(keep_rate=1.0, min_relevance=0.0))
+        took[n] = time.perf_counter() - t0
+        assert all(c.kept for c in choices)  # other numbers and names: nothing repeats
+    assert took[20000] < 5.0 and took[20000] < 10 * took[4000], took
+
+
+def test_text_built_against_the_repeat_check_stays_bounded():
+    """Sentences of four words in random order share every gram with many
+    kept ones that do not hold them; each check compares a bounded number."""
+    import random
+    import time
+
+    from compressors.relevance import _Seen
+
+    rng = random.Random(0)
+    sentences = [tuple(rng.choice("abcd") for _ in range(rng.randint(5, 30))) for _ in range(20000)]
+    seen, t0 = _Seen(), time.perf_counter()
+    for w in sentences:
+        if not seen.repeats(w):
+            seen.add(w)
+    assert time.perf_counter() - t0 < 4.0
+
+
 # -- through the server --------------------------------------------------------------
 
 
