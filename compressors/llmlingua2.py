@@ -22,6 +22,8 @@ Where this differs from the reference `llmlingua` package, and why:
 - Output: kept words are cut from the input by tokenizer offsets, so case,
   accents, punctuation and spacing are preserved (the reference decodes
   tokens, which lowercases with uncased tokenizers and respaces punctuation).
+  Tokens that share a character (the jamo of a Hangul syllable, the bytes
+  of an emoji) are kept or dropped together: no character is output twice.
 - force_tokens match the text (any occurrence, also inside or across words,
   and whitespace such as "\n") instead of being swapped for added tokens
   before the model runs; the model input, and so the cache, stays the same
