@@ -1,13 +1,14 @@
-"""Query-aware selection on ordinary but degenerate text (issue 22, items 2
-and 7): a question with no word BM25 indexes ("Is it there?", "?", an
+"""Query-aware selection on ordinary but degenerate text, and its costs
+(issue 22): a question with no word BM25 indexes ("Is it there?", "?", an
 emoji), contexts with none (emoji, stop words, one-letter words), a cached
-one-character sentence; a context kept with no text; rate 1.0 dropping a
-token. Each was INTERNAL or wrong output before.
+one-character sentence (item 2: each was INTERNAL); a context kept with no
+text, rate 1.0 dropping a token (item 7); the repeat check's cost (item 4);
+a huge query (item 3).
 
-The first tests run `choose` and `bm25` on made-up vectors (fast tier);
-the rest send requests to the real pipeline in this process (llmlingua2 on
-the default checkpoint, the sentence embedder, a real Redis, a real gRPC
-server).
+The first tests run `choose`, `bm25` and the repeat check on made-up
+vectors (fast tier); the rest send requests to the real pipeline in this
+process (llmlingua2 on the default checkpoint, the sentence embedder, a
+real Redis, a real gRPC server).
 """
 
 import uuid
@@ -252,7 +253,7 @@ def test_rate_one_with_every_sentence_drops_no_token(client, ns):
         assert resp.stats.compressed_tokens == resp.stats.original_tokens
 
 
-# -- a huge query (item 3 of the issue: bounded before work, off the event loop) -----
+# -- a huge query (item 3): bounded before work, off the event loop --------------
 
 
 def test_a_huge_query_is_refused_at_once_and_a_cached_request_is_not_held_up(client, ns):
