@@ -22,6 +22,8 @@ Where this differs from the reference `llmlingua` package, and why:
 - Output: kept words are cut from the input by tokenizer offsets, so case,
   accents, punctuation and spacing are preserved (the reference decodes
   tokens, which lowercases with uncased tokenizers and respaces punctuation).
+  Tokens that share a character (the jamo of a Hangul syllable, the bytes
+  of an emoji) are kept or dropped together: no character is output twice.
 - force_tokens match the text (any occurrence, also inside or across words,
   and whitespace such as "\n") instead of being swapped for added tokens
   before the model runs; the model input, and so the cache, stays the same
@@ -55,7 +57,7 @@ from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment
                    check_word_scores, length_sorted_batches, pad_right)
 from .models import (OpenVINOSession, built_file_sha256, calibration_passages, ensure_onnx,
                      ensure_openvino_int8, fingerprint, resolve_dtype)
-from .segmenter import (SENTENCE_END, count_tokens, segment_text, trim_spaces,
+from .segmenter import (SENTENCE_END, count_tokens, segment_text, split_gap, trim_spaces,
                         unknown_word_pieces)
 
 NAME = "llmlingua2"
@@ -300,9 +302,12 @@ class LLMLingua2:
         reference package); a word of more than MAX_WORD_TOKENS units is cut
         into words of WORD_PIECE_TOKENS units (a Chinese sentence is one
         SentencePiece word, a kana or Hangul run one WordPiece word), so a
-        budget can keep part of it. A word's span reaches over characters no
-        token covers (for example a zero-width space), so nothing between
-        words is lost.
+        budget can keep part of it. Tokens that share characters (the jamo
+        tokens of one Hangul syllable, the byte tokens of one emoji) are one
+        unit, so no two words overlap and no character is output twice. A
+        word's span reaches over characters no token covers (a zero-width
+        space, a control character; see segmenter.split_gap), so nothing
+        between words is lost.
         """
         enc = self.tokenizer(
             text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
@@ -318,6 +323,11 @@ class LLMLingua2:
         for t, ((s, e), wid) in enumerate(zip(offsets, word_ids)):
             if e <= s:
                 waiting.append(t)
+                continue
+            if unit_spans and s < unit_spans[-1][1]:  # shares characters with the unit before
+                unit_spans[-1] = (unit_spans[-1][0], max(e, unit_spans[-1][1]))
+                unit_tokens[-1] += waiting + [t]
+                waiting = []
                 continue
             pieces = unknown_word_pieces(text, s, e) if ids[t] == unk else [(s, e)]
             apart = _is_punct(text[s:e]) or len(pieces) > 1  # a word (or words) of its own
@@ -338,11 +348,11 @@ class LLMLingua2:
         word_of_unit = [i for i, w in enumerate(words) for u in w for _ in unit_tokens[u]]
         unit_token = [t for w in words for u in w for t in unit_tokens[u]]
         for a, b in zip(spans, spans[1:]):
-            while a[1] < b[0] and not text[a[1]].isspace():
-                a[1] += 1
+            if a[1] < b[0]:
+                a[1], b[0] = split_gap(text, a[1], b[0])
         if spans:
-            while spans[-1][1] < len(text) and not text[spans[-1][1]].isspace():
-                spans[-1][1] += 1
+            spans[0][0] = min(spans[0][0], len(text) - len(text.lstrip()))
+            spans[-1][1] = max(spans[-1][1], len(text.rstrip()))
         return (ids, spans, np.asarray(word_of_unit, dtype=np.int64),
                 np.asarray(unit_token, dtype=np.int64))
 
@@ -380,9 +390,12 @@ class LLMLingua2:
     # -- render: the request's budget applied to cached scores -------------
 
     def budget(self, params: Params, total_tokens: int) -> int:
+        """Tokens the request keeps of `total_tokens`: at least one of a
+        request that has any, as _budgets gives each context."""
         if params.target_tokens is not None:
             return min(params.target_tokens, total_tokens)
-        return int(round((DEFAULT_RATE if params.rate is None else params.rate) * total_tokens))
+        rate = DEFAULT_RATE if params.rate is None else params.rate
+        return max(int(round(rate * total_tokens)), 1) if total_tokens else 0
 
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
         """With a selection (ContextParts.allowed, .budget), only words inside
@@ -653,10 +666,17 @@ def _join(text: str, spans: list[tuple[int, int]]) -> str:
     last whitespace run since the previous piece, preferring one with a line
     break, so paragraphs and lines stay apart. Pieces that were not adjacent
     and had no whitespace between them ("0;1" without ";") get one space,
-    so no new word ("01") is made from two."""
+    so no new word ("01") is made from two.
+
+    The output is faithful whatever the spans: a piece that reaches back
+    into the one before it is cut where that one ended, so no character of
+    the input is output twice or out of order."""
     parts, prev_end = [], None
     for s, e in spans:
         if prev_end is not None:
+            s = max(s, prev_end)
+            if s >= e:
+                continue
             gap = text[prev_end:s]
             if gap.isspace():  # the common cases first: one whitespace run, itself
                 parts += (gap, text[s:e])

@@ -53,6 +53,9 @@ SOFT_KEEP_RATE = 0.5
 # look-alike passages costs it more than the extra text gives. Dev split,
 # multidoc, 14 examples: 0 -> 5/14 correct, 0.6 -> 10, 0.75 -> 12, 0.9 -> 12.
 MIN_RELEVANCE = 0.75
+# Token costs are sums of float shares: a sum that should be a whole number
+# of tokens may miss it in the last bits.
+EPSILON = 1e-6
 _WORD = re.compile(r"\w+")
 # Both log every index build and model load; a request is not news.
 logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
@@ -259,11 +262,13 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     ctx, spans, cost, vecs = [], [], [], []
     for k, (part, values) in enumerate(zip(parts, vectors)):
         for seg, v in zip(part.segments, values):
-            chars = max(seg.end - seg.start, 1)
+            # The compressor's tokens of a sentence: the segment's, shared by
+            # the sentences' characters, so a segment's sentences cost all of
+            # its tokens (keeping every sentence leaves the whole budget).
+            chars = max(int(sum(int(e) - int(s) for s, e in v["spans"])), 1)
             for (s, e), vec in zip(v["spans"], v["vectors"]):
                 ctx.append(k)
                 spans.append((seg.start + int(s), seg.start + int(e)))
-                # The compressor's tokens of the sentence, by its share of the segment.
                 cost.append(seg.n_tokens * (int(e) - int(s)) / chars)
                 vecs.append(vec)
     n = len(ctx)
@@ -298,19 +303,23 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     chosen = np.zeros(n, dtype=bool)
     seen = _Seen()
     used = 0.0
+    first = True
     for i in order:
-        first = not chosen.any()
-        if not first and (used + cost_a[i] > room or relevance[ctx_a[i]] < options.min_relevance):
+        if not first and (used + cost_a[i] > room + EPSILON
+                          or relevance[ctx_a[i]] < options.min_relevance):
             continue  # does not fit, or a context far less relevant than the best
         words = tuple(w.lower() for w in _WORD.findall(texts[i]))
         if not options.keep_duplicates and seen.repeats(words):
             continue
-        chosen[i] = True
+        chosen[i], first = True, False
         used += cost_a[i]
         seen.add(words)
 
     kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
     budgets = _share(budget, kept_tokens, rank, options.dynamic) if budget is not None else None
+
+    if budgets is not None:  # a context the budget leaves no token is not kept
+        chosen &= budgets[ctx_a] > 0
 
     out = []
     for k in range(len(parts)):
@@ -351,12 +360,20 @@ def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[
 
 def bm25(query: str, texts: list[str]) -> np.ndarray:
     """BM25 scores of `texts` for `query` [n], with the statistics of these
-    texts (bm25s; English stop words out; lowercased words)."""
+    texts (bm25s; English stop words out; lowercased words).
+
+    All zeros, no lexical signal, when the query or the texts have no word
+    BM25 indexes ("Is it there?", "?", an emoji, one-letter words, stop
+    words only): fuse then ranks by the embeddings alone."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
-    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
     q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+    if not q:
+        return np.zeros(len(texts))
+    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+    if not corpus.vocab or not set(q) & set(corpus.vocab):
+        return np.zeros(len(texts))
     retriever = bm25s.BM25()
     retriever.index(corpus, show_progress=False)
     return np.asarray(retriever.get_scores(q), dtype=np.float64)
@@ -366,43 +383,60 @@ class _Seen:
     """Kept sentences (as lowercased word tuples), to find repeats: the same
     words, or one of 5 words or more inside the other, as where overlapping
     chunks cut a sentence. Two facts of one template with other names or
-    numbers differ in a word: both stay. 5-word grams find the candidates."""
+    numbers differ in a word: both stay.
+
+    Each check costs about the sentence's length, not the number kept:
+    a kept sentence inside this one starts at one of its 5-word grams and
+    has a length kept sentences starting with that gram have, so it is a
+    set lookup of that slice; this one inside a kept sentence means every
+    gram of it is in that sentence, so only the kept sentences that hold
+    its rarest gram are compared (none, when a gram of it is new, as the
+    name in a template is), and at most MAX_COMPARED of them: text built so
+    that many kept sentences share every gram of one that none of them
+    holds could otherwise make each check cost the number kept. Past that a
+    repeat may be kept twice, which costs budget, never faithfulness."""
 
     N = 5
+    MAX_COMPARED = 64
 
     def __init__(self):
-        self.items: list[tuple[str, ...]] = []
+        self.items: list[str] = []  # kept sentences, _joined
         self.exact: set[tuple[str, ...]] = set()
-        self.containing: dict[tuple, set[int]] = {}  # gram -> kept sentences that have it
-        self.first: dict[tuple, set[int]] = {}       # gram -> kept sentences that start with it
+        self.containing: dict[tuple, list[int]] = {}  # gram -> kept sentences that have it
+        self.lengths: dict[tuple, set[int]] = {}      # gram -> lengths of kept ones starting with it
 
     def repeats(self, words: tuple[str, ...]) -> bool:
         if words in self.exact:
             return bool(words)
-        if len(words) < self.N:
+        m = len(words)
+        if m < self.N:
             return False
-        grams = self._grams(words)
-        candidates = set(self.containing.get(words[: self.N], ()))  # kept ones that may contain it
-        for g in grams:
-            candidates |= self.first.get(g, set())                  # kept ones it may contain
-        return any(_inside(*sorted((words, self.items[j]), key=len)) for j in candidates)
+        grams = [words[i : i + self.N] for i in range(m - self.N + 1)]
+        for i, g in enumerate(grams):  # a kept sentence inside this one
+            for length in self.lengths.get(g, ()):
+                if i + length <= m and words[i : i + length] in self.exact:
+                    return True
+        pools = [self.containing.get(g) for g in set(grams)]  # this one inside a kept one
+        if any(pool is None for pool in pools):
+            return False
+        key = _joined(words)
+        return any(key in self.items[j] for j in min(pools, key=len)[: self.MAX_COMPARED])
 
     def add(self, words: tuple[str, ...]) -> None:
         j = len(self.items)
-        self.items.append(words)
+        self.items.append(_joined(words))
         self.exact.add(words)
         if len(words) >= self.N:
-            for g in self._grams(words):
-                self.containing.setdefault(g, set()).add(j)
-            self.first.setdefault(words[: self.N], set()).add(j)
-
-    def _grams(self, words):
-        return {words[i : i + self.N] for i in range(len(words) - self.N + 1)}
+            for g in {words[i : i + self.N] for i in range(len(words) - self.N + 1)}:
+                self.containing.setdefault(g, []).append(j)
+            self.lengths.setdefault(words[: self.N], set()).add(len(words))
 
 
-def _inside(short: tuple[str, ...], long_: tuple[str, ...]) -> bool:
-    m = len(short)
-    return any(long_[i : i + m] == short for i in range(len(long_) - m + 1))
+def _joined(words: tuple[str, ...]) -> str:
+    """Words as one string, each between separators that no word holds, so
+    that one sentence's words are inside another's exactly when its string
+    is inside the other's (a substring search in C)."""
+    return "\x1f" + "\x1f".join(words) + "\x1f"
 
 
 def _share(budget: int, kept: np.ndarray, rank: np.ndarray, dynamic: float) -> np.ndarray:
@@ -426,8 +460,16 @@ def _share(budget: int, kept: np.ndarray, rank: np.ndarray, dynamic: float) -> n
         left -= (kept[capped] - out[capped]).sum()
         out[capped] = kept[capped]
         free &= ~capped
-    floor = np.floor(out).astype(np.int64)
+    floor = np.floor(out + EPSILON).astype(np.int64)
     short = int(round(total)) - int(floor.sum())
     for i in np.argsort(floor - out)[: max(short, 0)]:  # largest remainders first
         floor[i] += 1
+    # A context that kept something gets at least one token while the total
+    # allows, taken from the largest share (the total stays the same).
+    for i in np.flatnonzero((kept > 0) & (floor == 0)):
+        largest = int(np.argmax(floor))
+        if floor[largest] < 2:
+            break
+        floor[largest] -= 1
+        floor[i] = 1
     return floor

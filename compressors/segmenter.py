@@ -44,18 +44,57 @@ LONG_UNKNOWN = 2 * PIECE_CHARS
 
 def segment_text(text: str, tokenizer, max_tokens: int,
                  unknown_pieces: bool = False) -> list[Segment]:
+    """Segments of `text`: pieces of it that never overlap, in order, and
+    together hold every character of it that is not whitespace around
+    segments.
+
+    Tokens can share characters: an uncased WordPiece tokenizer splits a
+    Hangul syllable into jamo tokens that all map to that syllable, and a
+    byte-level BPE token can hold part of an emoji. A segment is only cut
+    where no token reaches past the cut (`clean_cuts`), so no character is
+    in two segments. Characters no token covers (a zero-width space, a byte
+    order mark, a control character) belong to the segment next to them,
+    so nothing between two words is lost."""
     offsets = token_offsets(text, tokenizer, unknown_pieces)
     n = len(offsets)
+    clean = clean_cuts(offsets)
     segments: list[Segment] = []
-    i = 0
+    i, start = 0, len(text) - len(text.lstrip())
     while i < n:
         j = min(i + max_tokens, n)
         if j < n:
-            j = _best_cut(text, offsets, i, j)
-        start, end = offsets[i][0], offsets[j - 1][1]
+            j = _best_cut(text, offsets, clean, i, j)
+        end = max(e for _, e in offsets[i:j])
+        end, next_start = split_gap(text, end, offsets[j][0]) if j < n else (len(text.rstrip()), 0)
         segments.append(Segment(start, end, text[start:end], j - i))
-        i = j
+        i, start = j, next_start
     return segments
+
+
+def split_gap(text: str, a: int, b: int) -> tuple[int, int]:
+    """Where the piece that ends at `a` ends and the piece that starts at `b`
+    starts, so that characters no token covers (a zero-width space, a
+    control character) between them belong to one of them: with no
+    whitespace in text[a:b], all of it to the first; else, around the last
+    whitespace run, what comes before it to the first and what comes after
+    it to the second. Neither piece gains whitespace at its edge."""
+    k = b
+    while k > a and not text[k - 1].isspace():
+        k -= 1
+    if k == a:
+        return b, b
+    return a + len(text[a:k].rstrip()), k
+
+
+def clean_cuts(offsets: list[tuple[int, int]]) -> list[bool]:
+    """[len(offsets) + 1] bool: whether text may be cut before token k
+    (k = 0 .. n), that is no token before k reaches past where token k
+    starts (tokens of one Hangul syllable or of one emoji overlap)."""
+    clean, reach = [True], 0
+    for k in range(1, len(offsets)):
+        reach = max(reach, offsets[k - 1][1])
+        clean.append(reach <= offsets[k][0])
+    return clean + [True]
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -78,8 +117,10 @@ def token_offsets(text: str, tokenizer, unknown_pieces: bool = False) -> list[tu
     """Character spans of the tokens of `text`, without special tokens.
 
     Zero-width tokens are merged into the next token, so every span is
-    non-empty and spans are increasing. With `unknown_pieces`, a long
-    unknown-word token is several spans (unknown_word_pieces).
+    non-empty and spans start in order; tokens made from one character
+    (jamo of a Hangul syllable, bytes of an emoji) have overlapping spans
+    (see clean_cuts). With `unknown_pieces`, a long unknown-word token is
+    several spans (unknown_word_pieces).
     """
     enc = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
@@ -210,10 +251,14 @@ def trim_spaces(text: str, offsets) -> list[tuple[int, int]]:
     return out
 
 
-def _best_cut(text: str, offsets, i: int, j: int) -> int:
-    """The token index to end the segment [i, cut) at, i < cut <= j."""
-    word_cut = None
+def _best_cut(text: str, offsets, clean: list[bool], i: int, j: int) -> int:
+    """The token index to end the segment [i, cut) at: i < cut <= j, at a
+    clean cut (see clean_cuts); past j only where there is none before it."""
+    word_cut = mid_word = None
     for k in range(j, i, -1):  # cut between token k-1 and token k
+        if not clean[k]:
+            continue
+        mid_word = k if mid_word is None else mid_word
         prev_end, next_start = offsets[k - 1][1], offsets[k][0]
         gap = text[prev_end:next_start]
         before = text[max(0, prev_end - 4) : prev_end]
@@ -223,4 +268,6 @@ def _best_cut(text: str, offsets, i: int, j: int) -> int:
             return k
         if word_cut is None and gap and gap.isspace():
             word_cut = k
-    return word_cut if word_cut is not None else j
+    if word_cut is not None or mid_word is not None:
+        return word_cut if word_cut is not None else mid_word
+    return next(k for k in range(j + 1, len(clean)) if clean[k])

@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
 
     args = ap.parse_args(argv)
-    config = cfg.from_args(args)
+    try:
+        config = cfg.from_args(args)
+    except cfg.ConfigError as e:
+        ap.error(str(e))  # a usage error: exit status 2
     setup_logging(config.log_level, config.log_format)
     commands = {"serve": _serve, "compress": _compress, "info": _info, "models": _models,
                 "bench": _bench, "batch": batch.main}

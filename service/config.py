@@ -64,6 +64,9 @@ class Config:
     max_contexts: int = field(default=256, metadata={"help": "most contexts per request"})
     max_request_bytes: int = field(default=8 << 20, metadata={
         "help": "most UTF-8 bytes of contexts plus query per request"})
+    max_query_bytes: int = field(default=16 << 10, metadata={
+        "help": "most UTF-8 bytes of a request's query (refused before it is tokenized; "
+                "selection reads at most max_query_tokens of it)"})
     max_message_bytes: int = field(default=16 << 20, metadata={
         "help": "largest gRPC message accepted or sent"})
     stream_window: int = field(default=8, metadata={
@@ -77,15 +80,18 @@ class Config:
     grace_s: float = field(default=10.0, metadata={
         "help": "on SIGTERM, seconds in-flight requests get to finish"})
     model_dtype: str = field(default="auto", metadata={
+        "choices": ("auto", "float32", "bfloat16"),
         "help": "float32, bfloat16, or auto (bfloat16 where the CPU has native bf16 "
                 "instructions or on CUDA, else float32)"})
     engine: str = field(default="auto", metadata={
+        "choices": ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8"),
         "help": "what runs the llmlingua2 classifier: torch (in --model-dtype), onnx (ONNX "
                 "Runtime, CPU, float32), onnx-int8 (its dynamic int8), openvino (OpenVINO, CPU, "
                 "in --model-dtype), openvino-int8 (static int8, the rest in --model-dtype), or "
                 "auto: openvino-int8 on the CPU, else torch (and torch where it cannot be built); "
                 "the graphs are made in the model's directory on first use"})
     sentence_engine: str = field(default="openvino", metadata={
+        "choices": ("openvino", "onnx", "onnx-int8", "torch"),
         "help": "what runs selection's sentence embedder: openvino (OpenVINO, bfloat16 where the "
                 "CPU has bf16 instructions, else float32), onnx (ONNX Runtime, float32), onnx-int8, "
                 "or torch (sentence-transformers); the ONNX graph they read is exported under "
@@ -106,12 +112,19 @@ class Config:
         "help": "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"})
     metrics_port: int = field(default=9464, metadata={
         "help": "Prometheus metrics HTTP port on --host (0: off)"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
-    log_format: str = field(default="text", metadata={"help": "text or json (one object per line)"})
+    log_level: str = field(default="INFO", metadata={
+        "choices": ("DEBUG", "INFO", "WARNING", "ERROR"), "help": "DEBUG, INFO, WARNING, ERROR"})
+    log_format: str = field(default="text", metadata={
+        "choices": ("text", "json"), "help": "text or json (one object per line)"})
 
     @property
     def models_dir(self) -> str:
         return str(Path(self.cache_dir) / "models")
+
+
+class ConfigError(ValueError):
+    """A setting has a value it cannot take; the message names the flag or
+    environment variable and what it accepts (the CLI makes it a usage error)."""
 
 
 def env_name(name: str) -> str:
@@ -123,16 +136,19 @@ def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = Non
     for f in fields(Config):
         if names is not None and f.name not in names:
             continue
+        choices = f.metadata.get("choices")
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
-            type=type(_default(f)) if not isinstance(_default(f), bool) else _bool,
+            type=_arg_type(f),
             default=None,
+            metavar="{" + ",".join(choices) + "}" if choices else None,
             help=f"{f.metadata['help']} (env {env_name(f.name)}, default {_default(f)!r})",
         )
 
 
 def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
-    """Flags over environment over defaults."""
+    """Flags over environment over defaults. A value a setting cannot take
+    raises ConfigError."""
     values = {}
     for f in fields(Config):
         flag = getattr(args, f.name, None) if args is not None else None
@@ -140,17 +156,48 @@ def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
             values[f.name] = flag
         elif env_name(f.name) in env:
             raw = env[env_name(f.name)]
-            kind = type(_default(f))
             try:
-                values[f.name] = _bool(raw) if kind is bool else kind(raw)
-            except ValueError:
-                raise SystemExit(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+                values[f.name] = parse(f, raw)
+            except ValueError as e:
+                raise ConfigError(f"{env_name(f.name)}={raw!r}: {e}") from None
     return Config(**values)
+
+
+def parse(f, raw: str):
+    """The value of setting `f` written as `raw`, or ValueError saying what
+    it accepts: booleans only true/false/1/0/yes/no, a setting with choices
+    only one of them (any case), numbers as numbers."""
+    kind = type(_default(f))
+    if kind is bool:
+        word = raw.strip().lower()
+        if word not in _BOOLS:
+            raise ValueError("expected true, false, 1, 0, yes or no")
+        return _BOOLS[word]
+    choices = f.metadata.get("choices")
+    if choices:
+        for c in choices:
+            if raw.strip().lower() == c.lower():
+                return c
+        raise ValueError(f"expected one of {', '.join(choices)}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _arg_type(f):
+    """parse() for argparse: its error names the flag and what it accepts."""
+    def convert(raw: str):
+        try:
+            return parse(f, raw)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{raw!r}: {e}") from None
+    convert.__name__ = type(_default(f)).__name__
+    return convert
 
 
 def _default(f):
     return f.default_factory() if callable(f.default_factory) else f.default
-
-
-def _bool(s: str) -> bool:
-    return str(s).lower() in ("1", "true", "yes", "on")

@@ -126,6 +126,8 @@ class Pipeline:
         compressor, params, options = self.validate(req)
         flow = Flow(req, compressor, params, check_namespace(req.namespace, granted_namespace),
                     _CACHE_MODES[req.cache_mode], options)
+        if options is not None:
+            await self.check_query_tokens(req.query)
         try:
             await self.segment(flow)
             await self.lookup(flow)
@@ -156,7 +158,14 @@ class Pipeline:
         for i, c in enumerate(req.contexts):
             if not c.strip():
                 raise RequestError(invalid, f"contexts[{i}] is empty or only whitespace")
-        size = sum(len(c.encode("utf-8")) for c in req.contexts) + len(req.query.encode("utf-8"))
+        query = req.query
+        # Characters are at most bytes: a long query is refused without a copy.
+        query_bytes = len(query) if len(query) > cfg.max_query_bytes else len(query.encode("utf-8"))
+        if query_bytes > cfg.max_query_bytes:
+            raise RequestError(exhausted, f"query is more than {cfg.max_query_bytes} bytes; the "
+                               f"limit is max_query_bytes={cfg.max_query_bytes}: send a shorter "
+                               "question")
+        size = sum(len(c.encode("utf-8")) for c in req.contexts) + query_bytes
         which = req.WhichOneof("params")
         if which is not None:  # the compressor's parameters (force_tokens) count too
             size += getattr(req, which).ByteSize()
@@ -202,16 +211,21 @@ class Pipeline:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                "query-aware selection is off on this server (--selection false); "
                                "leave query unset or set selection.disabled")
+        return options
+
+    async def check_query_tokens(self, query: str) -> None:
+        """The query is at most max_query_tokens tokens, counted in the CPU
+        pool (it is at most max_query_bytes, so this is bounded too)."""
         limit = self.selector.max_query_tokens
-        # Every word is at least one token: a cheap refusal before tokenizing.
-        n = len(req.query.split())
-        if n <= limit:
-            n = self.selector.query_tokens(req.query)
-        if n > limit:
+
+        def count() -> int:
+            n = len(query.split())  # every word is at least one token
+            return n if n > limit else self.selector.query_tokens(query)
+
+        if await asyncio.get_running_loop().run_in_executor(self.cpu_pool, count) > limit:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"query is more than {limit} tokens; the limit is "
                                f"max_query_tokens={limit}: send a shorter question")
-        return options
 
     # -- the stages --------------------------------------------------------------
 
@@ -396,7 +410,10 @@ class Pipeline:
                                     kept=True)
             if flow.choices:  # what render saw was the selected part; report the whole
                 choice = flow.choices[i]
-                ctx.relevance, ctx.rank, ctx.kept = choice.relevance, choice.rank, choice.kept
+                ctx.relevance, ctx.rank = choice.relevance, choice.rank
+                # Kept means something of it is in the output: a context whose
+                # budget kept no word is reported as dropped.
+                ctx.kept = choice.kept and (bool(r.text) or r.tensor is not None and len(r.tensor) > 0)
                 ctx.original_tokens = sum(s.n_tokens for s in segs)
         if compressor.output == "tensor":
             _put_tensors(resp, flow.rendered, compressor, flow.params.output_dtype,
@@ -406,7 +423,7 @@ class Pipeline:
             if flow.choices and flow.options.order == "relevance":
                 order = sorted(order, key=lambda i: flow.choices[i].rank)
             resp.text = "\n\n".join(flow.rendered[i].text for i in order
-                                     if not flow.choices or flow.choices[i].kept)
+                                     if not flow.choices or resp.contexts[i].kept)
             # The text is in the message twice (per context and joined): a
             # request within max_request_bytes can still make a response
             # over max_message_bytes. Refuse it here, with a status the log

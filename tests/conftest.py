@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Fixtures that build or load model weights; a test that uses one (directly
 # or through another fixture) is in the slow tier: `pytest -m "not slow"`
 # leaves it out. Tests that need weights another way are marked by hand.
-WEIGHT_FIXTURES = {"model_dir", "untrained_model_dir", "decoder_dir"}
+WEIGHT_FIXTURES = {"model_dir", "untrained_model_dir", "decoder_dir", "sentence_vectors"}
 
 
 def pytest_collection_modifyitems(items):
@@ -200,6 +200,27 @@ def server(redis_proc, model_dir, tmp_path_factory):
         "SEGPRESS_CACHE_RETRY_S": "0.5",
         "SEGPRESS_STREAM_IDLE_S": "3",
     })
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def sentence_vectors():
+    """Selection's sentence embedder (all-MiniLM-L6-v2 from its package), on torch."""
+    from compressors.relevance import SentenceVectors
+
+    return SentenceVectors(engine="torch")
+
+
+@pytest.fixture(scope="session")
+def query_server(redis_proc, llmlingua2, sentence_vectors):
+    """The real pipeline in this process: llmlingua2 on the default
+    checkpoint and query-aware selection, a real Redis, a real gRPC server."""
+    from service.config import Config
+    from test_flow import InProcessServer
+
+    s = InProcessServer(Config(port=0, redis_url=redis_proc.url, metrics_port=0),
+                        {"llmlingua2": llmlingua2}, sentence_vectors)
     yield s
     s.stop()
 

@@ -70,3 +70,40 @@ def _check_gap(gap: str, space: str | None) -> None:
         return
     rest = iter(gap)  # the output's whitespace: the gap's, in order, none twice
     assert all(c in rest for c in space), f"{space!r} between pieces where the input has {gap!r}"
+
+
+def assert_pieces(original: str, compressed: str):
+    """As assert_subsequence, without its greedy first match: some placement
+    of the output's pieces in the input, in order and not overlapping,
+    explains the output (a repeated word can be a later occurrence of it)."""
+    import functools
+
+    tokens = re.findall(r"\s+|\S+", compressed)
+    pieces, spaces, space = [], [], None  # spaces[i]: the output's whitespace before piece i
+    for t in tokens:
+        if t.isspace():
+            space = t
+        else:
+            pieces.append(t)
+            spaces.append(space)
+            space = None
+
+    def gap_ok(gap: str, space: str | None) -> bool:
+        try:
+            _check_gap(gap, space)
+            return True
+        except AssertionError:
+            return False
+
+    @functools.lru_cache(maxsize=None)
+    def fits(i: int, pos: int) -> bool:  # pieces[i:] placed at or after pos
+        if i == len(pieces):
+            return gap_ok(original[pos:], space)
+        at = original.find(pieces[i], pos)
+        while at >= 0:
+            if (i == 0 or gap_ok(original[pos:at], spaces[i])) and fits(i + 1, at + len(pieces[i])):
+                return True
+            at = original.find(pieces[i], at + 1)
+        return False
+
+    assert fits(0, 0), f"{compressed!r} is not pieces of {original!r} in order"

@@ -28,17 +28,18 @@ OTHER = "Bread needs flour, water, salt and time; the rest is patience and a hot
 
 
 class InProcessServer:
-    """Pipeline, store and gRPC server on an event loop in a thread."""
+    """Pipeline, store and gRPC server on an event loop in a thread (with
+    `selector`, a SentenceVectors, query-aware selection runs)."""
 
-    def __init__(self, config: Config, compressors: dict):
+    def __init__(self, config: Config, compressors: dict, selector=None):
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.pipeline, self.running, self.store = self.call(self._up(config, compressors))
+        self.pipeline, self.running, self.store = self.call(self._up(config, compressors, selector))
         self.target = f"127.0.0.1:{self.running.port}"
 
-    async def _up(self, config, compressors):
+    async def _up(self, config, compressors, selector):
         store, _ = await make_store(config)
-        pipeline = Pipeline(config, compressors, store)
+        pipeline = Pipeline(config, compressors, store, selector)
         return pipeline, await start(config, pipeline, Authenticator.from_config(config)), store
 
     def call(self, coro):
@@ -181,6 +182,13 @@ def test_a_lookup_that_missed_just_before_the_write_reuses_the_result(srv, tiny,
     (dict(contexts=["a"], query="why?"), grpc.StatusCode.INVALID_ARGUMENT, "selection is off"),
     (dict(contexts=["a"], query="why?", keep_rate=1.5), grpc.StatusCode.INVALID_ARGUMENT,
      "selection.keep_rate must be in (0, 1]"),
+    # The query's bytes are bounded first, whether selection runs or not (issue 22).
+    (dict(contexts=["a"], query="?" * 16385), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "query is more than 16384 bytes; the limit is max_query_bytes=16384"),
+    (dict(contexts=["a"], query="\u20ac" * 5462), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "max_query_bytes=16384"),
+    (dict(contexts=["a"], query="." * (4 << 20), selection=False), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "max_query_bytes=16384"),
 ])
 def test_bad_input_gets_a_precise_status(client, kwargs, code, words):
     contexts = kwargs.pop("contexts")

@@ -1,0 +1,61 @@
+"""Configuration errors are usage errors (issue 22, item 10): a boolean
+takes only true/false/1/0/yes/no, a setting with choices only one of them,
+from a flag or from the environment; `segpress` exits with status 2 and a
+message that names the setting and what it accepts, never a traceback."""
+
+import dataclasses
+import os
+
+import pytest
+from helpers import segpress
+
+from service import config as cfg
+
+
+def field(name):
+    return next(f for f in dataclasses.fields(cfg.Config) if f.name == name)
+
+
+@pytest.mark.parametrize("raw,value", [("true", True), ("TRUE", True), ("1", True), ("yes", True),
+                                       ("false", False), ("False", False), ("0", False),
+                                       ("no", False), (" no ", False)])
+def test_booleans_take_the_six_words(raw, value):
+    assert cfg.from_args(env={"SEGPRESS_SELECTION": raw}).selection is value
+
+
+@pytest.mark.parametrize("raw", ["flase", "on", "off", "", "2", "y", "enabled"])
+def test_any_other_boolean_is_an_error_naming_the_variable(raw):
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.from_args(env={"SEGPRESS_SELECTION": raw})
+    assert str(e.value) == f"SEGPRESS_SELECTION={raw!r}: expected true, false, 1, 0, yes or no"
+
+
+def test_choices_are_checked_and_normalised():
+    c = cfg.from_args(env={"SEGPRESS_ENGINE": "OpenVINO-int8", "SEGPRESS_LOG_LEVEL": "debug"})
+    assert (c.engine, c.log_level) == ("openvino-int8", "DEBUG")
+    with pytest.raises(cfg.ConfigError, match="SEGPRESS_ENGINE='openvino8': expected one of auto, "
+                                              "torch, onnx, onnx-int8, openvino, openvino-int8"):
+        cfg.from_args(env={"SEGPRESS_ENGINE": "openvino8"})
+    with pytest.raises(cfg.ConfigError, match="SEGPRESS_MAX_QUEUE='lots': expected an integer"):
+        cfg.from_args(env={"SEGPRESS_MAX_QUEUE": "lots"})
+
+
+def test_the_choices_are_what_the_engines_take():
+    from compressors import llmlingua2, relevance
+
+    assert set(field("engine").metadata["choices"]) == {"auto", *llmlingua2.ENGINES}
+    assert set(field("sentence_engine").metadata["choices"]) == set(relevance.ENGINES)
+
+
+@pytest.mark.parametrize("args,env,words", [
+    (["serve", "--selection", "flase"], {}, "argument --selection: 'flase': expected true, false"),
+    (["serve", "--engine", "fast"], {}, "argument --engine: 'fast': expected one of auto, torch"),
+    (["serve"], {"SEGPRESS_SELECTION": "flase"}, "SEGPRESS_SELECTION='flase': expected true, false"),
+    (["serve"], {"SEGPRESS_ENGINE": "fast"}, "SEGPRESS_ENGINE='fast': expected one of auto, torch"),
+    (["serve"], {"SEGPRESS_LOG_FORMAT": "xml"}, "SEGPRESS_LOG_FORMAT='xml': expected one of text, json"),
+    (["compress", "sample", "--engine", "fast"], {}, "argument --engine: 'fast'"),
+])
+def test_the_cli_makes_them_usage_errors(args, env, words):
+    r = segpress(*args, env={**os.environ, **env}, timeout=60)
+    assert r.returncode == 2
+    assert words in r.stderr and "Traceback" not in r.stderr
