@@ -88,3 +88,13 @@ def test_multidoc20_has_twenty_passages_and_one_answer():
     for ex in exs:
         assert ex.answer in ex.passages[ex.meta["gold"]]
         assert sum(contains(p, ex.answer) for p in ex.passages) == 1
+
+
+def test_needle_contexts_held_to_bounds():
+    docs = corpus.split(Config().cache_dir)["dev"]
+    count = lambda text: len(text.split())  # noqa: E731
+    exs = tasks.needle(docs, 10, seed=0, words=60, fits=lambda t: 60 <= count(t) <= 75)
+    assert all(60 <= count(e.context) <= 75 for e in exs)
+    assert [e.meta["depth"] for e in exs[:5]] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert all(contains(e.context, e.answer) and e.meta["doc"] in docs for e in exs)
+    assert [e.context for e in tasks.needle(docs, 3, seed=0)] == [e.context for e in tasks.needle(docs, 3, 0)]
