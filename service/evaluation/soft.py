@@ -224,7 +224,11 @@ def needle_qa(reader, comp, params, docs: dict[str, str], n: int, words: int, se
 
     t0 = time.time()
     fits = (lambda text: tokens[0] <= reader.count(text) <= tokens[1]) if tokens else None
-    exs = needle(docs, n, seed, words=words, fits=fits)
+    try:
+        exs = needle(docs, n, seed, words=words, fits=fits)
+    except ValueError as e:
+        raise SystemExit(f"{e}: --needle-tokens {tokens[0]},{tokens[1]} does not suit --needle-words "
+                         f"{words}; change one, or --needle-tokens '' for no bounds") from e
     soft = [_tensor(comp, ex.context, params) for ex in exs]  # each context compressed once
     other = [control_index(exs, i) for i in range(len(exs))] if len(exs) > 1 else [None] * len(exs)
     progress(f"needle: {len(exs)} contexts compressed ({time.time() - t0:.0f} s)")
