@@ -319,8 +319,9 @@ def test_small_real_complm_eval(tmp_path):
     gap closed with its interval, needle QA, one prefill timing and one
     greedy reconstruction."""
     out = tmp_path / "complm.json"
-    r = segpress("eval", "complm", "--examples", "4", "--context-tokens", "32", "--continuation", "8",
-                 "--needles", "1", "--needle-words", "60", "--prefill", "64", "--repeats", "1",
+    r = segpress("eval", "complm", "--split", "test", "--examples", "4", "--context-tokens", "32",
+                 "--continuation", "8", "--needles", "1", "--needle-words", "60", "--needle-tokens", "",
+                 "--prefill", "64", "--repeats", "1",
                  "--reconstructions", "1", "--bootstrap", "50", "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -88,3 +88,89 @@ def test_multidoc20_has_twenty_passages_and_one_answer():
     for ex in exs:
         assert ex.answer in ex.passages[ex.meta["gold"]]
         assert sum(contains(p, ex.answer) for p in ex.passages) == 1
+
+
+@pytest.mark.slow  # loads SmolLM2 and complm
+def test_small_real_soft_qa(tmp_path):
+    """`segpress eval complm --qa-only` for real, small, on a weights file
+    given by --weights: every QA condition's accuracy in [0, 1] with its
+    interval, soft / text, each control from another context of another
+    document, contexts within --needle-tokens, the one-line summary."""
+    import shutil
+
+    from compressors.complm import DEFAULT_WEIGHTS
+
+    weights = tmp_path / "complm-copy.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, weights)
+    out = tmp_path / "qa.json"
+    r = segpress("eval", "complm", "--qa-only", "--split", "dev", "--weights", str(weights),
+                 "--needles", "4", "--needle-words", "60", "--needle-tokens", "60,200", "--qa-new-tokens", "8",
+                 "--qa-batch", "3", "--bootstrap", "50", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["weights"] == str(weights) and result["data"]["split"] == "dev"
+    assert "continuation" not in result and "reconstruction" not in result and "prefill" not in result
+    n = result["needle"]
+    assert n["examples"] == 4 and set(n["conditions"]) == {"text", "soft", "control", "none"}
+    for v in [*n["conditions"].values(), n["soft_over_text"]]:
+        if v["value"] is not None:
+            assert 0 <= v["ci95"][0] <= v["value"] <= v["ci95"][1]
+    for k in ("text", "soft", "control", "none"):
+        assert 0 <= n["conditions"][k]["value"] <= 1 and n["conditions"][k]["ci95"][1] <= 1
+    key = {"text": "full", "soft": "ce", "control": "control", "none": "none"}
+    for k, v in n["conditions"].items():
+        assert v["value"] == sum(row[key[k]]["correct"] for row in n["rows"]) / 4
+    text, soft = n["conditions"]["text"]["value"], n["conditions"]["soft"]["value"]
+    assert n["soft_over_text"]["value"] == (soft / text if text else None)
+    assert n["accuracy"] == {"full": text, "ce": soft, "none": n["conditions"]["none"]["value"]}
+    rows = {row["id"]: row for row in n["rows"]}
+    for row in rows.values():
+        other = rows[row["control_from"]]
+        assert other["id"] != row["id"] and other["doc"] != row["doc"]
+        assert row["answer"] != other["answer"] and isinstance(row["control"]["text"], str)
+        assert 60 <= row["context_tokens"] <= 200 and row["soft_rows"] > 0
+    assert n["context_tokens"]["bounds"] == [60, 200]
+    assert "summary: complm dev | QA (4 q" in r.stdout and "soft/text" in r.stdout
+
+
+def test_qa_control_and_intervals():
+    import numpy as np
+
+    from service.evaluation.soft import control_index, qa_bootstrap, token_bounds
+    from service.evaluation.tasks import Example
+
+    def ex(doc, text, answer):
+        return Example(f"{doc}-{answer}", "needle", [text], "q?", answer, {"doc": doc})
+
+    exs = [ex("a", "x 1234 y", "1234"), ex("a", "z", "Oslo"), ex("b", "Oslo and 1234", "red"),
+           ex("c", "w", "5")]
+    # Not the same document, and not a context that holds the answer.
+    assert [control_index(exs, i) for i in range(4)] == [3, 3, 3, 0]
+    with pytest.raises(SystemExit):
+        control_index(exs[:2], 0)
+
+    correct = {"full": np.array([1, 1, 0, 1.0]), "ce": np.array([1, 0, 0, 0.0]),
+               "control": np.zeros(4), "none": np.array([0, 0, 0, 1.0])}
+    got = qa_bootstrap(correct, 200, 0)
+    assert got["text"]["value"] == 0.75 and got["soft"]["value"] == 0.25 and got["none"]["value"] == 0.25
+    assert got["soft_over_text"]["value"] == pytest.approx(1 / 3)
+    assert got["control"]["ci95"] == [0.0, 0.0]
+    lo, hi = got["soft"]["ci95"]
+    assert 0 <= lo < 0.25 < hi <= 1
+    correct["full"] = np.zeros(4)
+    assert qa_bootstrap(correct, 50, 0)["soft_over_text"] == {"value": None, "ci95": None}
+
+    assert token_bounds("150,400") == (150, 400) and token_bounds("") is None and token_bounds("0,0") is None
+    for bad in ("400,150", "150", "a,b"):
+        with pytest.raises(SystemExit):
+            token_bounds(bad)
+
+
+def test_needle_contexts_held_to_bounds():
+    docs = corpus.split(Config().cache_dir)["dev"]
+    count = lambda text: len(text.split())  # noqa: E731
+    exs = tasks.needle(docs, 10, seed=0, words=60, fits=lambda t: 60 <= count(t) <= 75)
+    assert all(60 <= count(e.context) <= 75 for e in exs)
+    assert [e.meta["depth"] for e in exs[:5]] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert all(contains(e.context, e.answer) and e.meta["doc"] in docs for e in exs)
+    assert [e.context for e in tasks.needle(docs, 3, seed=0)] == [e.context for e in tasks.needle(docs, 3, 0)]

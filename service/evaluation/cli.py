@@ -27,8 +27,21 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--examples", type=int, default=64, help="continuation-loss examples")
     p.add_argument("--context-tokens", type=int, default=128, help="context tokens per example")
     p.add_argument("--continuation", type=int, default=32, help="continuation tokens scored")
-    p.add_argument("--needles", type=int, default=20, help="needle QA examples (0: skip)")
-    p.add_argument("--needle-words", type=int, default=300, help="words of each needle context")
+    p.add_argument("--split", default="dev", choices=["dev", "test"],
+                   help="held-out text of every part: dev to tune on, test to report (once)")
+    p.add_argument("--weights", default="", help="weights file of the compressor evaluated (default: "
+                   "--complm-weights / --arc-weights, else the shipped ones)")
+    p.add_argument("--needles", type=int, default=None, help="needle QA questions (0: skip; "
+                   "default 20, 100 with --qa-only)")
+    p.add_argument("--needle-words", type=int, default=200, help="words of each needle context "
+                   "(before the inserted fact; 200 words are ~250-350 reader tokens)")
+    p.add_argument("--needle-tokens", default="150,400", help="MIN,MAX reader tokens of a needle "
+                   "context: others are drawn again ('': no bounds, as before this flag)")
+    p.add_argument("--qa-new-tokens", type=int, default=16, help="tokens the reader may generate per answer")
+    p.add_argument("--qa-batch", type=int, default=8, help="prompts the reader answers at once "
+                   "(left-padded; 1: one at a time, as before this flag)")
+    p.add_argument("--qa-only", action="store_true", help="needle QA alone (--examples 0 --prefill '' "
+                   "--reconstructions 0; --needles 100 unless given)")
     p.add_argument("--prefill", default="1024,4096,8192", help="context lengths to time ('': skip)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")

@@ -4,9 +4,12 @@ to the decoder.
 The decoder is a fresh, unmodified SmolLM2-135M-Instruct (the reader); the
 rows ("CEs" below, whichever compressor made them) come from the compressor
 exactly as the server makes them (segment -> encode -> render, so arc's rows
-end with its <Cont> row). All text is from the held-out "test" split
-(--corpus: the essays of compressors/training/corpus.py and/or the prose of
-prose.py); the compressors trained on "train" only.
+end with its <Cont> row); --weights evaluates a weights file other than the
+shipped one. All text is from one held-out split, --split dev (to tune on,
+the default) or test (to report, once) (--corpus: the essays of
+compressors/training/corpus.py and/or the prose of prose.py); the
+compressors trained on "train" only. The reserved Debian documentation is in
+neither.
 
 1. Continuation loss. Each example is `context` tokens of an essay and the
    `continuation` tokens after it. The decoder's mean cross-entropy on the
@@ -20,10 +23,18 @@ prose.py); the compressors trained on "train" only.
    gap closed = (loss_none - loss_ce) / (loss_none - loss_full). 95%
    confidence intervals: percentile bootstrap over examples (paired: every
    resample recomputes every condition on the same examples), fixed seed.
-2. Needle QA. The evaluation harness's needle task (a fact sentence inside
-   an essay excerpt, a question about it) answered by the reader with its
-   fixed prompt, the context given as text, as CEs (segpress.soft_tokens),
-   or not at all.
+2. Needle QA, the measure that matters. The evaluation harness's needle task
+   (a fact sentence inside an essay excerpt of --needle-words words, held
+   to --needle-tokens reader tokens, 150-400 by default; a question about
+   the fact) answered greedily by the reader with its fixed prompt, the
+   context given as text (row key full, condition "text"), as its CEs (ce,
+   "soft"; segpress.soft_tokens puts them where the text would be), as the
+   CEs of another question's context from another essay (control; that
+   context does not hold this answer), or not at all (none). Accuracy: the
+   answer string is in the reply (reader.contains). Each condition's
+   accuracy and soft / text with paired 95% bootstrap CIs over questions
+   (`needle.conditions`, `needle.soft_over_text`; `needle.accuracy` keeps
+   full / ce / none as before). --qa-only runs this part alone.
 3. Prefill. Median time of one decoder forward pass (the prefill before the
    first generated token) over [eot] + N context tokens against [eot] + the
    CEs of those N tokens, for N in --prefill; and the time to make the CEs
@@ -127,29 +138,145 @@ def _tensor(comp, text: str, params):
 # -- 2. needle QA -------------------------------------------------------------------
 
 
+QA_CONDITIONS = {"text": "full", "soft": "ce", "control": "control", "none": "none"}
+"""The QA conditions' names in `needle.conditions` -> their keys in each row
+(full, ce and none are also `needle.accuracy`'s keys, as before)."""
+
+
+def qa_bootstrap(correct: dict[str, np.ndarray], n: int, seed: int) -> dict:
+    """Accuracy per condition (row keys full/ce/control/none, named as in
+    QA_CONDITIONS) and soft / text, each with a paired 95% percentile
+    bootstrap CI over questions. soft / text is null where text scores 0
+    (resamples where it does are left out of the interval)."""
+    def stats(idx):
+        acc = {name: float(correct[key][idx].mean()) for name, key in QA_CONDITIONS.items()}
+        acc["soft_over_text"] = acc["soft"] / acc["text"] if acc["text"] else float("nan")
+        return acc
+
+    size = len(correct["full"])
+    point = stats(np.arange(size))
+    rng = np.random.default_rng(seed)
+    draws = [stats(rng.integers(0, size, size)) for _ in range(n)] if size else []
+    out = {}
+    for k, v in point.items():
+        vals = np.array([d[k] for d in draws])
+        vals = vals[~np.isnan(vals)]
+        ci = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else None
+        out[k] = {"value": None if np.isnan(v) else v, "ci95": ci}
+    return out
+
+
+def control_index(examples, i: int) -> int:
+    """The example whose soft tokens are example i's control: the next one
+    (cyclically) from another document whose context does not hold i's
+    answer."""
+    from .reader import contains
+
+    ex, n = examples[i], len(examples)
+    for j in [(i + k) % n for k in range(1, n)]:
+        if examples[j].meta["doc"] != ex.meta["doc"] and not contains(examples[j].context, ex.answer):
+            return j
+    raise SystemExit("needle QA: the control needs contexts from at least two documents")
+
+
+def greedy_answers(reader, embeds: list, new_tokens: int, batch: int) -> list[str]:
+    """The reader's greedy answers (at most `new_tokens` tokens, decoded
+    without special tokens) to prompts given as [1, length, hidden] input
+    embeddings, `batch` at a time, left-padded under the attention mask
+    (about 3x faster at 8 on 2 cores). In bfloat16 a batch's shape moves
+    the numbers a little, so a few answers differ from one-at-a-time ones
+    (16 dev questions, text and CEs: 27 of 32 answers identical, no score
+    changed); batch 1 computes what Reader.answer and soft_tokens.generate
+    do."""
+    import torch
+
+    out = []
+    for k in range(0, len(embeds), batch):
+        part = embeds[k:k + batch]
+        width = max(e.shape[1] for e in part)
+        x = part[0].new_zeros((len(part), width, part[0].shape[2]))
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for i, e in enumerate(part):
+            x[i, width - e.shape[1]:], mask[i, width - e.shape[1]:] = e[0], 1
+        with torch.inference_mode():
+            got = reader.model.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=new_tokens,
+                                        do_sample=False, pad_token_id=reader.tokenizer.eos_token_id)
+        # With only inputs_embeds, generate returns the new tokens alone.
+        out += [reader.tokenizer.decode(g, skip_special_tokens=True).strip() for g in got]
+    return out
+
+
 def needle_qa(reader, comp, params, docs: dict[str, str], n: int, words: int, seed: int,
-              progress) -> dict:
-    from segpress.soft_tokens import generate
+              progress, *, tokens: tuple[int, int] | None = None, new_tokens: int = 16,
+              batch: int = 1, bootstrap_n: int = 2000) -> dict:
+    """Each question answered by the frozen reader, greedy, at most
+    `new_tokens` tokens, with its fixed prompt and the context given as
+    text (full), as its soft tokens (ce), as the soft tokens of another
+    example's context (control: another document, without this answer), or
+    not at all (none); `batch` prompts at a time (greedy_answers). With
+    `tokens` = (lo, hi), every context is lo..hi reader tokens (tasks.needle
+    draws again until it is)."""
+    import torch
+    from segpress.soft_tokens import inputs_embeds
 
     from .reader import PROMPT, contains
     from .tasks import needle
 
-    rows = []
-    for ex in needle(docs, n, seed, words=words):
-        prompt = PROMPT.replace("{question}", ex.question)
-        answers = {
-            "full": reader.answer(ex.context, ex.question),
-            "ce": generate(_tensor(comp, ex.context, params), reader.model, reader.tokenizer, prompt,
-                           max_new_tokens=reader.max_new_tokens),
-            "none": reader.answer("", ex.question),
-        }
-        rows.append({"id": ex.id, "answer": ex.answer, "context_tokens": reader.count(ex.context),
-                     **{k: {"text": v, "correct": contains(v, ex.answer)} for k, v in answers.items()}})
-        progress(f"needle {len(rows)}/{n}: {ex.answer!r} full={answers['full']!r} ce={answers['ce']!r}")
-    acc = {k: sum(r[k]["correct"] for r in rows) / max(len(rows), 1) for k in ("full", "ce", "none")}
-    return {"accuracy": acc, "examples": len(rows),
-            "mean_context_tokens": statistics.mean(r["context_tokens"] for r in rows) if rows else 0,
-            "rows": rows}
+    t0 = time.time()
+    fits = (lambda text: tokens[0] <= reader.count(text) <= tokens[1]) if tokens else None
+    try:
+        exs = needle(docs, n, seed, words=words, fits=fits)
+    except ValueError as e:
+        raise SystemExit(f"{e}: --needle-tokens {tokens[0]},{tokens[1]} does not suit --needle-words "
+                         f"{words}; change one, or --needle-tokens '' for no bounds") from e
+    soft = [_tensor(comp, ex.context, params) for ex in exs]  # each context compressed once
+    other = [control_index(exs, i) for i in range(len(exs))] if len(exs) > 1 else [None] * len(exs)
+    progress(f"needle: {len(exs)} contexts compressed ({time.time() - t0:.0f} s)")
+    E = reader.model.get_input_embeddings()
+
+    def text(context: str, question: str):
+        ids = reader.tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPT.format(context=context, question=question)}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            return E(ids)
+
+    def rows(i: int, ex):
+        return inputs_embeds(soft[i], reader.model, reader.tokenizer, PROMPT.replace("{question}", ex.question))
+
+    prompts = {"full": [text(ex.context, ex.question) for ex in exs],
+               "ce": [rows(i, ex) for i, ex in enumerate(exs)],
+               "control": [rows(j, ex) for j, ex in zip(other, exs) if j is not None],
+               "none": [text("", ex.question) for ex in exs]}
+    answers = {}
+    for k, embeds in prompts.items():
+        answers[k] = greedy_answers(reader, embeds, new_tokens, batch)
+        progress(f"needle: {k} answered ({time.time() - t0:.0f} s)")
+    out = []
+    for i, ex in enumerate(exs):
+        j = other[i]
+        got = {k: v[i] for k, v in answers.items() if v}
+        out.append({"id": ex.id, "answer": ex.answer, "context_tokens": reader.count(ex.context),
+                    "soft_rows": int(soft[i].shape[0]), "kind": ex.meta["kind"],
+                    "depth": ex.meta["depth"], "doc": ex.meta["doc"],
+                    "control_from": exs[j].id if j is not None else None,
+                    **{k: {"text": v, "correct": contains(v, ex.answer)} for k, v in got.items()}})
+        progress(f"needle {i + 1}/{n}: {ex.answer!r} full={got['full']!r} ce={got['ce']!r} "
+                 f"control={got.get('control')!r}")
+    acc = {k: sum(r[k]["correct"] for r in out) / max(len(out), 1) for k in ("full", "ce", "none")}
+    result = {"accuracy": acc, "examples": len(out),
+              "mean_context_tokens": statistics.mean(r["context_tokens"] for r in out) if out else 0,
+              "rows": out}
+    if len(out) > 1:
+        ctx = [r["context_tokens"] for r in out]
+        result.update({
+            "conditions": qa_bootstrap({k: np.array([r[k]["correct"] for r in out], dtype=float)
+                                        for k in QA_CONDITIONS.values()}, bootstrap_n, seed),
+            "context_tokens": {"min": min(ctx), "max": max(ctx), "bounds": list(tokens) if tokens else None},
+            "mean_soft_rows": float(np.mean([r["soft_rows"] for r in out])),
+            "words": words, "new_tokens": new_tokens, "batch": batch, "seconds": round(time.time() - t0, 1)})
+        result["soft_over_text"] = result["conditions"].pop("soft_over_text")
+    return result
 
 
 # -- 3. prefill -----------------------------------------------------------------------
@@ -247,20 +374,42 @@ def reconstruction(decoder, comp, params, examples: list[dict], n: int, bos_id: 
 
 
 def soft_compressor(name: str, decoder_dir, config, args):
-    """(compressor, its Params for this run, weights path) for `name`."""
+    """(compressor, its Params for this run, weights path) for `name`: the
+    weights of --weights, else of --complm-weights / --arc-weights, else the
+    shipped ones."""
     if name == "arc":
         from compressors.arc import Arc
         from compressors.arc_model import DEFAULT_WEIGHTS
 
-        weights = config.arc_weights or DEFAULT_WEIGHTS
+        weights = args.weights or config.arc_weights or DEFAULT_WEIGHTS
         comp = Arc(decoder_dir, weights, dtype=config.model_dtype)
         return comp, comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor), weights
     from compressors.complm import DEFAULT_WEIGHTS, CompLLM
 
-    weights = config.complm_weights or DEFAULT_WEIGHTS
+    weights = args.weights or config.complm_weights or DEFAULT_WEIGHTS
     comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
     return comp, comp.Params(), weights
 
+
+def token_bounds(text: str) -> tuple[int, int] | None:
+    """--needle-tokens "MIN,MAX" -> (MIN, MAX); "" or "0,0" -> None (no bounds)."""
+    try:
+        bounds = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        bounds = [-1]
+    if not bounds or bounds == [0, 0]:
+        return None
+    if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1]:
+        raise SystemExit(f"--needle-tokens {text!r}: MIN,MAX reader tokens, or '' for no bounds")
+    return bounds[0], bounds[1]
+
+
+def _shown(path) -> str:
+    """`path` relative to the repository when it lies inside it (results
+    name the shipped weights without this machine's directories)."""
+    root = Path(__file__).resolve().parents[2]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
 
 
 def main(args, config) -> int:
@@ -274,6 +423,10 @@ def main(args, config) -> int:
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.qa_only:
+        args.examples, args.prefill, args.reconstructions = 0, "", 0
+    if args.needles is None:
+        args.needles = 100 if args.qa_only else 20
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     decoder_dir = models.ensure_smollm2(config.models_dir)
@@ -283,35 +436,41 @@ def main(args, config) -> int:
     tok = reader.tokenizer
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")
     sources = args.corpus.split(",")
-    test = soft.documents(config.cache_dir, "test", sources)
+    docs = soft.documents(config.cache_dir, args.split, sources)
     t0 = time.time()
 
-    exs = soft.examples(test, tok, args.examples, args.seed, args.context_tokens, args.context_tokens,
-                        args.continuation, comp.max_segment_tokens, uniform_docs=True, stream="complm")
-    losses, rows = continuation_losses(reader.model, comp, params, exs, bos_id)
-    progress(f"continuation losses: {', '.join(f'{k} {v.mean():.3f}' for k, v in losses.items())}")
     result = {
         "command": "segpress " + " ".join(sys.argv[1:]),
-        "weights": str(weights), "weights_fingerprint": comp.fingerprint,
+        "weights": _shown(weights), "weights_fingerprint": comp.fingerprint,
         "decoder": {"id": comp.decoder_id, "fingerprint": comp.decoder_fingerprint,
                     "dtype": reader.dtype},
         "compressor": name, "params": {k: v for k, v in vars(params).items()},
-        "data": {"sources": soft.provenance(sources), "split": "test"},
+        "data": {"sources": soft.provenance(sources), "split": args.split},
         "torch_threads": torch.get_num_threads(),
-        "setup": {"examples": len(exs), "context_tokens": args.context_tokens,
-                  "continuation": args.continuation, "bootstrap": args.bootstrap, "seed": args.seed,
-                  "mean_ce_rows": float(np.mean(rows))},
-        "continuation": bootstrap(losses, args.bootstrap, args.seed),
-        "per_example": {k: v.tolist() for k, v in losses.items()},
     }
+    exs = []
+    if args.examples:
+        exs = soft.examples(docs, tok, args.examples, args.seed, args.context_tokens, args.context_tokens,
+                            args.continuation, comp.max_segment_tokens, uniform_docs=True, stream="complm")
+        losses, rows = continuation_losses(reader.model, comp, params, exs, bos_id)
+        progress(f"continuation losses: {', '.join(f'{k} {v.mean():.3f}' for k, v in losses.items())}")
+        result.update({
+            "setup": {"examples": len(exs), "context_tokens": args.context_tokens,
+                      "continuation": args.continuation, "bootstrap": args.bootstrap, "seed": args.seed,
+                      "mean_ce_rows": float(np.mean(rows))},
+            "continuation": bootstrap(losses, args.bootstrap, args.seed),
+            "per_example": {k: v.tolist() for k, v in losses.items()},
+        })
     if args.needles:
-        result["needle"] = needle_qa(reader, comp, params, test, args.needles, args.needle_words,
-                                     args.seed, progress)
+        result["needle"] = needle_qa(reader, comp, params, docs, args.needles, args.needle_words,
+                                     args.seed, progress, tokens=token_bounds(args.needle_tokens),
+                                     new_tokens=args.qa_new_tokens, batch=args.qa_batch,
+                                     bootstrap_n=args.bootstrap)
     lengths = [int(n) for n in args.prefill.split(",") if n]
     if lengths:
-        result["prefill"] = prefill_times(reader.model, comp, params, tok, test, lengths, args.repeats,
+        result["prefill"] = prefill_times(reader.model, comp, params, tok, docs, lengths, args.repeats,
                                           bos_id, progress)
-    if args.reconstructions and comp.rec_row is not None:
+    if args.reconstructions and exs and comp.rec_row is not None:
         result["reconstruction"] = reconstruction(reader.model, comp, params, exs, args.reconstructions,
                                                   bos_id, progress)
     result["seconds"] = round(time.time() - t0, 1)
@@ -320,35 +479,82 @@ def main(args, config) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(report(result))
+    print(summary(result))
     print(f"wrote {out}")
     return 0
 
 
+def summary(result: dict) -> str:
+    """One line: QA per condition and soft / text, the loss gap and
+    reconstruction beside them (each where measured)."""
+    def ci(v, fmt="{:.2f}"):
+        if v["value"] is None:
+            return "n/a"
+        return fmt.format(v["value"]) + (f" [{fmt.format(v['ci95'][0])}, {fmt.format(v['ci95'][1])}]"
+                                         if v["ci95"] else "")
+
+    p = result["params"]
+    factor = f" x{p['pooling_factor']}" if "pooling_factor" in p else ""
+    parts = [f"{result['compressor']}{factor} {result['data']['split']}"]
+    n = result.get("needle")
+    if n and "conditions" in n:
+        c = n["conditions"]
+        parts.append(f"QA ({n['examples']} q, {n['mean_context_tokens']:.0f} tokens): "
+                     + ", ".join(f"{k} {ci(c[k])}" for k in ("text", "soft", "control", "none"))
+                     + f"; soft/text {ci(n['soft_over_text'])}")
+    elif n:
+        a = n["accuracy"]
+        parts.append(f"QA ({n['examples']} q): text {a['full']:.2f}, soft {a['ce']:.2f}, none {a['none']:.2f}")
+    if "continuation" in result:
+        c = result["continuation"]
+        parts.append(f"gap closed {ci(c['gap_closed'], '{:.3f}')}, control {ci(c['gap_closed_ce_other'], '{:.3f}')}")
+    if "reconstruction" in result:
+        r = result["reconstruction"]
+        parts.append(f"reconstruction {r['token_accuracy']:.1%} (in order {r['in_order_recall']:.1%})")
+    return "summary: " + " | ".join(parts)
+
+
 def report(result: dict) -> str:
     """Markdown tables of a result."""
-    c = result["continuation"]
-    s = result["setup"]
+    lines = []
+    if "continuation" in result:
+        c = result["continuation"]
+        s = result["setup"]
 
-    def ci(k, fmt="{:.3f}"):
-        v = c[k]
-        return f"{fmt.format(v['value'])} [{fmt.format(v['ci95'][0])}, {fmt.format(v['ci95'][1])}]"
+        def ci(k, fmt="{:.3f}"):
+            v = c[k]
+            return f"{fmt.format(v['value'])} [{fmt.format(v['ci95'][0])}, {fmt.format(v['ci95'][1])}]"
 
-    lines = [f"Continuation loss (nats/token) of the frozen decoder, {s['examples']} held-out examples, "
-             f"{s['context_tokens']} context tokens -> {s['mean_ce_rows']:.1f} CEs, {s['continuation']} "
-             "continuation tokens; 95% bootstrap CIs:", "",
-             "| context given | loss | gap closed |", "| --- | --- | --- |",
-             f"| none | {ci('loss_none')} | 0 |",
-             f"| full text | {ci('loss_full')} | 1 |",
-             f"| CEs | {ci('loss_ce')} | {ci('gap_closed')} |",
-             f"| CEs of another essay | {ci('loss_ce_other')} | {ci('gap_closed_ce_other')} |",
-             f"| last tokens, as many as CEs | {ci('loss_truncated')} | {ci('gap_closed_truncated')} |",
-             "", f"none - CEs: {ci('none_minus_ce')}; other essay's CEs - CEs: {ci('ce_other_minus_ce')}; "
-                 f"truncated - CEs: {ci('truncated_minus_ce')}"]
+        lines += [f"Continuation loss (nats/token) of the frozen decoder, {s['examples']} held-out examples "
+                  f"({result['data']['split']} split), {s['context_tokens']} context tokens -> "
+                  f"{s['mean_ce_rows']:.1f} CEs, {s['continuation']} continuation tokens; 95% bootstrap CIs:", "",
+                  "| context given | loss | gap closed |", "| --- | --- | --- |",
+                  f"| none | {ci('loss_none')} | 0 |",
+                  f"| full text | {ci('loss_full')} | 1 |",
+                  f"| CEs | {ci('loss_ce')} | {ci('gap_closed')} |",
+                  f"| CEs of another essay | {ci('loss_ce_other')} | {ci('gap_closed_ce_other')} |",
+                  f"| last tokens, as many as CEs | {ci('loss_truncated')} | {ci('gap_closed_truncated')} |",
+                  "", f"none - CEs: {ci('none_minus_ce')}; other essay's CEs - CEs: {ci('ce_other_minus_ce')}; "
+                      f"truncated - CEs: {ci('truncated_minus_ce')}"]
     if "needle" in result:
         n = result["needle"]
         a = n["accuracy"]
         lines += ["", f"Needle QA ({n['examples']} examples, {n['mean_context_tokens']:.0f} context tokens): "
                   f"full text {a['full']:.0%}, CEs {a['ce']:.0%}, no context {a['none']:.0%}"]
+        if "conditions" in n:
+            def acc(v):
+                lo, hi = v["ci95"] or (float("nan"), float("nan"))
+                return "n/a" if v["value"] is None else f"{v['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+            t = n["context_tokens"]
+            lines += ["", f"QA from soft tokens ({n['examples']} questions, {result['data']['split']} split, "
+                      f"contexts {t['min']}-{t['max']} reader tokens, mean {n['mean_context_tokens']:.0f} -> "
+                      f"{n['mean_soft_rows']:.1f} rows; accuracy, 95% bootstrap CI):", "",
+                      "| context given | accuracy |", "| --- | --- |"]
+            lines += [f"| {label} | {acc(n['conditions'][k])} |" for k, label in (
+                ("text", "text"), ("soft", "its soft tokens"),
+                ("control", "another context's soft tokens (control)"), ("none", "none"))]
+            lines += [f"| soft / text | {acc(n['soft_over_text'])} |"]
     if "reconstruction" in result:
         r = result["reconstruction"]
         lines += ["", f"Reconstruction ({r['segments']} held-out segments, greedy from their rows and "

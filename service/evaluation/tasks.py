@@ -16,6 +16,7 @@ either.
 import dataclasses
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,9 +82,10 @@ def _sentences(text: str) -> list[str]:
     return out[:-1]
 
 
-def _excerpt(rng: random.Random, docs: dict[str, str], words: int) -> list[str]:
+def _excerpt(rng: random.Random, docs: dict[str, str], words: int) -> tuple[str, list[str]]:
     """About `words` words of consecutive sentences from one essay, starting
-    at a sentence; as a sentence list ("\n\n" marks paragraph breaks)."""
+    at a sentence: (the essay's name, the sentence list; "\n\n" marks
+    paragraph breaks)."""
     name = rng.choice(sorted(docs))
     sents = _sentences(docs[name])
     left = np.cumsum([len(s.split()) for s in sents][::-1])[::-1]  # words from each sentence on
@@ -97,7 +99,7 @@ def _excerpt(rng: random.Random, docs: dict[str, str], words: int) -> list[str]:
         n += len(s.split())
     while out and out[-1] == "\n\n":
         out.pop()
-    return out
+    return name, out
 
 
 def _join(sentences: list[str]) -> str:
@@ -107,18 +109,27 @@ def _join(sentences: list[str]) -> str:
     return text
 
 
-def needle(docs: dict[str, str], n: int, seed: int, words: int = 300) -> list[Example]:
-    """`n` needle examples; depths cycle through 0.1, 0.3, 0.5, 0.7, 0.9."""
+def needle(docs: dict[str, str], n: int, seed: int, words: int = 300,
+           fits: Callable[[str], bool] | None = None) -> list[Example]:
+    """`n` needle examples; depths cycle through 0.1, 0.3, 0.5, 0.7, 0.9.
+    With `fits`, an example whose context it refuses is drawn again (new
+    excerpt and fact, same depth and kind); without, every example is drawn
+    once (the same examples as before `fits` existed)."""
     rng = random.Random(f"needle-{seed}")
     out = []
     for i in range(n):
-        sents = _excerpt(rng, docs, words)
-        _, (fact, question, answer) = _fact(rng, KINDS[i % len(KINDS)])
-        depth = [0.1, 0.3, 0.5, 0.7, 0.9][i % 5]
-        at = round(depth * len(sents))
-        sents = sents[:at] + [fact] + sents[at:]
-        out.append(Example(f"needle-{seed}-{i}", "needle", [_join(sents)], question, answer,
-                           {"depth": depth, "kind": KINDS[i % len(KINDS)]}))
+        kind, depth = KINDS[i % len(KINDS)], [0.1, 0.3, 0.5, 0.7, 0.9][i % 5]
+        for _ in range(100):
+            name, sents = _excerpt(rng, docs, words)
+            _, (fact, question, answer) = _fact(rng, kind)
+            at = round(depth * len(sents))
+            context = _join(sents[:at] + [fact] + sents[at:])
+            if fits is None or fits(context):
+                break
+        else:
+            raise ValueError(f"needle: no context of about {words} words fits (100 draws)")
+        out.append(Example(f"needle-{seed}-{i}", "needle", [context], question, answer,
+                           {"depth": depth, "kind": kind, "doc": name}))
     return out
 
 
@@ -149,7 +160,7 @@ def multidoc(docs: dict[str, str], n: int, seed: int, passages: int = 10,
             facts.insert(gold, facts.pop(0))
         texts = []
         for fact, _, _ in facts:
-            sents = _excerpt(rng, docs, words)
+            _, sents = _excerpt(rng, docs, words)
             sents = [s for s in sents if s != "\n\n"]
             at = rng.randint(0, len(sents))
             texts.append(_join(sents[:at] + [fact] + sents[at:]))
