@@ -332,8 +332,6 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
     """Trains one run and writes its weights (files of at most 16 MiB) and
     card to `out`, at every checkpoint and at the end. The checkpoint (with
     the optimizer's state, too big to send back) stays beside the decoder."""
-    import random
-
     import torch
 
     from ..complm_model import load_model as load_complm
@@ -374,13 +372,14 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
 
         encoders = {"ces": model.concept_embeddings}
     else:
+        from .train_arc import drawn_factors, one_factor
+
         def step_loss(step, batch):
-            rng = random.Random(f"factors-{run.seed}-{step}")
-            per_segment = [f for ex in batch for f in [rng.choice(factors)] * len(ex["segments"])]
+            per_segment = drawn_factors(factors, run.seed, step, batch)
             return soft.batch_loss(model, lambda segs: model.rows(segs, per_segment), batch, bos_id, run.bf16,
                                    run.distill)
 
-        encoders = {f"x{f}": (lambda f: lambda segs: model.rows(segs, [f] * len(segs)))(f) for f in factors}
+        encoders = {f"x{f}": one_factor(model, f) for f in factors}
 
     def dev_report() -> dict:
         return soft.dev_report(model, dev, encoders, bos_id, run.bf16)
