@@ -1,39 +1,43 @@
-"""ARC: each segment becomes pooled soft tokens a frozen decoder reads.
+"""arc: each segment becomes pooled soft tokens a frozen decoder reads.
 
 ARC-Encoder (Pilchen, Grave, Perez; kyutai, arXiv 2510.20535) compresses a
 context into x times fewer vectors in a decoder's input-embedding space with
 an encoder made from an LLM, so the unchanged decoder reads them in place of
-the context's token embeddings. Here, scaled to what trains on a CPU:
+the context's token embeddings. Here the encoder is complm's, which already
+puts a segment into rows at x2 (issue 25): its concept embeddings (CEs), one
+per 2 tokens, are averaged over adjacent groups of x / 2 and refined by a
+small projector:
 
-    h   = the decoder's first L-1 blocks over the segment's tokens, with a
-          LoRA and without the causal mask (every token sees every token)
-    q_g = mean of h over group g of x consecutive tokens        (pooling)
-    h_g = block L (with its LoRA) with queries q_g, keys and values from
-          every token of h: one output per group
-    row_g = P2 P1 norm(h_g)          P1, P2: bias-free linear, no activation
+    ce    = complm's CEs of the segment (the decoder + LoRA + head)   [ceil(n / 2), D]
+    m_r   = mean of CEs r*x/2 .. (r+1)*x/2 - 1                        [ceil(n / x), D]
+    z_r   = m_r + b_x                      b_x: a learned row per factor
+    row_r = z_r + W2 gelu(W1 z_r)          W2 starts at zero: untrained, the rows are the averaged CEs
 
-and after each context's rows one learned <Cont> row, which tells the decoder
-to go on from the context (training also learns a <Rec> row, "repeat the
-context", used only there and in the evaluation). The decoder is
-SmolLM2-135M-Instruct, the one complm targets; the encoder starts from its
-own weights. x (ArcParams.pooling_factor) is 4 by default; the weights are
-trained for every factor in ArcConfig.factors at once.
+and after each context's rows one learned <Cont> row (complm's), which
+tells the decoder to go on from the context (training also learns a <Rec>
+row, "repeat the context", used only there and in the evaluation). The
+decoder is SmolLM2-135M-Instruct. x (ArcParams.pooling_factor) is 4 by
+default; one set of weights serves every factor in ArcConfig.factors (2, 4
+and 8 for the shipped ones), trained on mixed factors at once (ARC's
+appendix: a model trained at one factor and fine-tuned to another
+generalises badly).
 
 Choices where ARC leaves details open (or where we differ):
-- Segments of at most 128 tokens, cut by the shared segmenter and compressed
-  one by one (ARC compresses a whole context), so every segment's rows are
-  cached and reused in any context.
-- L = 6 blocks (ARC drops only the decoder's last 2 of 32; GMSA arXiv
-  2505.12215 finds few encoder layers converge faster), and a LoRA of rank
-  64 on every linear layer of them (ARC: rank 128 within 0.6 points of full
-  training). Measured here (docs/soft-tokens.md): all but the last 2 blocks
-  (28) cost twice as much per step and were no better; the 6 blocks trained
-  in full (`--rank 0`) matched the LoRA at 5 times the file size.
-- The cache holds every factor's rows of a segment in one value (the first
-  L-1 blocks are shared, so the extra factors cost one block each), so
-  a request at another factor is still all cache hits.
+- Segments of at most 40 tokens (ArcConfig.segment_tokens; complm's own
+  are 20), cut by the shared segmenter and compressed one by one (ARC
+  compresses a whole context), so every segment's rows are cached and
+  reused in any context.
+- Pooling averages complm's CEs instead of pooling queries inside the
+  encoder's last block: the CEs already carry the text, and the average is
+  a free baseline that training starts from.
+- The cache holds every factor's rows of a segment in one value: the CEs
+  are made once per segment (one encoder pass) and pooled for each factor,
+  so a request at another factor is still all cache hits.
+- The server folds complm's LoRA into the layers it adapts (one matmul
+  each); it never reads the rows with that decoder.
 
-Training: compressors/training/train_arc.py. The math: compressors/arc_model.py.
+Training: compressors/training/train_arc.py (CPU) and
+compressors/training/device.py (GPU). The math: compressors/arc_model.py.
 """
 
 from dataclasses import dataclass
@@ -44,8 +48,9 @@ import torch
 from segpress.v1 import segpress_pb2 as pb
 
 from .arc_model import DEFAULT_WEIGHTS, load_model
-from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
-                   check_decoder, check_output_dtype, check_rows, render_rows, soft_identity, task_row)
+from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment, check_decoder,
+                   check_output_dtype, check_rows, length_sorted_batches, render_rows, soft_identity,
+                   task_row)
 from .complm import OUTPUT_DTYPES
 from .models import SMOLLM2, resolve_dtype
 from .segmenter import count_tokens, segment_text
@@ -87,10 +92,14 @@ class Arc:
                  device: str = "cpu", batch_size: int = 32, dtype: str = "float32"):
         self.dtype = resolve_dtype(dtype, device)
         # The server only compresses (the caller's decoder reads the rows),
-        # so the LoRA is folded into the layers it adapts: one matmul each.
+        # so complm's LoRA is folded into the layers it adapts: one matmul each.
         self.model, self.tokenizer = load_model(decoder_dir, weights, self.dtype, device, fold=True)
         self.config = self.model.config
+        # Every factor the weights were trained for is served (Info lists them).
         self.pooling_factors = self.config.factors
+        if DEFAULT_FACTOR not in self.pooling_factors:
+            raise ValueError(f"arc weights {weights} serve pooling factors {self.pooling_factors}, "
+                             f"not the default {DEFAULT_FACTOR}")
         self.batch_size = batch_size
         self.max_segment_tokens = self.config.segment_tokens
         self.hidden_size = self.model.decoder.config.hidden_size
@@ -100,6 +109,9 @@ class Arc:
         self.cache_id = f"{self.fingerprint}:{self.dtype}"
         # The <Cont> row every context ends with, float32 [1, hidden].
         self.cont_row = task_row(self.model, "cont")
+        if self.cont_row is None:
+            raise ValueError(f"arc weights {weights} have no <Cont> row: they were made from complm "
+                             "weights trained without task rows; train arc from the shipped complm weights")
         # The <Rec> row (repeat the context): training and evaluation only.
         self.rec_row = task_row(self.model, "rec")
 
@@ -123,8 +135,8 @@ class Arc:
         return count_tokens(text, self.tokenizer, stop_after)
 
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
-        """For every trained factor x, "x<x>": float32 [ceil(tokens / x),
-        hidden], finite: the rows encode makes of this segment's text."""
+        """For every factor x of the weights, "x<x>": float32 [ceil(tokens /
+        x), hidden], finite: the rows encode makes of this segment's text."""
         n = len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"])
         return set(encoded) == {rows_name(f) for f in self.pooling_factors} and all(
             check_rows({rows_name(f): encoded[rows_name(f)]}, rows_name(f), self.model.n_rows(n, f),
@@ -133,15 +145,14 @@ class Arc:
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> list[Encoded]:
-        """Per segment, for every trained factor x: "x<x>" float32
-        [ceil(tokens / x), hidden]."""
+        """Per segment, for every factor x of the weights: "x<x>" float32
+        [ceil(tokens / x), hidden], all from one encoder pass."""
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         out: list[Encoded] = [{} for _ in ids]
-        for b in range(0, len(ids), self.batch_size):
-            rows = self.model.rows(ids[b : b + self.batch_size])
-            for f, per_segment in rows.items():
-                for i, r in enumerate(per_segment):
-                    out[b + i][rows_name(f)] = r.float().cpu().numpy()
+        for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
+            for f, per_segment in self.model.rows_every_factor([ids[i] for i in batch]).items():
+                for i, r in zip(batch, per_segment):
+                    out[i][rows_name(f)] = r.float().cpu().numpy()
         return out
 
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:

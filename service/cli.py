@@ -80,12 +80,11 @@ def main(argv: list[str] | None = None) -> int:
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
               ("rank", int), ("mlp", int), ("start", str), ("dev-examples", int), ("checkpoint-every", int),
               ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int))),
-            ("arc", "the arc encoder's LoRA (or, with --rank 0, its blocks), projector and task embeddings",
+            ("arc", "arc: complm's LoRA, head and task rows, the per-factor rows and the projector",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
-              ("layers", int), ("rank", int), ("factors", str), ("start", str), ("causal", int), ("dev-examples", int),
-              ("checkpoint-every", int), ("corpus", str), ("stop-after", int), ("init-from", str),
-              ("warmup", int)))):
+              ("distill", float), ("factors", str), ("dev-examples", int), ("checkpoint-every", int),
+              ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int)))):
         p = train_models.add_parser(name, help=f"{about} (defaults: compressors/training/train_{name}.py TrainConfig)")
         for flag, kind in flags:
             p.add_argument("--" + flag, type=kind)

@@ -50,7 +50,7 @@ class Config:
     complm_weights: str = field(default="", metadata={
         "help": "complm LoRA + head (safetensors from segpress train complm); empty: the shipped ones"})
     arc_weights: str = field(default="", metadata={
-        "help": "arc LoRA + projector (safetensors from segpress train arc); empty: the shipped ones"})
+        "help": "arc weights (safetensors from segpress train arc); empty: the shipped ones"})
     selection: bool = field(default=True, metadata={
         "help": "query-aware selection for requests with a query (loads a sentence "
                 "embedding model); false refuses queries"})

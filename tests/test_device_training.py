@@ -1,7 +1,7 @@
 """The GPU training path (compressors/training/device.py), run for real on the
 CPU with a tiny configuration: staging in transfers with sha256 checks, the
 decoder rebuilt from its staged GGUF parts and checked tensor by tensor,
-complm and the pooled arc trained side by side, weights returned in files of
+complm and arc trained side by side, weights returned in files of
 at most 16 MiB and joined back into the format the models load."""
 
 import json
@@ -84,7 +84,7 @@ def test_shard_examples_are_the_servers_segments_and_the_text_after_them(decoder
 
 def test_tiny_run_trains_both_and_the_weights_join_and_load(staged, tmp_path, decoder_dir):
     from compressors.complm_model import load_model as load_complm
-    from compressors.pooled_model import load_model as load_pooled
+    from compressors.arc_model import load_model as load_arc
 
     out, work = tmp_path / "out", tmp_path / "work"
     tiny = ["steps=2", "batch_size=1", "checkpoint_every=1", "ctx_min=20", "ctx_max=30", "continuation=4",
@@ -102,7 +102,7 @@ def test_tiny_run_trains_both_and_the_weights_join_and_load(staged, tmp_path, de
     device.join(out / "complm", complm_file, decoder_dir)
     device.join(out / "arc", arc_file, decoder_dir)
     complm, tok = load_complm(decoder_dir, complm_file)
-    arc, _ = load_pooled(decoder_dir, arc_file)
+    arc, _ = load_arc(decoder_dir, arc_file)
     seg = tok("The river rose all night and the town woke to water.", add_special_tokens=False)["input_ids"]
     assert complm.concept_embeddings([seg])[0].shape == (complm.slots(len(seg)), 576)
     for f in (2, 4, 8):

@@ -9,7 +9,7 @@ git), in transfers that each fit beside the tree:
                      its config and tokenizer files; the sha256 of every
                      tensor it must convert to
     the text         the training split pre-tokenized (shards.py): one shard
-                     per segment length (complm: 20 tokens, pooled arc: 40),
+                     per segment length (complm: 20 tokens, arc: 40),
                      and the dev examples the CPU runs score
     the start        complm's shipped weights (complm continues from them,
                      arc starts from them), or weights of an earlier run
@@ -17,7 +17,7 @@ git), in transfers that each fit beside the tree:
     the gguf wheel   the GGUF reader transformers needs (pure Python)
 
 Every file is listed with its sha256 in its transfer's `sums.json`; nothing
-unchecked is used. Then one driver command trains complm and the pooled arc
+unchecked is used. Then one driver command trains complm and arc
 side by side on the GPU for a fixed number of minutes (each run fits its
 schedule to the time), checkpointing as it goes, and writes each run's
 weights in files of at most 16 MiB with a card beside them; `join` puts
@@ -308,7 +308,7 @@ class _joined:
 class RunConfig:
     """One device run of a soft compressor (the flags of `device train`)."""
 
-    compressor: str = "complm"  # "complm" (continues from the staged weights) or "arc" (pooled, starts from them)
+    compressor: str = "complm"  # "complm" (continues from the staged weights) or "arc" (starts from them)
     steps: int = 100_000  # at most; `minutes` fits the schedule to the time
     batch_size: int = 64
     lr: float = 3e-4
@@ -331,8 +331,6 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
     """Trains one run and writes its weights (files of at most 16 MiB) and
     card to `out`, at every checkpoint and at the end. The checkpoint (with
     the optimizer's state, too big to send back) stays beside the decoder."""
-    import random
-
     import torch
 
     from ..complm_model import load_model as load_complm
@@ -343,12 +341,12 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
     if run.compressor == "complm":
         model, tok = load_complm(decoder_dir, files / init["complm"]["file"])
     else:  # the staged arc weights, else a fresh start from complm's
-        from ..pooled_model import PooledConfig, load_model as load_pooled
+        from ..arc_model import ArcConfig, load_model as load_arc
 
         if "arc" in init:
-            model, tok = load_pooled(decoder_dir, files / init["arc"]["file"])
+            model, tok = load_arc(decoder_dir, files / init["arc"]["file"])
         else:
-            model, tok = load_pooled(decoder_dir, None, config=PooledConfig(
+            model, tok = load_arc(decoder_dir, None, config=ArcConfig(
                 factors=tuple(int(f) for f in run.factors.split(",")), segment_tokens=SEGMENTS["arc"]),
                 complm_weights=files / init["complm"]["file"])
         factors = model.config.factors
@@ -373,13 +371,14 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
 
         encoders = {"ces": model.concept_embeddings}
     else:
+        from .train_arc import drawn_factors, one_factor
+
         def step_loss(step, batch):
-            rng = random.Random(f"factors-{run.seed}-{step}")
-            per_segment = [f for ex in batch for f in [rng.choice(factors)] * len(ex["segments"])]
+            per_segment = drawn_factors(factors, run.seed, step, batch)
             return soft.batch_loss(model, lambda segs: model.rows(segs, per_segment), batch, bos_id, run.bf16,
                                    run.distill)
 
-        encoders = {f"x{f}": (lambda f: lambda segs: model.rows(segs, [f] * len(segs)))(f) for f in factors}
+        encoders = {f"x{f}": one_factor(model, f) for f in factors}
 
     def dev_report() -> dict:
         return soft.dev_report(model, dev, encoders, bos_id, run.bf16)
@@ -504,7 +503,7 @@ def main(argv=None) -> int:
     p.add_argument("--xz-preset", type=int, default=6)
     p.add_argument("--complm-weights", type=Path, default=None,
                    help="complm's start (default: the shipped weights); arc starts from it too without --arc-weights")
-    p.add_argument("--arc-weights", type=Path, default=None, help="pooled arc weights to continue from")
+    p.add_argument("--arc-weights", type=Path, default=None, help="arc weights to continue from")
     p.add_argument("--no-wheel", action="store_true", help="leave out the gguf wheel (a machine that has gguf)")
     p = sub.add_parser("plan", help="here: the device calls for a stage")
     p.add_argument("--stage", type=Path, default=STAGE)

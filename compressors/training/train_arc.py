@@ -1,25 +1,32 @@
-"""`segpress train arc`: teaches the ARC encoder (LoRA, projector, task
-embeddings) to write rows the frozen SmolLM2 decoder reads as its context.
+"""`segpress train arc`: teaches arc (complm's CEs pooled, compressors/
+arc_model.py) to write rows the frozen SmolLM2 decoder reads as its context.
 
-Examples come from compressors/training/soft.py: a stretch of a training
-document, its segments (the server's segmenter, at most
-ArcConfig.segment_tokens tokens each) and a task, reconstruction with
-probability `rec_share` (ARC's best mix: 20%), else continuation:
+The start is complm's shipped weights with the pooling parts untrained (the
+rows are then the averaged CEs), or with `--init-from` arc weights to
+continue. Everything trains: complm's LoRA, head and task rows, the
+per-factor rows and the projector. Examples come from
+compressors/training/soft.py: a stretch of a training document, its
+segments (the server's segmenter, at most ArcConfig.segment_tokens tokens
+each) and a task, reconstruction with probability `rec_share`, else
+continuation:
 
-    rows  = concat over segments of ArcModel.rows(segment)[x]   x: this step's factor
+    rows  = concat over segments of ArcModel.rows(segment, x)   x: drawn per example
     loss  = CE(decoder([eot, rows, <task>, targets]) on targets)
+            (+ distill * KL(full-text teacher || rows) on continuation targets)
             targets: the next `continuation` tokens (cont) or the context (rec)
 
-The pooling factor alternates between the configured factors step by step,
-so one set of weights serves every factor. The decoder passes run in
-bfloat16 autocast, the trained tensors in float32. Checkpoints
+Each example of a step gets its own factor, drawn from the weights' factors
+(fixed by the seed and the step, as the GPU driver does), so one set of
+weights serves every factor (ARC's appendix: mixing factors generalises,
+fine-tuning from one factor to another does not). The decoder passes run
+in bfloat16 autocast, the trained tensors in float32. Checkpoints
 (`<out>.ckpt`) every `checkpoint_every` steps; a run started again with the
 same flags resumes from the last one. The result (float16) and a JSON card
-(command, data, config, loss history, dev numbers) go to `--out`.
+(command, data, config, loss history, dev numbers per factor) go to `--out`.
 """
 
 import hashlib
-import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import torch
 
 from .. import models
 from ..arc_model import DEFAULT_WEIGHTS, ArcConfig, ArcModel, load_model
+from ..complm_model import DEFAULT_WEIGHTS as COMPLM_WEIGHTS
 from . import soft
 
 
@@ -35,58 +43,69 @@ class TrainConfig:
     seed: int = 0
     steps: int = 300
     batch_size: int = 8  # examples per step
-    lr: float = 1e-3
+    lr: float = 5e-4
     warmup: int = 30
-    ctx_min: int = 32  # context tokens of an example
-    ctx_max: int = 128
+    ctx_min: int = 40  # context tokens of an example
+    ctx_max: int = 120
     continuation: int = 32  # tokens the continuation loss is on
-    rec_share: float = 0.2  # share of reconstruction examples
-    layers: int = 6  # encoder depth (the decoder's first blocks)
-    rank: int = 64  # LoRA rank; 0: train the encoder's blocks in full
-    factors: str = "4,8"  # pooling factors, alternated step by step
-    start: str = "identity"  # "identity" or "mean": what the rows are before training (ArcConfig.start)
-    causal: int = 0  # 1: keep the causal mask in the encoder (ArcConfig.causal)
+    rec_share: float = 0.5  # share of reconstruction examples
+    distill: float = 0.0  # weight of the KL to the full-text teacher (soft.batch_loss); 0: off
+    factors: str = "2,4,8"  # pooling factors of fresh weights, one drawn per example
     bf16: bool = True  # decoder passes in bfloat16 autocast
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after
     checkpoint_every: int = 25
     corpus: str = "essays,prose"  # text sources (compressors/training/soft.py)
     stop_after: int = 0  # stop at a checkpoint after this step, to resume later; 0: run to the end
-    init_from: str = ""  # start from these trained weights (their layers, rank, factors) instead of fresh ones
+    init_from: str = ""  # continue these arc weights (their factors) instead of starting from complm's
 
 
-def encoder(model: ArcModel, factor: int, batch_width: bool = False) -> soft.Encode:
-    """The rows of segments at pooling `factor`. With `batch_width`, padded
-    only to the batch's longest segment (training: the same rows up to
-    rounding, less work on short segments) instead of the served width."""
-    width = math.lcm(*model.config.factors) if batch_width else None
-    return lambda segments: model.rows(segments, (factor,), width)[factor]
+def drawn_factors(factors: tuple[int, ...], seed: int, step: int, batch: list[dict]) -> list[int]:
+    """A factor per segment of `batch`: one drawn from `factors` for each
+    example (all its segments), fixed by `seed` and `step`."""
+    rng = random.Random(f"factors-{seed}-{step}")
+    return [f for ex in batch for f in [rng.choice(factors)] * len(ex["segments"])]
+
+
+def one_factor(model: ArcModel, factor: int) -> soft.Encode:
+    """The rows of segments at pooling `factor`."""
+    return lambda segments: model.rows(segments, [factor] * len(segments))
+
+
+def start(decoder_dir: Path, cfg: TrainConfig) -> tuple[ArcModel, object, dict]:
+    """(model, tokenizer, the card's `init`): the arc weights of
+    `cfg.init_from`, or complm's shipped weights with untrained pooling."""
+    if cfg.init_from:
+        path = Path(cfg.init_from)
+        model, tok = load_model(decoder_dir, path)
+        init = {"arc_weights": path.name}
+    else:
+        path = COMPLM_WEIGHTS
+        config = ArcConfig(factors=tuple(int(f) for f in cfg.factors.split(",")))
+        model, tok = load_model(decoder_dir, None, config=config, complm_weights=path)
+        init = {"complm_weights": str(path.relative_to(models.WEIGHTS_DIR.parent.parent))}
+    init["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return model, tok, init
 
 
 def train(cache_dir: str, cfg: TrainConfig, out: Path):
     torch.manual_seed(cfg.seed)
     decoder_dir = models.ensure_smollm2(Path(cache_dir) / "models")
-    if cfg.init_from:
-        model, tok = load_model(decoder_dir, cfg.init_from)
-    else:
-        arc = ArcConfig(layers=cfg.layers, factors=tuple(int(f) for f in cfg.factors.split(",")),
-                        rank=cfg.rank, alpha=2.0 * cfg.rank, start=cfg.start,
-                        causal=bool(cfg.causal))
-        model, tok = load_model(decoder_dir, None, config=arc)
-    factors = model.config.factors
+    model, tok, init = start(decoder_dir, cfg)
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     data, dev = soft.train_and_dev(cache_dir, tok, cfg, model.config.segment_tokens)
 
     def step_loss(step: int, batch: list[dict]):
-        factor = factors[step % len(factors)]  # alternate, so one set of weights serves every factor
-        return soft.batch_loss(model, encoder(model, factor, batch_width=True), batch, bos_id, cfg.bf16)
+        factors = drawn_factors(model.config.factors, cfg.seed, step, batch)
+        return soft.batch_loss(model, lambda segments: model.rows(segments, factors), batch, bos_id, cfg.bf16,
+                               cfg.distill)
 
     def dev_report() -> dict:
-        return soft.dev_report(model, dev, {f"x{f}": encoder(model, f) for f in factors}, bos_id, cfg.bf16)
+        return soft.dev_report(model, dev, {f"x{f}": one_factor(model, f) for f in model.config.factors},
+                               bos_id, cfg.bf16)
 
     finished, record = soft.train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
                                        out.with_suffix(".ckpt"))
-    if cfg.init_from:  # the card of the weights this run continues is in git history
-        record["init_from_sha256"] = hashlib.sha256(Path(cfg.init_from).read_bytes()).hexdigest()
+    record["init"] = init  # by file name and sha256: the weights' own card is in git history
     return finished, model, record, decoder_dir
 
 
