@@ -134,6 +134,14 @@ class Arc:
     def count_tokens(self, text: str, stop_after: int) -> int:
         return count_tokens(text, self.tokenizer, stop_after)
 
+    def rows(self, segment: Segment, params: Params) -> int:
+        """Rows of `segment` at the request's pooling factor."""
+        n = len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"])
+        return self.model.n_rows(n, params.pooling_factor)
+
+    def end_rows(self) -> int:
+        return 1  # <Cont>
+
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
         """For every factor x of the weights, "x<x>": float32 [ceil(tokens /
         x), hidden], finite: the rows encode makes of this segment's text."""

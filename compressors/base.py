@@ -171,6 +171,13 @@ class SoftCompressor(Compressor, Protocol):
     decoder_fingerprint: str   # sha256 of that decoder's weights
     hidden_size: int           # the decoder's input-embedding width (columns)
 
+    def rows(self, segment: Segment, params) -> int:
+        """The rows render gives `segment` with `params` (without a context's
+        closing task row), known from its tokens before anything is encoded."""
+
+    def end_rows(self) -> int:
+        """Rows a context with segments ends with (a <Cont> row: 1; else 0)."""
+
 
 # -- shared by the compressors ----------------------------------------------------
 

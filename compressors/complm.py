@@ -118,6 +118,13 @@ class CompLLM:
     def count_tokens(self, text: str, stop_after: int) -> int:
         return count_tokens(text, self.tokenizer, stop_after)
 
+    def rows(self, segment: Segment, params: Params) -> int:
+        """CEs of `segment`: ceil(tokens / C)."""
+        return self.model.slots(len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"]))
+
+    def end_rows(self) -> int:
+        return 0 if self.cont_row is None else 1
+
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
         """{"ces": float32 [ceil(tokens / C), hidden]}, finite: the rows
         encode makes of this segment's text."""

@@ -132,6 +132,7 @@ class Pipeline:
             await self.segment(flow)
             await self.lookup(flow)
             await self.select(flow)
+            await self.check_rows(flow)
             await self.encode_misses(flow, [k for ks in flow.keys for k in ks])
             await self.store_new(flow)
         finally:
@@ -384,6 +385,24 @@ class Pipeline:
             flow.keys = [[k for k, m in zip(ks, ms) if m] for ks, ms in zip(flow.keys, keep)]
             flow.chosen = [[s for s, m in zip(ss, ms) if m] for ss, ms in zip(flow.chosen, keep)]
 
+    async def check_rows(self, flow: Flow) -> None:
+        """A soft compressor's response size is known from its segments'
+        tokens: a response over max_message_bytes is refused before any
+        model time is spent on it, not after."""
+        comp = flow.compressor
+        if comp.output != "tensor":
+            return
+
+        def count() -> int:
+            return sum(sum(comp.rows(s, flow.params) for s in segs) + (comp.end_rows() if segs else 0)
+                       for segs in flow.chosen)
+
+        rows = await asyncio.get_running_loop().run_in_executor(self.cpu_pool, count)
+        dtype = flow.params.output_dtype
+        size = rows * comp.hidden_size * TENSOR_ITEMSIZE[dtype] + STATS_HEADROOM
+        if size > self.config.max_message_bytes:
+            raise _too_big(comp, rows, dtype, size, self.config.max_message_bytes)
+
     async def render(self, flow: Flow) -> None:
         """The compressor's render, with the request's parameters; with a
         selection, of the selected segments, within its sentences and budgets."""
@@ -509,15 +528,19 @@ def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, ma
     # here with a message that says what to change rather than fail the send.
     size = resp.ByteSize() + STATS_HEADROOM
     if size > max_bytes:
-        rows, hidden = t.shape
-        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"the response would hold {rows} rows of {hidden} {dtype}, about "
-                           f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
-                           "fewer or shorter contexts per request, or ask for "
-                           f"{compressor.name}.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
+        raise _too_big(compressor, t.shape[0], dtype, size, max_bytes)
+
+
+def _too_big(compressor, rows: int, dtype: str, size: int, max_bytes: int) -> RequestError:
+    return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the response would hold {rows} rows of {compressor.hidden_size} {dtype}, about "
+                        f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
+                        "fewer or shorter contexts per request, or ask for "
+                        f"{compressor.name}.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
 
 
 STATS_HEADROOM = 1024  # bytes for CompressResponse.stats, filled in after the tensor
+TENSOR_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}  # bytes per element on the wire
 
 
 def _record(stats: pb.Stats) -> None:

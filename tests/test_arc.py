@@ -155,6 +155,9 @@ def test_render_ends_each_context_with_the_cont_row(arc):
             assert np.array_equal(r.tensor[:-1], np.concatenate(rows))
             assert np.array_equal(r.tensor[-1], cont)
             assert r.compressed_tokens == len(r.tensor) == sum(r.segment_rows)
+            # what the pipeline checks the response size by, before encoding
+            params = arc.Params(pooling_factor=factor)
+            assert sum(arc.rows(s, params) for s in p.segments) + arc.end_rows() == len(r.tensor)
         lengths.append(len(out[0].tensor))
     assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
 

@@ -87,6 +87,7 @@ def test_encode_and_render(complm):
     assert r.tensor.shape == (sum(len(e["ces"]) for e in enc) + 1, hidden)
     assert r.segment_rows == [len(e["ces"]) for e in enc[:-1]] + [len(enc[-1]["ces"]) + 1]
     assert r.compressed_tokens == len(r.tensor) and r.original_tokens == sum(s.n_tokens for s in segs)
+    assert sum(complm.rows(s, complm.Params()) for s in segs) + complm.end_rows() == len(r.tensor)
     assert np.array_equal(r.tensor[r.segment_rows[0]:],
                           np.concatenate([e["ces"] for e in enc[1:]] + [complm.cont_row]))
 
@@ -198,6 +199,31 @@ def test_output_dtypes(client):
     assert bf16.dtype == pb.DTYPE_BFLOAT16 and bf16.data == from_numpy(f32, "bfloat16").data
     assert str(to_torch(bf16).dtype) == "torch.bfloat16"
     assert np.abs(to_numpy(bf16) - f32).max() <= np.abs(f32).max() / 128
+
+
+@pytest.mark.slow  # its own server, with a small message limit
+def test_a_response_over_the_message_limit_is_refused_before_encoding(redis_proc):
+    """The rows a response would hold are known from the segments' tokens:
+    over max_message_bytes is RESOURCE_EXHAUSTED before any CE is made (the
+    issue: 155 s of model time, then the refusal). Nothing was encoded or
+    stored: the same text in bfloat16, which fits, is all cache misses."""
+    from segpress import SegpressClient, SegpressError
+
+    text = " ".join(f"Ship {i} passed the island at dawn." for i in range(25))  # ~240 tokens, ~120 CEs
+    srv = ServerProcess({"SEGPRESS_REDIS_URL": redis_proc.url, "SEGPRESS_CACHE_DIR": Config().cache_dir,
+                         "SEGPRESS_COMPRESSORS": "complm", "SEGPRESS_MAX_MESSAGE_BYTES": str(200_000)})
+    try:
+        with SegpressClient(srv.target, timeout_s=120) as c:
+            with pytest.raises(SegpressError) as e:  # float32: ~121 rows x 576 x 4 B = 279 kB
+                c.compress([text], compressor="complm", namespace="rows-before-encoding")
+            assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_message_bytes=200000" in e.value.details and "DTYPE_BFLOAT16" in e.value.details
+            resp = c.compress([text], compressor="complm", output_dtype="bfloat16",
+                              namespace="rows-before-encoding")
+            assert resp.stats.cache_hits == 0 and resp.stats.cache_misses == resp.stats.segments > 0
+            assert 100 < resp.tensor.shape[0] and resp.tensor.shape[0] * 576 * 4 > 200_000
+    finally:
+        srv.stop()
 
 
 def test_wrong_decoder_is_invalid_argument(client, complm):
