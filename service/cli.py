@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
               ("rank", int), ("mlp", int), ("start", str), ("dev-examples", int), ("checkpoint-every", int),
-              ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int))),
+              ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int), ("distill", float))),
             ("arc", "arc: complm's LoRA, head and task rows, the per-factor rows and the projector",
              (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
               ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),

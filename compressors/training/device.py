@@ -337,6 +337,8 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
     from . import shards, soft
 
     torch.manual_seed(run.seed)
+    if device == "cpu":  # two runs side by side: each its share of the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     init = manifest["init"]
     if run.compressor == "complm":
         model, tok = load_complm(decoder_dir, files / init["complm"]["file"])

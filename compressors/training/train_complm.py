@@ -56,6 +56,7 @@ class TrainConfig:
     corpus: str = "essays,prose"  # text sources (compressors/training/soft.py)
     stop_after: int = 0  # stop at a checkpoint after this step, to resume later; 0: run to the end
     init_from: str = ""  # start from these trained weights (their rank and targets) instead of fresh ones
+    distill: float = 0.0  # weight of the KL to the full-text teacher on continuation tokens (soft.batch_loss)
 
 
 def train(cache_dir: str, cfg: TrainConfig, out: Path):
@@ -71,7 +72,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     data, dev = soft.train_and_dev(cache_dir, tok, cfg, model.config.segment_tokens)
 
     def step_loss(step: int, batch: list[dict]):
-        return soft.batch_loss(model, model.concept_embeddings, batch, bos_id, cfg.bf16)
+        return soft.batch_loss(model, model.concept_embeddings, batch, bos_id, cfg.bf16, cfg.distill)
 
     def dev_report() -> dict:
         return soft.dev_report(model, dev, {"ces": model.concept_embeddings}, bos_id, cfg.bf16)
