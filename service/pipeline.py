@@ -401,7 +401,7 @@ class Pipeline:
         dtype = flow.params.output_dtype
         size = rows * comp.hidden_size * TENSOR_ITEMSIZE[dtype] + STATS_HEADROOM
         if size > self.config.max_message_bytes:
-            raise _too_big(comp, rows, dtype, size, self.config.max_message_bytes)
+            raise _too_big(comp.name, rows, comp.hidden_size, dtype, size, self.config.max_message_bytes)
 
     async def render(self, flow: Flow) -> None:
         """The compressor's render, with the request's parameters; with a
@@ -528,15 +528,15 @@ def _put_tensors(resp: pb.CompressResponse, rendered, compressor, dtype: str, ma
     # here with a message that says what to change rather than fail the send.
     size = resp.ByteSize() + STATS_HEADROOM
     if size > max_bytes:
-        raise _too_big(compressor, t.shape[0], dtype, size, max_bytes)
+        raise _too_big(compressor.name, *t.shape, dtype, size, max_bytes)
 
 
-def _too_big(compressor, rows: int, dtype: str, size: int, max_bytes: int) -> RequestError:
+def _too_big(name: str, rows: int, hidden: int, dtype: str, size: int, max_bytes: int) -> RequestError:
     return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"the response would hold {rows} rows of {compressor.hidden_size} {dtype}, about "
+                        f"the response would hold {rows} rows of {hidden} {dtype}, about "
                         f"{size} bytes; the limit is max_message_bytes={max_bytes}: send "
                         "fewer or shorter contexts per request, or ask for "
-                        f"{compressor.name}.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
+                        f"{name}.output_dtype DTYPE_FLOAT16/DTYPE_BFLOAT16")
 
 
 STATS_HEADROOM = 1024  # bytes for CompressResponse.stats, filled in after the tensor
