@@ -6,6 +6,8 @@
     select          with a query: the missing sentence embeddings, then the most
                     relevant sentences of every context, from the embeddings and
                     BM25 (compressors/relevance.py); without one, everything
+    check rows      soft compressors: the response's size from the selected
+                    segments' tokens, refused before encoding when over the limit
     encode misses   the compressor's missing values of the selected segments, one
                     model pass shared by concurrent requests for the same segment
                     (single flight, micro-batched)
