@@ -77,7 +77,7 @@ def enabled(config) -> list[str]:
     names = [n.strip() for n in config.compressors.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or not names:
-        raise SystemExit(f"--compressors {config.compressors!r}: name one or more of {', '.join(REGISTRY)}")
+        raise ValueError(f"--compressors {config.compressors!r}: name one or more of {', '.join(REGISTRY)}")
     return names
 
 

@@ -45,6 +45,7 @@ class Config:
         "help": "LLMLingua-2 checkpoint directory or hub id; empty builds the default "
                 "under --cache-dir/models"})
     compressors: str = field(default="llmlingua2", metadata={
+        "list_of": ("llmlingua2", "complm", "arc"),  # compressors/registry.py's names (a test checks)
         "help": "comma list of compressors to load: llmlingua2, complm, arc (complm and arc "
                 "build SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
     complm_weights: str = field(default="", metadata={
@@ -166,8 +167,15 @@ def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
 def parse(f, raw: str):
     """The value of setting `f` written as `raw`, or ValueError saying what
     it accepts: booleans only true/false/1/0/yes/no, a setting with choices
-    only one of them (any case), numbers as numbers."""
+    only one of them (any case), a list only of its names, numbers as
+    numbers."""
     kind = type(_default(f))
+    names = f.metadata.get("list_of")
+    if names:
+        items = [n.strip().lower() for n in raw.split(",") if n.strip()]
+        if not items or any(n not in names for n in items):
+            raise ValueError(f"expected a comma list of {', '.join(names)}")
+        return ",".join(items)
     if kind is bool:
         word = raw.strip().lower()
         if word not in _BOOLS:

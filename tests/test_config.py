@@ -40,6 +40,16 @@ def test_choices_are_checked_and_normalised():
         cfg.from_args(env={"SEGPRESS_MAX_QUEUE": "lots"})
 
 
+def test_compressors_is_a_list_of_registered_names():
+    from compressors.registry import REGISTRY
+
+    assert field("compressors").metadata["list_of"] == tuple(REGISTRY)
+    assert cfg.from_args(env={"SEGPRESS_COMPRESSORS": " complm, ARC "}).compressors == "complm,arc"
+    for raw in ("complm,foo", "", ",", "arc;complm"):
+        with pytest.raises(cfg.ConfigError, match="expected a comma list of llmlingua2, complm, arc"):
+            cfg.from_args(env={"SEGPRESS_COMPRESSORS": raw})
+
+
 def test_the_choices_are_what_the_engines_take():
     from compressors import llmlingua2, relevance
 
@@ -54,6 +64,8 @@ def test_the_choices_are_what_the_engines_take():
     (["serve"], {"SEGPRESS_ENGINE": "fast"}, "SEGPRESS_ENGINE='fast': expected one of auto, torch"),
     (["serve"], {"SEGPRESS_LOG_FORMAT": "xml"}, "SEGPRESS_LOG_FORMAT='xml': expected one of text, json"),
     (["compress", "sample", "--engine", "fast"], {}, "argument --engine: 'fast'"),
+    (["serve", "--compressors", "llmlingua2,foo"], {}, "argument --compressors: 'llmlingua2,foo': expected a "
+                                                         "comma list of llmlingua2, complm, arc"),
 ])
 def test_the_cli_makes_them_usage_errors(args, env, words):
     r = segpress(*args, env={**os.environ, **env}, timeout=60)
