@@ -136,9 +136,12 @@ class ArcModel(nn.Module):
     def trainable(self) -> list[nn.Parameter]:
         return self.complm.trainable() + [self.factor_rows, self.proj_in.weight, self.proj_out.weight]
 
+    def config_metadata(self) -> dict[str, str]:
+        """What load_model reads back from a weights file's metadata."""
+        return {"config": self.config.to_json(), "complm_config": self.complm.config.to_json()}
+
     def save(self, path: str | Path, metadata: dict[str, str]) -> None:
-        save_trained(self.trained_state(), path, {"config": self.config.to_json(),
-                                                  "complm_config": self.complm.config.to_json(), **metadata})
+        save_trained(self.trained_state(), path, {**self.config_metadata(), **metadata})
 
     def load(self, path: str | Path) -> None:
         load_trained(self.trained_state(), path, "arc (pooled complm) weights")

@@ -159,8 +159,12 @@ class CompLLMModel(nn.Module):
         return ([p for lora in self.loras for p in (lora.A, lora.B)] + list(self.head.parameters())
                 + list(self.tasks.values()))
 
+    def config_metadata(self) -> dict[str, str]:
+        """What load_model reads back from a weights file's metadata."""
+        return {"config": self.config.to_json()}
+
     def save(self, path: str | Path, metadata: dict[str, str]) -> None:
-        save_trained(self.trained_state(), path, {"config": self.config.to_json(), **metadata})
+        save_trained(self.trained_state(), path, {**self.config_metadata(), **metadata})
 
     def load(self, path: str | Path) -> None:
         load_trained(self.trained_state(), path, "complm LoRA + head")

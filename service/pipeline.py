@@ -390,9 +390,11 @@ class Pipeline:
     async def check_rows(self, flow: Flow) -> None:
         """A soft compressor's response size is known from its segments'
         tokens: a response over max_message_bytes is refused before any
-        model time is spent on it, not after."""
+        model time is spent on it, not after. With every segment cached
+        there is no model time to save: respond's exact check suffices, and
+        a cached request is not tokenized again."""
         comp = flow.compressor
-        if comp.output != "tensor":
+        if comp.output != "tensor" or not any(k in flow.missing for ks in flow.keys for k in ks):
             return
 
         def count() -> int:

@@ -421,9 +421,7 @@ def write_sharded(model, out: Path, name: str, card: dict) -> None:
             size = 0
         groups[-1].append(k)
         size += n
-    meta = {"config": model.config.to_json(), "shards": str(len(groups))}
-    if hasattr(model, "complm"):
-        meta["complm_config"] = model.complm.config.to_json()
+    meta = {**model.config_metadata(), "shards": str(len(groups))}
     for i, keys in enumerate(groups):
         tmp = out / f".{name}.{i:02d}.tmp"
         save_file({k: state[k] for k in keys}, str(tmp), metadata=meta)
