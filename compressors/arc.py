@@ -52,7 +52,8 @@ from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment
                    check_output_dtype, check_rows, length_sorted_batches, render_rows, soft_identity,
                    task_row)
 from .complm import OUTPUT_DTYPES
-from .models import SMOLLM2, resolve_dtype
+from .engines import resolve_dtype
+from .models import SMOLLM2
 from .segmenter import count_tokens, segment_text
 
 NAME = "arc"

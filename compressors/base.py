@@ -260,7 +260,7 @@ def soft_identity(name: str, decoder_dir, weights) -> tuple[str, str, str]:
 
     from safetensors import safe_open
 
-    from .models import fingerprint
+    from .artifacts import fingerprint
 
     decoder_fingerprint = fingerprint(decoder_dir)
     with safe_open(str(weights), "pt") as f:

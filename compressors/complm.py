@@ -54,7 +54,8 @@ from .base import (ContextParts, Encoded, Kind, Rendered, Segment, check_decoder
                    check_output_dtype, check_rows, length_sorted_batches, render_rows,
                    soft_identity, task_row)
 from .complm_model import DEFAULT_WEIGHTS, load_model
-from .models import SMOLLM2, resolve_dtype
+from .engines import resolve_dtype
+from .models import SMOLLM2
 from .segmenter import count_tokens, segment_text
 
 NAME = "complm"

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from .base import Compressor
-from .models import ModelError, ensure_default_llmlingua2
+from .artifacts import ModelError
+from .models import ensure_default_llmlingua2
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,11 @@ class Entry:
 
 
 def _llmlingua2(config) -> Compressor:
-    from .llmlingua2 import load
+    from .llmlingua2 import LLMLingua2
 
     path = config.llmlingua2_model or str(ensure_default_llmlingua2(config.models_dir))
-    return load(path, device=config.device, batch_size=config.batch_size,
-                dtype=config.model_dtype, engine=config.engine)
+    return LLMLingua2(path, device=config.device, batch_size=config.batch_size,
+                      dtype=config.model_dtype, engine=config.engine)
 
 
 def _trained_weights(name: str, configured, default: Path) -> Path:

@@ -35,7 +35,8 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Segment, length_sorted_batches,
                    pad_right)
-from .models import fingerprint
+from .artifacts import fingerprint
+from .engines import open_engine
 from .segmenter import sentence_spans
 
 NAME = "sentences"  # the cache key's compressor part for sentence vectors
@@ -94,26 +95,18 @@ class SentenceVectors:
         self.batch_size = batch_size
         self.model_id = path.name if model_dir else "all-MiniLM-L6-v2"
         self.fingerprint = fingerprint(path)
-        self.engine = engine
-        self.session = None
+        self.engine = None  # torch: the model's own sentence-transformers modules
         if engine == "torch":
             self.cache_id = f"{self.fingerprint}:float16"
-        else:  # the engine is part of the vectors' cache identity
-            self.session = self._onnx(path, device, export_dir)
-            if engine == "openvino":  # and the precision it computes in
-                self.cache_id = f"{self.fingerprint}:{engine}:{self.session.dtype}:float16"
-            else:
-                self.cache_id = f"{self.fingerprint}:{engine}:float16"
+        else:  # what ran the encoder is part of the vectors' cache identity
+            self._check_exportable(path, device)
+            self.engine = open_engine(engine, path, self.fingerprint, task="feature-extraction",
+                                      who="sentence embedder", device=device, into=export_dir)
+            self.cache_id = f"{self.fingerprint}:{self.engine.tag}:float16"
 
-    def _onnx(self, path: Path, device: str, export_dir):
-        """The ONNX Runtime (or OpenVINO) session of the model's encoder;
-        only models that are an encoder, mean pooling and (optionally)
-        normalising."""
-        import onnxruntime as ort
-        import torch
-
-        from .models import OpenVINOSession, ensure_onnx, resolve_dtype
-
+    def _check_exportable(self, path: Path, device: str) -> None:
+        """Other engines than torch run only an encoder with mean pooling (and
+        optionally normalising) on the CPU: pooling is done here."""
         kinds = [type(m).__name__ for m in self.model]
         pooling = self.model[1].get_config_dict() if len(kinds) > 1 else {}
         if (device != "cpu" or kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"])
@@ -121,15 +114,6 @@ class SentenceVectors:
                 or not pooling.get("pooling_mode_mean_tokens", pooling.get("pooling_mode") == "mean")):
             raise ValueError(f"sentence model {path}: the ONNX engine runs an encoder with mean "
                              f"pooling on the CPU (this one is {kinds} on {device}); use engine torch")
-        quant = "int8" if self.engine == "onnx-int8" else "float32"
-        onnx_path = ensure_onnx(path, quant, self.fingerprint, task="feature-extraction",
-                                into=export_dir) / "model.onnx"
-        if self.engine == "openvino":
-            return OpenVINOSession(onnx_path, resolve_dtype("auto", device))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         """Per segment text: {"spans": int32 [n, 2] (segment-relative),
@@ -177,24 +161,24 @@ class SentenceVectors:
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        if self.session is not None:
-            return self._embed_onnx(texts)
+        if self.engine is not None:
+            return self._embed_engine(texts)
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False)
 
-    def _embed_onnx(self, texts: list[str]) -> np.ndarray:
+    def _embed_engine(self, texts: list[str]) -> np.ndarray:
         """Unit mean-pooled encoder states [len(texts), dim], float32. Inputs
-        of one padded width share a pass (onnx-int8: one at a time, unpadded),
-        so a sentence's vector never depends on its batch."""
+        of one padded width share a pass (one at a time, unpadded, for an
+        engine that does not pad), so a sentence's vector never depends on
+        its batch."""
         tok = self.model.tokenizer
         ids = tok(texts, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
-        batch_size, multiple = (1, 1) if self.engine == "onnx-int8" else (self.batch_size, 32)
+        batch_size, multiple = (self.batch_size, 32) if self.engine.pads else (1, 1)
         out = np.zeros((len(texts), self.dim), np.float32)
         for batch in length_sorted_batches([len(i) for i in ids], batch_size, multiple):
             input_ids, mask = pad_right([ids[i] for i in batch], tok.pad_token_id, multiple=multiple)
             mask = mask.numpy()
-            (h,) = self.session.run(["last_hidden_state"], {"input_ids": input_ids.numpy(),
-                                                            "attention_mask": mask})  # [b, w, dim]
+            h = self.engine.run(input_ids.numpy(), mask)  # [b, w, dim]
             pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
             out[batch] = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return out

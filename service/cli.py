@@ -188,20 +188,20 @@ def _bench(args, config) -> int:
 
 
 def _models(args, config) -> int:
-    from compressors import models
+    from compressors import artifacts, models
 
     try:
         if args.action == "pull":
-            from compressors.llmlingua2 import load
+            from compressors.llmlingua2 import LLMLingua2
 
             rows = models.pull(config.models_dir)
             # and the llmlingua2 engine the server runs (--engine auto: the int8
             # model), on the checkpoint pull has just built and verified
-            load(next(r["path"] for r in rows if r["name"] == models.DEFAULT_LLMLINGUA2),
-                 engine=config.engine)
+            LLMLingua2(next(r["path"] for r in rows if r["name"] == models.DEFAULT_LLMLINGUA2),
+                       dtype=config.model_dtype, engine=config.engine)
         else:
             rows = models.list_models(config.models_dir)
-    except models.ModelError as e:
+    except artifacts.ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -50,7 +50,7 @@ def assert_faithful(original: str, compressed: str):
 def assert_subsequence(original: str, compressed: str):
     """The output is pieces of the input in order, none used twice, and the
     whitespace between two pieces is whitespace the input has between them
-    (or one space where the input had none, see llmlingua2._join). Stricter
+    (or one space where the input had none, see keep.join). Stricter
     than assert_faithful: whitespace repeated or made up fails."""
     pos, space = 0, None
     for m in re.finditer(r"\s+|\S+", compressed):

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from compressors import models
+from compressors import artifacts, models
 from service.config import Config
 
 from conftest import ServerProcess
@@ -43,7 +43,7 @@ def warm(decoder_dir):
 def weights(warm, decoder_dir, tmp_path_factory):
     """The warm start saved as arc weights for this decoder."""
     path = tmp_path_factory.mktemp("arc") / "arc.safetensors"
-    warm[0].save(path, {"decoder": models.SMOLLM2, "decoder_fingerprint": models.fingerprint(decoder_dir)})
+    warm[0].save(path, {"decoder": models.SMOLLM2, "decoder_fingerprint": artifacts.fingerprint(decoder_dir)})
     return path
 
 

@@ -7,7 +7,9 @@ import os
 import pytest
 
 from compressors.llmlingua2 import LLMLingua2
-from compressors.models import ModelError, ensure_onnx, resolve_dtype
+from compressors.artifacts import ModelError
+from compressors.engines import resolve_dtype
+from compressors.export import ensure_onnx
 from service.benchmarks.serving import agreement, bench_texts, keep_decisions
 
 
@@ -75,23 +77,23 @@ def test_onnx_refuses_what_it_cannot_run(model_dir):
 
 def test_engine_auto_is_openvino_int8_on_the_cpu_and_torch_where_that_fails(
         engines, model_dir, monkeypatch, caplog):
-    import compressors.llmlingua2 as llmlingua2
-    from compressors.models import ModelError
+    from compressors import export
+    from compressors.artifacts import ModelError
 
-    auto = llmlingua2.load(model_dir)  # the int8 model is built already (the fixture)
-    assert auto.engine == "openvino-int8" and auto.dtype == resolve_dtype("auto")
+    auto = LLMLingua2(model_dir, dtype="auto", engine="auto")  # the int8 model is built already (the fixture)
+    assert auto.engine.name == "openvino-int8" and auto.dtype == resolve_dtype("auto")
     # the same int8 model (the fixture's runs its float parts in float32)
     assert auto.cache_id.rsplit(":", 1)[0] == engines["openvino-int8"].cache_id.rsplit(":", 1)[0]
 
     def cannot_build(*args, **kwargs):  # what a read-only or unexportable checkpoint gives
         raise ModelError("cannot write the int8 model")
 
-    monkeypatch.setattr(llmlingua2, "ensure_openvino_int8", cannot_build)
-    with caplog.at_level("WARNING", logger="compressors.llmlingua2"):
-        fallback = llmlingua2.load(model_dir)
-    assert fallback.engine == "torch" and "using torch" in caplog.text
+    monkeypatch.setattr(export, "ensure_openvino_int8", cannot_build)
+    with caplog.at_level("WARNING", logger="compressors.engines"):
+        fallback = LLMLingua2(model_dir, dtype="auto", engine="auto")
+    assert fallback.engine.name == "torch" and "using torch" in caplog.text
     with pytest.raises(ModelError):  # asked for by name: no fallback
-        llmlingua2.load(model_dir, engine="openvino-int8")
+        LLMLingua2(model_dir, dtype="auto", engine="openvino-int8")
 
 
 # -- the sentence embedder of query-aware selection --------------------------------

@@ -123,13 +123,13 @@ def test_bad_params_name_the_field(params, field):
 
 
 def test_pieces_are_never_glued_into_new_words():
-    from compressors.llmlingua2 import _join
+    from compressors.keep import join
 
     text = "0;1 and x(y)z"
-    assert _join(text, [(0, 1), (2, 3)]) == "0 1"          # ";" dropped: not "01"
-    assert _join(text, [(0, 1), (1, 2)]) == "0;"           # adjacent pieces stay together
-    assert _join(text, [(8, 9), (10, 11)]) == "x y"
-    assert _join(text, [(2, 3), (8, 9)]) == "1 x"
+    assert join(text, [(0, 1), (2, 3)]) == "0 1"          # ";" dropped: not "01"
+    assert join(text, [(0, 1), (1, 2)]) == "0;"           # adjacent pieces stay together
+    assert join(text, [(8, 9), (10, 11)]) == "x y"
+    assert join(text, [(2, 3), (8, 9)]) == "1 x"
 
 
 def sentences_of(text: str) -> list[str]:
@@ -186,23 +186,23 @@ def words_of(text: str, tokens=None) -> dict:
     ("x . . y", [" . ", ". ", " ."]),
 ])
 def test_overlapping_force_tokens_never_repeat_text(text, force):
-    from compressors.llmlingua2 import _join, select
+    from compressors.keep import join, select
     from helpers import assert_subsequence
 
     w = words_of(text)
     for budget in (0, 1, 2, len(w["spans"])):
         items = select(text, w, budget, Params(rate=1.0, force_tokens=force))
-        out = _join(text, [(s, e) for s, e, _, _ in items])
+        out = join(text, [(s, e) for s, e, _, _ in items])
         assert_subsequence(text, out)
         spans = sorted((s, e) for s, e, _, _ in items)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # no overlap
     if all(c.isspace() or c.isalnum() or c == "." for c in text.strip()):
         items = select(text, w, len(w["spans"]), Params(rate=1.0, force_tokens=force))
-        assert _join(text, [(s, e) for s, e, _, _ in items]) == text.rstrip()
+        assert join(text, [(s, e) for s, e, _, _ in items]) == text.rstrip()
 
 
 def test_matching_force_tokens_does_not_grow_a_cache():
-    from compressors.llmlingua2 import select
+    from compressors.keep import select
 
     text = "Alpha beta gamma delta. " * 20
     w = words_of(text)
@@ -212,11 +212,11 @@ def test_matching_force_tokens_does_not_grow_a_cache():
 
 
 def test_a_context_is_never_empty_while_its_budget_is_not_zero():
-    from compressors.llmlingua2 import _budgets, select
+    from compressors.keep import budgets, select
 
-    assert _budgets([1, 1, 0], Params(rate=0.33)) == [1, 1, 0]     # round(0.33) would be 0
-    assert _budgets([1, 100], Params(target_tokens=10)) == [1, 9]  # still 10 in all
-    assert _budgets([1, 1, 1], Params(target_tokens=2)) == [1, 1, 0]  # truly zero: one is empty
+    assert budgets([1, 1, 0], Params(rate=0.33)) == [1, 1, 0]     # round(0.33) would be 0
+    assert budgets([1, 100], Params(target_tokens=10)) == [1, 9]  # still 10 in all
+    assert budgets([1, 1, 1], Params(target_tokens=2)) == [1, 1, 0]  # truly zero: one is empty
     text = "Supercalifragilistic words."
     w = words_of(text, tokens=[30, 2, 1])  # the best word alone is over the budget
     items = select(text, w, 2, Params(rate=0.1))

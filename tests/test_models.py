@@ -8,7 +8,7 @@ import shutil
 import pytest
 from helpers import segpress
 
-from compressors import models
+from compressors import artifacts, models
 
 # Every test here assembles model files (MiniLM and the shipped layers).
 pytestmark = pytest.mark.slow
@@ -21,8 +21,8 @@ def test_default_llmlingua2_is_assembled_once_and_damage_names_the_fix(tmp_path)
     assert models.ensure_default_llmlingua2(tmp_path) == path
     assert weights.stat().st_mtime_ns == built  # the second call did nothing
 
-    manifest = json.loads((path / models.MANIFEST).read_text())
-    assert manifest["fingerprint"] == models.fingerprint(path)
+    manifest = json.loads((path / artifacts.MANIFEST).read_text())
+    assert manifest["fingerprint"] == artifacts.fingerprint(path)
     assert manifest["files"]["model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
     with open(weights, "r+b") as f:  # flip one byte
@@ -30,14 +30,14 @@ def test_default_llmlingua2_is_assembled_once_and_damage_names_the_fix(tmp_path)
         b = f.read(1)
         f.seek(1000)
         f.write(bytes([b[0] ^ 1]))
-    with pytest.raises(models.ModelError, match="segpress models pull"):
+    with pytest.raises(artifacts.ModelError, match="segpress models pull"):
         models.ensure_default_llmlingua2(tmp_path)
     shutil.rmtree(path)  # what `segpress models pull` does with a damaged model
     models.ensure_default_llmlingua2(tmp_path)
-    assert json.loads((path / models.MANIFEST).read_text())["fingerprint"] == manifest["fingerprint"]
+    assert json.loads((path / artifacts.MANIFEST).read_text())["fingerprint"] == manifest["fingerprint"]
     (path / "tokenizer.json").unlink()
-    with pytest.raises(models.ModelError, match="tokenizer.json is missing.*segpress models pull"):
-        models.verify(path)
+    with pytest.raises(artifacts.ModelError, match="tokenizer.json is missing.*segpress models pull"):
+        artifacts.verify(path)
 
 
 @pytest.mark.skipif(not models.DEFAULT_LLMLINGUA2_WEIGHTS.exists(), reason="no trained weights yet")
@@ -64,7 +64,7 @@ def test_pull_list_and_pull_again(tmp_path):
     assert set(rows) >= {models.MINILM, models.SMOLLM2}
     assert all(r["state"] == "ok" and len(r["fingerprint"]) == 64 for r in rows.values())
     smol = rows[models.SMOLLM2]
-    assert smol["fingerprint"] == models.fingerprint(smol["path"])
+    assert smol["fingerprint"] == artifacts.fingerprint(smol["path"])
     listed = segpress("models", "list", "--json")
     assert json.loads(listed.stdout) == json.loads(first.stdout)
     again = segpress("models", "pull", "--json")

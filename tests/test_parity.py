@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from compressors.base import ContextParts
-from compressors.llmlingua2 import Params, context_words, select
+from compressors.keep import context_words, select
+from compressors.llmlingua2 import Params
 from service.evaluation.reference import reference_compressor, reference_word_labels
 
 

@@ -5,7 +5,7 @@ reading the weights again (SmolLM2 is ~540 MB)."""
 from collections import Counter
 from pathlib import Path
 
-from compressors import models
+from compressors import artifacts
 
 
 def _build(d: Path) -> None:
@@ -16,24 +16,24 @@ def _build(d: Path) -> None:
 
 def test_start_up_hashes_each_file_once(tmp_path, monkeypatch):
     source = {"test": 1}
-    built = models._ensure(tmp_path / "m", source, _build)
-    want = models.fingerprint(built)
+    built = artifacts.ensure(tmp_path / "m", source, _build)
+    want = artifacts.fingerprint(built)
 
     # A new process: nothing memoised.
-    monkeypatch.setattr(models, "_FINGERPRINTS", {})
-    monkeypatch.setattr(models, "_SHA256S", {})
+    monkeypatch.setattr(artifacts, "_FINGERPRINTS", {})
+    monkeypatch.setattr(artifacts, "_SHA256S", {})
     reads = Counter()
-    blocks = models._file_blocks
-    monkeypatch.setattr(models, "_file_blocks", lambda p: (reads.update([Path(p).name]), blocks(p))[1])
+    blocks = artifacts.file_blocks
+    monkeypatch.setattr(artifacts, "file_blocks", lambda p: (reads.update([Path(p).name]), blocks(p))[1])
 
-    path = models._ensure(tmp_path / "m", source, _build)  # what ensure_* does at start-up
-    assert models.fingerprint(path) == want                # what the compressor does next
-    assert models.fingerprint(path) == want
+    path = artifacts.ensure(tmp_path / "m", source, _build)  # what ensure_* does at start-up
+    assert artifacts.fingerprint(path) == want                # what the compressor does next
+    assert artifacts.fingerprint(path) == want
     assert reads == Counter({"model.safetensors": 1, "extra.bin": 1, "config.json": 1})
 
     # A changed file is read again (size and mtime are part of the memo's key).
     (path / "extra.bin").write_bytes(b"y" * 1001)
-    assert models.fingerprint(path) != want
+    assert artifacts.fingerprint(path) != want
     assert reads["extra.bin"] == 2 and reads["model.safetensors"] == 2
 
 
@@ -46,4 +46,4 @@ def test_fingerprint_unchanged_by_memoising(tmp_path):
         if p.suffix in (".safetensors", ".bin"):
             h.update(p.name.encode())
             h.update(p.read_bytes())
-    assert models.fingerprint(tmp_path) == h.hexdigest()
+    assert artifacts.fingerprint(tmp_path) == h.hexdigest()

@@ -133,7 +133,7 @@ def _join_loop(text, spans):
 
 
 def test_join_equals_the_plain_loop():
-    from compressors.llmlingua2 import _join
+    from compressors.keep import join
 
     rng = random.Random(0)
     alphabet = ["a", "b", "7", ";", " ", "  ", "\n", "\n\n", " \n ", "\t", "\u00a0", "é"]
@@ -141,12 +141,13 @@ def test_join_equals_the_plain_loop():
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, 2 * rng.randint(1, 6))))
         spans = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
-        assert _join(text, spans) == _join_loop(text, spans), (text, spans)
+        assert join(text, spans) == _join_loop(text, spans), (text, spans)
 
 
 def test_select_items_are_plain_python_values(llmlingua2, sample_text):
     from compressors.base import ContextParts
-    from compressors.llmlingua2 import Params, context_words, select
+    from compressors.keep import context_words, select
+    from compressors.llmlingua2 import Params
 
     segs = llmlingua2.segment(sample_text)
     w = context_words(ContextParts(sample_text, segs, llmlingua2.encode([s.text for s in segs])))

@@ -48,6 +48,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..artifacts import sha256
+
 MIB = 1 << 20
 STAGE = Path(".stage")
 # where `receive` keeps a transfer on the GPU machine (`run --work`'s stage/)
@@ -57,14 +59,6 @@ DECODER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
                  "chat_template.jinja", "special_tokens_map.json")
 MAX_FILE = 16 * MIB  # the most one returned file may hold
 ROOT = Path(__file__).resolve().parents[2]  # the repository: the runs are started from it
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(MIB), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- here: staging ----------------------------------------------------------------
@@ -435,7 +429,7 @@ def join(folder: Path, dest: Path, decoder_dir: Path) -> dict:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .. import models
+    from .. import artifacts, models
 
     parts = sorted(folder.glob("*.??.safetensors"))
     if not parts:
@@ -448,7 +442,7 @@ def join(folder: Path, dest: Path, decoder_dir: Path) -> dict:
     if int(meta.pop("shards")) != len(parts):
         raise SystemExit(f"{folder} holds {len(parts)} shards, the weights say {meta['shards']}")
     card = json.loads(next(folder.glob("*.json")).read_text())
-    meta.update({"decoder": models.SMOLLM2, "decoder_fingerprint": models.fingerprint(decoder_dir),
+    meta.update({"decoder": models.SMOLLM2, "decoder_fingerprint": artifacts.fingerprint(decoder_dir),
                  "train": json.dumps(card["run"], sort_keys=True)})
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dest), metadata=meta)

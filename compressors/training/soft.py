@@ -375,13 +375,14 @@ def export(model, cfg, record: dict, out: Path, decoder_dir) -> dict:
     loss history. Returns the card."""
     from dataclasses import asdict
 
-    from .. import models
+    from .. import artifacts, models
+    from .cards import write_card
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    decoder_fingerprint = models.fingerprint(decoder_dir)
+    decoder_fingerprint = artifacts.fingerprint(decoder_dir)
     model.save(out, {"decoder": models.SMOLLM2, "decoder_fingerprint": decoder_fingerprint,
                      "train": json.dumps(asdict(cfg), sort_keys=True)})
-    return models.write_card(
+    return write_card(
         out, asdict(cfg),
         decoder_fingerprint=decoder_fingerprint,
         parameters=sum(p.numel() for p in model.trainable()),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..models import resolve_dtype
+from ..engines import resolve_dtype
 
 
 class Surprisal:

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import models
+from .. import artifacts, models
+from .cards import write_card
 from ..llmlingua2 import LLMLingua2
 from . import corpus
 from .surprisal import Surprisal, word_sums
@@ -78,7 +79,7 @@ def teacher_segments(cache_dir: str, comp: LLMLingua2, cfg: TrainConfig) -> list
         words += len(text.split())
     teacher_dir = models.ensure_smollm2(Path(cache_dir) / "models")
     key = hashlib.sha256(json.dumps([
-        models.fingerprint(teacher_dir), comp.fingerprint, cfg.teacher_window, cfg.teacher_stride,
+        artifacts.fingerprint(teacher_dir), comp.fingerprint, cfg.teacher_window, cfg.teacher_stride,
     ]).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / "train" / f"llmlingua2-teacher-{key}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,7 @@ def train(cache_dir: str, cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
     held = [items[i] for i in order[:n_held]]
     train_items = [items[i] for i in order[n_held:]]
 
-    model = comp.model  # the seeded init checkpoint, float32
+    model = comp.engine.model  # the seeded init checkpoint, float32 (torch)
     layers = model.bert.encoder.layer
     for p in model.parameters():
         p.requires_grad = False
@@ -256,7 +257,7 @@ def export(model, cfg: TrainConfig, record: dict, out: Path) -> dict:
                if k.startswith(prefixes) or k.startswith("classifier.")}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={"base": models.MINILM, "format": "segpress-trained-tensors"})
-    return models.write_card(
+    return write_card(
         out, asdict(cfg),
         model=models.DEFAULT_LLMLINGUA2,
         parameters=int(sum(v.numel() for v in tensors.values())),

@@ -35,8 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from compressors.base import length_sorted_batches
-from compressors.llmlingua2 import LLMLingua2, load
-from compressors.models import resolve_dtype
+from compressors.llmlingua2 import LLMLingua2
+from compressors.engines import resolve_dtype
 from segpress import SegpressClient
 
 from ..config import Config
@@ -71,13 +71,14 @@ def keep_decisions(comp: LLMLingua2, texts: list[str], rate: float) -> list[np.n
     """Per text (one context each), which of its words `comp` keeps at `rate`
     ([words] bool, in text order)."""
     from compressors.base import ContextParts
-    from compressors.llmlingua2 import Params, _budgets, context_words, select
+    from compressors.keep import budgets, context_words, select
+    from compressors.llmlingua2 import Params
 
     out = []
     for text in texts:
         segs = comp.segment(text)
         w = context_words(ContextParts(text, segs, comp.encode([s.text for s in segs])))
-        (budget,) = _budgets([int(w["tokens"].sum())], Params(rate=rate))
+        (budget,) = budgets([int(w["tokens"].sum())], Params(rate=rate))
         kept = {(s, e) for s, e, _, _ in select(text, w, budget, Params(rate=rate))}
         out.append(np.array([(int(s), int(e)) in kept for s, e in w["spans"]], dtype=bool))
     return out
@@ -109,8 +110,8 @@ class Bench:
 
     def _compressor(self, engine: str, dtype: str) -> LLMLingua2:
         c = self.config
-        return load(c.llmlingua2_model, device=c.device, batch_size=c.batch_size, dtype=dtype,
-                    engine=engine)
+        return LLMLingua2(c.llmlingua2_model, device=c.device, batch_size=c.batch_size, dtype=dtype,
+                          engine=engine)
 
     def compress(self, pipeline, texts, **kw):
         req = SegpressClient.request(texts, rate=self.rate, **kw)
@@ -129,7 +130,7 @@ class Bench:
         for name in engines:
             engine, dtype = ENGINE_ROWS[name]
             want = "int8" if engine == "onnx-int8" else resolve_dtype(dtype, self.config.device)
-            same = (self.comp.engine, self.comp.dtype) == (engine, want)
+            same = (self.comp.engine.name, self.comp.dtype) == (engine, want)
             comps[name] = self.comp if same else self._compressor(engine, dtype)
         pipes = {name: Pipeline(self.config, {"llmlingua2": c}, store=None) for name, c in comps.items()}
         ids = sorted((self.comp.tokenizer(s.text, add_special_tokens=False)["input_ids"]
@@ -169,7 +170,7 @@ class Bench:
                 row["agreement_vs_torch_float32"] = round(
                     agreement(want, keep_decisions(comps[engine], texts, self.rate)), 5)
             methods[name] = row
-        return {"tokens": tokens, "documents": n_docs, "default": f"{self.comp.engine} {self.comp.dtype}",
+        return {"tokens": tokens, "documents": n_docs, "default": f"{self.comp.engine.name} {self.comp.dtype}",
                 "methods": methods}
 
     # 2 --------------------------------------------------------------------

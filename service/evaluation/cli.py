@@ -63,7 +63,7 @@ def add_complm_arguments(p) -> None:
 def main(args, config) -> int:
     import torch
 
-    from compressors import models
+    from compressors import artifacts, models
     from compressors.training import corpus
 
     from .methods import METHODS, Env
@@ -94,9 +94,9 @@ def main(args, config) -> int:
     diffs = differences(rows)
     result = {
         "command": "segpress " + " ".join(sys.argv[1:]),
-        "reader": {"path": reader_dir, "fingerprint": models.fingerprint(reader_dir),
+        "reader": {"path": reader_dir, "fingerprint": artifacts.fingerprint(reader_dir),
                    "dtype": env.reader.dtype, "greedy": True},
-        "llmlingua2": {"path": llmlingua2_dir, "fingerprint": models.fingerprint(llmlingua2_dir)},
+        "llmlingua2": {"path": llmlingua2_dir, "fingerprint": artifacts.fingerprint(llmlingua2_dir)},
         "data": corpus.PROVENANCE, "torch_threads": torch.get_num_threads(),
         "summary": summary, "targets": goals, "differences": diffs, "rows": rows,
     }

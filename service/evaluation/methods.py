@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from compressors.base import ContextParts
-from compressors.llmlingua2 import Params, context_words
+from compressors.keep import context_words
+from compressors.llmlingua2 import Params
 
 from .reader import Reader
 

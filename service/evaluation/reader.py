@@ -11,7 +11,7 @@ import re
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from compressors.models import resolve_dtype
+from compressors.engines import resolve_dtype
 
 PROMPT = ("Answer the question using the text below. Reply with the answer only.\n\n"
           "Text:\n{context}\n\nQuestion: {question}")
