@@ -41,20 +41,12 @@ compressors/training/device.py (GPU). The math: compressors/arc_model.py.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 from segpress.v1 import segpress_pb2 as pb
 
 from .arc_model import DEFAULT_WEIGHTS, load_model
-from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment, check_decoder,
-                   check_output_dtype, check_rows, length_sorted_batches, render_rows, soft_identity,
-                   task_row)
-from .complm import OUTPUT_DTYPES
-from .engines import resolve_dtype
-from .models import SMOLLM2
-from .segmenter import count_tokens, segment_text
+from .base import InvalidParams
+from .soft_tokens import SoftTokens, check_output_dtype, output_dtype
 
 NAME = "arc"
 DEFAULT_FACTOR = 4
@@ -70,11 +62,10 @@ class Params:
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.arc
         return cls(pooling_factor=p.pooling_factor or DEFAULT_FACTOR,
-                   output_dtype=OUTPUT_DTYPES.get(p.output_dtype, f"DType value {p.output_dtype}"),
-                   decoder=p.decoder)
+                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder)
 
     def check(self) -> None:
-        check_output_dtype(NAME, self.output_dtype, sorted(set(OUTPUT_DTYPES.values())))
+        check_output_dtype(NAME, self.output_dtype)
 
 
 def rows_name(factor: int) -> str:
@@ -82,39 +73,25 @@ def rows_name(factor: int) -> str:
     return f"x{factor}"
 
 
-class Arc:
-    name = NAME
-    kind = Kind.SOFT_TOKENS
-    output = "tensor"
-    Params = Params
-    limits: dict[str, int] = {}
+class Arc(SoftTokens):
+    """A segment's value: for every factor x of the weights, "x<x>": float32
+    [ceil(tokens / x), hidden], all from one encoder pass."""
 
-    def __init__(self, decoder_dir: str | Path, weights: str | Path = DEFAULT_WEIGHTS,
-                 device: str = "cpu", batch_size: int = 32, dtype: str = "float32"):
-        self.dtype = resolve_dtype(dtype, device)
-        # The server only compresses (the caller's decoder reads the rows),
-        # so complm's LoRA is folded into the layers it adapts: one matmul each.
-        self.model, self.tokenizer = load_model(decoder_dir, weights, self.dtype, device, fold=True)
-        self.config = self.model.config
+    name = NAME
+    Params = Params
+    load_model = staticmethod(load_model)
+
+    def __init__(self, decoder_dir, weights=DEFAULT_WEIGHTS, device: str = "cpu",
+                 batch_size: int = 32, dtype: str = "float32"):
+        super().__init__(decoder_dir, weights, device, batch_size, dtype)
         # Every factor the weights were trained for is served (Info lists them).
-        self.pooling_factors = self.config.factors
+        self.pooling_factors = tuple(self.config.factors)
         if DEFAULT_FACTOR not in self.pooling_factors:
             raise ValueError(f"arc weights {weights} serve pooling factors {self.pooling_factors}, "
                              f"not the default {DEFAULT_FACTOR}")
-        self.batch_size = batch_size
-        self.max_segment_tokens = self.config.segment_tokens
-        self.hidden_size = self.model.decoder.config.hidden_size
-        self.decoder_id = SMOLLM2
-        self.decoder_fingerprint, self.model_id, self.fingerprint = soft_identity(NAME, decoder_dir, weights)
-        # The rows depend on the decoder, the trained weights and the precision.
-        self.cache_id = f"{self.fingerprint}:{self.dtype}"
-        # The <Cont> row every context ends with, float32 [1, hidden].
-        self.cont_row = task_row(self.model, "cont")
         if self.cont_row is None:
             raise ValueError(f"arc weights {weights} have no <Cont> row: they were made from complm "
                              "weights trained without task rows; train arc from the shipped complm weights")
-        # The <Rec> row (repeat the context): training and evaluation only.
-        self.rec_row = task_row(self.model, "rec")
 
     def check_params(self, params: Params) -> None:
         """A trained pooling factor, and the decoder the rows are made for."""
@@ -123,51 +100,13 @@ class Arc:
                 f"arc.pooling_factor is {params.pooling_factor}, but this server's arc weights are "
                 f"trained for {', '.join(map(str, self.pooling_factors))} tokens per row "
                 f"(0 means {DEFAULT_FACTOR})")
-        check_decoder(self, params.decoder, "rows")
+        super().check_params(params)
 
-    def budget(self, params: Params, total_tokens: int) -> None:
-        """No token budget: a segment's rows are fixed by the pooling factor."""
-        return None
+    def value_rows(self, n_tokens: int) -> dict[str, int]:
+        return {rows_name(f): self.model.n_rows(n_tokens, f) for f in self.pooling_factors}
 
-    def segment(self, text: str) -> list[Segment]:
-        return segment_text(text, self.tokenizer, self.max_segment_tokens)
+    def encode_batch(self, ids):
+        return {rows_name(f): rows for f, rows in self.model.rows_every_factor(ids).items()}
 
-    def count_tokens(self, text: str, stop_after: int) -> int:
-        return count_tokens(text, self.tokenizer, stop_after)
-
-    def rows(self, segment: Segment, params: Params) -> int:
-        """Rows of `segment` at the request's pooling factor."""
-        n = len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"])
-        return self.model.n_rows(n, params.pooling_factor)
-
-    def end_rows(self) -> int:
-        return 1  # <Cont>
-
-    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
-        """For every factor x of the weights, "x<x>": float32 [ceil(tokens /
-        x), hidden], finite: the rows encode makes of this segment's text."""
-        n = len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"])
-        return set(encoded) == {rows_name(f) for f in self.pooling_factors} and all(
-            check_rows({rows_name(f): encoded[rows_name(f)]}, rows_name(f), self.model.n_rows(n, f),
-                       self.hidden_size)
-            for f in self.pooling_factors)
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> list[Encoded]:
-        """Per segment, for every factor x of the weights: "x<x>" float32
-        [ceil(tokens / x), hidden], all from one encoder pass."""
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        out: list[Encoded] = [{} for _ in ids]
-        for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
-            for f, per_segment in self.model.rows_every_factor([ids[i] for i in batch]).items():
-                for i, r in zip(batch, per_segment):
-                    out[i][rows_name(f)] = r.float().cpu().numpy()
-        return out
-
-    def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
-        """Each context's rows at the request's factor, its segments' in
-        order, then the <Cont> row: float32 [rows + 1, hidden] (no rows at
-        all for a context with no segment left). The <Cont> row is counted
-        with the context's last segment. The pipeline converts the rows to
-        params.output_dtype for the wire."""
-        return render_rows(contexts, rows_name(params.pooling_factor), self.hidden_size, self.cont_row)
+    def rows_name(self, params: Params) -> str:
+        return rows_name(params.pooling_factor)

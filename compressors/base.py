@@ -116,6 +116,7 @@ class Compressor(Protocol):
     model_id: str              # a readable model name, reported in responses and Info
     fingerprint: str           # sha256 of the weights
     cache_id: str              # what cache keys name: fingerprint + precision (+ engine)
+    dtype: str                 # the precision the model runs in (float32, bfloat16, int8)
     max_segment_tokens: int    # segments are cut to at most this many tokens
     # Request limits of this compressor, reported in InfoResponse.limits
     # (field name -> value), e.g. {"max_force_tokens": 100}.
@@ -170,6 +171,7 @@ class SoftCompressor(Compressor, Protocol):
     decoder_id: str            # the decoder that reads the rows
     decoder_fingerprint: str   # sha256 of that decoder's weights
     hidden_size: int           # the decoder's input-embedding width (columns)
+    pooling_factors: tuple[int, ...]  # factors a request may pick (Info lists them); () if none
 
     def rows(self, segment: Segment, params) -> int:
         """The rows render gives `segment` with `params` (without a context's
@@ -224,72 +226,6 @@ def length_sorted_batches(lengths: list[int], batch_size: int,
         yield batch
 
 
-def render_rows(contexts: list[ContextParts], name: str, hidden: int,
-                end_row: np.ndarray | None = None) -> list[Rendered]:
-    """Soft tokens of each context: its segments' cached rows (`encoded[name]`,
-    [k, hidden] each) concatenated in order, with the rows of each segment.
-    With a selection (`allowed`), only the segments that overlap it. A
-    context with rows ends with `end_row` [1, hidden] when given (a learned
-    task row such as <Cont>), counted with its last segment."""
-    out = []
-    for c in contexts:
-        rows = [e[name] for seg, e in zip(c.segments, c.encoded) if overlaps(seg, c.allowed)]
-        if rows and end_row is not None:
-            rows[-1] = np.concatenate([rows[-1], end_row])
-        tensor = np.concatenate(rows) if rows else np.zeros((0, hidden), np.float32)
-        out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
-                            compressed_tokens=len(tensor), tensor=tensor,
-                            segment_rows=[len(r) for r in rows]))
-    return out
-
-
-def task_row(model, name: str) -> np.ndarray | None:
-    """A soft model's learned task row `name` ("cont", "rec") as float32
-    [1, hidden] for render and evaluation; None when its weights have none."""
-    row = model.task(name)
-    return None if row is None else row.detach().float().cpu().numpy()[None]
-
-
-def soft_identity(name: str, decoder_dir, weights) -> tuple[str, str, str]:
-    """(decoder fingerprint, model id, fingerprint) of soft compressor `name`
-    with trained `weights` for the decoder checkpoint in `decoder_dir`.
-    Weights trained for another decoder are refused. The fingerprint covers
-    the decoder and the weights: the rows depend on both."""
-    import hashlib
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    from .artifacts import fingerprint
-
-    decoder_fingerprint = fingerprint(decoder_dir)
-    with safe_open(str(weights), "pt") as f:
-        trained_for = f.metadata().get("decoder_fingerprint")
-    if trained_for not in (None, decoder_fingerprint):
-        raise ValueError(f"{name} weights {weights} were trained for decoder {trained_for[:16]}..., "
-                         f"not for {decoder_dir} ({decoder_fingerprint[:16]}...)")
-    h = hashlib.sha256(decoder_fingerprint.encode())
-    h.update(Path(weights).read_bytes())
-    return decoder_fingerprint, f"{name}:{Path(weights).name}", h.hexdigest()
-
-
-def check_output_dtype(name: str, output_dtype: str, names: list[str]) -> None:
-    """A soft compressor's `output_dtype` parameter is one of `names`."""
-    if output_dtype not in names:
-        raise InvalidParams(f"{name}.output_dtype must be one of {', '.join(names)}, "
-                            f"got {output_dtype!r}")
-
-
-def check_decoder(c: "SoftCompressor", requested: str, what: str) -> None:
-    """The request's `decoder` parameter, if set, names the decoder (id or
-    fingerprint) that compressor `c` makes `what` for."""
-    if requested and requested not in (c.decoder_id, c.decoder_fingerprint):
-        raise InvalidParams(
-            f"{c.name}.decoder is {requested!r}, but this server's {c.name} makes {what} only for "
-            f"decoder {c.decoder_id!r} (fingerprint {c.decoder_fingerprint}); leave "
-            f"{c.name}.decoder empty or name that decoder")
-
-
 def overlaps(seg: Segment, allowed: list[tuple[int, int]] | None) -> bool:
     """Whether any of the segment's characters may be kept."""
     return allowed is None or any(s < seg.end and seg.start < e for s, e in allowed)
@@ -317,14 +253,4 @@ def check_word_scores(encoded: Encoded, segment: Segment) -> bool:
                     and np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
                     and (tokens >= 1).all())
     except (AttributeError, TypeError, ValueError, IndexError):
-        return False
-
-
-def check_rows(encoded: Encoded, name: str, rows: int, hidden: int) -> bool:
-    """Whether `encoded` is exactly {name: float32 [rows, hidden]}, all finite."""
-    try:
-        a = encoded[name]
-        return bool(set(encoded) == {name} and a.dtype == np.float32
-                    and a.shape == (rows, hidden) and np.isfinite(a).all())
-    except (AttributeError, KeyError, TypeError):
         return False

@@ -44,24 +44,13 @@ The model itself (LoRA, head, loading) is compressors/complm_model.py.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 from segpress.v1 import segpress_pb2 as pb
 
-from .base import (ContextParts, Encoded, Kind, Rendered, Segment, check_decoder,
-                   check_output_dtype, check_rows, length_sorted_batches, render_rows,
-                   soft_identity, task_row)
 from .complm_model import DEFAULT_WEIGHTS, load_model
-from .engines import resolve_dtype
-from .models import SMOLLM2
-from .segmenter import count_tokens, segment_text
+from .soft_tokens import SoftTokens, check_output_dtype, output_dtype
 
 NAME = "complm"
-# Element types the response tensor can have (proto DType -> name).
-OUTPUT_DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
-                 pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
 
 
 @dataclass
@@ -72,79 +61,29 @@ class Params:
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.complm
-        return cls(output_dtype=OUTPUT_DTYPES.get(p.output_dtype, f"DType value {p.output_dtype}"),
-                   decoder=p.decoder)
+        return cls(output_dtype=output_dtype(p.output_dtype), decoder=p.decoder)
 
     def check(self) -> None:
-        check_output_dtype(NAME, self.output_dtype, sorted(set(OUTPUT_DTYPES.values())))
+        check_output_dtype(NAME, self.output_dtype)
 
 
-class CompLLM:
+class CompLLM(SoftTokens):
+    """A segment's value: {"ces": float32 [ceil(tokens / C), hidden]}."""
+
     name = NAME
-    kind = Kind.SOFT_TOKENS
-    output = "tensor"
     Params = Params
-    limits: dict[str, int] = {}
+    what = "concept embeddings"
+    load_model = staticmethod(load_model)
 
-    def __init__(self, decoder_dir: str | Path, weights: str | Path = DEFAULT_WEIGHTS,
-                 device: str = "cpu", batch_size: int = 64, dtype: str = "float32"):
-        self.dtype = resolve_dtype(dtype, device)
-        # The server only compresses (the caller's decoder reads the rows),
-        # so the LoRA is folded into the layers it adapts: one matmul each.
-        self.model, self.tokenizer = load_model(decoder_dir, weights, self.dtype, device, fold=True)
-        self.config = self.model.config
-        self.batch_size = batch_size
-        self.max_segment_tokens = self.config.segment_tokens
-        self.hidden_size = self.model.decoder.config.hidden_size
-        self.decoder_id = SMOLLM2
-        self.decoder_fingerprint, self.model_id, self.fingerprint = soft_identity(NAME, decoder_dir, weights)
-        # The CEs depend on the decoder, the trained weights and the precision.
-        self.cache_id = f"{self.fingerprint}:{self.dtype}"
-        # Weights trained with task rows: the <Cont> row every context ends
-        # with, and the <Rec> row (repeat the context: training and
-        # evaluation only), float32 [1, hidden]; None for weights without them.
-        self.cont_row, self.rec_row = task_row(self.model, "cont"), task_row(self.model, "rec")
+    def __init__(self, decoder_dir, weights=DEFAULT_WEIGHTS, device: str = "cpu",
+                 batch_size: int = 64, dtype: str = "float32"):
+        super().__init__(decoder_dir, weights, device, batch_size, dtype)
 
-    def check_params(self, params: Params) -> None:
-        """The request's decoder must be the one the CEs are made for."""
-        check_decoder(self, params.decoder, "concept embeddings")
+    def value_rows(self, n_tokens: int) -> dict[str, int]:
+        return {"ces": self.model.slots(n_tokens)}
 
-    def budget(self, params: Params, total_tokens: int) -> None:
-        """No token budget: the rate (tokens per CE) is fixed by the weights."""
-        return None
+    def encode_batch(self, ids):
+        return {"ces": self.model.concept_embeddings(ids)}
 
-    def segment(self, text: str) -> list[Segment]:
-        return segment_text(text, self.tokenizer, self.max_segment_tokens)
-
-    def count_tokens(self, text: str, stop_after: int) -> int:
-        return count_tokens(text, self.tokenizer, stop_after)
-
-    def rows(self, segment: Segment, params: Params) -> int:
-        """CEs of `segment`: ceil(tokens / C)."""
-        return self.model.slots(len(self.tokenizer(segment.text, add_special_tokens=False)["input_ids"]))
-
-    def end_rows(self) -> int:
-        return 0 if self.cont_row is None else 1
-
-    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
-        """{"ces": float32 [ceil(tokens / C), hidden]}, finite: the rows
-        encode makes of this segment's text."""
-        ids = self.tokenizer(segment.text, add_special_tokens=False)["input_ids"]
-        return check_rows(encoded, "ces", self.model.slots(len(ids)), self.hidden_size)
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> list[Encoded]:
-        """Per segment: {"ces": float32 [ceil(tokens / C), hidden]}."""
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        out: list = [None] * len(ids)
-        for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
-            for i, ce in zip(batch, self.model.concept_embeddings([ids[i] for i in batch])):
-                out[i] = {"ces": ce.float().cpu().numpy()}
-        return out
-
-    def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
-        """Each context's CEs, its segments' in order, then the <Cont> row
-        when the weights have one (counted with the last segment): float32
-        [rows, hidden]. The pipeline converts them to params.output_dtype for
-        the wire."""
-        return render_rows(contexts, "ces", self.hidden_size, self.cont_row)
+    def rows_name(self, params: Params) -> str:
+        return "ces"

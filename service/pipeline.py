@@ -497,7 +497,7 @@ class Pipeline:
             if c.output == "tensor":
                 resp.compressors[-1].decoder.id = c.decoder_id
                 resp.compressors[-1].decoder.fingerprint = c.decoder_fingerprint
-            resp.compressors[-1].pooling_factors.extend(getattr(c, "pooling_factors", ()))
+                resp.compressors[-1].pooling_factors.extend(c.pooling_factors)
             for limit, value in c.limits.items():
                 setattr(resp.limits, limit, value)
         cfg = self.config

@@ -401,7 +401,7 @@ async def serve(config: Config) -> None:
              config.metrics_port or "off")
     for name, c in pipeline.compressors.items():
         log.info("compressor %s: model %s fingerprint %s dtype %s", name, c.model_id,
-                 c.fingerprint[:16], getattr(c, "dtype", "-"))
+                 c.fingerprint[:16], c.dtype)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

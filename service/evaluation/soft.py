@@ -353,7 +353,8 @@ def reconstruction(decoder, comp, params, examples: list[dict], n: int, bos_id: 
     for ex in examples[:n]:
         seg = comp.segment(ex["context"])[0]
         want = comp.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
-        soft = torch.from_numpy(np.concatenate([_render(comp, seg.text, params).tensor[:-1], comp.rec_row]))
+        rec = comp.model.task("rec").detach().float()[None]  # the <Rec> row [1, hidden]
+        soft = torch.cat([torch.from_numpy(_render(comp, seg.text, params).tensor[:-1]), rec])
         with torch.inference_mode():
             x = torch.cat([E(torch.tensor([bos_id])), soft.to(E.weight.dtype)])[None]
             got = decoder.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
@@ -470,7 +471,7 @@ def main(args, config) -> int:
     if lengths:
         result["prefill"] = prefill_times(reader.model, comp, params, tok, docs, lengths, args.repeats,
                                           bos_id, progress)
-    if args.reconstructions and exs and comp.rec_row is not None:
+    if args.reconstructions and exs and comp.model.task("rec") is not None:
         result["reconstruction"] = reconstruction(reader.model, comp, params, exs, args.reconstructions,
                                                   bos_id, progress)
     result["seconds"] = round(time.time() - t0, 1)

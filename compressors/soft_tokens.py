@@ -1,0 +1,177 @@
+"""What the soft-token compressors (complm, arc) share, written once.
+
+Both turn each segment into rows in SmolLM2's input-embedding space with a
+model built on the decoder itself (complm_model.py, arc_model.py), cache the
+rows per segment, and answer with a context's rows followed by a learned
+<Cont> row. A subclass says only what differs: its name and Params, how its
+model is loaded, which rows a segment's cached value holds (`value_rows`,
+`encode_batch`) and which of them a request reads (`rows_name`).
+"""
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segpress.v1 import segpress_pb2 as pb
+
+from .artifacts import fingerprint
+from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
+                   length_sorted_batches, overlaps)
+from .engines import resolve_dtype
+from .models import SMOLLM2
+from .segmenter import count_tokens, segment_text
+
+# Element types the response tensor can have (proto DType -> name).
+OUTPUT_DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
+                 pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
+
+
+def output_dtype(value: int) -> str:
+    """The proto DType `value` by name (an unknown value named so that
+    check_output_dtype refuses it)."""
+    return OUTPUT_DTYPES.get(value, f"DType value {value}")
+
+
+def check_output_dtype(name: str, output_dtype: str) -> None:
+    """A soft compressor's `output_dtype` parameter is one it can return."""
+    names = sorted(set(OUTPUT_DTYPES.values()))
+    if output_dtype not in names:
+        raise InvalidParams(f"{name}.output_dtype must be one of {', '.join(names)}, "
+                            f"got {output_dtype!r}")
+
+
+class SoftTokens:
+    """Base of complm and arc (see base.SoftCompressor for the contract)."""
+
+    kind = Kind.SOFT_TOKENS
+    output = "tensor"
+    limits: dict[str, int] = {}
+    pooling_factors: tuple[int, ...] = ()  # request-selectable factors (arc)
+    what = "rows"  # what the rows are called in messages
+    # (decoder_dir, weights, dtype, device, fold) -> (model, tokenizer)
+    load_model: Callable
+
+    def __init__(self, decoder_dir: str | Path, weights: str | Path, device: str = "cpu",
+                 batch_size: int = 32, dtype: str = "float32"):
+        self.dtype = resolve_dtype(dtype, device)
+        # The server only compresses (the caller's decoder reads the rows),
+        # so the LoRA is folded into the layers it adapts: one matmul each.
+        self.model, self.tokenizer = type(self).load_model(decoder_dir, weights, self.dtype, device,
+                                                           fold=True)
+        self.config = self.model.config
+        self.batch_size = batch_size
+        self.max_segment_tokens = self.config.segment_tokens
+        self.hidden_size = self.model.decoder.config.hidden_size
+        self.decoder_id = SMOLLM2
+        self.decoder_fingerprint = fingerprint(decoder_dir)
+        self.model_id, self.fingerprint = self._identity(decoder_dir, weights)
+        # The rows depend on the decoder, the trained weights and the precision.
+        self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        # The learned <Cont> row every context ends with, float32 [1, hidden];
+        # None for weights without task rows.
+        cont = self.model.task("cont")
+        self.cont_row = None if cont is None else cont.detach().float().cpu().numpy()[None]
+
+    # -- what a subclass says --------------------------------------------------
+
+    def value_rows(self, n_tokens: int) -> dict[str, int]:
+        """The rows of each array in the cached value of a segment of
+        `n_tokens` tokens, by name."""
+        raise NotImplementedError
+
+    def encode_batch(self, ids: list[list[int]]) -> dict[str, list[torch.Tensor]]:
+        """The arrays of each segment's value, by name: [rows, hidden] each."""
+        raise NotImplementedError
+
+    def rows_name(self, params) -> str:
+        """Which array of a segment's value the request reads."""
+        raise NotImplementedError
+
+    # -- the contract ------------------------------------------------------------
+
+    def check_params(self, params) -> None:
+        """The request's decoder, if named, must be the one the rows are made for."""
+        if params.decoder and params.decoder not in (self.decoder_id, self.decoder_fingerprint):
+            raise InvalidParams(
+                f"{self.name}.decoder is {params.decoder!r}, but this server's {self.name} makes "
+                f"{self.what} only for decoder {self.decoder_id!r} (fingerprint "
+                f"{self.decoder_fingerprint}); leave {self.name}.decoder empty or name that decoder")
+
+    def budget(self, params, total_tokens: int) -> None:
+        """No token budget: a segment's rows are fixed by its tokens."""
+        return None
+
+    def segment(self, text: str) -> list[Segment]:
+        return segment_text(text, self.tokenizer, self.max_segment_tokens)
+
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        return count_tokens(text, self.tokenizer, stop_after)
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def rows(self, segment: Segment, params) -> int:
+        """Rows render gives `segment` with `params`, from its tokens alone."""
+        return self.value_rows(self.n_tokens(segment.text))[self.rows_name(params)]
+
+    def end_rows(self) -> int:
+        return 0 if self.cont_row is None else 1
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        """Exactly the arrays encode makes of this segment's text: float32
+        [rows, hidden] each, finite."""
+        want = self.value_rows(self.n_tokens(segment.text))
+        try:
+            return set(encoded) == set(want) and all(
+                encoded[k].dtype == np.float32 and encoded[k].shape == (rows, self.hidden_size)
+                and bool(np.isfinite(encoded[k]).all()) for k, rows in want.items())
+        except (AttributeError, TypeError):
+            return False
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """Per segment: its value, float32 arrays by name (value_rows)."""
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        out: list[Encoded] = [{} for _ in ids]
+        for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
+            for name, per_segment in self.encode_batch([ids[i] for i in batch]).items():
+                for i, r in zip(batch, per_segment):
+                    out[i][name] = r.float().cpu().numpy()
+        return out
+
+    def render(self, contexts: list[ContextParts], params, query: str | None = None) -> list[Rendered]:
+        """Each context's rows (the request's array of each segment that
+        selection left, in order), then the <Cont> row when the weights have
+        one, counted with the last segment: float32 [rows, hidden]. The
+        pipeline converts them to params.output_dtype for the wire."""
+        name, out = self.rows_name(params), []
+        for c in contexts:
+            rows = [e[name] for seg, e in zip(c.segments, c.encoded) if overlaps(seg, c.allowed)]
+            if rows and self.cont_row is not None:
+                rows[-1] = np.concatenate([rows[-1], self.cont_row])
+            tensor = np.concatenate(rows) if rows else np.zeros((0, self.hidden_size), np.float32)
+            out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),
+                                compressed_tokens=len(tensor), tensor=tensor,
+                                segment_rows=[len(r) for r in rows]))
+        return out
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _identity(self, decoder_dir, weights) -> tuple[str, str]:
+        """(model id, fingerprint). Weights trained for another decoder are
+        refused. The fingerprint covers the decoder and the weights: the
+        rows depend on both."""
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            trained_for = f.metadata().get("decoder_fingerprint")
+        if trained_for not in (None, self.decoder_fingerprint):
+            raise ValueError(f"{self.name} weights {weights} were trained for decoder "
+                             f"{trained_for[:16]}..., not for {decoder_dir} "
+                             f"({self.decoder_fingerprint[:16]}...)")
+        h = hashlib.sha256(self.decoder_fingerprint.encode())
+        h.update(Path(weights).read_bytes())
+        return f"{self.name}:{Path(weights).name}", h.hexdigest()
