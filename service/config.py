@@ -48,10 +48,10 @@ class Config:
         "list_of": ("llmlingua2", "complm", "arc"),  # compressors/registry.py's names (a test checks)
         "help": "comma list of compressors to load: llmlingua2, complm, arc (complm and arc "
                 "build SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
-    complm_weights: str = field(default="", metadata={
-        "help": "complm LoRA + head (safetensors from segpress train complm); empty: the shipped ones"})
-    arc_weights: str = field(default="", metadata={
-        "help": "arc weights (safetensors from segpress train arc); empty: the shipped ones"})
+    weights: str = field(default="", metadata={
+        "pairs_of": ("complm", "arc"),  # compressors/registry.py's entries with weights (a test checks)
+        "help": "comma list of compressor=path: trained weights (safetensors from `segpress train "
+                "<compressor>`) for complm or arc; a compressor not named loads its shipped weights"})
     selection: bool = field(default=True, metadata={
         "help": "query-aware selection for requests with a query (loads a sentence "
                 "embedding model); false refuses queries"})
@@ -167,9 +167,17 @@ def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
 def parse(f, raw: str):
     """The value of setting `f` written as `raw`, or ValueError saying what
     it accepts: booleans only true/false/1/0/yes/no, a setting with choices
-    only one of them (any case), a list only of its names, numbers as
-    numbers."""
+    only one of them (any case), a list only of its names, pairs only
+    name=path of its names, numbers as numbers."""
     kind = type(_default(f))
+    pairs = f.metadata.get("pairs_of")
+    if pairs:
+        items = [p.strip() for p in raw.split(",") if p.strip()]
+        named = [p.split("=", 1)[0].strip().lower() for p in items]
+        if any("=" not in p or not p.split("=", 1)[1].strip() for p in items) \
+                or any(n not in pairs for n in named) or len(set(named)) < len(named):
+            raise ValueError(f"expected a comma list of name=path, each name once, of {', '.join(pairs)}")
+        return ",".join(f"{n}={p.split('=', 1)[1].strip()}" for n, p in zip(named, items))
     names = f.metadata.get("list_of")
     if names:
         items = [n.strip().lower() for n in raw.split(",") if n.strip()]
@@ -177,10 +185,7 @@ def parse(f, raw: str):
             raise ValueError(f"expected a comma list of {', '.join(names)}")
         return ",".join(items)
     if kind is bool:
-        word = raw.strip().lower()
-        if word not in _BOOLS:
-            raise ValueError("expected true, false, 1, 0, yes or no")
-        return _BOOLS[word]
+        return parse_bool(raw)
     choices = f.metadata.get("choices")
     if choices:
         for c in choices:
@@ -191,6 +196,14 @@ def parse(f, raw: str):
         return kind(raw)
     except ValueError:
         raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def parse_bool(raw: str) -> bool:
+    """true/false/1/0/yes/no (any case), else ValueError."""
+    word = raw.strip().lower()
+    if word not in _BOOLS:
+        raise ValueError("expected true, false, 1, 0, yes or no")
+    return _BOOLS[word]
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

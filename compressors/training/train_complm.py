@@ -49,7 +49,6 @@ class TrainConfig:
     rec_share: float = 0.5  # share of reconstruction examples
     rank: int = 32  # LoRA rank
     mlp: bool = True  # LoRA on the MLP's linears too, not only attention's
-    start: str = "mean"  # CompLLMConfig.start: "mean" (CEs start as their tokens' mean embedding) or "zero"
     bf16: bool = True  # decoder passes in bfloat16 autocast
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after
     checkpoint_every: int = 25
@@ -65,8 +64,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     if cfg.init_from:
         model, tok = load_model(decoder_dir, cfg.init_from)
     else:
-        config = CompLLMConfig(rank=cfg.rank, alpha=2.0 * cfg.rank, tasks=True, start=cfg.start,
-                               targets=ATTENTION + (MLP if cfg.mlp else ()))
+        config = CompLLMConfig(rank=cfg.rank, alpha=2.0 * cfg.rank, targets=ATTENTION + (MLP if cfg.mlp else ()))
         model, tok = load_model(decoder_dir, None, config=config)
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     data, dev = soft.train_and_dev(cache_dir, tok, cfg, model.config.segment_tokens)

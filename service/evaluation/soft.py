@@ -376,18 +376,18 @@ def reconstruction(decoder, comp, params, examples: list[dict], n: int, bos_id: 
 
 def soft_compressor(name: str, decoder_dir, config, args):
     """(compressor, its Params for this run, weights path) for `name`: the
-    weights of --weights, else of --complm-weights / --arc-weights, else the
-    shipped ones."""
+    weights of --weights, else those the configuration names (SEGPRESS_WEIGHTS),
+    else the shipped ones."""
+    from compressors.registry import weights_path
+
+    weights = args.weights_file or weights_path(name, config)
     if name == "arc":
         from compressors.arc import Arc
-        from compressors.arc_model import DEFAULT_WEIGHTS
 
-        weights = args.weights or config.arc_weights or DEFAULT_WEIGHTS
         comp = Arc(decoder_dir, weights, dtype=config.model_dtype)
         return comp, comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor), weights
-    from compressors.complm import DEFAULT_WEIGHTS, CompLLM
+    from compressors.complm import CompLLM
 
-    weights = args.weights or config.complm_weights or DEFAULT_WEIGHTS
     comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
     return comp, comp.Params(), weights
 
@@ -471,7 +471,7 @@ def main(args, config) -> int:
     if lengths:
         result["prefill"] = prefill_times(reader.model, comp, params, tok, docs, lengths, args.repeats,
                                           bos_id, progress)
-    if args.reconstructions and exs and comp.model.task("rec") is not None:
+    if args.reconstructions and exs:
         result["reconstruction"] = reconstruction(reader.model, comp, params, exs, args.reconstructions,
                                                   bos_id, progress)
     result["seconds"] = round(time.time() - t0, 1)
