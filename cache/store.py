@@ -36,7 +36,6 @@ class SegmentStore:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
-        self.errors_total = 0
         self._skip_until = 0.0
 
     async def get_many(self, keys: list[str]) -> tuple[list[bytes | None], int]:
@@ -92,7 +91,6 @@ class SegmentStore:
         return await asyncio.wait_for(coro, self.timeout_s)
 
     def _failed(self, what: str, e: Exception) -> None:
-        self.errors_total += 1
         self._skip_until = time.monotonic() + self.retry_after_s
         log.warning(
             "cache %s failed, serving without cache for %.1fs: %s: %s",
