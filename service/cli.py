@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the gRPC server")
     cfg.add_arguments(serve)
 
-    comp = sub.add_parser("compress", help="compress a file or stdin")
-    comp.add_argument("input", nargs="?", default="-",
+    compress_cmd = sub.add_parser("compress", help="compress a file or stdin")
+    compress_cmd.add_argument("input", nargs="?", default="-",
                       help="text file, - for stdin, or 'sample' for the bundled sample")
-    comp.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
-    client_args.add_request_arguments(comp)
-    comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    client_args.add_connection_arguments(comp)
-    cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device", "engine"])
+    compress_cmd.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
+    client_args.add_request_arguments(compress_cmd)
+    compress_cmd.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    client_args.add_connection_arguments(compress_cmd)
+    cfg.add_arguments(compress_cmd, ["redis_url", "llmlingua2_model", "cache_dir", "device", "engine"])
 
     info = sub.add_parser("info", help="describe a server (or the local setup)")
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")

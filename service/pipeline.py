@@ -237,15 +237,15 @@ class Pipeline:
         max_request_tokens is refused before it is segmented: a segment's
         tokens never outnumber its UTF-8 bytes, so a request of at most that
         many bytes is within the limit; a larger one is counted first with
-        the compressor's count_tokens (when it has one), which stops at the
+        the compressor's count_tokens, which stops at the
         limit, so refusing costs time and memory in proportion to the limit,
         not to the input."""
         compressor = flow.compressor
         limit = self.config.max_request_tokens
-        count = getattr(compressor, "count_tokens", None)
+        count = compressor.count_tokens
 
         def over_limit() -> bool:
-            if count is None or sum(len(c.encode("utf-8")) for c in flow.req.contexts) <= limit:
+            if sum(len(c.encode("utf-8")) for c in flow.req.contexts) <= limit:
                 return False
             left = limit
             for c in flow.req.contexts:
@@ -319,8 +319,7 @@ class Pipeline:
                     # A value that does not fit its segment (a checksum can be
                     # valid over wrong arrays) is a miss, computed again and
                     # overwritten, never an error or wrong text.
-                    check = getattr(flow.encoders[k], "check_encoded", None)
-                    if arrays is None or check is not None and not check(arrays, segment_of[k]):
+                    if arrays is None or not flow.encoders[k].check_encoded(arrays, segment_of[k]):
                         flow.stats.cache_errors += 1
                     else:
                         flow.found[k] = arrays
