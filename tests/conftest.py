@@ -217,7 +217,7 @@ def query_server(redis_proc, llmlingua2, sentence_vectors):
     """The real pipeline in this process: llmlingua2 on the default
     checkpoint and query-aware selection, a real Redis, a real gRPC server."""
     from service.config import Config
-    from test_flow import InProcessServer
+    from helpers import InProcessServer
 
     s = InProcessServer(Config(port=0, redis_url=redis_proc.url, metrics_port=0),
                         {"llmlingua2": llmlingua2}, sentence_vectors)

@@ -6,7 +6,6 @@ deterministic compressor of tests/tiny.py in place of a model.
 """
 
 import asyncio
-import threading
 import uuid
 
 import grpc
@@ -15,43 +14,14 @@ import pytest
 from compressors.base import Compressor
 from segpress import SegpressClient, SegpressError
 from segpress.v1 import segpress_pb2 as pb
-from service.auth import Authenticator
 from service.config import Config
-from service.pipeline import Pipeline
-from service.server import make_store, start
 
+from helpers import InProcessServer
 from tiny import Tiny
 
 TEXT = ("The harbour froze in the winter of 1902. Ships waited outside for eleven days, "
         "and the town ran short of coal. A rescue party crossed the ice on foot.")
 OTHER = "Bread needs flour, water, salt and time; the rest is patience and a hot oven."
-
-
-class InProcessServer:
-    """Pipeline, store and gRPC server on an event loop in a thread (with
-    `selector`, a SentenceVectors, query-aware selection runs)."""
-
-    def __init__(self, config: Config, compressors: dict, selector=None):
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.pipeline, self.running, self.store = self.call(self._up(config, compressors, selector))
-        self.target = f"127.0.0.1:{self.running.port}"
-
-    async def _up(self, config, compressors, selector):
-        store, _ = await make_store(config)
-        pipeline = Pipeline(config, compressors, store, selector)
-        return pipeline, await start(config, pipeline, Authenticator.from_config(config)), store
-
-    def call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def stop(self):
-        async def down():
-            await self.running.server.stop(0)
-            await self.pipeline.close()
-            await self.store.close()
-        self.call(down())
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture(scope="module")

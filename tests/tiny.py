@@ -3,7 +3,7 @@ the fast test tier: no model, no torch, deterministic.
 
 segment: runs of at most 8 words. encode: each word's span, a score from a
 hash of the word, and a token count of 1 (the same arrays llmlingua2
-caches). render: the words scoring at least 0.5 (at least the first word),
+caches); count_tokens and check_encoded as the contract asks. render: the words scoring at least 0.5 (at least the first word),
 of those a selection allowed, cut from the context. It counts what it encodes, so tests can see cache hits
 and shared work. A test double of the compressor interface only: Redis and
 gRPC around it stay real.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compressors.base import ContextParts, Encoded, Kind, Rendered, Segment
+from compressors.base import ContextParts, Encoded, Kind, Rendered, Segment, check_word_scores
 
 _WORD = re.compile(r"\S+")
 
@@ -39,6 +39,7 @@ class Tiny:
     model_id = "tiny"
     fingerprint = "0" * 64
     cache_id = "tiny:v1"
+    dtype = "float32"
     max_segment_tokens = 8
 
     def __init__(self):
@@ -68,6 +69,12 @@ class Tiny:
                               np.float32)
             out.append({"spans": spans, "scores": scores, "tokens": np.ones(len(spans), np.int32)})
         return out
+
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        return len(_WORD.findall(text))  # a token is a word; fine at test sizes
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        return check_word_scores(encoded, segment)
 
     def render(self, contexts: list[ContextParts], params, query=None) -> list[Rendered]:
         out = []
