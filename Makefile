@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[test,dev]"
 	touch $(STAMP)
 
-# The main job: the gRPC server on 127.0.0.1:50051 with its embedded Redis.
+# The main job: the gRPC server on 127.0.0.1:50051 with its embedded Redis,
+# and the HTTP/JSON API and page on 127.0.0.1:8080.
 serve: $(STAMP)
-	$(VENV)/bin/segpress serve
+	$(VENV)/bin/segpress serve --http-port 8080
 
 # Every test, against a real Redis and a real gRPC server it starts itself.
 test: $(STAMP)
