@@ -21,9 +21,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
-# Regenerate client code after editing proto/.
+# Regenerate client code and the OpenAPI document after editing proto/.
 generate: $(STAMP)
 	$(VENV)/bin/python clients/generate.py
+	$(VENV)/bin/python -m service.openapi
 
 bench: $(STAMP)
 	$(VENV)/bin/segpress bench
