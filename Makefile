@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[test,dev]"
+	@# The page's browser tests (tests/test_page.py) need Debian's Chromium and its driver.
+	@if [ "$$(id -u)" = 0 ] && ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null; then \
+		apt-get update -q && apt-get install -y -q chromium chromium-driver; fi
 	touch $(STAMP)
 
 # The main job: the gRPC server on 127.0.0.1:50051 with its embedded Redis,
