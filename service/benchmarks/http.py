@@ -4,22 +4,19 @@ gRPC server), every segment cached and cold, interleaved in one run."""
 
 from segpress import SegpressClient
 
-from .serving import _server, bench_texts, timed
 
-
-def http_vs_grpc(bench, n_docs: int) -> dict:
-    """The same request over HTTP/JSON and over gRPC to one server (a
-    keep-alive connection and a channel), both parsing the response;
-    cached (every segment in Redis) and cold (cache bypassed)."""
+def http_vs_grpc(bench, texts: list[str], server, timed) -> dict:
+    """`texts` as one request over HTTP/JSON and over gRPC to `server` (a
+    serving.py `_server` with HTTP on; a keep-alive connection and a
+    channel), both parsing the response; every segment cached (in Redis)
+    and cold (cache bypassed); `timed` is serving.py's interleaved timer."""
     import logging
 
     import httpx
     from google.protobuf import json_format
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
-    texts = bench_texts(bench.sample, n_docs)
-    server = _server(bench.config, http=True)
-    out = {"tokens": bench.tokens(texts), "documents": n_docs}
+    out = {"tokens": bench.tokens(texts), "documents": len(texts)}
     with server as target, SegpressClient(target, timeout_s=600) as grpc_client, \
             httpx.Client(base_url=server.http_url, timeout=600) as http:
         for name, cache in (("cached", "use"), ("cold", "bypass")):

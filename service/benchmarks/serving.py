@@ -426,7 +426,8 @@ def main(args, config: Config) -> int:
                 (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))),
             "concurrency": ("concurrency", lambda: bench.concurrency(docs_per_level=8 if args.quick else 32)),
             "query": ("query_cost", bench.query_cost),
-            "http": ("http_vs_grpc", lambda: http_vs_grpc(bench, args.docs)),
+            "http": ("http_vs_grpc", lambda: http_vs_grpc(
+                bench, bench_texts(bench.sample, args.docs), _server(config, http=True), timed)),
         }
         only = [n.strip() for n in (args.only or ",".join(sections)).split(",") if n.strip()]
         for name in only:
