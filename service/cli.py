@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="smaller sizes (no 100k-token run)")
     bench.add_argument("--engines", help="section 1's rows, comma list (default: torch float32,"
                                          "torch bfloat16,onnx float32,onnx int8)")
+    bench.add_argument("--only", help="comma list of sections to run: cold, warm, cost, "
+                                      "concurrency, query, http (default: all)")
     bench.add_argument("--json", action="store_true")
     cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size",
                               "model_dtype", "engine", "redis_url"])

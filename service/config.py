@@ -24,6 +24,8 @@ def _default_cache_dir() -> str:
 class Config:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)"})
+    http_port: int = field(default=0, metadata={
+        "help": "HTTP/JSON API and page port on --host, beside gRPC (0: off)"})
     redis_url: str = field(default="", metadata={
         "help": "redis://, rediss://, unix:// or redis+cluster:// URL; empty starts an "
                 "embedded Redis under --cache-dir"})

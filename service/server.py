@@ -359,6 +359,7 @@ class Running:
     servicer: SegpressServicer
     health: health.aio.HealthServicer
     port: int
+    http: object = None  # service.http.HttpServer when --http-port is set
 
 
 async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credentials=None) -> Running:
@@ -383,9 +384,15 @@ async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credent
     else:
         port = server.add_secure_port(address, credentials)
     await server.start()
+    http = None
+    if config.http_port:  # the HTTP/JSON API on the same loop, calling the same servicer
+        from .http import HttpServer, make_app
+
+        http = HttpServer(make_app(servicer, health_servicer), config.host, config.http_port, config)
+        await http.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, servicer, health_servicer, port)
+    return Running(server, servicer, health_servicer, port, http)
 
 
 async def serve(config: Config) -> None:
@@ -396,9 +403,10 @@ async def serve(config: Config) -> None:
     metrics.serve_metrics(config.host, config.metrics_port)
     running = await start(config, pipeline, auth, credentials)
     servicer, health_servicer, server = running.servicer, running.health, running.server
-    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s)", config.host,
-             running.port, "TLS" if credentials else "plaintext", "on" if auth.enabled else "off",
-             config.metrics_port or "off")
+    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s, HTTP port %s)",
+             config.host, running.port, "TLS" if credentials else "plaintext",
+             "on" if auth.enabled else "off", config.metrics_port or "off",
+             running.http.port if running.http else "off")
     for name, c in pipeline.compressors.items():
         log.info("compressor %s: model %s fingerprint %s dtype %s", name, c.model_id,
                  c.fingerprint[:16], c.dtype)
@@ -416,10 +424,12 @@ async def serve(config: Config) -> None:
     log.info("shutting down: health NOT_SERVING, %.0fs grace", config.grace_s)
     await health_servicer.enter_graceful_shutdown()
     stopping = asyncio.ensure_future(server.stop(config.grace_s))
+    http_stopping = asyncio.ensure_future(running.http.stop() if running.http else asyncio.sleep(0))
     deadline = loop.time() + config.grace_s
     while servicer.in_progress and loop.time() < deadline:
         await asyncio.sleep(0.05)
     await server.stop(0)
     await stopping
+    await http_stopping
     await close_pipeline()
     log.info("stopped")

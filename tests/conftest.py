@@ -138,14 +138,19 @@ def llmlingua2(model_dir):
 
 
 class ServerProcess:
-    """`segpress serve` in a subprocess, on a free port."""
+    """`segpress serve` in a subprocess, on a free port (with `http`, the
+    HTTP API too, on another: `http_url`)."""
 
-    def __init__(self, env: dict, credentials=None):
+    def __init__(self, env: dict, credentials=None, http: bool = False):
         self.credentials = credentials  # grpc.ChannelCredentials for a TLS server
         self.port = free_port()
+        self.http_port = free_port() if http else 0
+        scheme = "https" if "SEGPRESS_TLS_CERT" in env else "http"
+        self.http_url = f"{scheme}://127.0.0.1:{self.http_port}" if http else ""
         self.log = tempfile.NamedTemporaryFile(prefix="segpress-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+             "--http-port", str(self.http_port)],
             cwd=ROOT, env={**os.environ, "SEGPRESS_METRICS_PORT": "0", **env},
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -199,7 +204,7 @@ def server(redis_proc, model_dir, tmp_path_factory):
         "SEGPRESS_MAX_REQUEST_TOKENS": "20000",
         "SEGPRESS_CACHE_RETRY_S": "0.5",
         "SEGPRESS_STREAM_IDLE_S": "3",
-    })
+    }, http=True)
     yield s
     s.stop()
 

@@ -131,6 +131,8 @@ class InProcessServer:
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.pipeline, self.running, self.store = self.call(self._up(config, compressors, selector))
         self.target = f"127.0.0.1:{self.running.port}"
+        http = self.running.http  # config.http_port set: the HTTP API too
+        self.http_url = f"http://127.0.0.1:{http.port}" if http else ""
 
     async def _up(self, config, compressors, selector):
         from service.auth import Authenticator
@@ -149,6 +151,8 @@ class InProcessServer:
     def stop(self):
         async def down():
             await self.running.server.stop(0)
+            if self.running.http:
+                await self.running.http.stop()
             await self.pipeline.close()
             await self.store.close()
         self.call(down())
