@@ -22,7 +22,7 @@ class Entry:
     """What the service and the CLI know of a compressor before it is built."""
 
     build: Callable[[object], Compressor]  # config (service.config.Config) -> compressor
-    output: str  # "text" or "soft_tokens" (Info reports it; clients route by it)
+    output: str  # "text" or "tensor": what the compressor returns (Info reports it)
     weights: str = ""  # the shipped trained weights under compressors/weights/ ("": none to choose)
     training: str = ""  # its trainer, a module of compressors.training ("": none)
 
@@ -64,8 +64,8 @@ def _arc(config) -> Compressor:
 
 REGISTRY: dict[str, Entry] = {
     "llmlingua2": Entry(_llmlingua2, "text", training="train_llmlingua2"),
-    "complm": Entry(_complm, "soft_tokens", "complm-smollm2-135m.safetensors", "train_complm"),
-    "arc": Entry(_arc, "soft_tokens", "arc-smollm2-135m.safetensors", "train_arc"),
+    "complm": Entry(_complm, "tensor", "complm-smollm2-135m.safetensors", "train_complm"),
+    "arc": Entry(_arc, "tensor", "arc-smollm2-135m.safetensors", "train_arc"),
 }
 # The compressor a request without `compressor` gets, when it is enabled;
 # otherwise the first enabled one.

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_arguments(ev)
     cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
     targets = ev.add_subparsers(dest="eval_target")
-    for name in (n for n, e in REGISTRY.items() if e.output == "soft_tokens"):
+    for name in (n for n, e in REGISTRY.items() if e.output == "tensor"):
         add_complm_arguments(targets.add_parser(
             name, help=f"{name}: continuation loss with its soft tokens vs controls, "
                        "needle QA, prefill time, reconstruction (weights with a <Rec> row)"))
