@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from segpress import Retry, SegpressClient, SegpressError
 from service.config import Config
 from test_flow import InProcessServer
-from tiny import Tiny
+from tiny import Gated
 
 
 def test_sixteen_clients_zero_errors_and_stable_memory(server, sample_text):
@@ -61,25 +61,6 @@ def test_sixteen_clients_zero_errors_and_stable_memory(server, sample_text):
     assert growth_mb < 100, f"server memory grew by {growth_mb:.0f} MiB in one round"
 
 
-class Gated(Tiny):
-    """tests/tiny.py's compressor whose model pass waits for `gate`: a real
-    blocking point in the model thread that the test opens, so requests
-    stay in progress for as long as the test needs, on any machine."""
-
-    name, cache_id = "gated", "gated:v1"
-
-    def __init__(self):
-        super().__init__()
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def encode(self, texts):
-        self.entered.set()
-        if not self.gate.wait(120):
-            raise RuntimeError("the test never opened the gate")
-        return super().encode(texts)
-
-
 def wait_until(condition, what: str, limit_s: float = 60) -> None:
     """Waits for `condition()` (a state the server reaches, not a time)."""
     deadline = time.monotonic() + limit_s
@@ -105,20 +86,20 @@ def test_overload_is_unavailable_with_the_limit_named(redis_proc):
         held = [threading.Thread(target=cold, args=(i,)) for i in range(2)]
         for t in held:
             t.start()
-        wait_until(lambda: gated.entered.is_set() and s.running.servicer.in_progress == 2,
-                   "two requests in progress, one in the model")
+        wait_until(lambda: gated.entered.is_set() and s.pipeline.model_requests == 2,
+                   "two requests waiting for the model, one in it")
         with SegpressClient(s.target, timeout_s=30, retry=Retry(attempts=1)) as c:
             with pytest.raises(SegpressError) as e:
                 c.compress([f"One too many {uuid.uuid4().hex}."])
         assert e.value.code == grpc.StatusCode.UNAVAILABLE and "max_queue=2" in e.value.details
-        gated.gate.set()
+        gated.open()
         for t in held:
             t.join(120)
         assert len(done) == 2 and all(r.text for r in done)
         with SegpressClient(s.target) as c:
             assert c.compress(["Serving again once the queue drains."]).text
     finally:
-        gated.gate.set()
+        gated.open()
         for t in held:
             t.join(120)
         s.stop()
