@@ -106,6 +106,12 @@ class Config:
     max_in_progress: int = field(default=256, metadata={
         "help": "most requests in progress at once, cached or not (each holds at most "
                 "max_request_bytes); more are refused with UNAVAILABLE"})
+    malloc_trim: bool = field(default=True, metadata={
+        "help": "after each request of at least 1 MiB of text, return freed memory to the "
+                "OS (glibc malloc_trim), so RSS goes back down after large requests"})
+    malloc_arena_max: int = field(default=2, metadata={
+        "help": "most glibc malloc arenas (set at server start; 0: glibc's default, 8 per "
+                "core), which bounds the memory freed but kept by threads"})
     max_batch_segments: int = field(default=64, metadata={
         "help": "most segments gathered from concurrent requests into one model call"})
     auth_tokens: str = field(default="", metadata={

@@ -58,7 +58,7 @@ from compressors.registry import default_of
 from compressors.relevance import Options, SentenceVectors, choose
 from segpress.v1 import segpress_pb2 as pb
 
-from . import __version__, metrics
+from . import __version__, memory, metrics
 from .auth import check_namespace
 from .batcher import MicroBatcher
 from .config import Config
@@ -137,7 +137,17 @@ class Pipeline:
     async def compress(self, req: pb.CompressRequest, granted_namespace: str | None = None
                        ) -> pb.CompressResponse:
         """Compresses one request. `granted_namespace` is the caller's token's
-        namespace when authentication is on (see service.auth)."""
+        namespace when authentication is on (see service.auth). After a large
+        one (service/memory.py), freed memory goes back to the OS."""
+        try:
+            return await self._compress(req, granted_namespace)
+        finally:
+            if (self.config.malloc_trim and not isinstance(req, Undecodable)
+                    and sum(map(len, req.contexts)) >= memory.TRIM_AFTER_CHARS):
+                asyncio.get_running_loop().run_in_executor(self.light_pool, memory.trim)
+
+    async def _compress(self, req: pb.CompressRequest, granted_namespace: str | None
+                        ) -> pb.CompressResponse:
         t0 = time.perf_counter()
         compressor, params, options = self.validate(req)
         flow = Flow(req, compressor, params, check_namespace(req.namespace, granted_namespace),

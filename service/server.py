@@ -39,7 +39,7 @@ from compressors.registry import build_all
 from segpress.v1 import segpress_pb2 as pb
 from segpress.v1 import segpress_pb2_grpc as pb_grpc
 
-from . import metrics
+from . import memory, metrics
 from .auth import Authenticator
 from .config import Config
 from .errors import RequestError, Undecodable
@@ -392,6 +392,7 @@ async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credent
 
 async def serve(config: Config) -> None:
     """Runs the server until SIGTERM or SIGINT."""
+    memory.limit_arenas(config.malloc_arena_max)  # before the pools start their threads
     auth = Authenticator.from_config(config)
     credentials = _credentials(config)
     pipeline, close_pipeline = await open_pipeline(config)
