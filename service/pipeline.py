@@ -574,6 +574,7 @@ class Pipeline:
         if self.selector is not None:
             resp.limits.max_query_tokens = self.selector.max_query_tokens
         resp.limits.max_contexts = cfg.max_contexts
+        resp.limits.max_query_bytes = cfg.max_query_bytes
         resp.limits.max_request_bytes = cfg.max_request_bytes
         resp.limits.max_message_bytes = cfg.max_message_bytes
         return resp
