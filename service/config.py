@@ -102,7 +102,18 @@ class Config:
     max_request_tokens: int = field(default=400_000, metadata={
         "help": "most tokens (all contexts, compressor's tokenizer) per request"})
     max_queue: int = field(default=64, metadata={
-        "help": "most requests in progress at once; more are refused with UNAVAILABLE"})
+        "help": "most requests waiting for or using the model at once (those with cache "
+                "misses); more are refused with UNAVAILABLE, while requests whose segments "
+                "are all cached are still served"})
+    max_in_progress: int = field(default=256, metadata={
+        "help": "most requests in progress at once, cached or not (each holds at most "
+                "max_request_bytes); more are refused with UNAVAILABLE"})
+    malloc_trim: bool = field(default=True, metadata={
+        "help": "after each request of at least 1 MiB of text, return freed memory to the "
+                "OS (glibc malloc_trim), so RSS goes back down after large requests"})
+    malloc_arena_max: int = field(default=2, metadata={
+        "help": "most glibc malloc arenas (set at server start; 0: glibc's default, 8 per "
+                "core), which bounds the memory freed but kept by threads"})
     max_batch_segments: int = field(default=64, metadata={
         "help": "most segments gathered from concurrent requests into one model call"})
     auth_tokens: str = field(default="", metadata={

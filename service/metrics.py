@@ -18,6 +18,7 @@ TOKENS = Counter("segpress_tokens_total", "Tokens in and out", ["direction"])  #
 BATCH_SEGMENTS = Histogram("segpress_model_batch_segments", "Segments per model call",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 IN_PROGRESS = Gauge("segpress_requests_in_progress", "Requests being processed")
+MODEL_REQUESTS = Gauge("segpress_model_requests", "Requests holding a model slot (--max-queue)")
 ENCODE_QUEUE = Gauge("segpress_encode_queue_segments", "Segments waiting for the model")
 
 

@@ -28,6 +28,15 @@ in a small CPU pool; model forward passes run in one dedicated model thread
 never blocks the loop and passes never compete with each other for cores.
 Missing segments from concurrent requests are gathered into shared model
 calls by the compressor's MicroBatcher (service/batcher.py).
+
+Fairness: cheap work never queues behind model work. A request whose every
+value the cache holds (known after lookup) does its CPU work (the query's
+embedding, selection, render) in a light pool of its own, never in the model
+thread or behind other requests' tokenizing; so do counting a query's tokens
+(bounded by max_query_bytes) and segmenting contexts whose segmentation is in
+the in-process LRU. Only requests with misses take one of `max_queue` model
+slots, from lookup until their values are stored; over it they are refused
+with UNAVAILABLE, and requests with every value cached are still served.
 """
 
 import asyncio
@@ -49,7 +58,7 @@ from compressors.registry import default_of
 from compressors.relevance import Options, SentenceVectors, choose
 from segpress.v1 import segpress_pb2 as pb
 
-from . import __version__, metrics
+from . import __version__, memory, metrics
 from .auth import check_namespace
 from .batcher import MicroBatcher
 from .config import Config
@@ -92,6 +101,7 @@ class Flow:
     parts: list[ContextParts] = field(default_factory=list)       # what render reads
     choices: list = field(default_factory=list)                   # relevance.Choice per context
     rendered: list[Rendered] = field(default_factory=list)
+    pool: object = None  # where its CPU work runs after lookup: light with no misses
 
 
 class Pipeline:
@@ -103,6 +113,9 @@ class Pipeline:
         self.selector = selector  # sentence embeddings for query-aware selection
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="segpress-model")
         self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-cpu")
+        # Cheap work only (see Fairness above): never waits behind the two above.
+        self.light_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-light")
+        self.model_requests = 0  # requests holding a model slot (max_queue)
         self._batchers: dict[str, MicroBatcher] = {}
         # In-process LRUs: contexts' segmentations (tokenizing is most of a
         # cached request's time) and, when --local-cache-mb is set, decoded
@@ -115,6 +128,7 @@ class Pipeline:
             await b.close()
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self.light_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def default_compressor(self) -> str:
@@ -123,7 +137,17 @@ class Pipeline:
     async def compress(self, req: pb.CompressRequest, granted_namespace: str | None = None
                        ) -> pb.CompressResponse:
         """Compresses one request. `granted_namespace` is the caller's token's
-        namespace when authentication is on (see service.auth)."""
+        namespace when authentication is on (see service.auth). After a large
+        one (service/memory.py), freed memory goes back to the OS."""
+        try:
+            return await self._compress(req, granted_namespace)
+        finally:
+            if (self.config.malloc_trim and not isinstance(req, Undecodable)
+                    and sum(map(len, req.contexts)) >= memory.TRIM_AFTER_CHARS):
+                asyncio.get_running_loop().run_in_executor(self.light_pool, memory.trim)
+
+    async def _compress(self, req: pb.CompressRequest, granted_namespace: str | None
+                        ) -> pb.CompressResponse:
         t0 = time.perf_counter()
         compressor, params, options = self.validate(req)
         flow = Flow(req, compressor, params, check_namespace(req.namespace, granted_namespace),
@@ -133,15 +157,40 @@ class Pipeline:
         try:
             await self.segment(flow)
             await self.lookup(flow)
-            await self.select(flow)
-            await self.check_rows(flow)
-            await self.encode_misses(flow, [k for ks in flow.keys for k in ks])
-            await self.store_new(flow)
+            with self._model_slot(flow):
+                await self.select(flow)
+                await self.check_rows(flow)
+                await self.encode_misses(flow, [k for ks in flow.keys for k in ks])
+                await self.store_new(flow)
         finally:
             for key in flow.owned:  # stored (or failed): single flight lets go of them
                 self._batcher(flow.encoders[key]).release([key])
         await self.render(flow)
         return self.respond(flow, t0)
+
+    @contextlib.contextmanager
+    def _model_slot(self, flow: Flow):
+        """One of max_queue model slots while a request with misses waits for
+        and uses the model (UNAVAILABLE when none is free); a request with
+        every value cached takes none and does its CPU work in the light pool."""
+        if not flow.missing:
+            flow.pool = self.light_pool
+            yield
+            return
+        flow.pool = self.cpu_pool
+        limit = self.config.max_queue
+        if self.model_requests >= limit:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"server overloaded: {limit} requests already wait for the "
+                               f"model, the limit is max_queue={limit}; retry with backoff "
+                               "(requests whose segments are all cached are still served)")
+        self.model_requests += 1
+        metrics.MODEL_REQUESTS.set(self.model_requests)
+        try:
+            yield
+        finally:
+            self.model_requests -= 1
+            metrics.MODEL_REQUESTS.set(self.model_requests)
 
     # -- validate --------------------------------------------------------------
 
@@ -217,15 +266,15 @@ class Pipeline:
         return options
 
     async def check_query_tokens(self, query: str) -> None:
-        """The query is at most max_query_tokens tokens, counted in the CPU
-        pool (it is at most max_query_bytes, so this is bounded too)."""
+        """The query is at most max_query_tokens tokens, counted in the light
+        pool (it is at most max_query_bytes, so this is bounded and cheap)."""
         limit = self.selector.max_query_tokens
 
         def count() -> int:
             n = len(query.split())  # every word is at least one token
             return n if n > limit else self.selector.query_tokens(query)
 
-        if await asyncio.get_running_loop().run_in_executor(self.cpu_pool, count) > limit:
+        if await asyncio.get_running_loop().run_in_executor(self.light_pool, count) > limit:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"query is more than {limit} tokens; the limit is "
                                f"max_query_tokens={limit}: send a shorter question")
@@ -256,12 +305,16 @@ class Pipeline:
 
         loop = asyncio.get_running_loop()
         with _timed(flow, "segment_ms"):
-            if await loop.run_in_executor(self.cpu_pool, over_limit):
-                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"contexts are more than {limit} tokens; the limit is "
-                                   f"max_request_tokens={limit}")
+            # Contexts seen before: their segmentations, no tokenizing (light pool).
             flow.segmented = await loop.run_in_executor(
-                self.cpu_pool, lambda: [self._segment(compressor, c) for c in flow.req.contexts])
+                self.light_pool, self._known_segmentations, compressor, flow.req.contexts)
+            if flow.segmented is None:
+                if await loop.run_in_executor(self.cpu_pool, over_limit):
+                    raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"contexts are more than {limit} tokens; the limit is "
+                                       f"max_request_tokens={limit}")
+                flow.segmented = await loop.run_in_executor(
+                    self.cpu_pool, lambda: [self._segment(compressor, c) for c in flow.req.contexts])
         n_tokens = sum(s.n_tokens for segs in flow.segmented for s in segs)
         if n_tokens > self.config.max_request_tokens:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -283,6 +336,20 @@ class Pipeline:
             # The context (the key) and the segments' texts, and a little per segment.
             self.segmentations.put(key, segments, 2 * sys.getsizeof(text) + 150 * len(segments))
         return segments
+
+    def _known_segmentations(self, compressor: Compressor, contexts) -> list[list[Segment]] | None:
+        """Every context's segmentation from the in-process LRU, or None when
+        one of them is not there."""
+        if not self.segmentations:
+            return None
+        out = []
+        for text in contexts:
+            segments = self.segmentations.get((compressor.name, compressor.cache_id, text))
+            if segments is None:
+                return None
+            out.append(segments)
+        metrics.LOCAL_CACHE.labels("segments", "hit").inc(len(out))
+        return out
 
     def _keys(self, flow: Flow, encoder) -> list[list[str]]:
         """Cache keys of every segment's value from `encoder` (the compressor
@@ -373,13 +440,16 @@ class Pipeline:
         await self.encode_misses(flow, [k for ks in flow.vector_keys for k in ks])
         with _timed(flow, "select_ms"):
             loop = asyncio.get_running_loop()
-            q = await loop.run_in_executor(self.model_pool, self.selector.query, flow.req.query)
+            # The query's embedding: a short model pass, in the model thread
+            # unless every value was cached (then it must not wait for it).
+            pool = self.model_pool if flow.missing else flow.pool
+            q = await loop.run_in_executor(pool, self.selector.query, flow.req.query)
             contexts = [ContextParts(c, segs, []) for c, segs in zip(flow.req.contexts, flow.segmented)]
             vectors = [[flow.found[k] for k in ks] for ks in flow.vector_keys]
             total = sum(s.n_tokens for segs in flow.segmented for s in segs)
             budget = flow.compressor.budget(flow.params, total)
             flow.choices = await loop.run_in_executor(
-                self.cpu_pool, choose, contexts, vectors, flow.req.query, q, budget, flow.options)
+                flow.pool, choose, contexts, vectors, flow.req.query, q, budget, flow.options)
         if flow.compressor.output == "tensor":
             keep = [[overlaps(seg, choice.allowed) for seg in segs]
                     for segs, choice in zip(flow.segmented, flow.choices)]
@@ -416,7 +486,7 @@ class Pipeline:
         query = flow.req.query if flow.req.HasField("query") else None
         with _timed(flow, "render_ms"):
             flow.rendered = await asyncio.get_running_loop().run_in_executor(
-                self.cpu_pool, flow.compressor.render, flow.parts, flow.params, query)
+                flow.pool, flow.compressor.render, flow.parts, flow.params, query)
 
     def respond(self, flow: Flow, t0: float) -> pb.CompressResponse:
         """The response: per-context results, text or tensor, stats."""
@@ -503,6 +573,7 @@ class Pipeline:
         if self.selector is not None:
             resp.limits.max_query_tokens = self.selector.max_query_tokens
         resp.limits.max_contexts = cfg.max_contexts
+        resp.limits.max_query_bytes = cfg.max_query_bytes
         resp.limits.max_request_bytes = cfg.max_request_bytes
         resp.limits.max_message_bytes = cfg.max_message_bytes
         return resp

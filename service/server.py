@@ -1,15 +1,16 @@
 """The gRPC server: the Segpress service, health, reflection, shutdown.
 
 Every call goes through `_guard`: authentication (service.auth), the
-in-progress limit (`--max-queue`: more requests than that at once are
-refused with UNAVAILABLE so clients back off instead of piling up), metrics
-and one structured log line. Errors a request causes become their gRPC status
+in-progress limit (`--max-in-progress`: more requests than that at once are
+refused with UNAVAILABLE so clients back off instead of piling up; the
+pipeline bounds those waiting for the model by `--max-queue`), metrics and
+one structured log line. Errors a request causes become their gRPC status
 (RequestError); anything unexpected is logged with the request id and
 answered INTERNAL, and the server keeps serving.
 
 Streams: an open CompressStream is not work in progress, each of its
 requests is while it runs (and gets UNAVAILABLE as its status over
---max-queue). A client may hold --max-streams-per-client streams at once; a
+--max-in-progress or --max-queue). A client may hold --max-streams-per-client streams at once; a
 stream that sends nothing for --stream-idle-s while none of its requests is
 in progress is ended; when a stream ends (the client cancelled, the deadline
 passed) every request of it still queued or running is cancelled.
@@ -38,7 +39,7 @@ from compressors.registry import build_all
 from segpress.v1 import segpress_pb2 as pb
 from segpress.v1 import segpress_pb2_grpc as pb_grpc
 
-from . import metrics
+from . import memory, metrics
 from .auth import Authenticator
 from .config import Config
 from .errors import RequestError, Undecodable
@@ -102,11 +103,11 @@ class SegpressServicer(pb_grpc.SegpressServicer):
             return await self.pipeline.compress(request, namespace)
 
     def _check_queue(self) -> None:
-        limit = self.pipeline.config.max_queue
+        limit = self.pipeline.config.max_in_progress
         if self.in_progress > limit:
             raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                               f"server overloaded: more than max_queue={limit} requests "
-                               "in progress; retry with backoff")
+                               f"server overloaded: more than max_in_progress={limit} "
+                               "requests in progress; retry with backoff")
 
     async def CompressStream(self, request_iterator, context):
         # Up to `stream_window` requests run at once; results go out in order.
@@ -177,7 +178,8 @@ class SegpressServicer(pb_grpc.SegpressServicer):
 
     async def _one(self, req, namespace):
         """One request of a stream: (code, message, response or None). It is
-        work in progress while it runs, refused with UNAVAILABLE over max_queue."""
+        work in progress while it runs, refused with UNAVAILABLE over
+        max_in_progress (and, waiting for the model, over max_queue)."""
         self.in_progress += 1
         metrics.IN_PROGRESS.set(self.in_progress)
         try:
@@ -397,6 +399,7 @@ async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credent
 
 async def serve(config: Config) -> None:
     """Runs the server until SIGTERM or SIGINT."""
+    memory.limit_arenas(config.malloc_arena_max)  # before the pools start their threads
     auth = Authenticator.from_config(config)
     credentials = _credentials(config)
     pipeline, close_pipeline = await open_pipeline(config)

@@ -61,6 +61,7 @@ def test_info_lists_the_compressor_and_limits(client):
     assert [c.name for c in info.compressors] == ["tiny"]
     assert info.compressors[0].output == pb.OUTPUT_KIND_TEXT
     assert info.limits.max_contexts == 4
+    assert info.limits.max_query_bytes == 16 << 10  # the default max_query_bytes
 
 
 def test_repeat_is_all_hits_and_identical(client, tiny, ns):

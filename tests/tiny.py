@@ -10,6 +10,7 @@ gRPC around it stay real.
 """
 
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -89,3 +90,34 @@ class Tiny:
                                 compressed_tokens=len(words),
                                 text=" ".join(c.text[s:e] for s, e in words)))
         return out
+
+
+class Gated(Tiny):
+    """Tiny with real blocking points a test opens: its model pass waits for
+    `gate`, and segmenting a context that contains HOLD waits for
+    `segment_gate`. Requests stay where the test holds them for as long as it
+    needs, on any machine, with no sleeps."""
+
+    name, cache_id = "gated", "gated:v1"
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.segment_gate, self.segmenting = threading.Event(), threading.Semaphore(0)
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        self.entered.set()
+        if not self.gate.wait(120):
+            raise RuntimeError("the test never opened the model gate")
+        return super().encode(texts)
+
+    def segment(self, text: str) -> list[Segment]:
+        if "HOLD" in text:
+            self.segmenting.release()
+            if not self.segment_gate.wait(120):
+                raise RuntimeError("the test never opened the segment gate")
+        return super().segment(text)
+
+    def open(self) -> None:
+        self.gate.set()
+        self.segment_gate.set()
