@@ -97,7 +97,8 @@ def cached(redis, replica, text) -> tuple:
 
 
 def test_segment_missed_on_both_at_once_is_computed_once(replicas):
-    text = " ".join([TEXT] * 6) + " Sent to both replicas at once."
+    text = " ".join(f"Paragraph {i}: {TEXT.replace('Redis', f'Redis number {i}')}"
+                    for i in range(12))  # distinct sentences: several segments
     start, out = threading.Barrier(2), [None, None]
 
     def send(i):
@@ -184,7 +185,7 @@ def test_a_planted_or_tampered_value_is_a_miss_and_overwritten(redis, replicas, 
         elif damage == "unsigned":
             bad = signer.verify(k.decode(), v)  # the right value without its tag
         else:  # signed with another secret
-            bad = Signer(b"not-the-deployment-secret").sign(k.decode(), signer.verify(k.decode(), donor))
+            bad = Signer(b"not-the-deployment-secret").sign(k.decode(), signer.verify(k.decode(), v))
         r.set(k, bad)
     rejected = replicas[1].metric("segpress_cache_rejected_total")
     with replicas[1].client() as c:
