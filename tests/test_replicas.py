@@ -19,6 +19,7 @@ from segpress import SegpressClient
 
 from conftest import RedisProcess, ServerProcess, free_port
 from helpers import segpress
+from test_faults import redis_cluster  # noqa: F401 - a fixture
 
 SECRET = "replica-test-secret-0123456789"
 TOKEN = "tok-a"  # tenant-a's token on the replicas with the secret
@@ -263,30 +264,41 @@ def test_leases_in_the_store(redis):
     """One holder per key; release only by the holder; waiting ends with the
     value, or as expired when the lease goes without one; a Redis that is
     down fails leases without raising."""
-    async def run():
-        store = SegmentStore(connect(redis.url, 1.0), 60, 1.0, lease_s=0.5)
-        try:
-            a = await store.take_leases(["segpress:v1:t:c:1", "segpress:v1:t:c:2"])
-            b = await store.take_leases(["segpress:v1:t:c:1", "segpress:v1:t:c:2"])
-            assert a.won == ["segpress:v1:t:c:1", "segpress:v1:t:c:2"] and not a.lost
-            assert b.lost == a.won and not b.won
-            await store.release_leases(a.won, b.token)  # not b's to release
-            assert redis.client().exists(lease_key("segpress:v1:t:c:1"))
-            await store.put_many({"segpress:v1:t:c:1": b"one"})
-            await store.release_leases(["segpress:v1:t:c:1"], a.token)
-            waited = await store.wait_for(["segpress:v1:t:c:1", "segpress:v1:t:c:2"])
-            assert waited.values == {"segpress:v1:t:c:1": b"one"}
-            assert waited.expired == ["segpress:v1:t:c:2"]  # its lease ran out, no value
-            c = await store.take_leases(["segpress:v1:t:c:1"])
-            assert c.found == {"segpress:v1:t:c:1": b"one"} and not c.won
-            assert not redis.client().exists(lease_key("segpress:v1:t:c:1"))
-        finally:
-            await store.close()
-        down = SegmentStore(connect(f"redis://127.0.0.1:{free_port()}/0", 0.5), 60, 0.5, lease_s=1)
-        try:
-            d = await down.take_leases(["segpress:v1:t:c:3"])
-            assert d.failed == ["segpress:v1:t:c:3"] and not d.won and not d.lost
-        finally:
-            await down.close()
+    asyncio.run(check_leases(redis.url, redis.client()))
 
-    asyncio.run(run())
+
+def test_leases_on_a_redis_cluster(redis_cluster):
+    """The same on a 3-master cluster: the key and its lease hash to
+    different slots, every command goes to its own node."""
+    import redis as redis_py
+
+    raw = redis_py.RedisCluster(host="127.0.0.1", port=redis_cluster[0])
+    asyncio.run(check_leases(f"redis+cluster://127.0.0.1:{redis_cluster[0]}", raw))
+
+
+async def check_leases(url: str, raw) -> None:
+    keys = [f"segpress:v1:t:c:{i}" for i in range(1, 4)]  # spread over slots
+    store = SegmentStore(connect(url, 1.0), 60, 1.0, lease_s=0.5)
+    try:
+        a = await store.take_leases(keys[:2])
+        b = await store.take_leases(keys[:2])
+        assert a.won == keys[:2] and not a.lost and not a.failed
+        assert b.lost == a.won and not b.won
+        await store.release_leases(a.won, b.token)  # not b's to release
+        assert raw.exists(lease_key(keys[0]))
+        await store.put_many({keys[0]: b"one"})
+        await store.release_leases([keys[0]], a.token)
+        waited = await store.wait_for(keys[:2])
+        assert waited.values == {keys[0]: b"one"}
+        assert waited.expired == [keys[1]]  # its lease ran out, no value
+        c = await store.take_leases([keys[0]])
+        assert c.found == {keys[0]: b"one"} and not c.won
+        assert not raw.exists(lease_key(keys[0]))
+    finally:
+        await store.close()
+    down = SegmentStore(connect(f"redis://127.0.0.1:{free_port()}/0", 0.5), 60, 0.5, lease_s=1)
+    try:
+        d = await down.take_leases([keys[2]])
+        assert d.failed == [keys[2]] and not d.won and not d.lost
+    finally:
+        await down.close()
