@@ -359,10 +359,11 @@ class Pipeline:
         metrics.LEASES.labels("local").inc(len(local))
         with _timed(flow, "cache_lookup_ms"):
             leases = await self.store.take_leases([k for k in work if k not in local])
-        for outcome in ("won", "lost", "found", "failed"):
-            n = len(getattr(leases, outcome))
-            if n and outcome != "lost":
-                metrics.LEASES.labels("error" if outcome == "failed" else outcome).inc(n)
+        metrics.LEASES.labels("won").inc(len(leases.won))
+        metrics.LEASES.labels("found").inc(len(leases.found))
+        metrics.LEASES.labels("error").inc(len(leases.failed))
+        if leases.failed:  # Redis failed: computed here, as without leases
+            flow.stats.cache_errors += 1
         flow.leases.update(dict.fromkeys(leases.won, leases.token))
         late = [k for k, v in leases.found.items() if not self._accept(flow, k, v)]
         mine = {k: work[k] for k in local + leases.won + leases.failed + late}
