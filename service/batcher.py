@@ -82,6 +82,12 @@ class MicroBatcher:
                 if job.waiters == 0 and not job.future.done():
                     job.future.cancel()  # nobody waits any more: skip it
 
+    def has(self, key: str) -> bool:
+        """Whether `key` is queued, running or finished here (a request for
+        it joins that job rather than taking a cross-replica lease)."""
+        job = self._inflight.get(key)
+        return job is not None and not job.future.cancelled()
+
     def release(self, keys: list[str]) -> None:
         """Forgets the finished segments `keys` (queued by the caller, now in
         the cache or never to be), once the lookups that may have missed

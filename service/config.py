@@ -43,6 +43,16 @@ class Config:
                 "the Redis round trip (0: off)"})
     cache_retry_s: float = field(default=1.0, metadata={
         "help": "after a Redis failure, serve without cache this long before retrying"})
+    cache_lease_s: float = field(default=5.0, metadata={
+        "help": "replicas sharing a Redis compute a segment missed on several at once only "
+                "once: the first takes a lease this long, the others wait for its value and "
+                "compute it themselves if the lease expires (0: off)"})
+    cache_secret: str = field(default="", repr=False, metadata={
+        "help": "deployment secret (at least 16 bytes) shared by the replicas: cache keys are "
+                "derived with it and values carry its HMAC, so a replica or Redis writer "
+                "without it cannot address tenants' entries or plant values (empty: off)"})
+    cache_secret_file: str = field(default="", metadata={
+        "help": "file holding --cache-secret (one trailing newline ignored)"})
     llmlingua2_model: str = field(default="", metadata={
         "help": "LLMLingua-2 checkpoint directory or hub id; empty builds the default "
                 "under --cache-dir/models"})
@@ -174,7 +184,36 @@ def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
                 values[f.name] = parse(f, raw)
             except ValueError as e:
                 raise ConfigError(f"{env_name(f.name)}={raw!r}: {e}") from None
-    return Config(**values)
+    config = Config(**values)
+    cache_secret(config)  # a bad secret is a usage error, before anything starts
+    return config
+
+
+MIN_SECRET_BYTES = 16  # cache.signing's minimum
+
+
+def cache_secret(config: Config) -> bytes | None:
+    """The deployment secret (--cache-secret or --cache-secret-file), or None;
+    ConfigError when both are set, the file cannot be read, or it is shorter
+    than MIN_SECRET_BYTES."""
+    if config.cache_secret and config.cache_secret_file:
+        raise ConfigError("set --cache-secret or --cache-secret-file (SEGPRESS_CACHE_SECRET or "
+                          "SEGPRESS_CACHE_SECRET_FILE), not both")
+    if config.cache_secret_file:
+        try:
+            secret = Path(config.cache_secret_file).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--cache-secret-file {config.cache_secret_file}: "
+                              f"{e.strerror}") from None
+        secret, where = secret[:-1] if secret.endswith(b"\n") else secret, "--cache-secret-file"
+    elif config.cache_secret:
+        secret, where = config.cache_secret.encode("utf-8"), "--cache-secret (SEGPRESS_CACHE_SECRET)"
+    else:
+        return None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{where} is {len(secret)} bytes; a cache secret must be at least "
+                          f"{MIN_SECRET_BYTES} bytes: use e.g. `openssl rand -hex 32`")
+    return secret
 
 
 def parse(f, raw: str):

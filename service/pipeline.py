@@ -10,8 +10,9 @@
                     segments' tokens, refused before encoding when over the limit
     encode misses   the compressor's missing values of the selected segments, one
                     model pass shared by concurrent requests for the same segment
-                    (single flight, micro-batched)
-    store           the new values, written back
+                    (single flight, micro-batched; across replicas that share the
+                    Redis, through a short lease per segment: --cache-lease-s)
+    store           the new values, written back as soon as they are computed
     render          the request's rate/budget applied to the cached values
     respond         text or tensor, and stats
 
@@ -98,6 +99,8 @@ class Flow:
     # Keys another request had just computed when this one's lookup missed
     # them (single flight's finished results): written back like owned ones.
     reused: list[str] = field(default_factory=list)
+    leases: dict[str, str] = field(default_factory=dict)          # key -> lease token held
+    segment_of: dict[str, Segment] = field(default_factory=dict)  # key -> segment, when checked
     parts: list[ContextParts] = field(default_factory=list)       # what render reads
     choices: list = field(default_factory=list)                   # relevance.Choice per context
     rendered: list[Rendered] = field(default_factory=list)
@@ -110,6 +113,8 @@ class Pipeline:
         self.config = config
         self.compressors = compressors
         self.store = store
+        # With --cache-secret, keys are derived with the deployment's key.
+        self.signer = getattr(store, "signer", None)
         self.selector = selector  # sentence embeddings for query-aware selection
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="segpress-model")
         self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="segpress-cpu")
@@ -161,10 +166,12 @@ class Pipeline:
                 await self.select(flow)
                 await self.check_rows(flow)
                 await self.encode_misses(flow, [k for ks in flow.keys for k in ks])
-                await self.store_new(flow)
         finally:
             for key in flow.owned:  # stored (or failed): single flight lets go of them
                 self._batcher(flow.encoders[key]).release([key])
+            for token in set(flow.leases.values()):  # only left on a failure
+                await self.store.release_leases(
+                    [k for k, t in flow.leases.items() if t == token], token)
         await self.render(flow)
         return self.respond(flow, t0)
 
@@ -354,7 +361,7 @@ class Pipeline:
     def _keys(self, flow: Flow, encoder) -> list[list[str]]:
         """Cache keys of every segment's value from `encoder` (the compressor
         or the sentence embedder), registered in flow.texts and flow.encoders."""
-        keys = [[segment_key(flow.namespace, encoder.name, encoder.cache_id, s.text)
+        keys = [[segment_key(flow.namespace, encoder.name, encoder.cache_id, s.text, self.signer)
                  for s in segs] for segs in flow.segmented]
         for ks, segs in zip(keys, flow.segmented):
             for k, s in zip(ks, segs):
@@ -364,7 +371,7 @@ class Pipeline:
 
     async def lookup(self, flow: Flow) -> None:
         """One batched read of every segment (of those not in the in-process
-        LRU); a corrupt or foreign value is a miss."""
+        LRU); a corrupt or foreign value, or one whose tag fails, is a miss."""
         if flow.mode == "use" and self.hot_values:
             with _timed(flow, "cache_lookup_ms"):
                 for k in flow.texts:
@@ -375,46 +382,112 @@ class Pipeline:
         remote = [k for k in flow.texts if k not in flow.found]
         if flow.mode == "use" and self.store is not None and remote:
             with _timed(flow, "cache_lookup_ms"):
-                values, errors = await self.store.get_many(remote)
-                flow.stats.cache_errors += errors
-                segment_of = {k: s for keys in (flow.keys, flow.vector_keys)
-                              for ks, segs in zip(keys, flow.segmented) for k, s in zip(ks, segs)}
+                values, errors, rejected = await self.store.get_many(remote)
+                flow.stats.cache_errors += errors + rejected
+                metrics.CACHE_REJECTED.inc(rejected)
                 for k, v in zip(remote, values):
-                    if v is None:
-                        continue
-                    arrays = codec.decode(flow.encoders[k].kind, v)
-                    # A value that does not fit its segment (a checksum can be
-                    # valid over wrong arrays) is a miss, computed again and
-                    # overwritten, never an error or wrong text.
-                    if arrays is None or not flow.encoders[k].check_encoded(arrays, segment_of[k]):
-                        flow.stats.cache_errors += 1
-                    else:
-                        flow.found[k] = arrays
-                        self._keep_hot(k, arrays)
+                    if v is not None:
+                        self._accept(flow, k, v)
         flow.missing = {k: txt for k, txt in flow.texts.items() if k not in flow.found}
+
+    def _accept(self, flow: Flow, key: str, value: bytes) -> bool:
+        """Decodes a value read from Redis into flow.found. A value that does
+        not fit its segment (a checksum can be valid over wrong arrays) is a
+        miss, counted in cache_errors, computed again and overwritten, never
+        an error or wrong text."""
+        arrays = codec.decode(flow.encoders[key].kind, value)
+        if not flow.segment_of:
+            flow.segment_of = {k: s for keys in (flow.keys, flow.vector_keys)
+                               for ks, segs in zip(keys, flow.segmented) for k, s in zip(ks, segs)}
+        if arrays is None or not flow.encoders[key].check_encoded(arrays, flow.segment_of[key]):
+            flow.stats.cache_errors += 1
+            return False
+        flow.found[key] = arrays
+        self._keep_hot(key, arrays)
+        return True
 
     async def encode_misses(self, flow: Flow, keys: list[str]) -> None:
         """The values of `keys` that the cache did not have, encoded together
-        with other requests' (single flight); the owner of each key (the
-        compressor or the sentence embedder) encodes it."""
+        with other requests' (single flight) and written back; the owner of
+        each key (the compressor or the sentence embedder) encodes it. With
+        leases on, a key no request of this process is computing is leased
+        first: another replica's lease means waiting for its value (while
+        this request computes the keys it won), and computing it here only
+        if that lease ends with no value."""
         work = {k: flow.missing[k] for k in keys if k in flow.missing and k not in flow.found}
         if not work:
             return
+        batcher = self._batcher(flow.encoders[next(iter(work))])
+        if flow.mode != "use" or self.store is None or self.store.lease_s <= 0:
+            await self._compute(flow, batcher, work)
+            return
+        local = [k for k in work if batcher.has(k)]
+        metrics.LEASES.labels("local").inc(len(local))
+        with _timed(flow, "cache_lookup_ms"):
+            leases = await self.store.take_leases([k for k in work if k not in local])
+        metrics.LEASES.labels("won").inc(len(leases.won))
+        metrics.LEASES.labels("found").inc(len(leases.found))
+        metrics.LEASES.labels("error").inc(len(leases.failed))
+        if leases.failed:  # Redis failed: computed here, as without leases
+            flow.stats.cache_errors += 1
+        flow.leases.update(dict.fromkeys(leases.won, leases.token))
+        late = [k for k, v in leases.found.items() if not self._accept(flow, k, v)]
+        mine = {k: work[k] for k in local + leases.won + leases.failed + late}
+        computing = asyncio.ensure_future(self._compute(flow, batcher, mine))
+        waiting = asyncio.ensure_future(self._wait(flow, leases.lost))
+        try:
+            # The first failure (or this request's cancellation) ends both.
+            await asyncio.wait((computing, waiting), return_when=asyncio.FIRST_EXCEPTION)
+            await computing
+            rest = await waiting
+        finally:
+            for task in (computing, waiting):
+                task.cancel()
+            await asyncio.gather(computing, waiting, return_exceptions=True)
+        await self._compute(flow, batcher, {k: work[k] for k in rest})
+
+    async def _wait(self, flow: Flow, keys: list[str]) -> list[str]:
+        """Waits for other replicas' values of `keys`; returns those this
+        request must compute itself."""
+        if not keys:
+            return []
         with _timed(flow, "encode_ms"):
-            batcher = self._batcher(flow.encoders[next(iter(work))])
-            # A finished result waiting here stands in for a cache hit that a
-            # lookup sent just before its write missed; with no cache to read
-            # (bypass, refresh, no store) every request computes its own.
-            reuse = flow.mode == "use" and self.store is not None
-            computed, owned, reused = await batcher.encode(work, reuse_finished=reuse)
+            waited = await self.store.wait_for(keys)
+        metrics.LEASES.labels("expired").inc(len(waited.expired))
+        metrics.LEASES.labels("error").inc(len(waited.failed))
+        if waited.failed:
+            flow.stats.cache_errors += 1
+        bad = [k for k, v in waited.values.items() if not self._accept(flow, k, v)]
+        metrics.LEASES.labels("waited").inc(len(waited.values) - len(bad))
+        return waited.expired + waited.failed + bad
+
+    async def _compute(self, flow: Flow, batcher: MicroBatcher, work: dict[str, str]) -> None:
+        """Encodes `work` (shared with concurrent requests of this process),
+        writes the new values and lets go of their leases."""
+        if not work:
+            return
+        try:
+            with _timed(flow, "encode_ms"):
+                # A finished result waiting here stands in for a cache hit that a
+                # lookup sent just before its write missed; with no cache to read
+                # (bypass, refresh, no store) every request computes its own.
+                reuse = flow.mode == "use" and self.store is not None
+                computed, owned, reused = await batcher.encode(work, reuse_finished=reuse)
             flow.found.update(computed)
             flow.owned += owned
             flow.reused += reused
+            await self.store_new(flow, owned + reused)
+        finally:
+            held = [k for k in work if k in flow.leases]
+            if held:
+                token = flow.leases[held[0]]
+                for k in held:
+                    del flow.leases[k]
+                await self.store.release_leases(held, token)
 
-    async def store_new(self, flow: Flow) -> None:
-        """What this request computed or reused for a miss, written back (not
-        with CACHE_MODE_BYPASS)."""
-        new = flow.owned + flow.reused
+    async def store_new(self, flow: Flow, new: list[str]) -> None:
+        """Values this request computed or reused for a miss, written back
+        (not with CACHE_MODE_BYPASS)."""
         if new and flow.mode != "bypass" and self.store is not None:
             with _timed(flow, "cache_store_ms"):
                 flow.stats.cache_errors += await self.store.put_many(

@@ -34,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cache.embedded import start_embedded
+from cache.signing import Signer
 from cache.store import SegmentStore, connect
 from compressors.registry import build_all
 from segpress.v1 import segpress_pb2 as pb
@@ -41,7 +42,7 @@ from segpress.v1 import segpress_pb2_grpc as pb_grpc
 
 from . import memory, metrics
 from .auth import Authenticator
-from .config import Config
+from .config import Config, cache_secret
 from .errors import RequestError, Undecodable
 from .pipeline import Pipeline
 
@@ -294,7 +295,10 @@ async def make_store(config: Config):
         embedded, url = start_embedded(config.cache_dir)
         log.info("started embedded Redis at %s", url)
     client = connect(url, config.cache_timeout_s)
-    return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s), embedded
+    secret = cache_secret(config)
+    signer = Signer(secret) if secret is not None else None
+    return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s,
+                        signer=signer, lease_s=config.cache_lease_s), embedded
 
 
 def sentence_vectors(config: Config):

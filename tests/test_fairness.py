@@ -14,8 +14,7 @@ import pytest
 from segpress import SegpressClient
 from service.config import Config
 
-from test_flow import InProcessServer
-from test_load import wait_until
+from helpers import InProcessServer, wait_until
 from tiny import Gated
 
 CACHED = ("The harbour froze in the winter of 1902. Ships waited outside for eleven days, "

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from segpress import Retry, SegpressClient, SegpressError
 from service.config import Config
-from test_flow import InProcessServer
+from helpers import InProcessServer, wait_until
 from tiny import Gated
 
 
@@ -59,14 +59,6 @@ def test_sixteen_clients_zero_errors_and_stable_memory(server, sample_text):
     print(f"16 clients x 8 requests: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
           f"server RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")
     assert growth_mb < 100, f"server memory grew by {growth_mb:.0f} MiB in one round"
-
-
-def wait_until(condition, what: str, limit_s: float = 60) -> None:
-    """Waits for `condition()` (a state the server reaches, not a time)."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f"never reached: {what}"
-        time.sleep(0.01)
 
 
 def test_overload_is_unavailable_with_the_limit_named(redis_proc):

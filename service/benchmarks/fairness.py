@@ -17,7 +17,6 @@ by side, and what the load clients got meanwhile.
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
 import tempfile
