@@ -107,6 +107,20 @@ class MicroBatcher:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
+    async def _one_by_one(self, texts: list[str], error: Exception) -> list:
+        """After a model call over several segments failed: each segment on
+        its own, so that only the requests of a segment that fails get the
+        error (its exception in place of its value)."""
+        if len(texts) == 1:
+            return [error]
+        loop, out = asyncio.get_running_loop(), []
+        for text in texts:
+            try:
+                out += await loop.run_in_executor(self.model_pool, self.compressor.encode, [text])
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -126,8 +140,8 @@ class MicroBatcher:
                 try:
                     out = await loop.run_in_executor(
                         self.model_pool, self.compressor.encode, [j.text for _, j in batch])
-                except Exception as e:  # noqa: BLE001 - handed to every waiter
-                    out = [e] * len(batch)
+                except Exception as e:  # noqa: BLE001 - handed to the waiters of what fails
+                    out = await self._one_by_one([j.text for _, j in batch], e)
                 for (key, job), value in zip(batch, out):
                     if job.future.done():  # cancelled while it ran
                         if self._inflight.get(key) is job:

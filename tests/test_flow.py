@@ -199,3 +199,34 @@ def test_the_smallest_compressor_in_the_docs_runs_through_the_pipeline(redis_pro
         s.stop()
     assert first.text == again.text == "one three five"
     assert (first.stats.cache_misses, again.stats.cache_hits) == (1, 1)
+
+
+def test_a_failing_segment_fails_only_its_own_requests():
+    """Two requests' segments in one model call, one of which the model
+    cannot encode: the call is retried segment by segment, so the other
+    request gets its value and only the failing one its error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.batcher import MicroBatcher
+
+    class Failing(Tiny):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def encode(self, texts):
+            self.calls.append(list(texts))
+            if any("boom" in t for t in texts):
+                raise RuntimeError("the model failed")
+            return super().encode(texts)
+
+    async def both(batcher):
+        return await asyncio.gather(batcher.encode({"a": "good words"}), batcher.encode({"b": "boom"}),
+                                    return_exceptions=True)
+
+    model = Failing()
+    with ThreadPoolExecutor(1) as pool:
+        good, bad = asyncio.run(both(MicroBatcher(model, pool, max_segments=8)))
+    assert model.calls == [["good words", "boom"], ["good words"], ["boom"]]  # one call, then each
+    assert set(good[0]["a"]) == {"spans", "scores", "tokens"}
+    assert isinstance(bad, RuntimeError) and "the model failed" in str(bad)
