@@ -137,7 +137,7 @@ def test_a_lookup_that_missed_just_before_the_write_reuses_the_result(srv, tiny,
     before = len(tiny.encoded)
 
     async def late_miss():
-        return await srv.pipeline._batcher(tiny).encode({key: text})
+        return await srv.pipeline.values.batcher(tiny).encode({key: text})
 
     values, owned, reused = srv.call(late_miss())
     assert len(tiny.encoded) == before and owned == [] and reused == [key] and list(values) == [key]
