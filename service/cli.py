@@ -256,7 +256,7 @@ def _eval(args, config) -> int:
 
 async def _local(config, run):
     """Runs `run(pipeline)` with in-process models; cache only with --redis-url."""
-    from .server import open_pipeline
+    from .assemble import open_pipeline
 
     pipeline, close = await open_pipeline(config, embedded=False)
     try:

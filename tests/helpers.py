@@ -137,7 +137,8 @@ class InProcessServer:
     async def _up(self, config, compressors, selector):
         from service.auth import Authenticator
         from service.pipeline import Pipeline
-        from service.server import make_store, start
+        from service.assemble import make_store
+        from service.server import start
 
         store, _ = await make_store(config)
         pipeline = Pipeline(config, compressors, store, selector)

@@ -15,7 +15,7 @@ from cache.local import LocalCache
 from segpress import SegpressClient
 from service.config import SAMPLE, Config
 from service.pipeline import Pipeline
-from service.server import make_store
+from service.assemble import make_store
 
 from tiny import Tiny
 

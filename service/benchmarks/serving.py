@@ -184,7 +184,7 @@ class Bench:
         times of each."""
         import dataclasses
 
-        from ..server import make_store
+        from ..assemble import make_store
 
         texts = bench_texts(self.sample, n_docs)
         store, embedded = self.loop.run_until_complete(make_store(self.config))
@@ -274,7 +274,7 @@ class Bench:
     def query_cost(self, n_docs: int = 10) -> dict:
         """With a query against without, both cached (one query embedding and
         the ranking on top of a cached request) and both cold."""
-        from ..server import make_store, sentence_vectors
+        from ..assemble import make_store, sentence_vectors
 
         texts = bench_texts(self.sample, n_docs)
         question = "What did the keeper record in his log?"
