@@ -31,6 +31,8 @@ import grpc
 
 from segpress import AsyncSegpressClient, SegpressClient, SegpressError, pb
 
+from ..config import Config
+
 MiB = 1 << 20
 
 
@@ -102,11 +104,13 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.target = f"127.0.0.1:{self.port}"
+        cache_dir = os.environ.get("SEGPRESS_CACHE_DIR")
+        if not cache_dir:  # a fresh Redis, but the models already built (no export at start)
+            cache_dir = tempfile.mkdtemp(prefix="segpress-limits-")
+            os.symlink(Config().models_dir, os.path.join(cache_dir, "models"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            env={**os.environ, "SEGPRESS_METRICS_PORT": "0",
-                 "SEGPRESS_CACHE_DIR": os.environ.get("SEGPRESS_CACHE_DIR")
-                 or tempfile.mkdtemp(prefix="segpress-limits-"), **env},
+            env={**os.environ, "SEGPRESS_METRICS_PORT": "0", "SEGPRESS_CACHE_DIR": cache_dir, **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while True:
@@ -259,17 +263,19 @@ def main(argv=None) -> int:
                          "with the memory settings on (the defaults) and off")
     ap.add_argument("--distinct", type=int, default=4, help="--memory: different texts")
     ap.add_argument("--bytes", type=int, default=8 * MiB - 1024, help="--memory: request size")
+    ap.add_argument("--settings", default="on,off", help="--memory: on (trim, 2 arenas: the "
+                    "defaults), off (neither), or both")
     args = ap.parse_args(argv)
     if not os.environ.get("SEGPRESS_LLMLINGUA2_MODEL"):
         from compressors.models import ensure_default_llmlingua2
 
-        from ..config import Config
 
         os.environ["SEGPRESS_LLMLINGUA2_MODEL"] = str(ensure_default_llmlingua2(Config().models_dir))
     if args.memory:
-        settings = [("trim, 2 arenas (default)", {}),
-                    ("no trim, glibc arenas", {"SEGPRESS_MALLOC_TRIM": "false",
-                                               "SEGPRESS_MALLOC_ARENA_MAX": "0"})]
+        settings = {"on": ("trim, 2 arenas (default)", {}),
+                    "off": ("no trim, glibc arenas", {"SEGPRESS_MALLOC_TRIM": "false",
+                                                      "SEGPRESS_MALLOC_ARENA_MAX": "0"})}
+        settings = [settings[name] for name in args.settings.split(",")]
         results = memory(args.memory, args.distinct, args.bytes, settings)
         if args.json:
             print(json.dumps(results, indent=2))
