@@ -269,7 +269,6 @@ def main(argv=None) -> int:
     if not os.environ.get("SEGPRESS_LLMLINGUA2_MODEL"):
         from compressors.models import ensure_default_llmlingua2
 
-
         os.environ["SEGPRESS_LLMLINGUA2_MODEL"] = str(ensure_default_llmlingua2(Config().models_dir))
     if args.memory:
         settings = {"on": ("trim, 2 arenas (default)", {}),
