@@ -163,3 +163,11 @@ def test_the_contract_check_catches_an_undeclared_read():
         "    x = getattr(flow.compressor, 'count_tokens', None)\n"
         "def check(req):\n    for c in req.contexts:\n        c.strip()\n"))
     assert reads == {(3, "tokenizer")} and getattrs == {4}
+
+
+def test_no_compressor_is_named_like_the_sentence_vectors():
+    """Cache keys name the encoder: a compressor called like selection's
+    sentence vectors would read and write their entries."""
+    from compressors import relevance
+
+    assert relevance.NAME not in REGISTRY
