@@ -142,6 +142,7 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
 
     from ..complm_model import load_model as load_complm
     from . import shards, soft
+    from .loop import train_loop
 
     torch.manual_seed(run.seed)
     if device == "cpu":  # two runs side by side: each its share of the cores
@@ -201,7 +202,7 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = decoder_dir.parent / f"{run.compressor}.ckpt"
-    finished, rec = soft.train_loop(model, run, batches, step_loss, dev_report, ckpt, minutes=run.minutes,
+    finished, rec = train_loop(model, run, batches, step_loss, dev_report, ckpt, minutes=run.minutes,
                                     on_checkpoint=export)
     export(run.steps, rec)
     ckpt.unlink(missing_ok=True)

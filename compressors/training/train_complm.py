@@ -32,30 +32,18 @@ from .. import models
 from ..complm import DEFAULT_WEIGHTS
 from ..complm_model import MLP, CompLLMConfig, load_model
 from . import soft
+from .loop import SoftTrainConfig, finish, train_loop
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
-class TrainConfig:
-    seed: int = 0
+class TrainConfig(SoftTrainConfig):
     steps: int = 600
-    batch_size: int = 8  # examples per step
     lr: float = 1e-3
-    warmup: int = 30
-    ctx_min: int = 40  # context tokens of an example
-    ctx_max: int = 120
-    continuation: int = 32  # tokens the continuation loss is on
-    rec_share: float = 0.5  # share of reconstruction examples
     rank: int = 32  # LoRA rank
     mlp: bool = True  # LoRA on the MLP's linears too, not only attention's
-    bf16: bool = True  # decoder passes in bfloat16 autocast
-    dev_examples: int = 24  # held-out examples (split "dev") scored before and after
-    checkpoint_every: int = 25
-    corpus: str = "essays,prose"  # text sources (compressors/training/soft.py)
-    stop_after: int = 0  # stop at a checkpoint after this step, to resume later; 0: run to the end
     init_from: str = ""  # start from these trained weights (their rank and targets) instead of fresh ones
-    distill: float = 0.0  # weight of the KL to the full-text teacher on continuation tokens (soft.batch_loss)
 
 
 def train(cache_dir: str, cfg: TrainConfig, out: Path):
@@ -75,7 +63,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     def dev_report() -> dict:
         return soft.dev_report(model, dev, {"ces": model.concept_embeddings}, bos_id, cfg.bf16)
 
-    finished, record = soft.train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
+    finished, record = train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
                                        out.with_suffix(".ckpt"))
     return finished, model, record, decoder_dir
 
@@ -84,4 +72,4 @@ def main(cfg: TrainConfig, out: str | None, config) -> int:
     """`segpress train complm` (service/cli.py builds `cfg` from the flags)."""
     path = Path(out) if out else DEFAULT_WEIGHTS
     finished, model, record, decoder_dir = train(config.cache_dir, cfg, path)
-    return soft.finish(finished, model, cfg, record, path, decoder_dir)
+    return finish(finished, model, cfg, record, path, decoder_dir)
