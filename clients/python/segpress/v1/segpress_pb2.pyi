@@ -341,9 +341,13 @@ class SelectionOptions(_message.Message):
     """
     min_relevance: _builtins.float
     """Contexts whose relevance (CompressedContext.relevance) is below this are
-    dropped even when the budget has room; the most relevant context always
-    stays. In [0, 1]; unset: 0.75 (chosen on the dev split: look-alike
-    passages next to the answer mislead a small reader). 0 fills the budget.
+    dropped even when the budget has room; the most relevant context and
+    the contexts its second hop leads to always stay. In [0, 1]; 0 fills the
+    budget in relevance order. Unset: the budget is filled in relevance
+    order, and contexts are dropped below a cut only where the relevances
+    separate: below the first gap, from the top, of at least 0.25 x the best
+    relevance (look-alike passages next to the answer mislead a small
+    reader; chosen on the dev split). CompressedContext.below_cut says which.
     """
     def __init__(
         self,
@@ -596,6 +600,7 @@ class CompressedContext(_message.Message):
     RELEVANCE_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
+    BELOW_CUT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Compressed text for text compressors: the kept pieces of the input,
     each an exact substring of it (original case, punctuation and spacing),
@@ -637,13 +642,21 @@ class CompressedContext(_message.Message):
     the best on both.
     """
     rank: _builtins.int
-    """Query-aware selection only: 0 for the most relevant context, 1 for the
-    next, ... (ties in request order).
+    """Query-aware selection only: the order in which selection keeps
+    contexts, 0 first: the most relevant context, then the contexts its
+    second hop leads to (a context that names what the most relevant
+    sentence names, such as the person a description resolves to), then the
+    others by relevance (ties in request order).
     """
     kept: _builtins.bool
     """False when selection kept nothing of this context: its text is empty
     (no rows for soft tokens), it still has its entry, relevance and rank.
     True whenever selection did not run.
+    """
+    below_cut: _builtins.bool
+    """Query-aware selection only: true when this context was left out by the
+    relevance cut (SelectionOptions.min_relevance, or, unset, where the
+    relevances separate) rather than for lack of budget; kept is then false.
     """
     def __init__(
         self,
@@ -659,10 +672,11 @@ class CompressedContext(_message.Message):
         relevance: _builtins.float = ...,
         rank: _builtins.int = ...,
         kept: _builtins.bool = ...,
+        below_cut: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_tokens", b"compressed_tokens", "kept", b"kept", "original_tokens", b"original_tokens", "rank", b"rank", "relevance", b"relevance", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_cut", b"below_cut", "compressed_tokens", b"compressed_tokens", "kept", b"kept", "original_tokens", b"original_tokens", "rank", b"rank", "relevance", b"relevance", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
