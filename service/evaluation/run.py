@@ -60,14 +60,21 @@ def run(plan: Plan, docs: dict[str, str], env: Env, methods: dict, progress=log.
                     "split": plan.split, "task": ex.task, "example": ex.id, "method": name,
                     "rate": rate, "ratio": env.reader.count(text) / original,
                     "correct": contains(answer, ex.answer), "retained": contains(text, ex.answer),
-                    "evidence": (all(contains(text, e) for e in ex.meta["evidence"])
-                                 if "evidence" in ex.meta else None),
+                    "evidence": evidence_kept(ex, text),
                     "seconds": seconds, "answer": answer, "expected": ex.answer,
                     # Query-aware methods: where the ranker put the gold passage.
                     "gold_rank": method.gold_rank(ex, state) if hasattr(method, "gold_rank") else None,
                 })
         progress(f"{plan.split}: {n}/{len(examples)} examples, {time.perf_counter() - t0:.0f}s")
     return plan
+
+
+def evidence_kept(ex: Example, text: str) -> bool | None:
+    """Multi-hop tasks: whether every evidence string survives in `text`
+    (None for tasks without evidence strings)."""
+    if "evidence" not in ex.meta:
+        return None
+    return all(contains(text, e) for e in ex.meta["evidence"])
 
 
 def summarize(rows: list[dict]) -> list[dict]:
