@@ -33,11 +33,12 @@ MAX_TERMS = 8
 _WORD = re.compile(r"\w[\w'\u2019-]*\w|\w")
 
 
-def cut(scores: np.ndarray, separation: float = SEPARATION) -> float:
+def cut(scores: np.ndarray, separation: float | None = None) -> float:
     """The score at or above which contexts stay, where the scores [k]
     separate: the first gap from the top between neighbours in sorted order
-    that is at least `separation` x the best score. 0.0 (everything stays)
-    when no such gap exists, or for fewer than two scores."""
+    that is at least `separation` (default SEPARATION) x the best score. 0.0
+    (everything stays) when no such gap exists, or for fewer than two scores."""
+    separation = SEPARATION if separation is None else separation
     if len(scores) < 2:
         return 0.0
     s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]

@@ -207,7 +207,11 @@ func (Order) EnumDescriptor() ([]byte, []int) {
 type Granularity int32
 
 const (
-	// GRANULARITY_WORD.
+	// GRANULARITY_SENTENCE for a request without a query (or with
+	// SelectionOptions.disabled); GRANULARITY_WORD for one where query-aware
+	// selection runs (it has already cut to the relevant sentences). Until
+	// issue 24 it was GRANULARITY_WORD for every request: a reader answers
+	// needle questions far better from whole sentences at low rates.
 	Granularity_GRANULARITY_UNSPECIFIED Granularity = 0
 	// Keep the highest-scoring words while their tokens fit the budget.
 	Granularity_GRANULARITY_WORD Granularity = 1
@@ -562,7 +566,12 @@ func (*CompressRequest_Arc) isCompressRequest_Params() {}
 // already kept (the same words, or contained in it, as where retrieved
 // chunks overlap) is kept once. Each kept context then gets a share of the
 // compressor's budget that grows with its relevance, and the compressor
-// (the fine stage) meets the exact budget inside the kept sentences. For
+// (the fine stage) meets the exact budget inside the kept sentences. A
+// second hop follows evidence across passages: the names and rare words of
+// the best sentence that the query does not have are ranked by BM25 as a
+// second query, and contexts that stand out in that round are kept right
+// after the best one (a description in one passage, the fact about the
+// person it names in another). For
 // soft-token compressors the segments that hold a kept sentence are
 // compressed and sent, the others are not.
 type SelectionOptions struct {
@@ -570,7 +579,7 @@ type SelectionOptions struct {
 	// Turns selection off for this request although it has a query.
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	// Share of the request's tokens the coarse stage keeps, in (0, 1]. Unset:
-	// twice the compressor's budget (llmlingua2: rate or target_tokens), or
+	// the compressor's budget (llmlingua2: rate or target_tokens), or
 	// 0.5 for soft-token compressors. Never less than the compressor's budget.
 	KeepRate *float32 `protobuf:"fixed32,2,opt,name=keep_rate,json=keepRate,proto3,oneof" json:"keep_rate,omitempty"`
 	// How sentences are ranked. RANKER_UNSPECIFIED means RANKER_HYBRID.
@@ -692,8 +701,9 @@ type LLMLingua2Params struct {
 	// Drop a forced string when it repeats with no other kept word in
 	// between (for example runs of "\n" left behind by dropped lines).
 	DropConsecutive bool `protobuf:"varint,5,opt,name=drop_consecutive,json=dropConsecutive,proto3" json:"drop_consecutive,omitempty"`
-	// What is kept or dropped as a whole: single words (the default, as in
-	// LLMLingua-2) or whole sentences. See Granularity.
+	// What is kept or dropped as a whole: single words (as in LLMLingua-2) or
+	// whole sentences. See Granularity; unset (GRANULARITY_UNSPECIFIED) means
+	// whole sentences without a query, and words with one.
 	Granularity   Granularity `protobuf:"varint,6,opt,name=granularity,proto3,enum=segpress.v1.Granularity" json:"granularity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -119,7 +119,12 @@ class _Granularity:
 class _GranularityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Granularity.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     GRANULARITY_UNSPECIFIED: _Granularity.ValueType  # 0
-    """GRANULARITY_WORD."""
+    """GRANULARITY_SENTENCE for a request without a query (or with
+    SelectionOptions.disabled); GRANULARITY_WORD for one where query-aware
+    selection runs (it has already cut to the relevant sentences). Until
+    issue 24 it was GRANULARITY_WORD for every request: a reader answers
+    needle questions far better from whole sentences at low rates.
+    """
     GRANULARITY_WORD: _Granularity.ValueType  # 1
     """Keep the highest-scoring words while their tokens fit the budget."""
     GRANULARITY_SENTENCE: _Granularity.ValueType  # 2
@@ -145,7 +150,12 @@ class Granularity(_Granularity, metaclass=_GranularityEnumTypeWrapper):
     """
 
 GRANULARITY_UNSPECIFIED: Granularity.ValueType  # 0
-"""GRANULARITY_WORD."""
+"""GRANULARITY_SENTENCE for a request without a query (or with
+SelectionOptions.disabled); GRANULARITY_WORD for one where query-aware
+selection runs (it has already cut to the relevant sentences). Until
+issue 24 it was GRANULARITY_WORD for every request: a reader answers
+needle questions far better from whole sentences at low rates.
+"""
 GRANULARITY_WORD: Granularity.ValueType  # 1
 """Keep the highest-scoring words while their tokens fit the budget."""
 GRANULARITY_SENTENCE: Granularity.ValueType  # 2
@@ -308,7 +318,12 @@ class SelectionOptions(_message.Message):
     already kept (the same words, or contained in it, as where retrieved
     chunks overlap) is kept once. Each kept context then gets a share of the
     compressor's budget that grows with its relevance, and the compressor
-    (the fine stage) meets the exact budget inside the kept sentences. For
+    (the fine stage) meets the exact budget inside the kept sentences. A
+    second hop follows evidence across passages: the names and rare words of
+    the best sentence that the query does not have are ranked by BM25 as a
+    second query, and contexts that stand out in that round are kept right
+    after the best one (a description in one passage, the fact about the
+    person it names in another). For
     soft-token compressors the segments that hold a kept sentence are
     compressed and sent, the others are not.
     """
@@ -325,7 +340,7 @@ class SelectionOptions(_message.Message):
     """Turns selection off for this request although it has a query."""
     keep_rate: _builtins.float
     """Share of the request's tokens the coarse stage keeps, in (0, 1]. Unset:
-    twice the compressor's budget (llmlingua2: rate or target_tokens), or
+    the compressor's budget (llmlingua2: rate or target_tokens), or
     0.5 for soft-token compressors. Never less than the compressor's budget.
     """
     ranker: Global___Ranker.ValueType
@@ -405,8 +420,9 @@ class LLMLingua2Params(_message.Message):
     between (for example runs of "\\n" left behind by dropped lines).
     """
     granularity: Global___Granularity.ValueType
-    """What is kept or dropped as a whole: single words (the default, as in
-    LLMLingua-2) or whole sentences. See Granularity.
+    """What is kept or dropped as a whole: single words (as in LLMLingua-2) or
+    whole sentences. See Granularity; unset (GRANULARITY_UNSPECIFIED) means
+    whole sentences without a query, and words with one.
     """
     @_builtins.property
     def force_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
