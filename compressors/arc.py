@@ -89,9 +89,6 @@ class Arc(SoftTokens):
         if DEFAULT_FACTOR not in self.pooling_factors:
             raise ValueError(f"arc weights {weights} serve pooling factors {self.pooling_factors}, "
                              f"not the default {DEFAULT_FACTOR}")
-        if self.cont_row is None:
-            raise ValueError(f"arc weights {weights} have no <Cont> row: they were made from complm "
-                             "weights trained without task rows; train arc from the shipped complm weights")
 
     def check_params(self, params: Params) -> None:
         """A trained pooling factor, and the decoder the rows are made for."""

@@ -85,7 +85,7 @@ class ArcModel(nn.Module):
     def embed(self) -> nn.Embedding:
         return self.complm.embed
 
-    def task(self, name: str) -> torch.Tensor | None:
+    def task(self, name: str) -> torch.Tensor:
         """The learned row [D] of task `name` ("cont" or "rec"): complm's."""
         return self.complm.task(name)
 

@@ -139,11 +139,6 @@ class Compressor(Protocol):
     def render(self, contexts: list[ContextParts], params, query: str | None = None
                ) -> list[Rendered]: ...
 
-
-class CompressorExtras(Protocol):
-    """Optional members of a compressor: the pipeline uses each one a
-    compressor has (and does without it otherwise)."""
-
     def count_tokens(self, text: str, stop_after: int) -> int:
         """The tokens segment(text) counts (the sum of its n_tokens) when that
         is at most `stop_after`, else any number above `stop_after`, found

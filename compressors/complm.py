@@ -15,8 +15,8 @@ How one segment of n tokens t_1..t_n becomes k = ceil(n / C) CEs:
                                               final norm), causal attention
     CE_j = W h[n + j] + b (+ m_j),  j < k     the k slot positions; each slot
                                               sees the whole segment
-    m_j = mean(E(t_jC+1) .. E(t_jC+C)),       with start "mean": the CE starts
-          rescaled to E's RMS                 as its tokens' mean embedding
+    m_j = mean(E(t_jC+1) .. E(t_jC+C)),       the CE starts as its tokens'
+          rescaled to E's RMS                 mean embedding
 
 Choices where the paper leaves details open (or where we differ):
 - Segments: at most S = 20 tokens (the paper's S), cut by the shared
@@ -28,8 +28,8 @@ Choices where the paper leaves details open (or where we differ):
   request parameter, so what is cached does not depend on the request.
 - LoRA on every layer (CompLLMConfig: rank, and attention only or the MLP
   too). Head: one Linear(hidden, hidden) with bias, zero-initialised, so the
-  CEs start at 0 ("zero") or at their tokens' mean embedding ("mean").
-- Task rows (weights trained with them, CompLLMConfig.tasks): a learned
+  CEs start at their tokens' mean embedding.
+- Task rows: a learned
   <Cont> row after each context's CEs tells the decoder to go on from the
   context (a <Rec> row, "repeat the context", is used in training and the
   evaluation). The response carries <Cont> as the context's last row.

@@ -34,8 +34,6 @@ class CompLLMConfig:
     rank: int = 8  # LoRA rank
     alpha: float = 16.0  # LoRA scale = alpha / rank
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # LoRA'd linears of every layer
-    tasks: bool = False  # learned <Cont>/<Rec> rows (weights trained with reconstruction)
-    start: str = "zero"  # "zero": CE = head(h); "mean": CE = mean of its tokens' embeddings + head(h)
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "targets": list(self.targets)}, sort_keys=True)
@@ -45,6 +43,11 @@ class CompLLMConfig:
         d = json.loads(s)
         if "rate" in d:  # weights saved before the field was renamed
             d["tokens_per_ce"] = d.pop("rate")
+        # Older weights name the two choices every served model now makes:
+        # CEs start at their tokens' mean embedding, and <Cont>/<Rec> rows.
+        if d.pop("start", "mean") != "mean" or not d.pop("tasks", True):
+            raise ValueError("these complm weights were trained with an ablation segpress no longer "
+                             "serves (zero start or no task rows); retrain with `segpress train complm`")
         return cls(**{**d, "targets": tuple(d["targets"])})
 
 
@@ -54,7 +57,8 @@ TASKS = ("cont", "rec")  # continue after the context / repeat the context
 
 class CompLLMModel(nn.Module):
     """The decoder (frozen), its LoRA (on only while compressing), the head
-    and the task rows."""
+    and the task rows. A CE is the mean input embedding of its tokens plus
+    the head's output on the hidden state at its slot."""
 
     def __init__(self, decoder, eos_id: int, config: CompLLMConfig = CompLLMConfig()):
         super().__init__()
@@ -72,14 +76,14 @@ class CompLLMModel(nn.Module):
         self.head = nn.Linear(hidden, hidden)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        # With start "mean", each CE starts as the mean input embedding of
-        # the C tokens it stands for, rescaled to the embeddings' RMS, and
-        # the head (zero at first) learns what to add.
+        # Each CE starts as the mean input embedding of the C tokens it
+        # stands for, rescaled to the embeddings' RMS, and the head (zero at
+        # first) learns what to add.
         self.register_buffer("embed_rms", self.embed.weight.detach().pow(2).mean().sqrt(), persistent=False)
         # Task rows, read after a context's CEs: they start as the mean input
         # embedding and learn to say "continue" or "repeat".
         self.tasks = nn.ParameterDict({t: nn.Parameter(self.embed.weight.detach().mean(0).clone())
-                                       for t in (TASKS if config.tasks else ())})  # [hidden] each
+                                       for t in TASKS})  # [hidden] each
         self.set_lora(False)
 
     @property
@@ -90,10 +94,9 @@ class CompLLMModel(nn.Module):
         for lora in self.loras:
             lora.enabled = enabled
 
-    def task(self, name: str) -> torch.Tensor | None:
-        """The learned row [hidden] of task `name` ("cont" or "rec"); None
-        for weights trained without task rows."""
-        return self.tasks[name] if name in self.tasks else None
+    def task(self, name: str) -> torch.Tensor:
+        """The learned row [hidden] of task `name` ("cont" or "rec")."""
+        return self.tasks[name]
 
     def slots(self, n_tokens: int) -> int:
         """CEs of a segment of `n_tokens` tokens."""
@@ -125,9 +128,7 @@ class CompLLMModel(nn.Module):
         row = torch.tensor([i for i, k in enumerate(ks) for _ in range(k)], device=device)  # [K]
         col = torch.tensor([len(s) + j for s, k in zip(segments, ks) for j in range(k)], device=device)  # [K]
         ces = self.head(h[row, col].to(self.head.weight.dtype))  # [K, hidden]
-        if self.config.start == "mean":
-            ces = ces + self.mean_embeddings(segments, ks).to(ces.dtype)
-        return ces, ks
+        return ces + self.mean_embeddings(segments, ks).to(ces.dtype), ks
 
     def mean_embeddings(self, segments: list[list[int]], ks: list[int]) -> torch.Tensor:
         """[sum k_i, hidden]: the mean input embedding of each CE's C tokens

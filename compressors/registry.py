@@ -2,8 +2,10 @@
 service needs to know of it before one is built.
 
 Adding a compressor: a module implementing compressors.base.Compressor, an
-entry here, a oneof case in CompressRequest.params named like the entry (its
-parameters), and its tests. Nothing in service/ changes.
+entry here (how to build it, what it returns, its shipped weights and its
+trainer), a oneof case in CompressRequest.params named like the entry (its
+parameters), and its tests. Nothing in service/ or the clients changes:
+--weights, `segpress train` and `segpress eval` read the entries.
 """
 
 from dataclasses import dataclass
@@ -12,13 +14,28 @@ from typing import Callable
 
 from .base import Compressor
 from .artifacts import ModelError
-from .models import ensure_default_llmlingua2
+from .models import WEIGHTS_DIR, ensure_default_llmlingua2
 
 
 @dataclass(frozen=True)
 class Entry:
+    """What the service and the CLI know of a compressor before it is built."""
+
     build: Callable[[object], Compressor]  # config (service.config.Config) -> compressor
-    about: str  # one line for docs and errors
+    output: str  # "text" or "tensor": what the compressor returns (Info reports it)
+    weights: str = ""  # the shipped trained weights under compressors/weights/ ("": none to choose)
+    training: str = ""  # its trainer, a module of compressors.training ("": none)
+
+
+def weights_path(name: str, config) -> Path:
+    """The weights file compressor `name` loads: the one --weights names for
+    it, else its shipped file; it must exist."""
+    chosen = dict(pair.split("=", 1) for pair in config.weights.split(",") if pair)
+    weights = Path(chosen.get(name) or WEIGHTS_DIR / REGISTRY[name].weights)
+    if not weights.is_file():
+        raise ModelError(f"{name} weights {weights} are missing; train them with "
+                         f"`segpress train {name}` or pass --weights {name}=PATH")
+    return weights
 
 
 def _llmlingua2(config) -> Compressor:
@@ -29,38 +46,26 @@ def _llmlingua2(config) -> Compressor:
                       dtype=config.model_dtype, engine=config.engine)
 
 
-def _trained_weights(name: str, configured, default: Path) -> Path:
-    """The weights file soft compressor `name` loads: `configured` (its
-    --<name>-weights flag) or the shipped `default`; it must exist."""
-    weights = Path(configured or default)
-    if not weights.is_file():
-        raise ModelError(f"{name} weights {weights} are missing; train them with "
-                         f"`segpress train {name}` or pass --{name}-weights")
-    return weights
-
-
 def _complm(config) -> Compressor:
-    from .complm import DEFAULT_WEIGHTS, CompLLM
+    from .complm import CompLLM
     from .models import ensure_smollm2
 
-    return CompLLM(ensure_smollm2(config.models_dir),
-                   _trained_weights("complm", config.complm_weights, DEFAULT_WEIGHTS),
+    return CompLLM(ensure_smollm2(config.models_dir), weights_path("complm", config),
                    device=config.device, batch_size=config.batch_size * 4, dtype=config.model_dtype)
 
 
 def _arc(config) -> Compressor:
     from .arc import Arc
-    from .arc_model import DEFAULT_WEIGHTS
     from .models import ensure_smollm2
 
-    return Arc(ensure_smollm2(config.models_dir), _trained_weights("arc", config.arc_weights, DEFAULT_WEIGHTS),
+    return Arc(ensure_smollm2(config.models_dir), weights_path("arc", config),
                device=config.device, batch_size=config.batch_size * 2, dtype=config.model_dtype)
 
 
 REGISTRY: dict[str, Entry] = {
-    "llmlingua2": Entry(_llmlingua2, "LLMLingua-2 token classification: returns text"),
-    "complm": Entry(_complm, "CompLLM concept embeddings: returns soft tokens for SmolLM2"),
-    "arc": Entry(_arc, "ARC-Encoder pooled embeddings: returns soft tokens for SmolLM2"),
+    "llmlingua2": Entry(_llmlingua2, "text", training="train_llmlingua2"),
+    "complm": Entry(_complm, "tensor", "complm-smollm2-135m.safetensors", "train_complm"),
+    "arc": Entry(_arc, "tensor", "arc-smollm2-135m.safetensors", "train_arc"),
 }
 # The compressor a request without `compressor` gets, when it is enabled;
 # otherwise the first enabled one.
@@ -84,4 +89,9 @@ def enabled(config) -> list[str]:
 
 def build_all(config) -> dict[str, Compressor]:
     """Loads every compressor this configuration enables."""
-    return {name: REGISTRY[name].build(config) for name in enabled(config)}
+    built = {name: REGISTRY[name].build(config) for name in enabled(config)}
+    for name, c in built.items():
+        if c.output != REGISTRY[name].output:  # what Info says must be what the entry says
+            raise ValueError(f"compressor {name} returns {c.output}, its registry entry says "
+                             f"{REGISTRY[name].output}")
+    return built

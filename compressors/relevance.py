@@ -133,7 +133,7 @@ class SentenceVectors:
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
         """Whether a cached value can be `segment`'s: exactly spans [n, 2]
         (integers, inside the text, increasing) and float16 vectors [n, dim],
-        finite (see CompressorExtras)."""
+        finite (see Compressor.check_encoded)."""
         try:
             spans, vectors = encoded["spans"], encoded["vectors"]
             n = len(spans)

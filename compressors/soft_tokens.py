@@ -70,10 +70,8 @@ class SoftTokens:
         self.model_id, self.fingerprint = self._identity(decoder_dir, weights)
         # The rows depend on the decoder, the trained weights and the precision.
         self.cache_id = f"{self.fingerprint}:{self.dtype}"
-        # The learned <Cont> row every context ends with, float32 [1, hidden];
-        # None for weights without task rows.
-        cont = self.model.task("cont")
-        self.cont_row = None if cont is None else cont.detach().float().cpu().numpy()[None]
+        # The learned <Cont> row every context ends with, float32 [1, hidden].
+        self.cont_row = self.model.task("cont").detach().float().cpu().numpy()[None]
 
     # -- what a subclass says --------------------------------------------------
 
@@ -118,7 +116,7 @@ class SoftTokens:
         return self.value_rows(self.n_tokens(segment.text))[self.rows_name(params)]
 
     def end_rows(self) -> int:
-        return 0 if self.cont_row is None else 1
+        return 1  # the <Cont> row
 
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
         """Exactly the arrays encode makes of this segment's text: float32
@@ -144,13 +142,12 @@ class SoftTokens:
 
     def render(self, contexts: list[ContextParts], params, query: str | None = None) -> list[Rendered]:
         """Each context's rows (the request's array of each segment that
-        selection left, in order), then the <Cont> row when the weights have
-        one, counted with the last segment: float32 [rows, hidden]. The
+        selection left, in order), then the <Cont> row, counted with the last segment: float32 [rows, hidden]. The
         pipeline converts them to params.output_dtype for the wire."""
         name, out = self.rows_name(params), []
         for c in contexts:
             rows = [e[name] for seg, e in zip(c.segments, c.encoded) if overlaps(seg, c.allowed)]
-            if rows and self.cont_row is not None:
+            if rows:
                 rows[-1] = np.concatenate([rows[-1], self.cont_row])
             tensor = np.concatenate(rows) if rows else np.zeros((0, self.hidden_size), np.float32)
             out.append(Rendered(original_tokens=sum(s.n_tokens for s in c.segments),

@@ -82,6 +82,12 @@ class MicroBatcher:
                 if job.waiters == 0 and not job.future.done():
                     job.future.cancel()  # nobody waits any more: skip it
 
+    def has(self, key: str) -> bool:
+        """Whether `key` is queued, running or finished here (a request for
+        it joins that job rather than taking a cross-replica lease)."""
+        job = self._inflight.get(key)
+        return job is not None and not job.future.cancelled()
+
     def release(self, keys: list[str]) -> None:
         """Forgets the finished segments `keys` (queued by the caller, now in
         the cache or never to be), once the lookups that may have missed
@@ -100,6 +106,20 @@ class MicroBatcher:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def _one_by_one(self, texts: list[str], error: Exception) -> list:
+        """After a model call over several segments failed: each segment on
+        its own, so that only the requests of a segment that fails get the
+        error (its exception in place of its value)."""
+        if len(texts) == 1:
+            return [error]
+        loop, out = asyncio.get_running_loop(), []
+        for text in texts:
+            try:
+                out += await loop.run_in_executor(self.model_pool, self.compressor.encode, [text])
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -120,8 +140,8 @@ class MicroBatcher:
                 try:
                     out = await loop.run_in_executor(
                         self.model_pool, self.compressor.encode, [j.text for _, j in batch])
-                except Exception as e:  # noqa: BLE001 - handed to every waiter
-                    out = [e] * len(batch)
+                except Exception as e:  # noqa: BLE001 - handed to the waiters of what fails
+                    out = await self._one_by_one([j.text for _, j in batch], e)
                 for (key, job), value in zip(batch, out):
                     if job.future.done():  # cancelled while it ran
                         if self._inflight.get(key) is job:

@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the gRPC server")
     cfg.add_arguments(serve)
 
-    comp = sub.add_parser("compress", help="compress a file or stdin")
-    comp.add_argument("input", nargs="?", default="-",
+    compress_cmd = sub.add_parser("compress", help="compress a file or stdin")
+    compress_cmd.add_argument("input", nargs="?", default="-",
                       help="text file, - for stdin, or 'sample' for the bundled sample")
-    comp.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
-    client_args.add_request_arguments(comp)
-    comp.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    client_args.add_connection_arguments(comp)
-    cfg.add_arguments(comp, ["redis_url", "llmlingua2_model", "cache_dir", "device", "engine"])
+    compress_cmd.add_argument("--server", help="HOST:PORT of a segpress server; default: run locally")
+    client_args.add_request_arguments(compress_cmd)
+    compress_cmd.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    client_args.add_connection_arguments(compress_cmd)
+    cfg.add_arguments(compress_cmd, ["redis_url", "llmlingua2_model", "cache_dir", "device", "engine"])
 
     info = sub.add_parser("info", help="describe a server (or the local setup)")
     info.add_argument("--server", help="HOST:PORT of a segpress server; default: local")
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="smaller sizes (no 100k-token run)")
     bench.add_argument("--engines", help="section 1's rows, comma list (default: torch float32,"
                                          "torch bfloat16,onnx float32,onnx int8)")
+    bench.add_argument("--only", help="comma list of sections to run: cold, warm, cost, "
+                                      "concurrency, query, http (default: all)")
     bench.add_argument("--json", action="store_true")
     cfg.add_arguments(bench, ["llmlingua2_model", "cache_dir", "device", "batch_size",
                               "model_dtype", "engine", "redis_url"])
@@ -69,34 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--json", action="store_true")
     cfg.add_arguments(models, ["cache_dir"])
 
+    from compressors.registry import REGISTRY
+
     train = sub.add_parser("train", help="train a model (writes compressors/weights/)")
-    train_models = train.add_subparsers(dest="model", required=True)
-    for name, about, flags in (
-            ("llmlingua2", "the default llmlingua2 classifier",
-             (("seed", int), ("epochs", int), ("train-layers", int), ("lr", float),
-              ("head-lr", float), ("batch-size", int), ("max-words", int))),
-            ("complm", "the complm LoRA + head",
-             (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
-              ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
-              ("rank", int), ("mlp", int), ("start", str), ("dev-examples", int), ("checkpoint-every", int),
-              ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int), ("distill", float))),
-            ("arc", "arc: complm's LoRA, head and task rows, the per-factor rows and the projector",
-             (("seed", int), ("steps", int), ("batch-size", int), ("lr", float),
-              ("ctx-min", int), ("ctx-max", int), ("continuation", int), ("rec-share", float),
-              ("distill", float), ("factors", str), ("dev-examples", int), ("checkpoint-every", int),
-              ("corpus", str), ("stop-after", int), ("init-from", str), ("warmup", int)))):
-        p = train_models.add_parser(name, help=f"{about} (defaults: compressors/training/train_{name}.py TrainConfig)")
-        for flag, kind in flags:
-            p.add_argument("--" + flag, type=kind)
-        p.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
-        cfg.add_arguments(p, ["cache_dir", "torch_threads"])
+    train.add_argument("model", choices=[n for n, e in REGISTRY.items() if e.training])
+    train.add_argument("options", nargs=argparse.REMAINDER,
+                       help="the trainer's flags (segpress train MODEL --help lists them)")
 
     ev = sub.add_parser("eval", help="compression quality: reader accuracy against compression ratio")
     from .evaluation.cli import add_arguments as add_eval_arguments, add_complm_arguments
     add_eval_arguments(ev)
     cfg.add_arguments(ev, ["cache_dir", "llmlingua2_model", "torch_threads"])
     targets = ev.add_subparsers(dest="eval_target")
-    for name in ("complm", "arc"):
+    for name in (n for n, e in REGISTRY.items() if e.output == "tensor"):
         add_complm_arguments(targets.add_parser(
             name, help=f"{name}: continuation loss with its soft tokens vs controls, "
                        "needle QA, prefill time, reconstruction (weights with a <Rec> row)"))
@@ -105,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_arguments(sub.add_parser("batch", help="compress a JSONL or Parquet document store"))
 
     args = ap.parse_args(argv)
+    if args.command == "train":
+        args = _trainer_parser(args.model).parse_args(args.options, namespace=args)
     try:
         config = cfg.from_args(args)
     except cfg.ConfigError as e:
@@ -212,16 +201,42 @@ def _models(args, config) -> int:
     return 0 if all(r["state"] == "ok" for r in rows) else 1
 
 
+def _trainer(name: str):
+    """The training module of compressor `name` (its registry entry names it)."""
+    import importlib
+
+    from compressors.registry import REGISTRY
+
+    return importlib.import_module(f"compressors.training.{REGISTRY[name].training}")
+
+
+def _trainer_parser(name: str) -> argparse.ArgumentParser:
+    """`segpress train NAME`'s flags: one per field of the trainer's
+    TrainConfig (unset flags keep its defaults), --out, and the cache and
+    thread settings."""
+    p = argparse.ArgumentParser(prog=f"segpress train {name}",
+                                description=f"defaults: compressors/training/{_trainer(name).__name__.split('.')[-1]}.py "
+                                            "TrainConfig")
+    for f in dataclasses.fields(_trainer(name).TrainConfig):
+        kind = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=_bool if kind is bool else kind,
+                       help=f"default {f.default!r}")
+    p.add_argument("--out", help="weights file (default: the shipped one in compressors/weights/)")
+    cfg.add_arguments(p, ["cache_dir", "torch_threads"])
+    return p
+
+
+def _bool(raw: str) -> bool:
+    try:
+        return cfg.parse_bool(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{raw!r}: {e}") from None
+
+
 def _train(args, config) -> int:
     import torch
 
-    if args.model == "complm":
-        from compressors.training import train_complm as training
-    elif args.model == "arc":
-        from compressors.training import train_arc as training
-    else:
-        from compressors.training import train_llmlingua2 as training
-
+    training = _trainer(args.model)
     # The flags left unset keep TrainConfig's defaults.
     fields = dataclasses.fields(training.TrainConfig)
     train_cfg = training.TrainConfig(**{f.name: getattr(args, f.name) for f in fields
@@ -231,7 +246,7 @@ def _train(args, config) -> int:
 
 
 def _eval(args, config) -> int:
-    if getattr(args, "eval_target", None) in ("complm", "arc"):
+    if getattr(args, "eval_target", None):
         from .evaluation.soft import main as eval_main
     else:
         from .evaluation.cli import main as eval_main
@@ -241,7 +256,7 @@ def _eval(args, config) -> int:
 
 async def _local(config, run):
     """Runs `run(pipeline)` with in-process models; cache only with --redis-url."""
-    from .server import open_pipeline
+    from .assemble import open_pipeline
 
     pipeline, close = await open_pipeline(config, embedded=False)
     try:

@@ -24,6 +24,8 @@ def _default_cache_dir() -> str:
 class Config:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)"})
+    http_port: int = field(default=0, metadata={
+        "help": "HTTP/JSON API and page port on --host, beside gRPC (0: off)"})
     redis_url: str = field(default="", metadata={
         "help": "redis://, rediss://, unix:// or redis+cluster:// URL; empty starts an "
                 "embedded Redis under --cache-dir"})
@@ -41,6 +43,16 @@ class Config:
                 "the Redis round trip (0: off)"})
     cache_retry_s: float = field(default=1.0, metadata={
         "help": "after a Redis failure, serve without cache this long before retrying"})
+    cache_lease_s: float = field(default=5.0, metadata={
+        "help": "replicas sharing a Redis compute a segment missed on several at once only "
+                "once: the first takes a lease this long, the others wait for its value and "
+                "compute it themselves if the lease expires (0: off)"})
+    cache_secret: str = field(default="", repr=False, metadata={
+        "help": "deployment secret (at least 16 bytes) shared by the replicas: cache keys are "
+                "derived with it and values carry its HMAC, so a replica or Redis writer "
+                "without it cannot address tenants' entries or plant values (empty: off)"})
+    cache_secret_file: str = field(default="", metadata={
+        "help": "file holding --cache-secret (one trailing newline ignored)"})
     llmlingua2_model: str = field(default="", metadata={
         "help": "LLMLingua-2 checkpoint directory or hub id; empty builds the default "
                 "under --cache-dir/models"})
@@ -48,10 +60,10 @@ class Config:
         "list_of": ("llmlingua2", "complm", "arc"),  # compressors/registry.py's names (a test checks)
         "help": "comma list of compressors to load: llmlingua2, complm, arc (complm and arc "
                 "build SmolLM2-135M-Instruct under --cache-dir/models on first use)"})
-    complm_weights: str = field(default="", metadata={
-        "help": "complm LoRA + head (safetensors from segpress train complm); empty: the shipped ones"})
-    arc_weights: str = field(default="", metadata={
-        "help": "arc weights (safetensors from segpress train arc); empty: the shipped ones"})
+    weights: str = field(default="", metadata={
+        "pairs_of": ("complm", "arc"),  # compressors/registry.py's entries with weights (a test checks)
+        "help": "comma list of compressor=path: trained weights (safetensors from `segpress train "
+                "<compressor>`) for complm or arc; a compressor not named loads its shipped weights"})
     selection: bool = field(default=True, metadata={
         "help": "query-aware selection for requests with a query (loads a sentence "
                 "embedding model); false refuses queries"})
@@ -100,7 +112,18 @@ class Config:
     max_request_tokens: int = field(default=400_000, metadata={
         "help": "most tokens (all contexts, compressor's tokenizer) per request"})
     max_queue: int = field(default=64, metadata={
-        "help": "most requests in progress at once; more are refused with UNAVAILABLE"})
+        "help": "most requests waiting for or using the model at once (those with cache "
+                "misses); more are refused with UNAVAILABLE, while requests whose segments "
+                "are all cached are still served"})
+    max_in_progress: int = field(default=256, metadata={
+        "help": "most requests in progress at once, cached or not (each holds at most "
+                "max_request_bytes); more are refused with UNAVAILABLE"})
+    malloc_trim: bool = field(default=True, metadata={
+        "help": "after each request of at least 1 MiB of text, return freed memory to the "
+                "OS (glibc malloc_trim), so RSS goes back down after large requests"})
+    malloc_arena_max: int = field(default=2, metadata={
+        "help": "most glibc malloc arenas (set at server start; 0: glibc's default, 8 per "
+                "core), which bounds the memory freed but kept by threads"})
     max_batch_segments: int = field(default=64, metadata={
         "help": "most segments gathered from concurrent requests into one model call"})
     auth_tokens: str = field(default="", metadata={
@@ -161,15 +184,52 @@ def from_args(args: argparse.Namespace | None = None, env=os.environ) -> Config:
                 values[f.name] = parse(f, raw)
             except ValueError as e:
                 raise ConfigError(f"{env_name(f.name)}={raw!r}: {e}") from None
-    return Config(**values)
+    config = Config(**values)
+    cache_secret(config)  # a bad secret is a usage error, before anything starts
+    return config
+
+
+MIN_SECRET_BYTES = 16  # cache.signing's minimum
+
+
+def cache_secret(config: Config) -> bytes | None:
+    """The deployment secret (--cache-secret or --cache-secret-file), or None;
+    ConfigError when both are set, the file cannot be read, or it is shorter
+    than MIN_SECRET_BYTES."""
+    if config.cache_secret and config.cache_secret_file:
+        raise ConfigError("set --cache-secret or --cache-secret-file (SEGPRESS_CACHE_SECRET or "
+                          "SEGPRESS_CACHE_SECRET_FILE), not both")
+    if config.cache_secret_file:
+        try:
+            secret = Path(config.cache_secret_file).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--cache-secret-file {config.cache_secret_file}: "
+                              f"{e.strerror}") from None
+        secret, where = secret[:-1] if secret.endswith(b"\n") else secret, "--cache-secret-file"
+    elif config.cache_secret:
+        secret, where = config.cache_secret.encode("utf-8"), "--cache-secret (SEGPRESS_CACHE_SECRET)"
+    else:
+        return None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{where} is {len(secret)} bytes; a cache secret must be at least "
+                          f"{MIN_SECRET_BYTES} bytes: use e.g. `openssl rand -hex 32`")
+    return secret
 
 
 def parse(f, raw: str):
     """The value of setting `f` written as `raw`, or ValueError saying what
     it accepts: booleans only true/false/1/0/yes/no, a setting with choices
-    only one of them (any case), a list only of its names, numbers as
-    numbers."""
+    only one of them (any case), a list only of its names, pairs only
+    name=path of its names, numbers as numbers."""
     kind = type(_default(f))
+    pairs = f.metadata.get("pairs_of")
+    if pairs:
+        items = [p.strip() for p in raw.split(",") if p.strip()]
+        named = [p.split("=", 1)[0].strip().lower() for p in items]
+        if any("=" not in p or not p.split("=", 1)[1].strip() for p in items) \
+                or any(n not in pairs for n in named) or len(set(named)) < len(named):
+            raise ValueError(f"expected a comma list of name=path, each name once, of {', '.join(pairs)}")
+        return ",".join(f"{n}={p.split('=', 1)[1].strip()}" for n, p in zip(named, items))
     names = f.metadata.get("list_of")
     if names:
         items = [n.strip().lower() for n in raw.split(",") if n.strip()]
@@ -177,10 +237,7 @@ def parse(f, raw: str):
             raise ValueError(f"expected a comma list of {', '.join(names)}")
         return ",".join(items)
     if kind is bool:
-        word = raw.strip().lower()
-        if word not in _BOOLS:
-            raise ValueError("expected true, false, 1, 0, yes or no")
-        return _BOOLS[word]
+        return parse_bool(raw)
     choices = f.metadata.get("choices")
     if choices:
         for c in choices:
@@ -191,6 +248,14 @@ def parse(f, raw: str):
         return kind(raw)
     except ValueError:
         raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def parse_bool(raw: str) -> bool:
+    """true/false/1/0/yes/no (any case), else ValueError."""
+    word = raw.strip().lower()
+    if word not in _BOOLS:
+        raise ValueError("expected true, false, 1, 0, yes or no")
+    return _BOOLS[word]
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

@@ -14,10 +14,18 @@ CACHE = Counter("segpress_cache_segments_total", "Segments by cache outcome",
 LOCAL_CACHE = Counter("segpress_local_cache_total", "In-process LRU lookups (--segment-cache-mb, "
                       "--local-cache-mb)", ["cache", "outcome"])  # segments|values, hit|miss
 CACHE_ERRORS = Counter("segpress_cache_errors_total", "Failed cache operations")
+CACHE_REJECTED = Counter("segpress_cache_rejected_total", "Cached values whose HMAC tag failed "
+                         "(--cache-secret): treated as misses and overwritten")
+LEASES = Counter("segpress_cache_leases_total", "Missing segments by cross-replica lease outcome "
+                 "(--cache-lease-s)", ["outcome"])
+# won: computed here; waited: another replica's value arrived; expired: its lease ended with
+# no value, computed here; found: written just before the lease; local: already being
+# computed in this process; error: Redis failed, computed here
 TOKENS = Counter("segpress_tokens_total", "Tokens in and out", ["direction"])  # in, out
 BATCH_SEGMENTS = Histogram("segpress_model_batch_segments", "Segments per model call",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 IN_PROGRESS = Gauge("segpress_requests_in_progress", "Requests being processed")
+MODEL_REQUESTS = Gauge("segpress_model_requests", "Requests holding a model slot (--max-queue)")
 ENCODE_QUEUE = Gauge("segpress_encode_queue_segments", "Segments waiting for the model")
 
 

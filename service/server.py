@@ -1,15 +1,16 @@
 """The gRPC server: the Segpress service, health, reflection, shutdown.
 
 Every call goes through `_guard`: authentication (service.auth), the
-in-progress limit (`--max-queue`: more requests than that at once are
-refused with UNAVAILABLE so clients back off instead of piling up), metrics
-and one structured log line. Errors a request causes become their gRPC status
+in-progress limit (`--max-in-progress`: more requests than that at once are
+refused with UNAVAILABLE so clients back off instead of piling up; the
+pipeline bounds those waiting for the model by `--max-queue`), metrics and
+one structured log line. Errors a request causes become their gRPC status
 (RequestError); anything unexpected is logged with the request id and
 answered INTERNAL, and the server keeps serving.
 
 Streams: an open CompressStream is not work in progress, each of its
 requests is while it runs (and gets UNAVAILABLE as its status over
---max-queue). A client may hold --max-streams-per-client streams at once; a
+--max-in-progress or --max-queue). A client may hold --max-streams-per-client streams at once; a
 stream that sends nothing for --stream-idle-s while none of its requests is
 in progress is ended; when a stream ends (the client cancelled, the deadline
 passed) every request of it still queued or running is cancelled.
@@ -32,14 +33,12 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cache.embedded import start_embedded
-from cache.store import SegmentStore, connect
-from compressors.registry import build_all
 from segpress.v1 import segpress_pb2 as pb
 from segpress.v1 import segpress_pb2_grpc as pb_grpc
 
-from . import metrics
+from . import memory, metrics
 from .auth import Authenticator
+from .assemble import open_pipeline
 from .config import Config
 from .errors import RequestError, Undecodable
 from .pipeline import Pipeline
@@ -102,11 +101,11 @@ class SegpressServicer(pb_grpc.SegpressServicer):
             return await self.pipeline.compress(request, namespace)
 
     def _check_queue(self) -> None:
-        limit = self.pipeline.config.max_queue
+        limit = self.pipeline.config.max_in_progress
         if self.in_progress > limit:
             raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                               f"server overloaded: more than max_queue={limit} requests "
-                               "in progress; retry with backoff")
+                               f"server overloaded: more than max_in_progress={limit} "
+                               "requests in progress; retry with backoff")
 
     async def CompressStream(self, request_iterator, context):
         # Up to `stream_window` requests run at once; results go out in order.
@@ -177,7 +176,8 @@ class SegpressServicer(pb_grpc.SegpressServicer):
 
     async def _one(self, req, namespace):
         """One request of a stream: (code, message, response or None). It is
-        work in progress while it runs, refused with UNAVAILABLE over max_queue."""
+        work in progress while it runs, refused with UNAVAILABLE over
+        max_in_progress (and, waiting for the model, over max_queue)."""
         self.in_progress += 1
         metrics.IN_PROGRESS.set(self.in_progress)
         try:
@@ -284,58 +284,6 @@ def add_service(servicer: SegpressServicer, server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-async def make_store(config: Config):
-    """The segment store, and the embedded Redis handle when one was started."""
-    embedded = None
-    url = config.redis_url
-    if not url:
-        embedded, url = start_embedded(config.cache_dir)
-        log.info("started embedded Redis at %s", url)
-    client = connect(url, config.cache_timeout_s)
-    return SegmentStore(client, config.cache_ttl_s, config.cache_timeout_s, config.cache_retry_s), embedded
-
-
-def sentence_vectors(config: Config):
-    """Query-aware selection's sentence embedder as configured: its model
-    (--sentence-model, default all-MiniLM-L6-v2), its engine
-    (--sentence-engine; ONNX Runtime and OpenVINO run on the CPU only, so torch on an
-    accelerator), its ONNX export beside the built models for the default
-    model (it lives in an installed package), else in its own directory."""
-    from compressors.models import sentence_onnx_dir
-    from compressors.relevance import SentenceVectors
-
-    engine = config.sentence_engine if config.device == "cpu" else "torch"
-    export_dir = None if config.sentence_model else sentence_onnx_dir(config.models_dir)
-    return SentenceVectors(config.sentence_model or None, device=config.device, engine=engine,
-                           export_dir=export_dir)
-
-
-async def open_pipeline(config: Config, embedded: bool = True):
-    """The request pipeline as `serve` runs it: the configured compressors
-    (torch threads per --torch-threads) and the segment store (--redis-url;
-    without one, an embedded Redis, or no cache when `embedded` is False).
-    Returns the pipeline and an async function that closes all of it."""
-    if config.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
-    compressors = build_all(config)
-    selector = sentence_vectors(config) if config.selection else None
-    store = started = None
-    if config.redis_url or embedded:
-        store, started = await make_store(config)
-    pipeline = Pipeline(config, compressors, store, selector)
-
-    async def close() -> None:
-        await pipeline.close()
-        if store is not None:
-            await store.close()
-        if started is not None:
-            started.shutdown()
-
-    return pipeline, close
-
-
 def _credentials(config: Config):
     """TLS server credentials, or None for plaintext."""
     if not config.tls_cert:
@@ -359,6 +307,7 @@ class Running:
     servicer: SegpressServicer
     health: health.aio.HealthServicer
     port: int
+    http: object = None  # service.http.HttpServer when --http-port is set
 
 
 async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credentials=None) -> Running:
@@ -383,22 +332,30 @@ async def start(config: Config, pipeline: Pipeline, auth: Authenticator, credent
     else:
         port = server.add_secure_port(address, credentials)
     await server.start()
+    http = None
+    if config.http_port:  # the HTTP/JSON API on the same loop, calling the same servicer
+        from .http import HttpServer, make_app
+
+        http = HttpServer(make_app(servicer, health_servicer), config.host, config.http_port, config)
+        await http.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, servicer, health_servicer, port)
+    return Running(server, servicer, health_servicer, port, http)
 
 
 async def serve(config: Config) -> None:
     """Runs the server until SIGTERM or SIGINT."""
+    memory.limit_arenas(config.malloc_arena_max)  # before the pools start their threads
     auth = Authenticator.from_config(config)
     credentials = _credentials(config)
     pipeline, close_pipeline = await open_pipeline(config)
     metrics.serve_metrics(config.host, config.metrics_port)
     running = await start(config, pipeline, auth, credentials)
     servicer, health_servicer, server = running.servicer, running.health, running.server
-    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s)", config.host,
-             running.port, "TLS" if credentials else "plaintext", "on" if auth.enabled else "off",
-             config.metrics_port or "off")
+    log.info("segpress listening on %s:%d (%s, auth %s, metrics port %s, HTTP port %s)",
+             config.host, running.port, "TLS" if credentials else "plaintext",
+             "on" if auth.enabled else "off", config.metrics_port or "off",
+             running.http.port if running.http else "off")
     for name, c in pipeline.compressors.items():
         log.info("compressor %s: model %s fingerprint %s dtype %s", name, c.model_id,
                  c.fingerprint[:16], c.dtype)
@@ -416,10 +373,12 @@ async def serve(config: Config) -> None:
     log.info("shutting down: health NOT_SERVING, %.0fs grace", config.grace_s)
     await health_servicer.enter_graceful_shutdown()
     stopping = asyncio.ensure_future(server.stop(config.grace_s))
+    http_stopping = asyncio.ensure_future(running.http.stop() if running.http else asyncio.sleep(0))
     deadline = loop.time() + config.grace_s
     while servicer.in_progress and loop.time() < deadline:
         await asyncio.sleep(0.05)
     await server.stop(0)
     await stopping
+    await http_stopping
     await close_pipeline()
     log.info("stopped")

@@ -8,6 +8,7 @@ checkpoint, as `segpress models pull` assembles it: MiniLM-L6 from the
 """
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -138,14 +139,19 @@ def llmlingua2(model_dir):
 
 
 class ServerProcess:
-    """`segpress serve` in a subprocess, on a free port."""
+    """`segpress serve` in a subprocess, on a free port (with `http`, the
+    HTTP API too, on another: `http_url`)."""
 
-    def __init__(self, env: dict, credentials=None):
+    def __init__(self, env: dict, credentials=None, http: bool = False):
         self.credentials = credentials  # grpc.ChannelCredentials for a TLS server
         self.port = free_port()
+        self.http_port = free_port() if http else 0
+        scheme = "https" if "SEGPRESS_TLS_CERT" in env else "http"
+        self.http_url = f"{scheme}://127.0.0.1:{self.http_port}" if http else ""
         self.log = tempfile.NamedTemporaryFile(prefix="segpress-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+             "--http-port", str(self.http_port)],
             cwd=ROOT, env={**os.environ, "SEGPRESS_METRICS_PORT": "0", **env},
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -199,7 +205,7 @@ def server(redis_proc, model_dir, tmp_path_factory):
         "SEGPRESS_MAX_REQUEST_TOKENS": "20000",
         "SEGPRESS_CACHE_RETRY_S": "0.5",
         "SEGPRESS_STREAM_IDLE_S": "3",
-    })
+    }, http=True)
     yield s
     s.stop()
 
@@ -217,7 +223,7 @@ def query_server(redis_proc, llmlingua2, sentence_vectors):
     """The real pipeline in this process: llmlingua2 on the default
     checkpoint and query-aware selection, a real Redis, a real gRPC server."""
     from service.config import Config
-    from test_flow import InProcessServer
+    from helpers import InProcessServer
 
     s = InProcessServer(Config(port=0, redis_url=redis_proc.url, metrics_port=0),
                         {"llmlingua2": llmlingua2}, sentence_vectors)
@@ -236,3 +242,43 @@ def client(server):
 @pytest.fixture(scope="session")
 def sample_text() -> str:
     return (DATA / "sample.txt").read_text(encoding="utf-8")
+
+
+def cluster_ports(n: int) -> list[int]:
+    """n ports that are free together with their cluster bus ports (port + 10000).
+
+    Redis 6 always puts the bus at port + 10000, so a port from the kernel's
+    ephemeral range (up to 60999) can give a bus port above 65535 and the node
+    never starts. Draw from below that range instead and check both ports.
+    """
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        p = rng.randrange(20000, 30000)
+        if p in ports or not all(port_is_free(q) for q in (p, p + 10000)):
+            continue
+        ports.append(p)
+    return ports
+
+
+@pytest.fixture()
+def redis_cluster():
+    """A real 3-master Redis Cluster on loopback."""
+    nodes = [RedisProcess("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                          port=p).start() for p in cluster_ports(3)]
+    ports = [n.port for n in nodes]
+    cli = shutil.which("redis-cli") or str(Path(redis_server_binary()).parent / "redis-cli")
+    created = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                              "--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stdout + created.stderr
+    for _ in range(100):
+        out = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
+                             capture_output=True, text=True).stdout
+        if "cluster_state:ok" in out:
+            break
+        time.sleep(0.1)
+    yield ports
+    for n in nodes:
+        n.stop()
+        shutil.rmtree(n.dir, ignore_errors=True)

@@ -8,6 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_until(done, what: str, timeout_s: float = 30.0, every_s: float = 0.02):
+    """Polls `done()` until it is true; fails naming `what` after timeout_s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(every_s)
+
+
 def segpress(*args: str, **kw) -> subprocess.CompletedProcess:
     """`segpress ARGS...` in a subprocess from the repository root, output captured."""
     return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
@@ -107,3 +117,44 @@ def assert_pieces(original: str, compressed: str):
         return False
 
     assert fits(0, 0), f"{compressed!r} is not pieces of {original!r} in order"
+
+
+class InProcessServer:
+    """Pipeline, store and gRPC server on an event loop in a thread (with
+    `selector`, a SentenceVectors, query-aware selection runs)."""
+
+    def __init__(self, config, compressors: dict, selector=None):
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.pipeline, self.running, self.store = self.call(self._up(config, compressors, selector))
+        self.target = f"127.0.0.1:{self.running.port}"
+        http = self.running.http  # config.http_port set: the HTTP API too
+        self.http_url = f"http://127.0.0.1:{http.port}" if http else ""
+
+    async def _up(self, config, compressors, selector):
+        from service.auth import Authenticator
+        from service.pipeline import Pipeline
+        from service.assemble import make_store
+        from service.server import start
+
+        store, _ = await make_store(config)
+        pipeline = Pipeline(config, compressors, store, selector)
+        return pipeline, await start(config, pipeline, Authenticator.from_config(config)), store
+
+    def call(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def stop(self):
+        async def down():
+            await self.running.server.stop(0)
+            if self.running.http:
+                await self.running.http.stop()
+            await self.pipeline.close()
+            await self.store.close()
+        self.call(down())
+        self.loop.call_soon_threadsafe(self.loop.stop)

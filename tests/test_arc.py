@@ -60,7 +60,7 @@ def server(redis_proc, weights):
         "SEGPRESS_REDIS_URL": redis_proc.url,
         "SEGPRESS_CACHE_DIR": Config().cache_dir,  # for the shared models; Redis is redis_proc
         "SEGPRESS_COMPRESSORS": "llmlingua2,arc",
-        "SEGPRESS_ARC_WEIGHTS": str(weights),
+        "SEGPRESS_WEIGHTS": f"arc={weights}",
     })
     yield s
     s.stop()

@@ -7,12 +7,11 @@ max_request_tokens=20000, stream_idle_s=3 (see conftest.py).
 
 import math
 import threading
-import time
 import uuid
 
 import grpc
 import pytest
-from helpers import assert_faithful, assert_subsequence
+from helpers import assert_faithful, assert_subsequence, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -222,11 +221,20 @@ def test_idle_streams_do_not_hold_the_server_and_are_capped_and_ended(server, cl
         assert limit == 16 and client.info().limits.stream_idle_s == 3.0
         try:
             idle = [stub.CompressStream(nothing(), timeout=60) for _ in range(limit)]
-            time.sleep(0.5)
+            refused = []
+
+            def one_more_is_refused() -> bool:  # a stream admitted ends at once (one request)
+                try:
+                    list(stub.CompressStream(iter([pb.CompressRequest(contexts=["x"])]), timeout=10))
+                    return False
+                except grpc.RpcError as e:
+                    refused.append(e)
+                    return True
+
+            wait_until(one_more_is_refused, f"{limit} idle streams to be open")
+            e = refused[0]
+            assert e.code() == EXHAUSTED and "max_streams_per_client=16" in e.details()
             assert client.compress(["Served while streams sit idle."]).text
-            with pytest.raises(grpc.RpcError) as e:
-                list(stub.CompressStream(iter([pb.CompressRequest(contexts=["x"])]), timeout=10))
-            assert e.value.code() == EXHAUSTED and "max_streams_per_client=16" in e.value.details()
             for call in idle:  # ended after stream_idle_s
                 with pytest.raises(grpc.RpcError) as e:
                     list(call)
@@ -246,13 +254,14 @@ def test_a_cancelled_stream_stores_nothing_more(server, redis_proc, sample_text)
         with server.channel() as ch:
             call = pb_grpc.SegpressStub(ch).CompressStream(
                 iter([SegpressClient.request([t], namespace=ns) for t in texts[1:]]), timeout=120)
-            time.sleep(0.3)
+            wait_until(lambda: redis_proc.client().keys(f"segpress:v1:{ns}:*"), "the stream's first value")
             call.cancel()
         # The model takes work in order: once a request sent now is answered,
         # whatever the stream had queued was computed (and, before the fix,
-        # stored by requests that went on after the cancel).
-        assert c.compress([f"A probe after the cancel, {uuid.uuid4().hex}."]).text
-    time.sleep(0.5)
+        # stored by requests that went on after the cancel); its own value
+        # stored says the writes before it are done.
+        assert c.compress([f"A probe after the cancel, {uuid.uuid4().hex}."], namespace=ns + "-probe").text
+    wait_until(lambda: redis_proc.client().keys(f"segpress:v1:{ns}-probe:*"), "the probe's value")
     stored = len(redis_proc.client().keys(f"segpress:v1:{ns}:*"))
     # Before: the window of 8 requests went on to the cache (8 x per_request
     # values). Now: at most what finished before the cancel.

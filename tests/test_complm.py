@@ -366,7 +366,7 @@ def test_small_real_complm_eval(tmp_path):
 
 
 def test_common_subsequence_counts_tokens_in_order_whatever_their_position():
-    from service.evaluation.soft import common_subsequence
+    from service.evaluation.soft_decoding import common_subsequence
 
     assert common_subsequence([1, 2, 3, 4], [9, 1, 2, 3, 4]) == 4  # one token dropped: position-wise 0 right
     assert common_subsequence([4, 3, 2, 1], [1, 2, 3, 4]) == 1  # reversed: one in order

@@ -50,6 +50,27 @@ def test_compressors_is_a_list_of_registered_names():
             cfg.from_args(env={"SEGPRESS_COMPRESSORS": raw})
 
 
+def test_weights_are_pairs_of_the_compressors_with_weights(tmp_path):
+    from compressors.complm_model import DEFAULT_WEIGHTS as COMPLM
+    from compressors.arc_model import DEFAULT_WEIGHTS as ARC
+    from compressors.artifacts import ModelError
+    from compressors.registry import REGISTRY, weights_path
+
+    assert field("weights").metadata["pairs_of"] == tuple(n for n, e in REGISTRY.items() if e.weights)
+    assert (REGISTRY["complm"].weights, REGISTRY["arc"].weights) == (COMPLM.name, ARC.name)
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"x")
+    config = cfg.from_args(env={"SEGPRESS_WEIGHTS": f" ARC = {mine} "})
+    assert config.weights == f"arc={mine}"
+    assert (weights_path("arc", config), weights_path("complm", config)) == (mine, COMPLM)
+    for raw in ("complm", "foo=x", "arc=", "arc=a,arc=b"):
+        with pytest.raises(cfg.ConfigError, match="expected a comma list of name=path, each name once, "
+                                                   "of complm, arc"):
+            cfg.from_args(env={"SEGPRESS_WEIGHTS": raw})
+    with pytest.raises(ModelError, match="pass --weights complm=PATH"):
+        weights_path("complm", cfg.from_args(env={"SEGPRESS_WEIGHTS": f"complm={tmp_path / 'none'}"}))
+
+
 def test_the_choices_are_what_the_engines_take():
     from compressors import engines, relevance
 

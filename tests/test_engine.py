@@ -147,7 +147,7 @@ def test_pipeline_with_engine_onnx(model_dir, redis_proc, tmp_path, sample_text)
 
     from segpress import SegpressClient
     from service.config import Config
-    from service.server import open_pipeline
+    from service.assemble import open_pipeline
 
     config = Config(engine="onnx", sentence_engine="onnx", llmlingua2_model=model_dir,
                     cache_dir=str(tmp_path), redis_url=redis_proc.url)

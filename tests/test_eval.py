@@ -158,7 +158,7 @@ def test_small_real_soft_qa(tmp_path):
 def test_qa_control_and_intervals():
     import numpy as np
 
-    from service.evaluation.soft import control_index, qa_bootstrap, token_bounds
+    from service.evaluation.soft_qa import control_index, qa_bootstrap, token_bounds
     from service.evaluation.tasks import Example
 
     def ex(doc, text, answer):

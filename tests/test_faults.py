@@ -1,16 +1,11 @@
 """Redis faults and Redis Cluster: every request still succeeds with correct
 output, and the cache comes back when Redis does."""
 
-import random
-import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
-from conftest import RedisProcess, ServerProcess, port_is_free, redis_server_binary
+from conftest import RedisProcess, ServerProcess
 
 from segpress import SegpressClient
 
@@ -93,8 +88,7 @@ def test_slow_redis_is_a_miss_not_a_stall(model_dir, tmp_path):
             assert slow.text == good.text
             assert slow.stats.cache_errors >= 1 and slow.stats.cache_misses == 1
             assert elapsed < 1.5, f"request took {elapsed:.2f}s with Redis paused for 3s"
-            time.sleep(3)
-            wait_for_hit(c, text)
+            wait_for_hit(c, text, timeout_s=20)  # once the 3 s pause is over
     finally:
         server.stop()
         redis.stop()
@@ -115,46 +109,6 @@ def test_evicting_redis_still_gives_correct_output(model_dir, tmp_path, sample_t
     finally:
         server.stop()
         redis.stop()
-
-
-def cluster_ports(n: int) -> list[int]:
-    """n ports that are free together with their cluster bus ports (port + 10000).
-
-    Redis 6 always puts the bus at port + 10000, so a port from the kernel's
-    ephemeral range (up to 60999) can give a bus port above 65535 and the node
-    never starts. Draw from below that range instead and check both ports.
-    """
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < n:
-        p = rng.randrange(20000, 30000)
-        if p in ports or not all(port_is_free(q) for q in (p, p + 10000)):
-            continue
-        ports.append(p)
-    return ports
-
-
-@pytest.fixture()
-def redis_cluster():
-    """A real 3-master Redis Cluster on loopback."""
-    nodes = [RedisProcess("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                          port=p).start() for p in cluster_ports(3)]
-    ports = [n.port for n in nodes]
-    cli = shutil.which("redis-cli") or str(Path(redis_server_binary()).parent / "redis-cli")
-    created = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                              "--cluster-replicas", "0", "--cluster-yes"],
-                             capture_output=True, text=True, timeout=60)
-    assert created.returncode == 0, created.stdout + created.stderr
-    for _ in range(100):
-        out = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
-                             capture_output=True, text=True).stdout
-        if "cluster_state:ok" in out:
-            break
-        time.sleep(0.1)
-    yield ports
-    for n in nodes:
-        n.stop()
-        shutil.rmtree(n.dir, ignore_errors=True)
 
 
 def test_redis_cluster_batch_lookups_span_slots(model_dir, tmp_path, redis_cluster):

@@ -6,7 +6,6 @@ deterministic compressor of tests/tiny.py in place of a model.
 """
 
 import asyncio
-import threading
 import uuid
 
 import grpc
@@ -15,43 +14,14 @@ import pytest
 from compressors.base import Compressor
 from segpress import SegpressClient, SegpressError
 from segpress.v1 import segpress_pb2 as pb
-from service.auth import Authenticator
 from service.config import Config
-from service.pipeline import Pipeline
-from service.server import make_store, start
 
+from helpers import InProcessServer
 from tiny import Tiny
 
 TEXT = ("The harbour froze in the winter of 1902. Ships waited outside for eleven days, "
         "and the town ran short of coal. A rescue party crossed the ice on foot.")
 OTHER = "Bread needs flour, water, salt and time; the rest is patience and a hot oven."
-
-
-class InProcessServer:
-    """Pipeline, store and gRPC server on an event loop in a thread (with
-    `selector`, a SentenceVectors, query-aware selection runs)."""
-
-    def __init__(self, config: Config, compressors: dict, selector=None):
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.pipeline, self.running, self.store = self.call(self._up(config, compressors, selector))
-        self.target = f"127.0.0.1:{self.running.port}"
-
-    async def _up(self, config, compressors, selector):
-        store, _ = await make_store(config)
-        pipeline = Pipeline(config, compressors, store, selector)
-        return pipeline, await start(config, pipeline, Authenticator.from_config(config)), store
-
-    def call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def stop(self):
-        async def down():
-            await self.running.server.stop(0)
-            await self.pipeline.close()
-            await self.store.close()
-        self.call(down())
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +61,7 @@ def test_info_lists_the_compressor_and_limits(client):
     assert [c.name for c in info.compressors] == ["tiny"]
     assert info.compressors[0].output == pb.OUTPUT_KIND_TEXT
     assert info.limits.max_contexts == 4
+    assert info.limits.max_query_bytes == 16 << 10  # the default max_query_bytes
 
 
 def test_repeat_is_all_hits_and_identical(client, tiny, ns):
@@ -166,7 +137,7 @@ def test_a_lookup_that_missed_just_before_the_write_reuses_the_result(srv, tiny,
     before = len(tiny.encoded)
 
     async def late_miss():
-        return await srv.pipeline._batcher(tiny).encode({key: text})
+        return await srv.pipeline.values.batcher(tiny).encode({key: text})
 
     values, owned, reused = srv.call(late_miss())
     assert len(tiny.encoded) == before and owned == [] and reused == [key] and list(values) == [key]
@@ -228,3 +199,34 @@ def test_the_smallest_compressor_in_the_docs_runs_through_the_pipeline(redis_pro
         s.stop()
     assert first.text == again.text == "one three five"
     assert (first.stats.cache_misses, again.stats.cache_hits) == (1, 1)
+
+
+def test_a_failing_segment_fails_only_its_own_requests():
+    """Two requests' segments in one model call, one of which the model
+    cannot encode: the call is retried segment by segment, so the other
+    request gets its value and only the failing one its error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.batcher import MicroBatcher
+
+    class Failing(Tiny):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def encode(self, texts):
+            self.calls.append(list(texts))
+            if any("boom" in t for t in texts):
+                raise RuntimeError("the model failed")
+            return super().encode(texts)
+
+    async def both(batcher):
+        return await asyncio.gather(batcher.encode({"a": "good words"}), batcher.encode({"b": "boom"}),
+                                    return_exceptions=True)
+
+    model = Failing()
+    with ThreadPoolExecutor(1) as pool:
+        good, bad = asyncio.run(both(MicroBatcher(model, pool, max_segments=8)))
+    assert model.calls == [["good words", "boom"], ["good words"], ["boom"]]  # one call, then each
+    assert set(good[0]["a"]) == {"spans", "scores", "tokens"}
+    assert isinstance(bad, RuntimeError) and "the model failed" in str(bad)

@@ -1,4 +1,5 @@
-"""Load, metrics and shutdown against a real server process."""
+"""Load, metrics and shutdown against a real server process (overload: in
+process, with the model held at a gate)."""
 
 import re
 import signal
@@ -6,14 +7,19 @@ import statistics
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psutil
+import pytest
 from conftest import ServerProcess, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segpress import SegpressClient
+from segpress import Retry, SegpressClient, SegpressError
+from service.config import Config
+from helpers import InProcessServer, wait_until
+from tiny import Gated
 
 
 def test_sixteen_clients_zero_errors_and_stable_memory(server, sample_text):
@@ -55,31 +61,39 @@ def test_sixteen_clients_zero_errors_and_stable_memory(server, sample_text):
     assert growth_mb < 100, f"server memory grew by {growth_mb:.0f} MiB in one round"
 
 
-def test_overload_is_unavailable_with_the_limit_named(redis_proc, model_dir, tmp_path, sample_text):
-    s = ServerProcess({
-        "SEGPRESS_REDIS_URL": redis_proc.url,
-        "SEGPRESS_LLMLINGUA2_MODEL": model_dir,
-        "SEGPRESS_CACHE_DIR": str(tmp_path),
-        "SEGPRESS_MAX_QUEUE": "2",
-    })
+def test_overload_is_unavailable_with_the_limit_named(redis_proc):
+    # Before: 8 cheap requests (one 3 KB text, shared segments) raced to fill
+    # the queue, and the client retried refusals (Retry's default), so on a
+    # fast machine all 8 could be accepted. Now two requests are held in the
+    # model by a gate until the third has been refused.
+    gated = Gated()
+    s = InProcessServer(Config(port=0, redis_url=redis_proc.url, metrics_port=0, max_queue=2),
+                        {"gated": gated})
+    held, done = [], []
     try:
-        refused = []
-
-        def one(i):
+        def cold(i):
             with SegpressClient(s.target, timeout_s=120) as c:
-                try:
-                    c.compress([f"{i} {sample_text}"], cache="bypass")
-                except Exception as e:  # noqa: BLE001
-                    refused.append(e)
+                done.append(c.compress([f"Held request {i} {uuid.uuid4().hex}: words for the model."]))
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(one, range(8)))
-        assert refused, "8 concurrent requests against max_queue=2 were all accepted"
-        for e in refused:
-            assert e.code == grpc.StatusCode.UNAVAILABLE and "max_queue=2" in e.details
+        held = [threading.Thread(target=cold, args=(i,)) for i in range(2)]
+        for t in held:
+            t.start()
+        wait_until(lambda: gated.entered.is_set() and s.pipeline.model_requests == 2,
+                   "two requests waiting for the model, one in it")
+        with SegpressClient(s.target, timeout_s=30, retry=Retry(attempts=1)) as c:
+            with pytest.raises(SegpressError) as e:
+                c.compress([f"One too many {uuid.uuid4().hex}."])
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE and "max_queue=2" in e.value.details
+        gated.open()
+        for t in held:
+            t.join(120)
+        assert len(done) == 2 and all(r.text for r in done)
         with SegpressClient(s.target) as c:
             assert c.compress(["Serving again once the queue drains."]).text
     finally:
+        gated.open()
+        for t in held:
+            t.join(120)
         s.stop()
 
 

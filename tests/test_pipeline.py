@@ -87,7 +87,7 @@ def test_soft_token_response_is_held_to_the_message_limit(dtype, itemsize):
     from compressors.base import Rendered
     from segpress import pb
     from service.errors import RequestError
-    from service.pipeline import STATS_HEADROOM, _put_tensors
+    from service.responses import STATS_HEADROOM, put_tensors
 
     hidden = 8
     rendered = [Rendered(3, 3, tensor=np.ones((3, hidden), np.float32), segment_rows=[2, 1]),
@@ -96,7 +96,7 @@ def test_soft_token_response_is_held_to_the_message_limit(dtype, itemsize):
 
     def response(limit):
         resp = pb.CompressResponse(contexts=[pb.CompressedContext(), pb.CompressedContext()])
-        _put_tensors(resp, rendered, decoder, dtype, limit)
+        put_tensors(resp, rendered, decoder, dtype, limit)
         return resp
 
     resp = response(1 << 20)

@@ -358,10 +358,10 @@ def test_client_cert_needs_its_key(certs):
         SegpressClient("127.0.0.1:1", client_cert=certs["client_cert"])
 
 
-# --- the README --------------------------------------------------------------
+# --- docs/clients.md ---------------------------------------------------------
 
 def readme_blocks(section: str, lang: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "clients.md").read_text()
     body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
     return [b.split("\n", 1)[1] for b in body.split("```")[1::2] if b.startswith(lang + "\n")]
 

@@ -88,7 +88,7 @@ def recordings() -> list[dict]:
 def run_pipeline(model_dir: str) -> dict:
     """What `segpress compress` returns on the sample, with both compressors,
     in the shape of recorded_outputs.json."""
-    from service.server import open_pipeline
+    from service.assemble import open_pipeline
 
     config = Config(cache_dir=Config().cache_dir, llmlingua2_model=model_dir,
                     compressors="llmlingua2,complm", engine="torch")

@@ -39,8 +39,7 @@ def test_redis_stopped_mid_run_requests_still_succeed_then_cache_recovers(own_re
                 other = c.compress([f"Request {i} while Redis is down."], rate=0.5)
                 assert other.text
 
-            own_redis.start()  # same port, empty
-            time.sleep(0.5)    # past the retry interval
+            own_redis.start()  # same port, empty; the loop below waits out the retry interval
             fresh = "Redis is back; this sentence is cached again."
             c.compress([fresh])  # may still see the old broken connection
             deadline = time.time() + 10

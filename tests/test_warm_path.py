@@ -15,7 +15,7 @@ from cache.local import LocalCache
 from segpress import SegpressClient
 from service.config import SAMPLE, Config
 from service.pipeline import Pipeline
-from service.server import make_store
+from service.assemble import make_store
 
 from tiny import Tiny
 
@@ -78,7 +78,7 @@ def test_warm_response_is_the_cold_response(redis_proc, local_mb):
     assert warm.stats.cache_hits == warm.stats.segments and warm.stats.cache_misses == 0
     assert tiny.segmented == len(texts)  # segmented once, then from the LRU
     assert len(tiny.encoded) == len(set(tiny.encoded))  # each unique segment encoded once
-    assert pipeline.hot_values.hits == (2 * len(tiny.encoded) if local_mb else 0)  # per unique key
+    assert pipeline.values.hot_values.hits == (2 * len(tiny.encoded) if local_mb else 0)  # per unique key
 
 
 def test_segmentation_lru_off_segments_every_time(redis_proc):

@@ -3,19 +3,20 @@ the fast test tier: no model, no torch, deterministic.
 
 segment: runs of at most 8 words. encode: each word's span, a score from a
 hash of the word, and a token count of 1 (the same arrays llmlingua2
-caches). render: the words scoring at least 0.5 (at least the first word),
+caches); count_tokens and check_encoded as the contract asks. render: the words scoring at least 0.5 (at least the first word),
 of those a selection allowed, cut from the context. It counts what it encodes, so tests can see cache hits
 and shared work. A test double of the compressor interface only: Redis and
 gRPC around it stay real.
 """
 
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from compressors.base import ContextParts, Encoded, Kind, Rendered, Segment
+from compressors.base import ContextParts, Encoded, Kind, Rendered, Segment, check_word_scores
 
 _WORD = re.compile(r"\S+")
 
@@ -39,6 +40,7 @@ class Tiny:
     model_id = "tiny"
     fingerprint = "0" * 64
     cache_id = "tiny:v1"
+    dtype = "float32"
     max_segment_tokens = 8
 
     def __init__(self):
@@ -69,6 +71,12 @@ class Tiny:
             out.append({"spans": spans, "scores": scores, "tokens": np.ones(len(spans), np.int32)})
         return out
 
+    def count_tokens(self, text: str, stop_after: int) -> int:
+        return len(_WORD.findall(text))  # a token is a word; fine at test sizes
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        return check_word_scores(encoded, segment)
+
     def render(self, contexts: list[ContextParts], params, query=None) -> list[Rendered]:
         out = []
         for c in contexts:
@@ -82,3 +90,34 @@ class Tiny:
                                 compressed_tokens=len(words),
                                 text=" ".join(c.text[s:e] for s, e in words)))
         return out
+
+
+class Gated(Tiny):
+    """Tiny with real blocking points a test opens: its model pass waits for
+    `gate`, and segmenting a context that contains HOLD waits for
+    `segment_gate`. Requests stay where the test holds them for as long as it
+    needs, on any machine, with no sleeps."""
+
+    name, cache_id = "gated", "gated:v1"
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.segment_gate, self.segmenting = threading.Event(), threading.Semaphore(0)
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        self.entered.set()
+        if not self.gate.wait(120):
+            raise RuntimeError("the test never opened the model gate")
+        return super().encode(texts)
+
+    def segment(self, text: str) -> list[Segment]:
+        if "HOLD" in text:
+            self.segmenting.release()
+            if not self.segment_gate.wait(120):
+                raise RuntimeError("the test never opened the segment gate")
+        return super().segment(text)
+
+    def open(self) -> None:
+        self.gate.set()
+        self.segment_gate.set()

@@ -36,26 +36,12 @@ from .. import models
 from ..arc_model import DEFAULT_WEIGHTS, ArcConfig, ArcModel, load_model
 from ..complm_model import DEFAULT_WEIGHTS as COMPLM_WEIGHTS
 from . import soft
+from .loop import SoftTrainConfig, finish, train_loop
 
 
 @dataclass
-class TrainConfig:
-    seed: int = 0
-    steps: int = 300
-    batch_size: int = 8  # examples per step
-    lr: float = 5e-4
-    warmup: int = 30
-    ctx_min: int = 40  # context tokens of an example
-    ctx_max: int = 120
-    continuation: int = 32  # tokens the continuation loss is on
-    rec_share: float = 0.5  # share of reconstruction examples
-    distill: float = 0.0  # weight of the KL to the full-text teacher (soft.batch_loss); 0: off
+class TrainConfig(SoftTrainConfig):
     factors: str = "2,4,8"  # pooling factors of fresh weights, one drawn per example
-    bf16: bool = True  # decoder passes in bfloat16 autocast
-    dev_examples: int = 24  # held-out examples (split "dev") scored before and after
-    checkpoint_every: int = 25
-    corpus: str = "essays,prose"  # text sources (compressors/training/soft.py)
-    stop_after: int = 0  # stop at a checkpoint after this step, to resume later; 0: run to the end
     init_from: str = ""  # continue these arc weights (their factors) instead of starting from complm's
 
 
@@ -103,7 +89,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
         return soft.dev_report(model, dev, {f"x{f}": one_factor(model, f) for f in model.config.factors},
                                bos_id, cfg.bf16)
 
-    finished, record = soft.train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
+    finished, record = train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
                                        out.with_suffix(".ckpt"))
     record["init"] = init  # by file name and sha256: the weights' own card is in git history
     return finished, model, record, decoder_dir
@@ -113,4 +99,4 @@ def main(cfg: TrainConfig, out: str | None, config) -> int:
     """`segpress train arc` (service/cli.py builds `cfg` from the flags)."""
     path = Path(out) if out else DEFAULT_WEIGHTS
     finished, model, record, decoder_dir = train(config.cache_dir, cfg, path)
-    return soft.finish(finished, model, cfg, record, path, decoder_dir)
+    return finish(finished, model, cfg, record, path, decoder_dir)

@@ -32,31 +32,18 @@ from .. import models
 from ..complm import DEFAULT_WEIGHTS
 from ..complm_model import MLP, CompLLMConfig, load_model
 from . import soft
+from .loop import SoftTrainConfig, finish, train_loop
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
-class TrainConfig:
-    seed: int = 0
+class TrainConfig(SoftTrainConfig):
     steps: int = 600
-    batch_size: int = 8  # examples per step
     lr: float = 1e-3
-    warmup: int = 30
-    ctx_min: int = 40  # context tokens of an example
-    ctx_max: int = 120
-    continuation: int = 32  # tokens the continuation loss is on
-    rec_share: float = 0.5  # share of reconstruction examples
     rank: int = 32  # LoRA rank
     mlp: bool = True  # LoRA on the MLP's linears too, not only attention's
-    start: str = "mean"  # CompLLMConfig.start: "mean" (CEs start as their tokens' mean embedding) or "zero"
-    bf16: bool = True  # decoder passes in bfloat16 autocast
-    dev_examples: int = 24  # held-out examples (split "dev") scored before and after
-    checkpoint_every: int = 25
-    corpus: str = "essays,prose"  # text sources (compressors/training/soft.py)
-    stop_after: int = 0  # stop at a checkpoint after this step, to resume later; 0: run to the end
     init_from: str = ""  # start from these trained weights (their rank and targets) instead of fresh ones
-    distill: float = 0.0  # weight of the KL to the full-text teacher on continuation tokens (soft.batch_loss)
 
 
 def train(cache_dir: str, cfg: TrainConfig, out: Path):
@@ -65,8 +52,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     if cfg.init_from:
         model, tok = load_model(decoder_dir, cfg.init_from)
     else:
-        config = CompLLMConfig(rank=cfg.rank, alpha=2.0 * cfg.rank, tasks=True, start=cfg.start,
-                               targets=ATTENTION + (MLP if cfg.mlp else ()))
+        config = CompLLMConfig(rank=cfg.rank, alpha=2.0 * cfg.rank, targets=ATTENTION + (MLP if cfg.mlp else ()))
         model, tok = load_model(decoder_dir, None, config=config)
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     data, dev = soft.train_and_dev(cache_dir, tok, cfg, model.config.segment_tokens)
@@ -77,7 +63,7 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     def dev_report() -> dict:
         return soft.dev_report(model, dev, {"ces": model.concept_embeddings}, bos_id, cfg.bf16)
 
-    finished, record = soft.train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
+    finished, record = train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
                                        out.with_suffix(".ckpt"))
     return finished, model, record, decoder_dir
 
@@ -86,4 +72,4 @@ def main(cfg: TrainConfig, out: str | None, config) -> int:
     """`segpress train complm` (service/cli.py builds `cfg` from the flags)."""
     path = Path(out) if out else DEFAULT_WEIGHTS
     finished, model, record, decoder_dir = train(config.cache_dir, cfg, path)
-    return soft.finish(finished, model, cfg, record, path, decoder_dir)
+    return finish(finished, model, cfg, record, path, decoder_dir)

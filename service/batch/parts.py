@@ -124,7 +124,7 @@ class LocalBackend:
     (--redis-url, or the embedded Redis), on an event loop of its own."""
 
     def __init__(self, config, concurrency: int):
-        from ..server import open_pipeline
+        from ..assemble import open_pipeline
 
         self.concurrency = concurrency
         self.loop = asyncio.new_event_loop()

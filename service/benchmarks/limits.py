@@ -31,6 +31,8 @@ import grpc
 
 from segpress import AsyncSegpressClient, SegpressClient, SegpressError, pb
 
+from ..config import Config
+
 MiB = 1 << 20
 
 
@@ -102,11 +104,13 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.target = f"127.0.0.1:{self.port}"
+        cache_dir = os.environ.get("SEGPRESS_CACHE_DIR")
+        if not cache_dir:  # a fresh Redis, but the models already built (no export at start)
+            cache_dir = tempfile.mkdtemp(prefix="segpress-limits-")
+            os.symlink(Config().models_dir, os.path.join(cache_dir, "models"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            env={**os.environ, "SEGPRESS_METRICS_PORT": "0",
-                 "SEGPRESS_CACHE_DIR": os.environ.get("SEGPRESS_CACHE_DIR")
-                 or tempfile.mkdtemp(prefix="segpress-limits-"), **env},
+            env={**os.environ, "SEGPRESS_METRICS_PORT": "0", "SEGPRESS_CACHE_DIR": cache_dir, **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while True:
@@ -201,19 +205,80 @@ def run_case(server: Server, case: Case, repeats: int) -> dict:
             "kept_rss_mb": round(statistics.median(kept) / MiB, 1)}
 
 
+def hangul(n_bytes: int, tag: int) -> str:
+    """About `n_bytes` of Hangul without spaces (3 bytes a character), the
+    legal request that cost most memory in issue 22; every 64 characters
+    carry `tag`, so texts with different tags share no segment."""
+    block = "\ub300\ud55c\ubbfc\uad6d\uc758\uc218\ub3c4\ub294\uc11c\uc6b8" * 6  # 60 chars
+    piece = f"{tag:04d}" + block  # 64 characters, 184 bytes
+    return piece * (n_bytes // 184)
+
+
+def memory(n: int, distinct: int, n_bytes: int, settings: list[tuple[str, dict]]) -> list[dict]:
+    """RSS of a server before and after `n` requests of `n_bytes` of Hangul
+    (`distinct` different texts in turn: the first round cold, then cached),
+    for each (name, server settings) in `settings`."""
+    texts = [hangul(n_bytes, t) for t in range(distinct)]
+    out = []
+    for name, env in settings:
+        server = Server(env)
+        try:
+            time.sleep(1.0)
+            before = server.rss()
+            server.reset_peak()
+            t0 = time.perf_counter()
+            codes = {}
+            for i in range(n):
+                req = SegpressClient.request([texts[i % distinct]], rate=0.5)
+                with SegpressClient(server.target, timeout_s=1800,
+                                    max_message_bytes=64 * MiB) as c:
+                    try:
+                        c._call(c._stub.Compress, req, 1800)
+                        codes["OK"] = codes.get("OK", 0) + 1
+                    except SegpressError as e:
+                        codes[e.code.name] = codes.get(e.code.name, 0) + 1
+            seconds = time.perf_counter() - t0
+            time.sleep(1.0)
+            out.append({"settings": name, "requests": n, "distinct": distinct,
+                        "bytes": len(texts[0].encode()), "codes": codes,
+                        "seconds": round(seconds, 1), "rss_before_mb": round(before / MiB),
+                        "peak_mb": round(server.peak() / MiB), "rss_after_mb": round(server.rss() / MiB)})
+        finally:
+            server.close()
+        r = out[-1]
+        print(f"{name}: {n} requests of {r['bytes']} bytes ({distinct} texts): {r['codes']}, "
+              f"{r['seconds']} s; RSS {r['rss_before_mb']} -> {r['rss_after_mb']} MB "
+              f"({r['rss_after_mb'] - r['rss_before_mb']:+d}), peak {r['peak_mb']} MB", file=sys.stderr)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m service.benchmarks.limits", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="case names (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--memory", type=int, metavar="N",
+                    help="instead of the limits: RSS before and after N max-size requests, "
+                         "with the memory settings on (the defaults) and off")
+    ap.add_argument("--distinct", type=int, default=4, help="--memory: different texts")
+    ap.add_argument("--bytes", type=int, default=8 * MiB - 1024, help="--memory: request size")
+    ap.add_argument("--settings", default="on,off", help="--memory: on (trim, 2 arenas: the "
+                    "defaults), off (neither), or both")
     args = ap.parse_args(argv)
     if not os.environ.get("SEGPRESS_LLMLINGUA2_MODEL"):
         from compressors.models import ensure_default_llmlingua2
 
-        from ..config import Config
-
         os.environ["SEGPRESS_LLMLINGUA2_MODEL"] = str(ensure_default_llmlingua2(Config().models_dir))
+    if args.memory:
+        settings = {"on": ("trim, 2 arenas (default)", {}),
+                    "off": ("no trim, glibc arenas", {"SEGPRESS_MALLOC_TRIM": "false",
+                                                      "SEGPRESS_MALLOC_ARENA_MAX": "0"})}
+        settings = [settings[name] for name in args.settings.split(",")]
+        results = memory(args.memory, args.distinct, args.bytes, settings)
+        if args.json:
+            print(json.dumps(results, indent=2))
+        return 0
     chosen = [c for c in cases() if not args.only or c.name in args.only]
     results = []
     by_env: dict[str, list[Case]] = {}

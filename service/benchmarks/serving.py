@@ -19,6 +19,8 @@ a noisy machine moves all methods together:
    1, 4 and 16 concurrent clients.
 5. Query-aware selection: a request with a query against the same request
    without one, on 10 contexts, all cached and all cold.
+6. HTTP/JSON against gRPC: the same request to the same `segpress serve`
+   process, one persistent connection each, every segment cached and cold.
 """
 
 import asyncio
@@ -182,7 +184,7 @@ class Bench:
         times of each."""
         import dataclasses
 
-        from ..server import make_store
+        from ..assemble import make_store
 
         texts = bench_texts(self.sample, n_docs)
         store, embedded = self.loop.run_until_complete(make_store(self.config))
@@ -272,7 +274,7 @@ class Bench:
     def query_cost(self, n_docs: int = 10) -> dict:
         """With a query against without, both cached (one query embedding and
         the ranking on top of a cached request) and both cold."""
-        from ..server import make_store, sentence_vectors
+        from ..assemble import make_store, sentence_vectors
 
         texts = bench_texts(self.sample, n_docs)
         question = "What did the keeper record in his log?"
@@ -309,14 +311,20 @@ class Bench:
         self.loop.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class _server:
     """A real `segpress serve` process on a free port, for the concurrency run."""
 
-    def __init__(self, config: Config):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    def __init__(self, config: Config, http: bool = False):
+        self.port, http_port = _free_port(), _free_port() if http else 0
+        self.http_url = f"http://127.0.0.1:{http_port}"
         self.env = {**os.environ, "SEGPRESS_PORT": str(self.port), "SEGPRESS_METRICS_PORT": "0",
+                    "SEGPRESS_HTTP_PORT": str(http_port),
                     "SEGPRESS_LLMLINGUA2_MODEL": config.llmlingua2_model,
                     "SEGPRESS_MODEL_DTYPE": config.model_dtype, "SEGPRESS_ENGINE": config.engine,
                     "SEGPRESS_CACHE_DIR": tempfile.mkdtemp(prefix="segpress-bench-")}
@@ -342,46 +350,11 @@ class _server:
         self.proc.wait(60)
 
 
-def print_report(r: dict) -> None:
-    c = r["cold"]
-    print(f"\n1. cold compression: {c['documents']} documents, {c['tokens']} tokens, "
-          f"rate {r['rate']}, median of {r['repeats']} (default engine: {c['default']})")
-    print(f"   {'method':<34} {'median s':>9} {'tokens/s':>9} {'vs reference':>13} "
-          f"{'of bare':>8} {'keeps as torch fp32':>20}")
-    for name, m in c["methods"].items():
-        ref = f"{m['vs_reference']:.2f}x" if "vs_reference" in m else "-"
-        bare = f"{m['of_bare_forward']:.0%}" if "of_bare_forward" in m else "-"
-        agree = f"{m['agreement_vs_torch_float32']:.2%}" if "agreement_vs_torch_float32" in m else "-"
-        print(f"   {name:<34} {m['median_s']:>9.3f} {m['tokens_per_s']:>9.0f} {ref:>13} {bare:>8} {agree:>20}")
-    w = r["warm_vs_cold"]
-    print(f"\n2. same request ({w['tokens']} tokens), cold {w['cold_ms']:.1f} ms, against all segments cached:")
-    for name, v in w.items():
-        if isinstance(v, dict):
-            st = v["stages_ms"]
-            print(f"   {name:<32} {v['ms']:>7.1f} ms ({v['ms_per_1k_tokens']:.2f} ms per 1k tokens, "
-                  f"{v['speedup']}x faster; segment {st['segment']}, lookup {st['cache_lookup']}, "
-                  f"render {st['render']} ms)")
-    print("\n3. cost per token, one context, cold:")
-    for size, v in r["cost_per_token"].items():
-        print(f"   {v['tokens']:>7} tokens: {v['ms_per_1k_tokens']:>7.1f} ms per 1k tokens "
-              f"({v['vs_smallest']:.2f}x the smallest)")
-    k = r["concurrency"]
-    print(f"\n4. through the gRPC server (start to serving {k['start_to_serving_s']} s), "
-          f"{k['tokens']} tokens in total, cold:")
-    for n, v in k["clients"].items():
-        print(f"   {n:>2} clients: {v['tokens_per_s']:>8.0f} tokens/s ({v['vs_one_client']:.2f}x one client)")
-    q = r["query_cost"]
-    print(f"\n5. query-aware selection, {q['contexts']} contexts, {q['tokens']} tokens:")
-    for name in ("cached", "cold"):
-        v = q[name]
-        print(f"   {name:<6}: {v['with_query_ms']:.1f} ms with a query vs {v['without_query_ms']:.1f} ms "
-              f"without = {v['ratio']:.2f}x")
-
-
 def main(args, config: Config) -> int:
     from compressors.models import ensure_default_llmlingua2
 
     from ..config import SAMPLE
+    from .http import http_vs_grpc
 
     if not config.llmlingua2_model:
         config.llmlingua2_model = str(ensure_default_llmlingua2(config.models_dir))
@@ -390,16 +363,28 @@ def main(args, config: Config) -> int:
         result = {"rate": args.rate, "repeats": args.repeats,
                   "torch_threads": __import__("torch").get_num_threads()}
         engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else tuple(ENGINE_ROWS)
-        result["cold"] = bench.cold(args.docs, not args.no_reference, engines)
-        result["warm_vs_cold"] = bench.warm_vs_cold(args.docs)
-        result["cost_per_token"] = bench.cost_per_token(
-            (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))
-        result["concurrency"] = bench.concurrency(docs_per_level=8 if args.quick else 32)
-        result["query_cost"] = bench.query_cost()
+        sections = {
+            "cold": ("cold", lambda: bench.cold(args.docs, not args.no_reference, engines)),
+            "warm": ("warm_vs_cold", lambda: bench.warm_vs_cold(args.docs)),
+            "cost": ("cost_per_token", lambda: bench.cost_per_token(
+                (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000))),
+            "concurrency": ("concurrency", lambda: bench.concurrency(docs_per_level=8 if args.quick else 32)),
+            "query": ("query_cost", bench.query_cost),
+            "http": ("http_vs_grpc", lambda: http_vs_grpc(
+                bench, bench_texts(bench.sample, args.docs), _server(config, http=True), timed)),
+        }
+        only = [n.strip() for n in (args.only or ",".join(sections)).split(",") if n.strip()]
+        for name in only:
+            if name not in sections:
+                raise SystemExit(f"--only: unknown section {name!r}; one of {', '.join(sections)}")
+            key, run = sections[name]
+            result[key] = run()
     finally:
         bench.close()
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        from .report import print_report
+
         print_report(result)
     return 0

@@ -30,8 +30,8 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--continuation", type=int, default=32, help="continuation tokens scored")
     p.add_argument("--split", default="dev", choices=["dev", "test"],
                    help="held-out text of every part: dev to tune on, test to report (once)")
-    p.add_argument("--weights", default="", help="weights file of the compressor evaluated (default: "
-                   "--complm-weights / --arc-weights, else the shipped ones)")
+    p.add_argument("--weights", dest="weights_file", default="", help="weights file of the compressor "
+                   "evaluated (default: SEGPRESS_WEIGHTS's, else the shipped ones)")
     p.add_argument("--needles", type=int, default=None, help="needle QA questions (0: skip; "
                    "default 20, 100 with --qa-only)")
     p.add_argument("--needle-words", type=int, default=200, help="words of each needle context "
@@ -56,8 +56,7 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--out", default="", help="JSON result file (default: --cache-dir/eval/NAME.json)")
     # Configuration flags here too (`segpress eval complm --cache-dir D`); SUPPRESS keeps
     # a value given before `complm` from being reset.
-    for flag, kind in (("--cache-dir", str), ("--torch-threads", int), ("--model-dtype", str),
-                       ("--complm-weights", str), ("--arc-weights", str)):
+    for flag, kind in (("--cache-dir", str), ("--torch-threads", int), ("--model-dtype", str)):
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help="as for segpress serve")
 
 

@@ -58,7 +58,7 @@ class Env:
         it (--sentence-engine etc.), loaded once."""
         if self._selector is None:
             from ..config import Config
-            from ..server import sentence_vectors
+            from ..assemble import sentence_vectors
 
             self._selector = sentence_vectors(self.config or Config())
         return self._selector

@@ -47,12 +47,14 @@ neither.
 """
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .soft_decoding import prefill_times, reconstruction, rows_of
+from .soft_qa import needle_qa, token_bounds
 
 
 # -- statistics ------------------------------------------------------------------
@@ -92,7 +94,7 @@ def continuation_losses(decoder, comp, params, examples: list[dict], bos_id: int
     dtype = E.weight.dtype
 
     def ces(text):
-        return torch.from_numpy(_render(comp, text, params).tensor).to(dtype)
+        return torch.from_numpy(rows_of(comp, text, params).tensor).to(dtype)
 
     def loss(prefix: torch.Tensor, cont: list[int]) -> float:
         x = torch.cat([E(torch.tensor([bos_id])), prefix.to(dtype), E(torch.tensor(cont))])[None]
@@ -115,294 +117,26 @@ def continuation_losses(decoder, comp, params, examples: list[dict], bos_id: int
             out["truncated"].append(loss(E(torch.tensor(ctx[len(ctx) - len(ce):])), cont))
     return {k: np.asarray(v) for k, v in out.items()}, [len(c) for c in all_ces]
 
-
-def _render(comp, text: str, params):
-    """`text` through the compressor as the server runs it (segment, encode,
-    render), with no cache."""
-    from compressors.base import ContextParts
-
-    segs = comp.segment(text)
-    return comp.render([ContextParts(text, segs, comp.encode([s.text for s in segs]))], params)[0]
-
-
-def _tensor(comp, text: str, params):
-    """The CEs of `text` as the wire Tensor a client gets."""
-    from segpress.tensors import from_numpy
-
-    r = _render(comp, text, params)
-    t = from_numpy(r.tensor, "float32", np.concatenate([[0], np.cumsum(r.segment_rows)]))
-    t.decoder_id = comp.decoder_id
-    return t
-
-
-# -- 2. needle QA -------------------------------------------------------------------
-
-
-QA_CONDITIONS = {"text": "full", "soft": "ce", "control": "control", "none": "none"}
-"""The QA conditions' names in `needle.conditions` -> their keys in each row
-(full, ce and none are also `needle.accuracy`'s keys, as before)."""
-
-
-def qa_bootstrap(correct: dict[str, np.ndarray], n: int, seed: int) -> dict:
-    """Accuracy per condition (row keys full/ce/control/none, named as in
-    QA_CONDITIONS) and soft / text, each with a paired 95% percentile
-    bootstrap CI over questions. soft / text is null where text scores 0
-    (resamples where it does are left out of the interval)."""
-    def stats(idx):
-        acc = {name: float(correct[key][idx].mean()) for name, key in QA_CONDITIONS.items()}
-        acc["soft_over_text"] = acc["soft"] / acc["text"] if acc["text"] else float("nan")
-        return acc
-
-    size = len(correct["full"])
-    point = stats(np.arange(size))
-    rng = np.random.default_rng(seed)
-    draws = [stats(rng.integers(0, size, size)) for _ in range(n)] if size else []
-    out = {}
-    for k, v in point.items():
-        vals = np.array([d[k] for d in draws])
-        vals = vals[~np.isnan(vals)]
-        ci = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else None
-        out[k] = {"value": None if np.isnan(v) else v, "ci95": ci}
-    return out
-
-
-def control_index(examples, i: int) -> int:
-    """The example whose soft tokens are example i's control: the next one
-    (cyclically) from another document whose context does not hold i's
-    answer."""
-    from .reader import contains
-
-    ex, n = examples[i], len(examples)
-    for j in [(i + k) % n for k in range(1, n)]:
-        if examples[j].meta["doc"] != ex.meta["doc"] and not contains(examples[j].context, ex.answer):
-            return j
-    raise SystemExit("needle QA: the control needs contexts from at least two documents")
-
-
-def greedy_answers(reader, embeds: list, new_tokens: int, batch: int) -> list[str]:
-    """The reader's greedy answers (at most `new_tokens` tokens, decoded
-    without special tokens) to prompts given as [1, length, hidden] input
-    embeddings, `batch` at a time, left-padded under the attention mask
-    (about 3x faster at 8 on 2 cores). In bfloat16 a batch's shape moves
-    the numbers a little, so a few answers differ from one-at-a-time ones
-    (16 dev questions, text and CEs: 27 of 32 answers identical, no score
-    changed); batch 1 computes what Reader.answer and soft_tokens.generate
-    do."""
-    import torch
-
-    out = []
-    for k in range(0, len(embeds), batch):
-        part = embeds[k:k + batch]
-        width = max(e.shape[1] for e in part)
-        x = part[0].new_zeros((len(part), width, part[0].shape[2]))
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for i, e in enumerate(part):
-            x[i, width - e.shape[1]:], mask[i, width - e.shape[1]:] = e[0], 1
-        with torch.inference_mode():
-            got = reader.model.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=new_tokens,
-                                        do_sample=False, pad_token_id=reader.tokenizer.eos_token_id)
-        # With only inputs_embeds, generate returns the new tokens alone.
-        out += [reader.tokenizer.decode(g, skip_special_tokens=True).strip() for g in got]
-    return out
-
-
-def needle_qa(reader, comp, params, docs: dict[str, str], n: int, words: int, seed: int,
-              progress, *, tokens: tuple[int, int] | None = None, new_tokens: int = 16,
-              batch: int = 1, bootstrap_n: int = 2000) -> dict:
-    """Each question answered by the frozen reader, greedy, at most
-    `new_tokens` tokens, with its fixed prompt and the context given as
-    text (full), as its soft tokens (ce), as the soft tokens of another
-    example's context (control: another document, without this answer), or
-    not at all (none); `batch` prompts at a time (greedy_answers). With
-    `tokens` = (lo, hi), every context is lo..hi reader tokens (tasks.needle
-    draws again until it is)."""
-    import torch
-    from segpress.soft_tokens import inputs_embeds
-
-    from .reader import PROMPT, contains
-    from .tasks import needle
-
-    t0 = time.time()
-    fits = (lambda text: tokens[0] <= reader.count(text) <= tokens[1]) if tokens else None
-    try:
-        exs = needle(docs, n, seed, words=words, fits=fits)
-    except ValueError as e:
-        raise SystemExit(f"{e}: --needle-tokens {tokens[0]},{tokens[1]} does not suit --needle-words "
-                         f"{words}; change one, or --needle-tokens '' for no bounds") from e
-    soft = [_tensor(comp, ex.context, params) for ex in exs]  # each context compressed once
-    other = [control_index(exs, i) for i in range(len(exs))] if len(exs) > 1 else [None] * len(exs)
-    progress(f"needle: {len(exs)} contexts compressed ({time.time() - t0:.0f} s)")
-    E = reader.model.get_input_embeddings()
-
-    def text(context: str, question: str):
-        ids = reader.tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROMPT.format(context=context, question=question)}],
-            add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.no_grad():
-            return E(ids)
-
-    def rows(i: int, ex):
-        return inputs_embeds(soft[i], reader.model, reader.tokenizer, PROMPT.replace("{question}", ex.question))
-
-    prompts = {"full": [text(ex.context, ex.question) for ex in exs],
-               "ce": [rows(i, ex) for i, ex in enumerate(exs)],
-               "control": [rows(j, ex) for j, ex in zip(other, exs) if j is not None],
-               "none": [text("", ex.question) for ex in exs]}
-    answers = {}
-    for k, embeds in prompts.items():
-        answers[k] = greedy_answers(reader, embeds, new_tokens, batch)
-        progress(f"needle: {k} answered ({time.time() - t0:.0f} s)")
-    out = []
-    for i, ex in enumerate(exs):
-        j = other[i]
-        got = {k: v[i] for k, v in answers.items() if v}
-        out.append({"id": ex.id, "answer": ex.answer, "context_tokens": reader.count(ex.context),
-                    "soft_rows": int(soft[i].shape[0]), "kind": ex.meta["kind"],
-                    "depth": ex.meta["depth"], "doc": ex.meta["doc"],
-                    "control_from": exs[j].id if j is not None else None,
-                    **{k: {"text": v, "correct": contains(v, ex.answer)} for k, v in got.items()}})
-        progress(f"needle {i + 1}/{n}: {ex.answer!r} full={got['full']!r} ce={got['ce']!r} "
-                 f"control={got.get('control')!r}")
-    acc = {k: sum(r[k]["correct"] for r in out) / max(len(out), 1) for k in ("full", "ce", "none")}
-    result = {"accuracy": acc, "examples": len(out),
-              "mean_context_tokens": statistics.mean(r["context_tokens"] for r in out) if out else 0,
-              "rows": out}
-    if len(out) > 1:
-        ctx = [r["context_tokens"] for r in out]
-        result.update({
-            "conditions": qa_bootstrap({k: np.array([r[k]["correct"] for r in out], dtype=float)
-                                        for k in QA_CONDITIONS.values()}, bootstrap_n, seed),
-            "context_tokens": {"min": min(ctx), "max": max(ctx), "bounds": list(tokens) if tokens else None},
-            "mean_soft_rows": float(np.mean([r["soft_rows"] for r in out])),
-            "words": words, "new_tokens": new_tokens, "batch": batch, "seconds": round(time.time() - t0, 1)})
-        result["soft_over_text"] = result["conditions"].pop("soft_over_text")
-    return result
-
-
-# -- 3. prefill -----------------------------------------------------------------------
-
-
-def prefill_times(decoder, comp, params, tok, docs: dict[str, str], lengths: list[int],
-                  repeats: int, bos_id: int, progress) -> list[dict]:
-    import torch
-
-    E = decoder.get_input_embeddings()
-    ids = []
-    for name in sorted(docs):
-        ids += tok(docs[name] + "\n\n", add_special_tokens=False)["input_ids"]
-
-    def forward(x):
-        with torch.inference_mode():
-            h = decoder.model(inputs_embeds=x[None], use_cache=True).last_hidden_state
-            decoder.lm_head(h[:, -1])  # the first token's logits
-
-    def timed(fn):
-        """Median seconds of `repeats` calls."""
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    rows = []
-    for n in lengths:
-        if n > len(ids):
-            raise SystemExit(f"--prefill {n}: the test essays hold only {len(ids)} tokens")
-        text = tok.decode(ids[:n])
-        with torch.inference_mode():
-            full = torch.cat([E(torch.tensor([bos_id])), E(torch.tensor(ids[:n]))])
-            segs = comp.segment(text)
-            ce = torch.from_numpy(_render(comp, text, params).tensor)
-            soft = torch.cat([E(torch.tensor([bos_id])), ce.to(E.weight.dtype)])
-        row = {"context_tokens": n, "ce_rows": len(ce),
-               "prefill_full_s": timed(lambda: forward(full)),
-               "prefill_ce_s": timed(lambda: forward(soft)),
-               "compress_s": timed(lambda: comp.encode([s.text for s in segs]))}
-        row["speedup_cached"] = row["prefill_full_s"] / row["prefill_ce_s"]
-        row["speedup_uncached"] = row["prefill_full_s"] / (row["prefill_ce_s"] + row["compress_s"])
-        rows.append(row)
-        progress(f"prefill {json.dumps(row)}")
-    return rows
-
-
-# -- 4. reconstruction ---------------------------------------------------------------
-
-
-def common_subsequence(a: list[int], b: list[int]) -> int:
-    """Length of the longest common subsequence of token lists a and b."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def reconstruction(decoder, comp, params, examples: list[dict], n: int, bos_id: int, progress) -> dict:
-    """Greedy regeneration of the first segment of `n` examples from its rows
-    (without the <Cont> row) and the <Rec> row. token_accuracy counts tokens
-    right at their position (one dropped word shifts the rest);
-    in_order_recall counts the segment's tokens the regeneration has in the
-    right order (longest common subsequence), whatever their position."""
-    import torch
-
-    E = decoder.get_input_embeddings()
-    rows = []
-    for ex in examples[:n]:
-        seg = comp.segment(ex["context"])[0]
-        want = comp.tokenizer(seg.text, add_special_tokens=False)["input_ids"]
-        rec = comp.model.task("rec").detach().float()[None]  # the <Rec> row [1, hidden]
-        soft = torch.cat([torch.from_numpy(_render(comp, seg.text, params).tensor[:-1]), rec])
-        with torch.inference_mode():
-            x = torch.cat([E(torch.tensor([bos_id])), soft.to(E.weight.dtype)])[None]
-            got = decoder.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
-                                   max_new_tokens=len(want), min_new_tokens=len(want), do_sample=False,
-                                   pad_token_id=bos_id)[0, -len(want):].tolist()
-        rows.append({"tokens": len(want), "correct": sum(a == b for a, b in zip(got, want)),
-                     "in_order": common_subsequence(got, want), "exact": got == want,
-                     "text": comp.tokenizer.decode(got), "want": seg.text})
-        progress(f"reconstruction {len(rows)}/{n}: {rows[-1]['correct']}/{len(want)} tokens")
-    tokens = max(sum(r["tokens"] for r in rows), 1)
-    return {"segments": len(rows),
-            "token_accuracy": sum(r["correct"] for r in rows) / tokens,
-            "in_order_recall": sum(r["in_order"] for r in rows) / tokens,
-            "exact_match": sum(r["exact"] for r in rows) / max(len(rows), 1), "rows": rows}
-
-
 # -- the command --------------------------------------------------------------------
 
 
 def soft_compressor(name: str, decoder_dir, config, args):
     """(compressor, its Params for this run, weights path) for `name`: the
-    weights of --weights, else of --complm-weights / --arc-weights, else the
-    shipped ones."""
+    weights of --weights, else those the configuration names (SEGPRESS_WEIGHTS),
+    else the shipped ones."""
+    from compressors.registry import weights_path
+
+    weights = args.weights_file or weights_path(name, config)
     if name == "arc":
         from compressors.arc import Arc
-        from compressors.arc_model import DEFAULT_WEIGHTS
 
-        weights = args.weights or config.arc_weights or DEFAULT_WEIGHTS
         comp = Arc(decoder_dir, weights, dtype=config.model_dtype)
         return comp, comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor), weights
-    from compressors.complm import DEFAULT_WEIGHTS, CompLLM
+    from compressors.complm import CompLLM
 
-    weights = args.weights or config.complm_weights or DEFAULT_WEIGHTS
     comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
     return comp, comp.Params(), weights
 
-
-def token_bounds(text: str) -> tuple[int, int] | None:
-    """--needle-tokens "MIN,MAX" -> (MIN, MAX); "" or "0,0" -> None (no bounds)."""
-    try:
-        bounds = [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        bounds = [-1]
-    if not bounds or bounds == [0, 0]:
-        return None
-    if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1]:
-        raise SystemExit(f"--needle-tokens {text!r}: MIN,MAX reader tokens, or '' for no bounds")
-    return bounds[0], bounds[1]
 
 
 def _shown(path) -> str:
@@ -471,7 +205,7 @@ def main(args, config) -> int:
     if lengths:
         result["prefill"] = prefill_times(reader.model, comp, params, tok, docs, lengths, args.repeats,
                                           bos_id, progress)
-    if args.reconstructions and exs and comp.model.task("rec") is not None:
+    if args.reconstructions and exs:
         result["reconstruction"] = reconstruction(reader.model, comp, params, exs, args.reconstructions,
                                                   bos_id, progress)
     result["seconds"] = round(time.time() - t0, 1)

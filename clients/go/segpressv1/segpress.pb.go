@@ -1862,8 +1862,11 @@ type Limits struct {
 	// Most CompressStream calls one client (token, or address when auth is
 	// off) may have open at once.
 	MaxStreamsPerClient int32 `protobuf:"varint,8,opt,name=max_streams_per_client,json=maxStreamsPerClient,proto3" json:"max_streams_per_client,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Most bytes (UTF-8) of CompressRequest.query; a longer query is refused
+	// with RESOURCE_EXHAUSTED before it is tokenized.
+	MaxQueryBytes int32 `protobuf:"varint,9,opt,name=max_query_bytes,json=maxQueryBytes,proto3" json:"max_query_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1948,6 +1951,13 @@ func (x *Limits) GetStreamIdleS() float64 {
 func (x *Limits) GetMaxStreamsPerClient() int32 {
 	if x != nil {
 		return x.MaxStreamsPerClient
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxQueryBytes() int32 {
+	if x != nil {
+		return x.MaxQueryBytes
 	}
 	return 0
 }
@@ -2150,7 +2160,7 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
 	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\x12'\n" +
-	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\xe3\x02\n" +
+	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\x8b\x03\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
@@ -2159,7 +2169,8 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x10max_query_tokens\x18\x05 \x01(\x05R\x0emaxQueryTokens\x121\n" +
 	"\x15max_force_token_bytes\x18\x06 \x01(\x05R\x12maxForceTokenBytes\x12\"\n" +
 	"\rstream_idle_s\x18\a \x01(\x01R\vstreamIdleS\x123\n" +
-	"\x16max_streams_per_client\x18\b \x01(\x05R\x13maxStreamsPerClient\"\xc3\x01\n" +
+	"\x16max_streams_per_client\x18\b \x01(\x05R\x13maxStreamsPerClient\x12&\n" +
+	"\x0fmax_query_bytes\x18\t \x01(\x05R\rmaxQueryBytes\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12=\n" +
 	"\vcompressors\x18\x02 \x03(\v2\x1b.segpress.v1.CompressorInfoR\vcompressors\x12-\n" +

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .aio import AsyncSegpressClient
-from .client import SegpressClient, SegpressError
+from .client import SegpressClient, SegpressError, soft_token_compressors
 
 log = logging.getLogger("segpress.integration")
 
-# Compressors that return soft tokens (embeddings), which no text interface can carry.
-SOFT_TOKEN_COMPRESSORS = frozenset({"complm", "arc"})
+# Compressors that return soft tokens (embeddings), which no text interface can
+# carry: those whose parameters in the .proto are soft-token ones.
+SOFT_TOKEN_COMPRESSORS = soft_token_compressors()
 ON_ERROR = ("raise", "passthrough")
 # The request keywords an integration passes through, by attribute name.
 OPTIONS = ("compressor", "rate", "target_tokens", "granularity", "force_tokens",

@@ -248,14 +248,33 @@ class _ClientBase:
                                  "cannot be combined with llmlingua2 parameters")
             if output_dtype is not None and output_dtype not in DTYPES:
                 raise ValueError(f"output_dtype must be one of {sorted(DTYPES)}, got {output_dtype!r}")
-            if compressor == "arc" or pooling_factor is not None:
-                soft = req.arc
-                soft.pooling_factor = pooling_factor or 0
-            else:
-                soft = req.complm
+            soft = getattr(req, soft_params_case(compressor, pooling_factor is not None))
+            if pooling_factor is not None:
+                soft.pooling_factor = pooling_factor
             soft.output_dtype = DTYPES[output_dtype or "float32"]
             soft.decoder = decoder
         return req
+
+
+def soft_params_case(compressor: str, pooling: bool) -> str:
+    """The CompressRequest.params case for soft-token parameters: the one
+    named like `compressor`, or with no compressor named the first soft-token
+    case (with a pooling_factor when `pooling`). Read from the .proto: a case
+    is a soft-token compressor's when its message has output_dtype."""
+    cases = [f for f in pb.CompressRequest.DESCRIPTOR.oneofs_by_name["params"].fields
+             if "output_dtype" in f.message_type.fields_by_name
+             and (not pooling or "pooling_factor" in f.message_type.fields_by_name)]
+    for f in cases:
+        if f.name == compressor or not compressor:
+            return f.name
+    raise ValueError(f"output_dtype, decoder{' and pooling_factor' if pooling else ''} are not "
+                     f"parameters of compressor {compressor!r}; they are of {[f.name for f in cases]}")
+
+
+def soft_token_compressors() -> frozenset[str]:
+    """The compressors whose parameters (in the .proto) are soft-token ones."""
+    return frozenset(f.name for f in pb.CompressRequest.DESCRIPTOR.oneofs_by_name["params"].fields
+                     if "output_dtype" in f.message_type.fields_by_name)
 
 
 class SegpressClient(_ClientBase):

@@ -1045,6 +1045,7 @@ class Limits(_message.Message):
     MAX_FORCE_TOKEN_BYTES_FIELD_NUMBER: _builtins.int
     STREAM_IDLE_S_FIELD_NUMBER: _builtins.int
     MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _builtins.int
+    MAX_QUERY_BYTES_FIELD_NUMBER: _builtins.int
     max_contexts: _builtins.int
     """Most contexts in one request."""
     max_request_bytes: _builtins.int
@@ -1070,6 +1071,10 @@ class Limits(_message.Message):
     """Most CompressStream calls one client (token, or address when auth is
     off) may have open at once.
     """
+    max_query_bytes: _builtins.int
+    """Most bytes (UTF-8) of CompressRequest.query; a longer query is refused
+    with RESOURCE_EXHAUSTED before it is tokenized.
+    """
     def __init__(
         self,
         *,
@@ -1081,10 +1086,11 @@ class Limits(_message.Message):
         max_force_token_bytes: _builtins.int = ...,
         stream_idle_s: _builtins.float = ...,
         max_streams_per_client: _builtins.int = ...,
+        max_query_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_bytes", b"max_query_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
