@@ -3,7 +3,8 @@
     python -m service.evaluation.rates [--sizes 20,100,1000,10000,100000] [--rates 0.2,0.33,0.5]
 
 Inputs are the first N tokens (whole words) of the dev split's essays joined
-(never the reserved Debian text), sent as one context, and, for the 1k and
+(never the reserved Debian text; about 20k tokens, repeated for longer
+inputs), sent as one context, and, for the 1k and
 10k inputs, also cut into contexts of about 100 and 10 tokens (retrieved
 chunks). Each is compressed in process by llmlingua2 (the default model,
 torch float32) at every rate, with word and sentence granularity; the
@@ -56,9 +57,11 @@ def main(argv: list[str]) -> None:
     comp = LLMLingua2(str(models.ensure_default_llmlingua2(cfg.models_dir)))
     docs = corpus.split(cfg.cache_dir)["dev"]
     words = " ".join(docs[name].replace("\n", " ") for name in sorted(docs)).split()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    words *= 1 + max(sizes) // len(words)  # the dev essays are ~20k tokens: repeated past that
     rates = [float(r) for r in args.rates.split(",")]
     inputs = []
-    for n in [int(s) for s in args.sizes.split(",")]:
+    for n in sizes:
         text = first_tokens(words, comp, n)
         inputs.append((f"{n} tokens, 1 context", [text]))
         if n in (1000, 10000):
