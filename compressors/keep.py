@@ -176,24 +176,20 @@ def context_words(c: ContextParts) -> dict[str, np.ndarray]:
 
 
 def budgets(totals: list[int], params) -> list[int]:
-    """Tokens each context of `totals` tokens may keep: round(rate x tokens),
-    at least one of a context that has any; or params.target_tokens shared in
-    proportion to length, adding up to it exactly."""
+    """Tokens each context of `totals` tokens may keep: the request's
+    round(rate x all tokens), or params.target_tokens, shared in proportion
+    to length (largest remainder), so that the budgets add up to it exactly
+    and a request of many short contexts keeps what it asked for, not each
+    context's rounding. With a rate, a context that has tokens keeps at least
+    one (round(0.5 x 1) = 0 would return a one-word context empty); with a
+    target, at least one while the target allows."""
     if params.target_tokens is None:
-        # At least one token of a context that has any: round(0.5 x 1) = 0
-        # would return a one-word context empty.
         rate = DEFAULT_RATE if params.rate is None else params.rate
-        return [max(int(round(rate * t)), 1) if t else 0 for t in totals]
-    grand = sum(totals)
-    if params.target_tokens >= grand:
+        shared = _shared(totals, int(round(rate * sum(totals))))
+        return [max(b, 1) if t else 0 for b, t in zip(shared, totals)]
+    if params.target_tokens >= sum(totals):
         return list(totals)
-    # Share the target in proportion to length (largest remainder), so the
-    # budgets add up to exactly target_tokens.
-    exact = [params.target_tokens * t / grand for t in totals]
-    budgets = [int(x) for x in exact]
-    short = params.target_tokens - sum(budgets)
-    for i in sorted(range(len(totals)), key=lambda i: budgets[i] - exact[i])[:short]:
-        budgets[i] += 1
+    budgets = _shared(totals, params.target_tokens)
     # A context with tokens gets at least one while the target allows: one
     # taken from the largest budget (the target is still met exactly).
     for i in [i for i, t in enumerate(totals) if t and not budgets[i]]:
@@ -203,6 +199,20 @@ def budgets(totals: list[int], params) -> list[int]:
         budgets[largest] -= 1
         budgets[i] = 1
     return budgets
+
+
+def _shared(totals: list[int], target: int) -> list[int]:
+    """`target` shared over `totals` in proportion, largest remainder first
+    (ties to the earlier context): ints that add up to `target`."""
+    grand = sum(totals)
+    if not grand:
+        return [0] * len(totals)
+    exact = [target * t / grand for t in totals]
+    out = [int(x) for x in exact]
+    short = target - sum(out)
+    for i in sorted(range(len(totals)), key=lambda i: out[i] - exact[i])[:short]:
+        out[i] += 1
+    return out
 
 
 def _drop_consecutive(text, items, force_tokens):

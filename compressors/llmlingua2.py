@@ -38,7 +38,9 @@ Where this differs from the reference `llmlingua` package, and why:
 - granularity="sentence" is an addition (the reference's LLMLingua-2 path
   filters words, and optionally whole contexts): the same word scores,
   averaged per sentence, choose whole sentences. A small reader answers far
-  better from whole sentences at low rates (README, Quality).
+  better from whole sentences at low rates (README, Quality), so it is the
+  API's default without a query; "word", the reference's unit, is the
+  default with one (selection has chosen the sentences) and on request.
 """
 
 import logging
@@ -74,9 +76,18 @@ MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
 PAD_MULTIPLE = 32
 MAX_WORD_TOKENS = 8
 WORD_PIECE_TOKENS = 4
-GRANULARITIES = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word",
-                 pb.GRANULARITY_SENTENCE: "sentence",
+GRANULARITIES = {pb.GRANULARITY_WORD: "word", pb.GRANULARITY_SENTENCE: "sentence",
                  pb.GRANULARITY_SENTENCE_THEN_WORD: "sentence_then_word"}
+
+
+def default_granularity(req: pb.CompressRequest) -> str:
+    """GRANULARITY_UNSPECIFIED: whole sentences unless query-aware selection
+    runs (a query, selection not disabled), where selection has already cut
+    to the relevant sentences and words fill the budget inside them. Without
+    a question, word-level output at rate 0.33 is telegraphic and a reader
+    answers far less from it than from whole sentences (docs/quality.md)."""
+    selecting = req.HasField("query") and not req.selection.disabled
+    return "word" if selecting else "sentence"
 
 
 @dataclass
@@ -97,7 +108,8 @@ class Params:
             force_tokens=list(p.force_tokens),
             force_reserve_digit=p.force_reserve_digit,
             drop_consecutive=p.drop_consecutive,
-            granularity=GRANULARITIES.get(p.granularity, f"Granularity value {p.granularity}"),
+            granularity=(default_granularity(req) if p.granularity == pb.GRANULARITY_UNSPECIFIED
+                         else GRANULARITIES.get(p.granularity, f"Granularity value {p.granularity}")),
         )
 
     def check(self) -> None:

@@ -36,6 +36,7 @@ from segpress.v1 import segpress_pb2 as pb
 from .base import (ContextParts, Encoded, InvalidParams, Kind, Segment, length_sorted_batches,
                    pad_right)
 from .artifacts import fingerprint
+from . import hop
 from .engines import open_engine
 from .segmenter import sentence_spans
 
@@ -49,11 +50,12 @@ RRF_K = 60
 # whole, relevant passages; twice the budget, word-pruned, confuses it.
 COARSE_FACTOR = 1.0
 SOFT_KEEP_RATE = 0.5
-# Contexts whose relevance is below this are dropped even when the budget has
-# room (the best context always stays): padding a small reader's context with
-# look-alike passages costs it more than the extra text gives. Dev split,
-# multidoc, 14 examples: 0 -> 5/14 correct, 0.6 -> 10, 0.75 -> 12, 0.9 -> 12.
-MIN_RELEVANCE = 0.75
+# Without a min_relevance in the request, contexts are kept in relevance
+# order while the budget holds them, and dropped below a cut only where the
+# relevances separate (hop.cut, hop.SEPARATION; said per context in the
+# response). The fixed cut this replaced (0.75 of the best, chosen on 14 dev
+# examples of multidoc) dropped what the request paid for whenever evidence
+# was spread, and the second passage of every multi-hop question.
 # Token costs are sums of float shares: a sum that should be a whole number
 # of tokens may miss it in the last bits.
 EPSILON = 1e-6
@@ -195,7 +197,8 @@ class Options:
     dynamic: float = 0.3             # how much more budget the most relevant context gets
     coarse_factor: float = COARSE_FACTOR  # coarse stage: this many times the budget
     unit: str = "context"            # coarse order: best contexts first, or best sentences first
-    min_relevance: float = MIN_RELEVANCE  # contexts below this relevance are not kept
+    min_relevance: float | None = None  # contexts below this relevance are not kept
+                                        # (None: the cut where relevances separate)
 
     @classmethod
     def from_proto(cls, sel: pb.SelectionOptions) -> "Options":
@@ -213,8 +216,8 @@ class Options:
         keep_rate = sel.keep_rate if sel.HasField("keep_rate") else None
         if keep_rate is not None and not 0.0 < keep_rate <= 1.0:  # NaN fails too
             raise InvalidParams(f"selection.keep_rate must be in (0, 1], got {keep_rate}")
-        min_relevance = sel.min_relevance if sel.HasField("min_relevance") else MIN_RELEVANCE
-        if not 0.0 <= min_relevance <= 1.0:
+        min_relevance = sel.min_relevance if sel.HasField("min_relevance") else None
+        if min_relevance is not None and not 0.0 <= min_relevance <= 1.0:
             raise InvalidParams(f"selection.min_relevance must be in [0, 1], got {min_relevance}")
         return cls(keep_rate, rankers[sel.ranker], orders[sel.order], sel.keep_duplicates,
                    min_relevance=min_relevance)
@@ -228,6 +231,7 @@ class Choice:
     rank: int                        # 0 = the most relevant context
     allowed: list[tuple[int, int]]   # kept sentence spans, context-relative, sorted
     budget: int | None               # tokens the compressor may keep of it
+    below_cut: bool = False          # left out by the relevance cut, not for lack of budget
 
     @property
     def kept(self) -> bool:
@@ -263,16 +267,28 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
 
     fused, sentence_relevance = fuse(query, query_vector, np.asarray(vecs, np.float32), texts,
                                      options.ranker)  # [n] each
-    best = np.full(len(parts), -1.0)
-    np.maximum.at(best, ctx_a, fused)  # a context's rank: its best sentence's
     relevance = np.zeros(len(parts))
     np.maximum.at(relevance, ctx_a, sentence_relevance)
+    first = _rank(fused, ctx_a, len(parts))  # [k] 0 = the best context of the first round
+    # The cut: an absolute one when the request sets min_relevance, else
+    # where the contexts' relevances separate (hop.cut; 0 when they do not).
+    level = options.min_relevance if options.min_relevance is not None else hop.cut(relevance)
+    # The second hop: contexts the terms of the most relevant sentence lead
+    # to (their BM25 scores separate at the top), kept right after the best
+    # context and that sentence's.
+    chain, second, source = hop.chain(query, texts, sentence_relevance, ctx_a, len(parts), bm25)
+    lead = (first == 0) | (np.arange(len(parts)) == source)  # the best context, the hop's source
+    chain &= ~lead
+    group = np.where(lead, 0, np.where(chain, 1, 2))  # [k] the lead, its chain, the rest
+    below = (group == 2) & (relevance < level)               # [k] left out by the cut
     rank = np.empty(len(parts), dtype=np.int64)
-    rank[np.lexsort((np.arange(len(parts)), -best))] = np.arange(len(parts))
+    rank[np.lexsort((first, group))] = np.arange(len(parts))
+    # Inside a chain context its sentences the second round found come first.
+    score = np.where(np.isin(ctx_a, np.flatnonzero(chain)), second + fused.max() + 1.0, fused)
     if options.unit == "context":  # the best context's sentences first, then the next context's
-        order = np.lexsort((np.arange(n), -fused, rank[ctx_a]))
+        order = np.lexsort((np.arange(n), -score, rank[ctx_a]))
     else:  # the best sentences first, earlier first among equals
-        order = np.lexsort((np.arange(n), -fused))
+        order = np.lexsort((np.arange(n), -score))
 
     # Coarse: the best sentences while they fit (at least the best one); a
     # sentence that repeats one already kept is skipped.
@@ -287,15 +303,14 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     chosen = np.zeros(n, dtype=bool)
     seen = _Seen()
     used = 0.0
-    first = True
+    first_kept = True
     for i in order:
-        if not first and (used + cost_a[i] > room + EPSILON
-                          or relevance[ctx_a[i]] < options.min_relevance):
-            continue  # does not fit, or a context far less relevant than the best
+        if not first_kept and (used + cost_a[i] > room + EPSILON or below[ctx_a[i]]):
+            continue  # does not fit, or a context the cut leaves out
         words = tuple(w.lower() for w in _WORD.findall(texts[i]))
         if not options.keep_duplicates and seen.repeats(words):
             continue
-        chosen[i], first = True, False
+        chosen[i], first_kept = True, False
         used += cost_a[i]
         seen.add(words)
 
@@ -309,8 +324,19 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     for k in range(len(parts)):
         allowed = sorted(spans[i] for i in np.flatnonzero(chosen & (ctx_a == k)))
         out.append(Choice(float(min(relevance[k], 1.0)), int(rank[k]), allowed,
-                          None if budgets is None else int(budgets[k])))
+                          None if budgets is None else int(budgets[k]),
+                          bool(below[k] and not allowed)))
     return out
+
+
+def _rank(score: np.ndarray, ctx: np.ndarray, k: int) -> np.ndarray:
+    """[k] each context's rank by its best sentence's score (0 = best; ties
+    in request order)."""
+    best = np.full(k, -np.inf)
+    np.maximum.at(best, ctx, score)
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.lexsort((np.arange(k), -best))] = np.arange(k)
+    return rank
 
 
 def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[str],

@@ -33,7 +33,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                    help="string to always keep (repeatable)")
     p.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
     p.add_argument("--granularity", choices=["word", "sentence", "sentence_then_word"],
-                   help="keep single words (default), whole sentences, or sentences then words")
+                   help="keep single words, whole sentences, or sentences then words "
+                   "(default: sentences without --query, words with it)")
     p.add_argument("--query", help="question: turns on query-aware selection")
     p.add_argument("--no-selection", action="store_true",
                    help="with --query: do not select by relevance")

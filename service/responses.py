@@ -26,6 +26,7 @@ def respond(flow: Flow, t0: float, max_message_bytes: int) -> pb.CompressRespons
         if flow.choices:  # what render saw was the selected part; report the whole
             choice = flow.choices[i]
             ctx.relevance, ctx.rank = choice.relevance, choice.rank
+            ctx.below_cut = choice.below_cut
             # Kept means something of it is in the output: a context whose
             # budget kept no word is reported as dropped.
             ctx.kept = choice.kept and (bool(r.text) or r.tensor is not None and len(r.tensor) > 0)

@@ -90,6 +90,28 @@ def test_multidoc20_has_twenty_passages_and_one_answer():
         assert sum(contains(p, ex.answer) for p in ex.passages) == 1
 
 
+def test_multihop_needs_the_bridge_and_the_fact():
+    """The question names the person only by a role; one passage names who
+    holds it, another gives that person's fact, the others the same kind of
+    fact for other people. The evidence metric needs both passages' words."""
+    from service.evaluation.run import evidence_kept
+
+    docs = corpus.split(Config().cache_dir)["dev"]
+    exs = tasks.TASKS["multihop"](docs, 9, 0)
+    assert [e.context for e in exs] == [e.context for e in tasks.multihop(docs, 9, 0)]
+    for ex in exs:
+        bridge, gold, person = ex.meta["bridge"], ex.meta["gold"], ex.meta["person"]
+        marker, answer = ex.meta["evidence"]
+        assert len(ex.passages) == 10 and bridge != gold and answer == ex.answer
+        assert [i for i, p in enumerate(ex.passages) if person in p] == sorted([bridge, gold])
+        assert contains(ex.passages[bridge], marker) and contains(ex.passages[gold], answer)
+        assert person not in ex.question and marker in ex.question
+        assert evidence_kept(ex, ex.context)
+        assert not evidence_kept(ex, ex.passages[gold])     # the fact alone is not enough
+        assert not evidence_kept(ex, ex.passages[bridge])
+    assert {ex.meta["kind"] for ex in exs} == {"city", "pet", "colour"}
+
+
 @pytest.mark.slow  # loads SmolLM2 and complm
 def test_small_real_soft_qa(tmp_path):
     """`segpress eval complm --qa-only` for real, small, on a weights file

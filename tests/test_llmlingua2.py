@@ -211,6 +211,16 @@ def test_matching_force_tokens_does_not_grow_a_cache():
     assert len(re._cache) == 0  # a compiled pattern per force token was cached before
 
 
+def test_a_rate_is_met_over_the_request_not_rounded_per_context():
+    """Issue 24: 10 contexts of 10 tokens at rate 0.33 keep 33 tokens, not
+    10 x round(3.3) = 30; one context keeps round(rate x its tokens)."""
+    from compressors.keep import budgets
+
+    assert budgets([10] * 10, Params(rate=0.33)) == [4, 4, 4] + [3] * 7
+    assert sum(budgets([7] * 30, Params(rate=0.2))) == round(0.2 * 210)
+    assert budgets([300], Params(rate=0.33)) == [99] and budgets([21], Params(rate=0.5)) == [10]
+
+
 def test_a_context_is_never_empty_while_its_budget_is_not_zero():
     from compressors.keep import budgets, select
 

@@ -12,7 +12,10 @@ behaviour unnoticed:
   (llmlingua2: the same bytes; complm: rows within ROWS_TOLERANCE).
 
 A deliberate change of outputs (new weights, a new selection rule) records
-the file again and says so in its commit. Recorded again since: llmlingua2's
+the file again and says so in its commit. The default granularity without a
+query changed from words to sentences (issue 24) without recording again:
+the word cases ask for words explicitly, and the default is checked against
+the recorded sentence cases. Recorded again since: llmlingua2's
 first cached value (bfloat16 scores of the shorter segment, padded now to its
 own width only, so that batching cannot change them); texts unchanged. And
 complm's entries (`tests/record_complm.py`), for its retrained weights
@@ -95,10 +98,10 @@ def run_pipeline(model_dir: str) -> dict:
         pipeline, close = await open_pipeline(config, embedded=False)
         try:
             out = {}
-            for gran in ("word", "sentence"):
+            for gran in ("word", "sentence", None):  # None: the default, unset
                 for rate in ("0.33", "0.5"):
                     req = SegpressClient.request([text], rate=float(rate), granularity=gran)
-                    out[f"{gran}:{rate}"] = await pipeline.compress(req)
+                    out[f"{gran or 'default'}:{rate}"] = await pipeline.compress(req)
             out["complm"] = await pipeline.compress(SegpressClient.request([text], compressor="complm"))
             return out, pipeline.compressors
         finally:
@@ -176,6 +179,16 @@ def assert_recorded(got, path: tuple[str, ...]):
 @pytest.mark.parametrize("case", sorted(RECORDED["compress"]))
 def test_compressed_text_is_unchanged(observed, case):
     assert_recorded(observed["compress"][case], ("compress", case))
+
+
+@pytest.mark.parametrize("rate", ["0.33", "0.5"])
+def test_the_default_without_a_query_is_whole_sentences(observed, rate):
+    """Issue 24: the default granularity without a query became whole
+    sentences; the recorded word output is what GRANULARITY_WORD, asked for,
+    still gives (test_compressed_text_is_unchanged), and the default now
+    gives the recorded sentence output."""
+    assert_recorded(observed["compress"][f"default:{rate}"], ("compress", f"sentence:{rate}"))
+    assert observed["compress"][f"default:{rate}"] != observed["compress"][f"word:{rate}"]
 
 
 def test_complm_tensor_is_unchanged(observed):

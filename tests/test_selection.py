@@ -90,6 +90,32 @@ def test_look_alike_contexts_are_dropped_unless_min_relevance_is_lowered(client,
     assert filled.stats.compressed_tokens > default.stats.compressed_tokens
 
 
+def test_look_alikes_are_reported_below_the_cut_and_a_spread_budget_is_used(client, ns):
+    resp = client.compress(PASSAGES, rate=0.5, namespace=ns,
+                           query="Which city did Ines Brandt move to?")
+    assert [c.kept for c in resp.contexts] == [i == 3 for i in range(6)]
+    assert [c.below_cut for c in resp.contexts] == [i != 3 for i in range(6)]
+    # Passages about as relevant to this question each: no cut, the budget is used.
+    ferries = [f"{f} The ferry to the island leaves at {i + 6} in the morning."
+               for i, f in enumerate(FILLER)]
+    spread = client.compress(ferries, rate=0.5, namespace=ns,
+                             query="When does the ferry to the island leave?")
+    assert not any(c.below_cut for c in spread.contexts)
+    assert sum(c.kept for c in spread.contexts) >= 3
+
+
+def test_a_multi_hop_question_keeps_the_bridge_and_the_fact(client, ns):
+    """The question names the keeper by description; one passage says who it
+    is, another where that person moved, the others where other people did."""
+    contexts = list(PASSAGES)
+    contexts[4] = f"{FILLER[4]} Tara Novak is the keeper of the old lighthouse. {FILLER[5]}"
+    resp = client.compress(contexts, rate=0.33, namespace=ns,
+                           query="Which city did the keeper of the old lighthouse move to?")
+    assert "lighthouse" in resp.text and "Hanoi" in resp.text
+    assert [c.kept for c in resp.contexts] == [True, False, False, False, True, False]
+    assert {resp.contexts[0].rank, resp.contexts[4].rank} == {0, 1}
+
+
 def test_selection_off_is_the_query_blind_output(client, ns):
     blind = client.compress(PASSAGES, rate=0.33, namespace=ns)
     off = client.compress(PASSAGES, rate=0.33, namespace=ns, query="Who moved to Oslo?",

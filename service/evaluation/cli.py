@@ -10,7 +10,8 @@ DEFAULT_RATES = "0.33,0.5"
 def add_arguments(ap) -> None:
     ap.add_argument("--split", default="dev,test", help="dev, test or both (comma list); "
                     "tune on dev, report test")
-    ap.add_argument("--tasks", default="needle,multidoc", help="comma list: needle, multidoc, multidoc20")
+    ap.add_argument("--tasks", default="needle,multidoc", help="comma list: needle, multidoc, "
+                    "multidoc20, multihop")
     ap.add_argument("--examples", type=int, default=24, help="examples per task and split")
     ap.add_argument("--rates", default=DEFAULT_RATES, help="comma list of rates in (0, 1)")
     ap.add_argument("--methods", default="", help="comma list (default: all); see "

@@ -9,15 +9,16 @@ OURS = ("segpress-llmlingua2", "segpress-llmlingua2-sentences")
 
 def table(summary: list[dict]) -> str:
     """Markdown: one row per (split, task, method, rate)."""
-    lines = ["| split | task | method | rate | accuracy | answer kept | ratio | seconds | n "
-             "| recall@1 | recall@3 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| split | task | method | rate | accuracy | answer kept | evidence kept | ratio "
+             "| seconds | n | recall@1 | recall@3 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = {"none": 0, "random": 1, "truncate": 2}
     for s in sorted(summary, key=lambda s: (s["split"], s["task"], s["rate"],
                                             order.get(s["method"], 9), s["method"])):
         lines.append(
             f"| {s['split']} | {s['task']} | {s['method']} | {s['rate']:.2f} | "
-            f"{100 * s['accuracy']:.1f}% | {100 * s['retention']:.1f}% | {s['ratio']:.3f} | "
+            f"{100 * s['accuracy']:.1f}% | {100 * s['retention']:.1f}% | "
+            f"{_pct(s.get('evidence'))} | {s['ratio']:.3f} | "
             f"{s['seconds']:.2f} | {s['n']} | {_pct(s.get('recall_at_1'))} | "
             f"{_pct(s.get('recall_at_3'))} |")
     return "\n".join(lines)

@@ -3,6 +3,8 @@
 Per (task, method, rate) it reports, over the examples:
   accuracy   the reader's answer contains the expected answer
   retention  the expected answer string survives compression
+  evidence   multi-hop tasks: every evidence string (the bridge passage's
+             role word and the answer) survives compression
   ratio      compressed / original context tokens (reader tokenizer)
   seconds    compression time per example (prepare + compress)
 """
@@ -58,12 +60,21 @@ def run(plan: Plan, docs: dict[str, str], env: Env, methods: dict, progress=log.
                     "split": plan.split, "task": ex.task, "example": ex.id, "method": name,
                     "rate": rate, "ratio": env.reader.count(text) / original,
                     "correct": contains(answer, ex.answer), "retained": contains(text, ex.answer),
+                    "evidence": evidence_kept(ex, text),
                     "seconds": seconds, "answer": answer, "expected": ex.answer,
                     # Query-aware methods: where the ranker put the gold passage.
                     "gold_rank": method.gold_rank(ex, state) if hasattr(method, "gold_rank") else None,
                 })
         progress(f"{plan.split}: {n}/{len(examples)} examples, {time.perf_counter() - t0:.0f}s")
     return plan
+
+
+def evidence_kept(ex: Example, text: str) -> bool | None:
+    """Multi-hop tasks: whether every evidence string survives in `text`
+    (None for tasks without evidence strings)."""
+    if "evidence" not in ex.meta:
+        return None
+    return all(contains(text, e) for e in ex.meta["evidence"])
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -74,12 +85,14 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (split, task, method, rate), rs in groups.items():
         ranks = [r["gold_rank"] for r in rs if r.get("gold_rank") is not None]
+        evidence = [r["evidence"] for r in rs if r.get("evidence") is not None]
         out.append({
             "split": split, "task": task, "method": method, "rate": rate, "n": len(rs),
             "accuracy": float(np.mean([r["correct"] for r in rs])),
             "retention": float(np.mean([r["retained"] for r in rs])),
             "ratio": float(np.mean([r["ratio"] for r in rs])),
             "seconds": float(np.mean([r["seconds"] for r in rs])),
+            "evidence": float(np.mean(evidence)) if evidence else None,
             # The ranker alone: is the gold passage first, in the first three?
             "recall_at_1": float(np.mean([k < 1 for k in ranks])) if ranks else None,
             "recall_at_3": float(np.mean([k < 3 for k in ranks])) if ranks else None,

@@ -5,6 +5,11 @@ needle     one long passage of real text (an essay excerpt) with one fact
 multidoc   10 short passages (essay excerpts), each with one fact sentence
            of the same shape; one holds the fact the question asks about,
            the others hold distractors (same template, other names/values).
+multihop   10 short passages: one describes a person and names them (the
+           bridge: "Tara Novak is the keeper of the old lighthouse."), one
+           gives that person's fact under the name, eight give the same
+           kind of fact for other people; the question names the person only
+           by the description. Both evidence passages are needed.
 
 Facts come from a few templates whose answers are a number, a city, a
 colour or a name, so that no single kind of word decides the score. The
@@ -178,4 +183,57 @@ def multidoc20(docs: dict[str, str], n: int, seed: int) -> list[Example]:
             for ex in multidoc(docs, n, seed, passages=20, words=35)]
 
 
-TASKS = {"needle": needle, "multidoc": multidoc, "multidoc20": multidoc20}
+# (description, the word of it no other role has): a bridge sentence names
+# whoever holds the role; the question asks about the role.
+ROLES = [("keeper of the old lighthouse", "lighthouse"), ("conductor of the town choir", "choir"),
+         ("captain of the island ferry", "ferry"), ("head baker at the harbour market", "baker"),
+         ("curator of the maritime museum", "curator"), ("coach of the rowing club", "rowing"),
+         ("warden of the mountain hut", "warden"), ("editor of the village newsletter", "newsletter"),
+         ("owner of the corner bookshop", "bookshop"), ("night nurse at the cottage hospital", "nurse"),
+         ("groundskeeper of the botanical garden", "groundskeeper"),
+         ("organist at the stone chapel", "organist")]
+HOP_KINDS = ["city", "pet", "colour"]
+
+
+def multihop(docs: dict[str, str], n: int, seed: int, passages: int = 10,
+             words: int = 35) -> list[Example]:
+    """`n` two-hop examples: the bridge passage ("{name} is the {role}.") and
+    the fact passage ("{name} moved to {city} last spring.") at positions
+    that cycle, other people's facts of the same kind in the other passages.
+    meta["evidence"]: (the role's own word, the answer), both of which must
+    survive compression for the question to be answerable; meta["bridge"]
+    and meta["gold"]: the two passages' positions."""
+    rng = random.Random(f"multihop-{seed}")
+    out = []
+    for i in range(n):
+        kind = HOP_KINDS[i % len(HOP_KINDS)]
+        role, marker = ROLES[i % len(ROLES)]
+        facts, subjects, answers = [], set(), set()
+        while len(facts) < passages - 1:  # the person's fact first, then distractors
+            subject, fact = _fact(rng, kind)
+            name = subject[0] if isinstance(subject, tuple) else subject
+            if name not in subjects and fact[2] not in answers:
+                subjects.add(name)
+                answers.add(fact[2])
+                facts.append((name, fact))
+        name, (fact, question, answer) = facts[0]
+        question = question.replace(name, f"the {role}")
+        bridge, gold = (i * 3) % passages, (i * 3 + 1 + i % (passages - 1)) % passages
+        if gold == bridge:
+            gold = (gold + 1) % passages
+        others = iter(f[1][0] for f in facts[1:])
+        sentences = [f"{name} is the {role}." if k == bridge else fact if k == gold else next(others)
+                     for k in range(passages)]
+        texts = []
+        for sentence in sentences:
+            _, sents = _excerpt(rng, docs, words)
+            sents = [s for s in sents if s != "\n\n"]
+            at = rng.randint(0, len(sents))
+            texts.append(_join(sents[:at] + [sentence] + sents[at:]))
+        out.append(Example(f"multihop-{seed}-{i}", "multihop", texts, question, answer,
+                           {"gold": gold, "bridge": bridge, "kind": kind, "person": name,
+                            "evidence": [marker, answer]}))
+    return out
+
+
+TASKS = {"needle": needle, "multidoc": multidoc, "multidoc20": multidoc20, "multihop": multihop}

@@ -207,7 +207,11 @@ func (Order) EnumDescriptor() ([]byte, []int) {
 type Granularity int32
 
 const (
-	// GRANULARITY_WORD.
+	// GRANULARITY_SENTENCE for a request without a query (or with
+	// SelectionOptions.disabled); GRANULARITY_WORD for one where query-aware
+	// selection runs (it has already cut to the relevant sentences). Until
+	// issue 24 it was GRANULARITY_WORD for every request: a reader answers
+	// needle questions far better from whole sentences at low rates.
 	Granularity_GRANULARITY_UNSPECIFIED Granularity = 0
 	// Keep the highest-scoring words while their tokens fit the budget.
 	Granularity_GRANULARITY_WORD Granularity = 1
@@ -562,7 +566,12 @@ func (*CompressRequest_Arc) isCompressRequest_Params() {}
 // already kept (the same words, or contained in it, as where retrieved
 // chunks overlap) is kept once. Each kept context then gets a share of the
 // compressor's budget that grows with its relevance, and the compressor
-// (the fine stage) meets the exact budget inside the kept sentences. For
+// (the fine stage) meets the exact budget inside the kept sentences. A
+// second hop follows evidence across passages: the names and rare words of
+// the best sentence that the query does not have are ranked by BM25 as a
+// second query, and contexts that stand out in that round are kept right
+// after the best one (a description in one passage, the fact about the
+// person it names in another). For
 // soft-token compressors the segments that hold a kept sentence are
 // compressed and sent, the others are not.
 type SelectionOptions struct {
@@ -570,7 +579,7 @@ type SelectionOptions struct {
 	// Turns selection off for this request although it has a query.
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	// Share of the request's tokens the coarse stage keeps, in (0, 1]. Unset:
-	// twice the compressor's budget (llmlingua2: rate or target_tokens), or
+	// the compressor's budget (llmlingua2: rate or target_tokens), or
 	// 0.5 for soft-token compressors. Never less than the compressor's budget.
 	KeepRate *float32 `protobuf:"fixed32,2,opt,name=keep_rate,json=keepRate,proto3,oneof" json:"keep_rate,omitempty"`
 	// How sentences are ranked. RANKER_UNSPECIFIED means RANKER_HYBRID.
@@ -583,9 +592,13 @@ type SelectionOptions struct {
 	// kept. Default false: repeats are kept once.
 	KeepDuplicates bool `protobuf:"varint,5,opt,name=keep_duplicates,json=keepDuplicates,proto3" json:"keep_duplicates,omitempty"`
 	// Contexts whose relevance (CompressedContext.relevance) is below this are
-	// dropped even when the budget has room; the most relevant context always
-	// stays. In [0, 1]; unset: 0.75 (chosen on the dev split: look-alike
-	// passages next to the answer mislead a small reader). 0 fills the budget.
+	// dropped even when the budget has room; the most relevant context and
+	// the contexts its second hop leads to always stay. In [0, 1]; 0 fills the
+	// budget in relevance order. Unset: the budget is filled in relevance
+	// order, and contexts are dropped below a cut only where the relevances
+	// separate: below the first gap, from the top, of at least 0.25 x the best
+	// relevance (look-alike passages next to the answer mislead a small
+	// reader; chosen on the dev split). CompressedContext.below_cut says which.
 	MinRelevance  *float32 `protobuf:"fixed32,6,opt,name=min_relevance,json=minRelevance,proto3,oneof" json:"min_relevance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -688,8 +701,9 @@ type LLMLingua2Params struct {
 	// Drop a forced string when it repeats with no other kept word in
 	// between (for example runs of "\n" left behind by dropped lines).
 	DropConsecutive bool `protobuf:"varint,5,opt,name=drop_consecutive,json=dropConsecutive,proto3" json:"drop_consecutive,omitempty"`
-	// What is kept or dropped as a whole: single words (the default, as in
-	// LLMLingua-2) or whole sentences. See Granularity.
+	// What is kept or dropped as a whole: single words (as in LLMLingua-2) or
+	// whole sentences. See Granularity; unset (GRANULARITY_UNSPECIFIED) means
+	// whole sentences without a query, and words with one.
 	Granularity   Granularity `protobuf:"varint,6,opt,name=granularity,proto3,enum=segpress.v1.Granularity" json:"granularity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1044,13 +1058,20 @@ type CompressedContext struct {
 	// cosine from the lowest to the highest; BM25: over the highest), so 1 is
 	// the best on both.
 	Relevance float32 `protobuf:"fixed32,10,opt,name=relevance,proto3" json:"relevance,omitempty"`
-	// Query-aware selection only: 0 for the most relevant context, 1 for the
-	// next, ... (ties in request order).
+	// Query-aware selection only: the order in which selection keeps
+	// contexts, 0 first: the most relevant context, then the contexts its
+	// second hop leads to (a context that names what the most relevant
+	// sentence names, such as the person a description resolves to), then the
+	// others by relevance (ties in request order).
 	Rank int32 `protobuf:"varint,11,opt,name=rank,proto3" json:"rank,omitempty"`
 	// False when selection kept nothing of this context: its text is empty
 	// (no rows for soft tokens), it still has its entry, relevance and rank.
 	// True whenever selection did not run.
-	Kept          bool `protobuf:"varint,12,opt,name=kept,proto3" json:"kept,omitempty"`
+	Kept bool `protobuf:"varint,12,opt,name=kept,proto3" json:"kept,omitempty"`
+	// Query-aware selection only: true when this context was left out by the
+	// relevance cut (SelectionOptions.min_relevance, or, unset, where the
+	// relevances separate) rather than for lack of budget; kept is then false.
+	BelowCut      bool `protobuf:"varint,13,opt,name=below_cut,json=belowCut,proto3" json:"below_cut,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1158,6 +1179,13 @@ func (x *CompressedContext) GetRank() int32 {
 func (x *CompressedContext) GetKept() bool {
 	if x != nil {
 		return x.Kept
+	}
+	return false
+}
+
+func (x *CompressedContext) GetBelowCut() bool {
+	if x != nil {
+		return x.BelowCut
 	}
 	return false
 }
@@ -2064,7 +2092,7 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x0fsegment_offsets\x18\x04 \x03(\x03R\x0esegmentOffsets\x12\x1d\n" +
 	"\n" +
 	"decoder_id\x18\x05 \x01(\tR\tdecoderId\x12/\n" +
-	"\x13decoder_fingerprint\x18\x06 \x01(\tR\x12decoderFingerprint\"\xe9\x02\n" +
+	"\x13decoder_fingerprint\x18\x06 \x01(\tR\x12decoderFingerprint\"\x86\x03\n" +
 	"\x11CompressedContext\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12'\n" +
 	"\x0foriginal_tokens\x18\x03 \x01(\x03R\x0eoriginalTokens\x12+\n" +
@@ -2078,7 +2106,8 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\trelevance\x18\n" +
 	" \x01(\x02R\trelevance\x12\x12\n" +
 	"\x04rank\x18\v \x01(\x05R\x04rank\x12\x12\n" +
-	"\x04kept\x18\f \x01(\bR\x04keptJ\x04\b\x02\x10\x03R\x06tensor\"\xe8\x01\n" +
+	"\x04kept\x18\f \x01(\bR\x04kept\x12\x1b\n" +
+	"\tbelow_cut\x18\r \x01(\bR\bbelowCutJ\x04\b\x02\x10\x03R\x06tensor\"\xe8\x01\n" +
 	"\aTimings\x12\x1d\n" +
 	"\n" +
 	"segment_ms\x18\x01 \x01(\x01R\tsegmentMs\x12&\n" +

@@ -119,7 +119,12 @@ class _Granularity:
 class _GranularityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Granularity.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     GRANULARITY_UNSPECIFIED: _Granularity.ValueType  # 0
-    """GRANULARITY_WORD."""
+    """GRANULARITY_SENTENCE for a request without a query (or with
+    SelectionOptions.disabled); GRANULARITY_WORD for one where query-aware
+    selection runs (it has already cut to the relevant sentences). Until
+    issue 24 it was GRANULARITY_WORD for every request: a reader answers
+    needle questions far better from whole sentences at low rates.
+    """
     GRANULARITY_WORD: _Granularity.ValueType  # 1
     """Keep the highest-scoring words while their tokens fit the budget."""
     GRANULARITY_SENTENCE: _Granularity.ValueType  # 2
@@ -145,7 +150,12 @@ class Granularity(_Granularity, metaclass=_GranularityEnumTypeWrapper):
     """
 
 GRANULARITY_UNSPECIFIED: Granularity.ValueType  # 0
-"""GRANULARITY_WORD."""
+"""GRANULARITY_SENTENCE for a request without a query (or with
+SelectionOptions.disabled); GRANULARITY_WORD for one where query-aware
+selection runs (it has already cut to the relevant sentences). Until
+issue 24 it was GRANULARITY_WORD for every request: a reader answers
+needle questions far better from whole sentences at low rates.
+"""
 GRANULARITY_WORD: Granularity.ValueType  # 1
 """Keep the highest-scoring words while their tokens fit the budget."""
 GRANULARITY_SENTENCE: Granularity.ValueType  # 2
@@ -308,7 +318,12 @@ class SelectionOptions(_message.Message):
     already kept (the same words, or contained in it, as where retrieved
     chunks overlap) is kept once. Each kept context then gets a share of the
     compressor's budget that grows with its relevance, and the compressor
-    (the fine stage) meets the exact budget inside the kept sentences. For
+    (the fine stage) meets the exact budget inside the kept sentences. A
+    second hop follows evidence across passages: the names and rare words of
+    the best sentence that the query does not have are ranked by BM25 as a
+    second query, and contexts that stand out in that round are kept right
+    after the best one (a description in one passage, the fact about the
+    person it names in another). For
     soft-token compressors the segments that hold a kept sentence are
     compressed and sent, the others are not.
     """
@@ -325,7 +340,7 @@ class SelectionOptions(_message.Message):
     """Turns selection off for this request although it has a query."""
     keep_rate: _builtins.float
     """Share of the request's tokens the coarse stage keeps, in (0, 1]. Unset:
-    twice the compressor's budget (llmlingua2: rate or target_tokens), or
+    the compressor's budget (llmlingua2: rate or target_tokens), or
     0.5 for soft-token compressors. Never less than the compressor's budget.
     """
     ranker: Global___Ranker.ValueType
@@ -341,9 +356,13 @@ class SelectionOptions(_message.Message):
     """
     min_relevance: _builtins.float
     """Contexts whose relevance (CompressedContext.relevance) is below this are
-    dropped even when the budget has room; the most relevant context always
-    stays. In [0, 1]; unset: 0.75 (chosen on the dev split: look-alike
-    passages next to the answer mislead a small reader). 0 fills the budget.
+    dropped even when the budget has room; the most relevant context and
+    the contexts its second hop leads to always stay. In [0, 1]; 0 fills the
+    budget in relevance order. Unset: the budget is filled in relevance
+    order, and contexts are dropped below a cut only where the relevances
+    separate: below the first gap, from the top, of at least 0.25 x the best
+    relevance (look-alike passages next to the answer mislead a small
+    reader; chosen on the dev split). CompressedContext.below_cut says which.
     """
     def __init__(
         self,
@@ -401,8 +420,9 @@ class LLMLingua2Params(_message.Message):
     between (for example runs of "\\n" left behind by dropped lines).
     """
     granularity: Global___Granularity.ValueType
-    """What is kept or dropped as a whole: single words (the default, as in
-    LLMLingua-2) or whole sentences. See Granularity.
+    """What is kept or dropped as a whole: single words (as in LLMLingua-2) or
+    whole sentences. See Granularity; unset (GRANULARITY_UNSPECIFIED) means
+    whole sentences without a query, and words with one.
     """
     @_builtins.property
     def force_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -596,6 +616,7 @@ class CompressedContext(_message.Message):
     RELEVANCE_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
+    BELOW_CUT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Compressed text for text compressors: the kept pieces of the input,
     each an exact substring of it (original case, punctuation and spacing),
@@ -637,13 +658,21 @@ class CompressedContext(_message.Message):
     the best on both.
     """
     rank: _builtins.int
-    """Query-aware selection only: 0 for the most relevant context, 1 for the
-    next, ... (ties in request order).
+    """Query-aware selection only: the order in which selection keeps
+    contexts, 0 first: the most relevant context, then the contexts its
+    second hop leads to (a context that names what the most relevant
+    sentence names, such as the person a description resolves to), then the
+    others by relevance (ties in request order).
     """
     kept: _builtins.bool
     """False when selection kept nothing of this context: its text is empty
     (no rows for soft tokens), it still has its entry, relevance and rank.
     True whenever selection did not run.
+    """
+    below_cut: _builtins.bool
+    """Query-aware selection only: true when this context was left out by the
+    relevance cut (SelectionOptions.min_relevance, or, unset, where the
+    relevances separate) rather than for lack of budget; kept is then false.
     """
     def __init__(
         self,
@@ -659,10 +688,11 @@ class CompressedContext(_message.Message):
         relevance: _builtins.float = ...,
         rank: _builtins.int = ...,
         kept: _builtins.bool = ...,
+        below_cut: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_tokens", b"compressed_tokens", "kept", b"kept", "original_tokens", b"original_tokens", "rank", b"rank", "relevance", b"relevance", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_cut", b"below_cut", "compressed_tokens", b"compressed_tokens", "kept", b"kept", "original_tokens", b"original_tokens", "rank", b"rank", "relevance", b"relevance", "row_end", b"row_end", "row_start", b"row_start", "segment_end", b"segment_end", "segment_start", b"segment_start", "segments", b"segments", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
