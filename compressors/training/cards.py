@@ -23,11 +23,16 @@ def write_card(weights: Path, config: dict, **fields) -> dict:
     init = config.get("init_from")
     lineage = {"init_from": committed_as(Path(init)) or {"sha256": sha256(Path(init))}} if init else {}
     card = {"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size,
-            "command": "segpress " + " ".join(portable(a) for a in sys.argv[1:]),
+            "command": command("segpress", sys.argv[1:]),
             "config": {k: portable(v) if isinstance(v, str) else v for k, v in config.items()},
             **lineage, **fields}
     weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def command(program: str, argv: list[str]) -> str:
+    """The command line that ran, with portable() arguments."""
+    return " ".join([program, *(portable(a) for a in argv)])
 
 
 def portable(value: str) -> str:

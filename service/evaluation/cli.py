@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from compressors.training.cards import command, portable
+
 DEFAULT_RATES = "0.33,0.5"
 
 
@@ -93,10 +95,10 @@ def main(args, config) -> int:
     goals = targets(summary)
     diffs = differences(rows)
     result = {
-        "command": "segpress " + " ".join(sys.argv[1:]),
-        "reader": {"path": reader_dir, "fingerprint": artifacts.fingerprint(reader_dir),
+        "command": command("segpress", sys.argv[1:]),
+        "reader": {"path": portable(reader_dir), "fingerprint": artifacts.fingerprint(reader_dir),
                    "dtype": env.reader.dtype, "greedy": True},
-        "llmlingua2": {"path": llmlingua2_dir, "fingerprint": artifacts.fingerprint(llmlingua2_dir)},
+        "llmlingua2": {"path": portable(str(llmlingua2_dir)), "fingerprint": artifacts.fingerprint(llmlingua2_dir)},
         "data": corpus.PROVENANCE, "torch_threads": torch.get_num_threads(),
         "summary": summary, "targets": goals, "differences": diffs, "rows": rows,
     }

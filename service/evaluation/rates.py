@@ -22,6 +22,7 @@ from compressors import models
 from compressors.base import ContextParts
 from compressors.llmlingua2 import LLMLingua2, Params
 from compressors.training import corpus
+from compressors.training.cards import command
 from service.config import Config
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> None:
               f"rate {worst['rate']})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": "python -m service.evaluation.rates " + " ".join(argv),
+            json.dump({"command": command("python -m service.evaluation.rates", argv),
                        "rows": rows}, f, indent=2)
 
 

@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compressors.training.cards import command, portable
+
 from .soft_decoding import prefill_times, reconstruction, rows_of
 from .soft_qa import needle_qa, token_bounds
 
@@ -139,14 +141,6 @@ def soft_compressor(name: str, decoder_dir, config, args):
 
 
 
-def _shown(path) -> str:
-    """`path` relative to the repository when it lies inside it (results
-    name the shipped weights without this machine's directories)."""
-    root = Path(__file__).resolve().parents[2]
-    p = Path(path).resolve()
-    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
-
-
 def main(args, config) -> int:
     import torch
 
@@ -175,8 +169,8 @@ def main(args, config) -> int:
     t0 = time.time()
 
     result = {
-        "command": "segpress " + " ".join(sys.argv[1:]),
-        "weights": _shown(weights), "weights_fingerprint": comp.fingerprint,
+        "command": command("segpress", sys.argv[1:]),
+        "weights": portable(str(weights)), "weights_fingerprint": comp.fingerprint,
         "decoder": {"id": comp.decoder_id, "fingerprint": comp.decoder_fingerprint,
                     "dtype": reader.dtype},
         "compressor": name, "params": {k: v for k, v in vars(params).items()},
