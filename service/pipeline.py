@@ -52,7 +52,8 @@ import grpc
 from cache.local import LocalCache
 from compressors.base import Compressor, ContextParts, Segment, overlaps
 from compressors.registry import default_of
-from compressors.relevance import SentenceVectors, choose
+from compressors.relevance import choose
+from compressors.sentence_vectors import SentenceVectors
 from segpress.v1 import segpress_pb2 as pb
 
 from . import memory, metrics, responses, validation

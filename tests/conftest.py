@@ -213,7 +213,7 @@ def server(redis_proc, model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sentence_vectors():
     """Selection's sentence embedder (all-MiniLM-L6-v2 from its package), on torch."""
-    from compressors.relevance import SentenceVectors
+    from compressors.sentence_vectors import SentenceVectors
 
     return SentenceVectors(engine="torch")
 

@@ -72,10 +72,10 @@ def test_weights_are_pairs_of_the_compressors_with_weights(tmp_path):
 
 
 def test_the_choices_are_what_the_engines_take():
-    from compressors import engines, relevance
+    from compressors import engines, sentence_vectors
 
     assert set(field("engine").metadata["choices"]) == {"auto", *engines.ENGINES}
-    assert set(field("sentence_engine").metadata["choices"]) == set(relevance.ENGINES)
+    assert set(field("sentence_engine").metadata["choices"]) == set(sentence_vectors.ENGINES)
 
 
 @pytest.mark.parametrize("args,env,words", [

@@ -101,7 +101,7 @@ def test_engine_auto_is_openvino_int8_on_the_cpu_and_torch_where_that_fails(
 
 @pytest.fixture(scope="module")
 def sentence_models(tmp_path_factory):
-    from compressors.relevance import SentenceVectors
+    from compressors.sentence_vectors import SentenceVectors
 
     into = tmp_path_factory.mktemp("sentence-onnx")
     return {engine: SentenceVectors(engine=engine, export_dir=into if engine != "torch" else None)
@@ -133,7 +133,7 @@ def test_sentence_vectors_on_onnx_match_torch(sentence_models, sample_text):
 
 
 def test_sentence_vectors_refuse_unknown_engine():
-    from compressors.relevance import SentenceVectors
+    from compressors.sentence_vectors import SentenceVectors
 
     with pytest.raises(ValueError, match="engine"):
         SentenceVectors(engine="tensorrt")

@@ -168,6 +168,6 @@ def test_the_contract_check_catches_an_undeclared_read():
 def test_no_compressor_is_named_like_the_sentence_vectors():
     """Cache keys name the encoder: a compressor called like selection's
     sentence vectors would read and write their entries."""
-    from compressors import relevance
+    from compressors import sentence_vectors
 
-    assert relevance.NAME not in REGISTRY
+    assert sentence_vectors.NAME not in REGISTRY

@@ -213,9 +213,7 @@ class SegpressQuery(Segpress):
     ranker put the passage that answers (multidoc tasks)."""
     name = "segpress-query"
     ranker = "hybrid"
-    coarse_factor = None  # None: relevance.COARSE_FACTOR (a tuning run sets it)
     order = None          # None: Options' default
-    unit = None           # None: Options' default
     min_relevance = None  # None: Options' default
 
     def __init__(self, env):
@@ -232,12 +230,8 @@ class SegpressQuery(Segpress):
 
         parts, vectors, q = state
         options = Options(ranker=self.ranker)
-        if self.coarse_factor is not None:
-            options = dataclasses.replace(options, coarse_factor=self.coarse_factor)
         if self.order is not None:
             options = dataclasses.replace(options, order=self.order)
-        if self.unit is not None:
-            options = dataclasses.replace(options, unit=self.unit)
         if self.min_relevance is not None:
             options = dataclasses.replace(options, min_relevance=self.min_relevance)
         self.options = options

@@ -2,10 +2,12 @@
 compressors/relevance.py's comments come from here):
 
     python -m service.evaluation.tune_selection 14 multidoc 0.33 \\
-        1.0:sentence:original:context:0,1.0:sentence:original:context:0.75
+        1.0:sentence:original:0,1.0:sentence:original:0.75
 
-Each configuration is coarse_factor:granularity:order:unit:min_relevance (- for
-the default: the cut where relevances separate);
+Each configuration is coarse_factor:granularity:order:min_relevance (- for
+the default: the cut where relevances separate); coarse_factor sets
+compressors/relevance.py's COARSE_FACTOR for the run, as `separation` sets
+hop.SEPARATION (serving code has no tuning-only options);
 every example is compressed with each and answered by the reader. Prints the
 correct answers per (task, rate, configuration). Tune on dev only.
 
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from compressors import models
+from compressors import models, relevance
 from compressors.training import corpus
 from service.config import Config
 
@@ -75,9 +77,8 @@ def main(argv: list[str]) -> None:
             state = method.prepare(ex)
             for rate in map(float, rates):
                 for config in configs.split(","):
-                    c, g, o, u, t = config.split(":")
-                    method.coarse_factor, method.granularity = float(c), g
-                    method.order, method.unit = o, u
+                    c, g, o, t = config.split(":")
+                    relevance.COARSE_FACTOR, method.granularity, method.order = float(c), g, o
                     method.min_relevance = None if t == "-" else float(t)  # -: the cut where scores separate
                     answer = env.reader.answer(method.compress(ex, state, rate), ex.question)
                     key = f"{task} rate={rate} {config}"
