@@ -3,7 +3,8 @@
 Torch-free and model-free: everything here works on a context's words (their
 character spans, keep scores and token counts, as LLMLingua2.encode caches
 them) and the request's parameters. `budgets` gives each context its tokens,
-`select` picks the words (or whole sentences) to keep within them, and
+`select` picks the words (or whole sentences) to keep within them (or, in
+threshold mode, those that score at least the threshold), and
 `join` rebuilds the text from exact substrings of the input.
 """
 
@@ -52,16 +53,10 @@ def select(text: str, w: dict[str, np.ndarray], budget: int, params,
         force_hits &= inside
         extra = {x for x in extra if within(np.array([x]), allowed)[0]}
 
-    keep = None
-    if params.granularity == "sentence":
-        keep = _best_sentences(text, spans, scores, tokens, forced, budget, inside)
-    elif params.granularity == "sentence_then_word":
-        sentences = _best_sentences(text, spans, scores, tokens, forced,
-                                    int(budget / FINE_RATE), inside)
-        if sentences.any():
-            keep = _best_words(scores, tokens, forced, budget, sentences & inside)
-    if keep is None or not keep.any():  # word granularity, or no whole sentence fits
-        keep = _best_words(scores, tokens, forced, budget, inside)
+    if params.threshold is not None:
+        keep = _above(text, spans, scores, tokens, forced, params.threshold, params.granularity, inside)
+    else:
+        keep = _within_budget(text, spans, scores, tokens, forced, budget, params.granularity, inside)
     if budget > 0 and not keep.any():
         keep = _one_word(scores, tokens, budget, inside)
 
@@ -109,6 +104,40 @@ def _merge_overlapping(spans) -> list[tuple[int, int]]:
     return [(s, e) for s, e in out]
 
 
+def _within_budget(text, spans, scores, tokens, forced, budget: int, granularity: str,
+                   candidates) -> np.ndarray:
+    """Words to keep [n] (bool) within `budget` tokens, by `granularity`;
+    whole sentences fall back to words when not one of them fits."""
+    if granularity == "sentence":
+        keep = _best_sentences(text, spans, scores, tokens, forced, budget, candidates)
+        if keep.any():
+            return keep
+    elif granularity == "sentence_then_word":
+        sentences = _best_sentences(text, spans, scores, tokens, forced,
+                                    int(budget / FINE_RATE), candidates)
+        if sentences.any():
+            keep = _best_words(scores, tokens, forced, budget, sentences & candidates)
+            if keep.any():
+                return keep
+    return _best_words(scores, tokens, forced, budget, candidates)
+
+
+def _above(text, spans, scores, tokens, forced, threshold: float, granularity: str,
+           candidates) -> np.ndarray:
+    """Words to keep [n] (bool) in threshold mode, however many tokens: the
+    candidates scoring at least `threshold` (word), the sentences whose mean
+    score does (sentence), the words that do inside those sentences
+    (sentence_then_word); forced words, and sentences with one, always.
+    Sentences fall back to words when not one of them reaches it."""
+    words = candidates & (scores >= threshold)
+    if granularity != "word" and len(spans):
+        sentence, mean, _, must, whole = _sentences(text, spans, scores, tokens, forced, candidates)
+        chosen = (must | (whole & (mean >= threshold)))[sentence]  # [n]
+        if chosen.any():
+            return chosen if granularity == "sentence" else (chosen & words) | forced
+    return words | forced
+
+
 def _one_word(scores, tokens, budget: int, candidates=None) -> np.ndarray:
     """Words to keep [n] (bool) when the budget kept none (a context of a
     few words, or of words longer than its budget): the best-scoring word
@@ -146,14 +175,7 @@ def _best_sentences(text: str, spans, scores, tokens, forced, budget: int, candi
     Empty when not one sentence fits."""
     if len(spans) == 0:
         return np.zeros(0, dtype=bool)
-    ends = np.array([m.end() for m in SENTENCE_END.finditer(text)], dtype=np.int64)
-    sentence = np.searchsorted(ends, spans[:, 0], side="right")  # [n] sentence of each word
-    _, sentence = np.unique(sentence, return_inverse=True)       # numbered 0..m-1, no gaps
-    words = np.bincount(sentence)                                 # [m]
-    mean = np.bincount(sentence, weights=scores) / words          # [m]
-    cost = np.bincount(sentence, weights=tokens).astype(np.int64)  # [m]
-    must = np.bincount(sentence, weights=forced) > 0              # [m]
-    whole = np.bincount(sentence, weights=~candidates) == 0       # [m] every word a candidate
+    sentence, mean, cost, must, whole = _sentences(text, spans, scores, tokens, forced, candidates)
     chosen = must.copy()
     left = budget - int(cost[must].sum())
     for k in np.lexsort((np.arange(len(mean)), -mean)):
@@ -163,6 +185,19 @@ def _best_sentences(text: str, spans, scores, tokens, forced, budget: int, candi
     return chosen[sentence]
 
 
+def _sentences(text, spans, scores, tokens, forced, candidates):
+    """The sentence of each word [n] (numbered 0..m-1) and, per sentence [m]:
+    its mean word score, its tokens, whether it has a forced word, and
+    whether every word of it is a candidate."""
+    ends = np.array([m.end() for m in SENTENCE_END.finditer(text)], dtype=np.int64)
+    sentence = np.searchsorted(ends, spans[:, 0], side="right")  # [n] sentence of each word
+    _, sentence = np.unique(sentence, return_inverse=True)       # numbered 0..m-1, no gaps
+    words = np.bincount(sentence)                                 # [m]
+    mean = np.bincount(sentence, weights=scores) / words          # [m]
+    cost = np.bincount(sentence, weights=tokens).astype(np.int64)  # [m]
+    must = np.bincount(sentence, weights=forced) > 0              # [m]
+    whole = np.bincount(sentence, weights=~candidates) == 0       # [m] every word a candidate
+    return sentence, mean, cost, must, whole
 
 
 def context_words(c: ContextParts) -> dict[str, np.ndarray]:
@@ -182,7 +217,10 @@ def budgets(totals: list[int], params) -> list[int]:
     and a request of many short contexts keeps what it asked for, not each
     context's rounding. With a rate, a context that has tokens keeps at least
     one (round(0.5 x 1) = 0 would return a one-word context empty); with a
-    target, at least one while the target allows."""
+    target, at least one while the target allows. In threshold mode every
+    token (the threshold, not a budget, decides)."""
+    if params.threshold is not None:  # threshold mode: no budget
+        return list(totals)
     if params.target_tokens is None:
         rate = DEFAULT_RATE if params.rate is None else params.rate
         shared = _shared(totals, int(round(rate * sum(totals))))

@@ -35,6 +35,8 @@ Where this differs from the reference `llmlingua` package, and why:
   and a word of more than MAX_WORD_TOKENS tokens in pieces of
   WORD_PIECE_TOKENS, and a context with tokens keeps at least one piece at
   any rate (round(0.5 x 1) = 0 would return it empty).
+- threshold (keep every word scoring at least a probability, however many
+  tokens that is) is an addition, asked for in the reference's tracker.
 - granularity="sentence" is an addition (the reference's LLMLingua-2 path
   filters words, and optionally whole contexts): the same word scores,
   averaged per sentence, choose whole sentences. A small reader answers far
@@ -98,6 +100,7 @@ class Params:
     force_reserve_digit: bool = False
     drop_consecutive: bool = False
     granularity: str = "word"  # "sentence": whole sentences; "sentence_then_word": both
+    threshold: float | None = None  # keep what scores at least this, instead of a budget
 
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
@@ -110,6 +113,7 @@ class Params:
             drop_consecutive=p.drop_consecutive,
             granularity=(default_granularity(req) if p.granularity == pb.GRANULARITY_UNSPECIFIED
                          else GRANULARITIES.get(p.granularity, f"Granularity value {p.granularity}")),
+            threshold=p.threshold if p.HasField("threshold") else None,
         )
 
     def check(self) -> None:
@@ -118,12 +122,16 @@ class Params:
                 f"llmlingua2.granularity must be GRANULARITY_WORD, GRANULARITY_SENTENCE or "
                 f"GRANULARITY_SENTENCE_THEN_WORD, got {self.granularity}"
             )
-        if self.rate is not None and self.target_tokens is not None:
+        given = [name for name in ("rate", "target_tokens", "threshold")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
             raise InvalidParams(
-                "llmlingua2.rate and llmlingua2.target_tokens are mutually exclusive; set one"
+                f"llmlingua2.{' and llmlingua2.'.join(given)} are mutually exclusive; set one"
             )
         if self.rate is not None and not 0.0 < self.rate <= 1.0:  # NaN fails too
             raise InvalidParams(f"llmlingua2.rate must be in (0, 1], got {self.rate}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            raise InvalidParams(f"llmlingua2.threshold must be in [0, 1], got {self.threshold}")
         if self.target_tokens is not None and self.target_tokens <= 0:
             raise InvalidParams(
                 f"llmlingua2.target_tokens must be > 0, got {self.target_tokens}"
@@ -335,10 +343,10 @@ class LLMLingua2:
 
     # -- render: the request's budget applied to cached scores -------------
 
-    def budget(self, params: Params, total_tokens: int) -> int:
+    def budget(self, params: Params, total_tokens: int) -> int | None:
         """Tokens the request keeps of `total_tokens`: the rule every context's
-        budget follows (keep.budgets)."""
-        return budgets([total_tokens], params)[0]
+        budget follows (keep.budgets); None in threshold mode (no budget)."""
+        return None if params.threshold is not None else budgets([total_tokens], params)[0]
 
     def render(self, contexts: list[ContextParts], params: Params, query: str | None = None) -> list[Rendered]:
         """With a selection (ContextParts.allowed, .budget), only words inside
@@ -348,10 +356,15 @@ class LLMLingua2:
         totals = [int(w["tokens"].sum()) for w in words]
         shares = [b if c.budget is None else c.budget
                   for c, b in zip(contexts, budgets(totals, params))]
-        return [
-            self._render_one(c.text, w, total, budget, params, c.allowed)
-            for c, w, total, budget in zip(contexts, words, totals, shares)
-        ]
+        out, unused = [], 0
+        for c, w, total, budget in zip(contexts, words, totals, shares):
+            # What a context could not use (its words or sentences did not
+            # fit the rest) goes to the next one: the request keeps what it
+            # asked for, not each context's shortfall added up.
+            budget += unused
+            out.append(self._render_one(c.text, w, total, budget, params, c.allowed))
+            unused = max(budget - out[-1].compressed_tokens, 0) if params.threshold is None else 0
+        return out
 
     def _render_one(self, text, w, total, budget, params: Params, allowed=None) -> Rendered:
         items = select(text, w, budget, params, allowed)

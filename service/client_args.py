@@ -29,6 +29,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compressor", default="", help="compressor name (default: the server's)")
     p.add_argument("--rate", type=float, help="fraction of tokens to keep, in (0, 1]")
     p.add_argument("--target-tokens", type=int, help="number of tokens to keep per text")
+    p.add_argument("--threshold", type=float,
+                   help="instead of a budget: keep what scores at least this, in [0, 1]")
     p.add_argument("--force-token", action="append", default=[], dest="force_tokens",
                    help="string to always keep (repeatable)")
     p.add_argument("--force-reserve-digit", action="store_true", help="keep words with digits")
@@ -57,6 +59,6 @@ def request_options(args) -> dict:
                 ranker=args.ranker, order=args.order, keep_duplicates=args.keep_duplicates,
                 min_relevance=args.min_relevance,
                 compressor=args.compressor, rate=args.rate, target_tokens=args.target_tokens,
-                force_tokens=list(args.force_tokens),
+                threshold=args.threshold, force_tokens=list(args.force_tokens),
                 force_reserve_digit=args.force_reserve_digit, granularity=args.granularity,
                 cache=args.cache, namespace=args.namespace)

@@ -113,6 +113,10 @@ def test_drop_consecutive_collapses_repeated_forced_strings(llmlingua2):
     (dict(target_tokens=0), "target_tokens"),
     (dict(target_tokens=-3), "target_tokens"),
     (dict(rate=0.5, target_tokens=10), "mutually exclusive"),
+    (dict(rate=0.5, threshold=0.5), "llmlingua2.rate and llmlingua2.threshold are mutually"),
+    (dict(target_tokens=5, threshold=0.5), "target_tokens and llmlingua2.threshold"),
+    (dict(threshold=1.5), "llmlingua2.threshold must be in [0, 1], got 1.5"),
+    (dict(threshold=float("nan")), "threshold"),
     (dict(force_tokens=[""]), "force_tokens[0]"),
     (dict(force_tokens=["x"] * 101), "force_tokens"),
     (dict(granularity="phrase"), "granularity"),
@@ -120,6 +124,28 @@ def test_drop_consecutive_collapses_repeated_forced_strings(llmlingua2):
 def test_bad_params_name_the_field(params, field):
     with pytest.raises(InvalidParams, match=re.escape(field)):
         Params(**params).check()
+
+
+def test_threshold_keeps_what_scores_at_least_it(llmlingua2, sample_text):
+    """Threshold mode: every word whose score reaches it, however many
+    tokens; whole sentences by their mean; never an empty context."""
+    segs = llmlingua2.segment(sample_text)
+    encoded = llmlingua2.encode([s.text for s in segs])
+    scores = np.concatenate([e["scores"] for e in encoded])
+    tokens = np.concatenate([e["tokens"] for e in encoded])
+    cut = float(np.float32(np.median(scores)))  # what the proto's float carries
+    (r,) = compress(llmlingua2, sample_text, threshold=cut)
+    assert_faithful(sample_text, r.text)
+    assert r.compressed_tokens == int(tokens[scores >= cut].sum())
+    assert 0.3 < r.compressed_tokens / r.original_tokens < 0.7
+    (low,) = compress(llmlingua2, sample_text, threshold=0.0)
+    assert low.text == sample_text.strip()
+    (high,) = compress(llmlingua2, sample_text, threshold=1.0)
+    assert 0 < high.compressed_tokens <= 3  # nothing reaches 1.0: the best word
+    (sent,) = compress(llmlingua2, sample_text, threshold=cut, granularity="sentence")
+    assert set(sentences_of(sent.text)) <= set(sentences_of(sample_text))
+    assert 0 < sent.compressed_tokens < sent.original_tokens
+    assert compress(llmlingua2, sample_text, threshold=cut)[0].text == r.text  # a cache hit's render
 
 
 def test_pieces_are_never_glued_into_new_words():
@@ -219,6 +245,22 @@ def test_a_rate_is_met_over_the_request_not_rounded_per_context():
     assert budgets([10] * 10, Params(rate=0.33)) == [4, 4, 4] + [3] * 7
     assert sum(budgets([7] * 30, Params(rate=0.2))) == round(0.2 * 210)
     assert budgets([300], Params(rate=0.33)) == [99] and budgets([21], Params(rate=0.5)) == [10]
+
+
+@pytest.mark.parametrize("granularity", ["word", "sentence"])
+def test_what_a_context_cannot_use_goes_to_the_next(llmlingua2, sample_text, granularity):
+    """Issue 24: short contexts whose words or sentences do not fill their
+    share leave it to the next context, so the request keeps its rate
+    (before, ~10-token contexts kept 0.187 at rate 0.2, sentences 15% under)."""
+    words = sample_text.split()
+    contexts = [" ".join(words[i:i + 7]) for i in range(0, len(words), 7)]
+    for rate in (0.2, 0.33, 0.5):
+        out = compress(llmlingua2, contexts, rate=rate, granularity=granularity)
+        total = sum(r.original_tokens for r in out)
+        kept = sum(r.compressed_tokens for r in out)
+        assert abs(kept - round(rate * total)) <= 0.02 * rate * total
+        for c, r in zip(contexts, out):
+            assert_faithful(c, r.text)
 
 
 def test_a_context_is_never_empty_while_its_budget_is_not_zero():

@@ -116,6 +116,19 @@ def test_a_multi_hop_question_keeps_the_bridge_and_the_fact(client, ns):
     assert {resp.contexts[0].rank, resp.contexts[4].rank} == {0, 1}
 
 
+def test_threshold_mode_with_a_question_keeps_the_relevant_passage(client, ns):
+    """No budget: the coarse stage keeps keep_rate of the tokens, and the
+    threshold picks the words inside what it kept."""
+    resp = client.compress(PASSAGES, threshold=0.5, namespace=ns,
+                           query="Which city did Pavel Moreau move to?")
+    assert resp.contexts[2].rank == 0 and "Porto" in resp.contexts[2].text
+    assert 0 < resp.stats.compressed_tokens < 0.5 * resp.stats.original_tokens
+    wider = client.compress(PASSAGES, threshold=0.0, keep_rate=1.0, min_relevance=0.0,
+                            keep_duplicates=True, namespace=ns,
+                            query="Which city did Pavel Moreau move to?")
+    assert wider.stats.compressed_tokens == wider.stats.original_tokens
+
+
 def test_selection_off_is_the_query_blind_output(client, ns):
     blind = client.compress(PASSAGES, rate=0.33, namespace=ns)
     off = client.compress(PASSAGES, rate=0.33, namespace=ns, query="Who moved to Oslo?",

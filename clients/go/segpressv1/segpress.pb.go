@@ -680,13 +680,15 @@ func (x *SelectionOptions) GetMinRelevance() float32 {
 // gets a keep probability; the highest-scoring words are kept).
 type LLMLingua2Params struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Fraction of each context's tokens to keep, in (0, 1]. Default 0.5 when
-	// neither rate nor target_tokens is set. Mutually exclusive with
-	// target_tokens.
+	// Fraction of the request's tokens to keep, in (0, 1], shared between
+	// contexts in proportion to their length; what a context cannot use (its
+	// next word or sentence does not fit) goes to the next context. Default
+	// 0.5 when none of rate, target_tokens and threshold is set. Mutually
+	// exclusive with target_tokens and threshold.
 	Rate *float32 `protobuf:"fixed32,1,opt,name=rate,proto3,oneof" json:"rate,omitempty"`
 	// Total number of tokens to keep across all contexts of the request,
-	// shared between contexts in proportion to their length. Must be > 0.
-	// Mutually exclusive with rate.
+	// shared between contexts as rate is. Must be > 0.
+	// Mutually exclusive with rate and threshold.
 	TargetTokens *int32 `protobuf:"varint,2,opt,name=target_tokens,json=targetTokens,proto3,oneof" json:"target_tokens,omitempty"`
 	// Strings that are always kept wherever they occur in a context (for
 	// example "\n", "?", names). A word overlapping an occurrence is kept; an
@@ -704,7 +706,18 @@ type LLMLingua2Params struct {
 	// What is kept or dropped as a whole: single words (as in LLMLingua-2) or
 	// whole sentences. See Granularity; unset (GRANULARITY_UNSPECIFIED) means
 	// whole sentences without a query, and words with one.
-	Granularity   Granularity `protobuf:"varint,6,opt,name=granularity,proto3,enum=segpress.v1.Granularity" json:"granularity,omitempty"`
+	Granularity Granularity `protobuf:"varint,6,opt,name=granularity,proto3,enum=segpress.v1.Granularity" json:"granularity,omitempty"`
+	// Threshold mode, instead of a budget: keep every word whose keep
+	// probability (the model's score, in [0, 1]) is at least threshold,
+	// however many tokens that is. With GRANULARITY_SENTENCE, every sentence
+	// whose mean word probability is at least threshold; with
+	// GRANULARITY_SENTENCE_THEN_WORD, the words at least threshold inside
+	// those sentences. In [0, 1]; mutually exclusive with rate and
+	// target_tokens. Forced words are kept; a context where nothing reaches
+	// the threshold keeps its best word (never empty). With a query, the
+	// selection's coarse stage keeps SelectionOptions.keep_rate of the
+	// request's tokens (default 0.5) and the threshold applies inside them.
+	Threshold     *float32 `protobuf:"fixed32,7,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -779,6 +792,13 @@ func (x *LLMLingua2Params) GetGranularity() Granularity {
 		return x.Granularity
 	}
 	return Granularity_GRANULARITY_UNSPECIFIED
+}
+
+func (x *LLMLingua2Params) GetThreshold() float32 {
+	if x != nil && x.Threshold != nil {
+		return *x.Threshold
+	}
+	return 0
 }
 
 // Parameters of the complm compressor (soft tokens: every segment of at most
@@ -2068,16 +2088,19 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\rmin_relevance\x18\x06 \x01(\x02H\x01R\fminRelevance\x88\x01\x01B\f\n" +
 	"\n" +
 	"_keep_rateB\x10\n" +
-	"\x0e_min_relevance\"\xaa\x02\n" +
+	"\x0e_min_relevance\"\xdb\x02\n" +
 	"\x10LLMLingua2Params\x12\x17\n" +
 	"\x04rate\x18\x01 \x01(\x02H\x00R\x04rate\x88\x01\x01\x12(\n" +
 	"\rtarget_tokens\x18\x02 \x01(\x05H\x01R\ftargetTokens\x88\x01\x01\x12!\n" +
 	"\fforce_tokens\x18\x03 \x03(\tR\vforceTokens\x12.\n" +
 	"\x13force_reserve_digit\x18\x04 \x01(\bR\x11forceReserveDigit\x12)\n" +
 	"\x10drop_consecutive\x18\x05 \x01(\bR\x0fdropConsecutive\x12:\n" +
-	"\vgranularity\x18\x06 \x01(\x0e2\x18.segpress.v1.GranularityR\vgranularityB\a\n" +
+	"\vgranularity\x18\x06 \x01(\x0e2\x18.segpress.v1.GranularityR\vgranularity\x12!\n" +
+	"\tthreshold\x18\a \x01(\x02H\x02R\tthreshold\x88\x01\x01B\a\n" +
 	"\x05_rateB\x10\n" +
-	"\x0e_target_tokens\"`\n" +
+	"\x0e_target_tokensB\f\n" +
+	"\n" +
+	"_threshold\"`\n" +
 	"\rCompLLMParams\x125\n" +
 	"\foutput_dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
 	"\adecoder\x18\x02 \x01(\tR\adecoder\"\x83\x01\n" +

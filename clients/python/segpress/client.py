@@ -104,6 +104,7 @@ class CompressOptions(TypedDict, total=False):
     force_reserve_digit: bool
     drop_consecutive: bool
     granularity: str | None
+    threshold: float | None
     output_dtype: str | None
     decoder: str
     pooling_factor: int | None
@@ -182,6 +183,7 @@ class _ClientBase:
         force_reserve_digit: bool = False,
         drop_consecutive: bool = False,
         granularity: str | None = None,
+        threshold: float | None = None,
         output_dtype: str | None = None,
         decoder: str = "",
         pooling_factor: int | None = None,
@@ -195,7 +197,8 @@ class _ClientBase:
         again, and keep_rate, ranker ("hybrid", "dense" or "bm25"), order
         ("original" or "relevance"), keep_duplicates and min_relevance tune
         it (see SelectionOptions in the .proto).
-        rate, target_tokens, force_tokens, force_reserve_digit,
+        rate, target_tokens, threshold (keep what scores at least it,
+        instead of a budget), force_tokens, force_reserve_digit,
         drop_consecutive and granularity ("word", "sentence" or "sentence_then_word") are llmlingua2
         parameters; output_dtype ("float32",
         "float16" or "bfloat16") and decoder (the decoder id or fingerprint
@@ -227,13 +230,15 @@ class _ClientBase:
             sel.keep_duplicates = keep_duplicates
             if min_relevance is not None:
                 sel.min_relevance = min_relevance
-        if rate is not None or target_tokens is not None or force_tokens \
+        if rate is not None or target_tokens is not None or threshold is not None or force_tokens \
                 or force_reserve_digit or drop_consecutive or granularity is not None:
             params = req.llmlingua2
             if rate is not None:
                 params.rate = rate
             if target_tokens is not None:
                 params.target_tokens = target_tokens
+            if threshold is not None:
+                params.threshold = threshold
             params.force_tokens.extend(force_tokens)
             params.force_reserve_digit = force_reserve_digit
             params.drop_consecutive = drop_consecutive

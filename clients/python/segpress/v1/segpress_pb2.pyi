@@ -403,15 +403,18 @@ class LLMLingua2Params(_message.Message):
     FORCE_RESERVE_DIGIT_FIELD_NUMBER: _builtins.int
     DROP_CONSECUTIVE_FIELD_NUMBER: _builtins.int
     GRANULARITY_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
     rate: _builtins.float
-    """Fraction of each context's tokens to keep, in (0, 1]. Default 0.5 when
-    neither rate nor target_tokens is set. Mutually exclusive with
-    target_tokens.
+    """Fraction of the request's tokens to keep, in (0, 1], shared between
+    contexts in proportion to their length; what a context cannot use (its
+    next word or sentence does not fit) goes to the next context. Default
+    0.5 when none of rate, target_tokens and threshold is set. Mutually
+    exclusive with target_tokens and threshold.
     """
     target_tokens: _builtins.int
     """Total number of tokens to keep across all contexts of the request,
-    shared between contexts in proportion to their length. Must be > 0.
-    Mutually exclusive with rate.
+    shared between contexts as rate is. Must be > 0.
+    Mutually exclusive with rate and threshold.
     """
     force_reserve_digit: _builtins.bool
     """Always keep words that contain a digit 0-9."""
@@ -423,6 +426,18 @@ class LLMLingua2Params(_message.Message):
     """What is kept or dropped as a whole: single words (as in LLMLingua-2) or
     whole sentences. See Granularity; unset (GRANULARITY_UNSPECIFIED) means
     whole sentences without a query, and words with one.
+    """
+    threshold: _builtins.float
+    """Threshold mode, instead of a budget: keep every word whose keep
+    probability (the model's score, in [0, 1]) is at least threshold,
+    however many tokens that is. With GRANULARITY_SENTENCE, every sentence
+    whose mean word probability is at least threshold; with
+    GRANULARITY_SENTENCE_THEN_WORD, the words at least threshold inside
+    those sentences. In [0, 1]; mutually exclusive with rate and
+    target_tokens. Forced words are kept; a context where nothing reaches
+    the threshold keeps its best word (never empty). With a query, the
+    selection's coarse stage keeps SelectionOptions.keep_rate of the
+    request's tokens (default 0.5) and the threshold applies inside them.
     """
     @_builtins.property
     def force_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -444,19 +459,24 @@ class LLMLingua2Params(_message.Message):
         force_reserve_digit: _builtins.bool = ...,
         drop_consecutive: _builtins.bool = ...,
         granularity: Global___Granularity.ValueType = ...,
+        threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "rate", b"rate", "target_tokens", b"target_tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "_threshold", b"_threshold", "rate", b"rate", "target_tokens", b"target_tokens", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "drop_consecutive", b"drop_consecutive", "force_reserve_digit", b"force_reserve_digit", "force_tokens", b"force_tokens", "granularity", b"granularity", "rate", b"rate", "target_tokens", b"target_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "_target_tokens", b"_target_tokens", "_threshold", b"_threshold", "drop_consecutive", b"drop_consecutive", "force_reserve_digit", b"force_reserve_digit", "force_tokens", b"force_tokens", "granularity", b"granularity", "rate", b"rate", "target_tokens", b"target_tokens", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__rate: _TypeAlias = _typing.Literal["rate"]  # noqa: Y015
     _WhichOneofArgType__rate: _TypeAlias = _typing.Literal["_rate", b"_rate"]  # noqa: Y015
     _WhichOneofReturnType__target_tokens: _TypeAlias = _typing.Literal["target_tokens"]  # noqa: Y015
     _WhichOneofArgType__target_tokens: _TypeAlias = _typing.Literal["_target_tokens", b"_target_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rate) -> _WhichOneofReturnType__rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__target_tokens) -> _WhichOneofReturnType__target_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___LLMLingua2Params: _TypeAlias = LLMLingua2Params  # noqa: Y015
 
