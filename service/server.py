@@ -45,6 +45,9 @@ from .pipeline import Pipeline
 
 log = logging.getLogger("segpress.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segpress"].full_name
+# How long NOT_SERVING is reported before the server may stop (at most the
+# grace period): long enough for health Watch streams to send it.
+NOT_SERVING_S = 0.5
 
 
 class SegpressServicer(pb_grpc.SegpressServicer):
@@ -372,6 +375,9 @@ async def serve(config: Config) -> None:
     # which would otherwise hold the server for the whole grace period).
     log.info("shutting down: health NOT_SERVING, %.0fs grace", config.grace_s)
     await health_servicer.enter_graceful_shutdown()
+    # Let health Watch streams deliver NOT_SERVING before calls may end
+    # (with nothing in flight, stop(0) below would otherwise cut them first).
+    await asyncio.sleep(min(NOT_SERVING_S, config.grace_s))
     stopping = asyncio.ensure_future(server.stop(config.grace_s))
     http_stopping = asyncio.ensure_future(running.http.stop() if running.http else asyncio.sleep(0))
     deadline = loop.time() + config.grace_s

@@ -146,8 +146,11 @@ def test_stream_items_over_max_queue_are_refused_one_by_one(redis_proc, ns):
             reqs = [SegpressClient.request([f"{TEXT} {uuid.uuid4().hex}"], namespace=ns)
                     for _ in range(3)]
             codes = [i.status.code for i in c.compress_stream(reqs)]
-            # The first runs; the others start while it is in progress.
-            assert codes[0] == 0 and grpc.StatusCode.UNAVAILABLE.value[0] in codes[1:]
+            # One runs; the others reach the queue while it is in progress
+            # (which one is first depends on the threads that segment them),
+            # and each is answered on its own: the stream goes on.
+            assert len(codes) == 3 and 0 in codes
+            assert grpc.StatusCode.UNAVAILABLE.value[0] in codes
     finally:
         srv.stop()
 
