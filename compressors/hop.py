@@ -87,7 +87,7 @@ def chain(query: str, texts: list[str], relevance: np.ndarray, ctx: np.ndarray, 
           score) -> tuple[np.ndarray, np.ndarray, int]:
     """(chain [k] bool, second-round score [n] in [0, 1], the source
     context): the terms the first-ranked sentences (by `relevance` [n]) name,
-    scored against `texts` by `score(query, texts)` (BM25) as the second
+    scored against `texts` by `score(query)` (BM25 over them) as the second
     round's query; the chain is the contexts, other than the source (the
     context of the first-ranked sentence), whose best second-round score
     stands clear of the others' (`cut`). `ctx` [n] is each sentence's context
@@ -97,7 +97,7 @@ def chain(query: str, texts: list[str], relevance: np.ndarray, ctx: np.ndarray, 
     top = list(np.argsort(-relevance, kind="stable")[:HOP_SENTENCES])
     source = int(ctx[top[0]])
     words = terms(query, texts, top, set(bm25s.stopwords.STOPWORDS_EN_PLUS))
-    second = score(" ".join(words), texts) if words else np.zeros(len(texts))
+    second = score(" ".join(words)) if words else np.zeros(len(texts))
     none = np.zeros(k, dtype=bool)
     if not second.any():
         return none, second, source

@@ -137,8 +137,9 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     ctx_a, cost_a = np.array(ctx), np.array(cost)
     texts = [parts[k].text[s:e] for k, (s, e) in zip(ctx, spans)]
 
+    lexical = BM25(texts)  # one index for both rounds
     fused, sentence_relevance = fuse(query, query_vector, np.asarray(vecs, np.float32), texts,
-                                     options.ranker)  # [n] each
+                                     options.ranker, lexical)  # [n] each
     relevance = np.zeros(len(parts))
     np.maximum.at(relevance, ctx_a, sentence_relevance)
     first = _rank(fused, ctx_a, len(parts))  # [k] 0 = the best context of the first round
@@ -148,7 +149,7 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     # The second hop: contexts the terms of the most relevant sentence lead
     # to (their BM25 scores separate at the top), kept right after the best
     # context and that sentence's.
-    chain, second, source = hop.chain(query, texts, sentence_relevance, ctx_a, len(parts), bm25)
+    chain, second, source = hop.chain(query, texts, sentence_relevance, ctx_a, len(parts), lexical)
     lead = (first == 0) | (np.arange(len(parts)) == source)  # the best context, the hop's source
     chain &= ~lead
     group = np.where(lead, 0, np.where(chain, 1, 2))  # [k] the lead, its chain, the rest
@@ -210,7 +211,7 @@ def _rank(score: np.ndarray, ctx: np.ndarray, k: int) -> np.ndarray:
 
 
 def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[str],
-         ranker: str) -> tuple[np.ndarray, np.ndarray]:
+         ranker: str, lexical: "BM25") -> tuple[np.ndarray, np.ndarray]:
     """Each sentence's relevance to the query, two ways, [n] each:
 
     - the ranking score: reciprocal rank fusion of the dense and BM25
@@ -225,7 +226,7 @@ def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[
         dense = vectors @ query_vector.astype(np.float32)
         scores.append((dense, dense.min()))
     if ranker in ("hybrid", "bm25"):
-        scores.append((bm25(query, texts), 0.0))
+        scores.append((lexical(query), 0.0))
     fused, scaled = np.zeros(n), []
     for s, lo in scores:
         # Rank = how many score strictly higher: ties share a rank, so
@@ -238,25 +239,42 @@ def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[
     return fused, relevance
 
 
-def bm25(query: str, texts: list[str]) -> np.ndarray:
-    """BM25 scores of `texts` for `query` [n], with the statistics of these
-    texts (bm25s; English stop words out; lowercased words).
+class BM25:
+    """BM25 scores over one request's sentences (bm25s; English stop words
+    out; lowercased words), with the statistics of those sentences. The index
+    is built once, on the first query, and serves the question and the
+    second hop's query.
 
     All zeros, no lexical signal, when the query or the texts have no word
     BM25 indexes ("Is it there?", "?", an emoji, one-letter words, stop
     words only): fuse then ranks by the embeddings alone."""
-    import bm25s
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
-    q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
-    if not q:
-        return np.zeros(len(texts))
-    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
-    if not corpus.vocab or not set(q) & set(corpus.vocab):
-        return np.zeros(len(texts))
-    retriever = bm25s.BM25()
-    retriever.index(corpus, show_progress=False)
-    return np.asarray(retriever.get_scores(q), dtype=np.float64)
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.vocab: set[str] | None = None  # None: not tokenized yet
+        self.retriever = None
+
+    def __call__(self, query: str) -> np.ndarray:
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+        q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        if not q:
+            return np.zeros(len(self.texts))
+        if self.vocab is None:
+            corpus = bm25s.tokenize(self.texts, stopwords="en", show_progress=False)
+            self.vocab = set(corpus.vocab)
+            if self.vocab:
+                self.retriever = bm25s.BM25()
+                self.retriever.index(corpus, show_progress=False)
+        if not set(q) & self.vocab:
+            return np.zeros(len(self.texts))
+        return np.asarray(self.retriever.get_scores(q), dtype=np.float64)
+
+
+def bm25(query: str, texts: list[str]) -> np.ndarray:
+    """BM25 scores [n] of `texts` for `query` (see BM25)."""
+    return BM25(texts)(query)
 
 
 class _Seen:
