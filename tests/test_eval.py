@@ -196,3 +196,24 @@ def test_needle_contexts_held_to_bounds():
     assert [e.meta["depth"] for e in exs[:5]] == [0.1, 0.3, 0.5, 0.7, 0.9]
     assert all(contains(e.context, e.answer) and e.meta["doc"] in docs for e in exs)
     assert [e.context for e in tasks.needle(docs, 3, seed=0)] == [e.context for e in tasks.needle(docs, 3, 0)]
+
+
+def test_segment_pooled_vectors_and_the_shared_layers(model_dir):
+    """The shared-pass experiment's premise and its vectors: the classifier's
+    lower 4 layers are all-MiniLM-L6-v2's exactly, and segment-pooled
+    vectors have the cached values' layout (the same sentence spans as
+    SentenceVectors, unit length) and stay close to each sentence alone."""
+    import numpy as np
+
+    from compressors.sentence_vectors import SentenceVectors
+    from service.evaluation.shared_pass import SegmentPooled, shared_layers
+
+    assert shared_layers(model_dir) == [0, 1, 2, 3]
+    text = "The keeper lit the lamp at dusk. Oil was carried up the stairs. Storms broke the glass twice."
+    (pooled,) = SegmentPooled().encode([text])
+    (alone,) = SentenceVectors(engine="torch").encode([text])
+    assert np.array_equal(pooled["spans"], alone["spans"]) and len(pooled["spans"]) == 3
+    p, a = pooled["vectors"].astype(np.float32), alone["vectors"].astype(np.float32)
+    assert np.allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-2)
+    cosine = (p * a).sum(1)
+    assert (cosine > 0.5).all() and (cosine < 0.999).all()  # related, not the same vectors
