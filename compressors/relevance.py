@@ -38,9 +38,10 @@ from .base import ContextParts, Encoded, InvalidParams
 RRF_K = 60
 # The coarse stage keeps this many times the compressor's budget (the fine
 # stage then cuts it to the budget), or, for a compressor without a budget
-# (soft tokens at a fixed rate), this share of the request's tokens. Chosen
-# on the dev split (docs/quality.md): a small reader answers best from a few
-# whole, relevant passages; twice the budget, word-pruned, confuses it.
+# (soft tokens at a fixed rate, llmlingua2 in threshold mode), this share of
+# the request's tokens. Chosen on the dev split (docs/quality.md): a small
+# reader answers best from a few whole, relevant passages; twice the budget,
+# word-pruned, confuses it.
 COARSE_FACTOR = 1.0
 SOFT_KEEP_RATE = 0.5
 # Each kept context's share of the budget is weighted from 1 + DYNAMIC (the
