@@ -38,6 +38,7 @@ class Flow:
     leases: dict[str, str] = field(default_factory=dict)          # key -> lease token held
     segment_of: dict[str, Segment] = field(default_factory=dict)  # key -> segment, when checked
     parts: list[ContextParts] = field(default_factory=list)       # what render reads
+    query_vector: object = None  # future of the query's embedding, with selection
     choices: list = field(default_factory=list)                   # relevance.Choice per context
     rendered: list[Rendered] = field(default_factory=list)
     pool: object = None  # where its CPU work runs after lookup: light with no misses

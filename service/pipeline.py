@@ -111,6 +111,10 @@ class Pipeline:
                     validation.CACHE_MODES[req.cache_mode], options)
         if options is not None:
             await self.check_query_tokens(req.query)
+            # The query's embedding needs no cached value: it runs while the
+            # contexts are segmented and looked up (select awaits it).
+            flow.query_vector = asyncio.get_running_loop().run_in_executor(
+                self.light_pool, self.selector.query, req.query)
         try:
             await self.segment(flow)
             await self.values.lookup(flow)
@@ -235,8 +239,8 @@ class Pipeline:
 
     async def select(self, flow: Flow) -> None:
         """Which segments go on to the compressor: all of them without a
-        query. With one: the sentence embeddings the cache did not have, then
-        the query's, then the most relevant sentences and a budget per
+        query. With one: the sentence embeddings the cache did not have, the
+        query's (started with the request), then the most relevant sentences and a budget per
         context (compressors/relevance.py). A soft compressor gets only the
         segments that hold a kept sentence (each costs a decoder pass, and
         only those are sent); a text compressor gets every segment, so that
@@ -246,10 +250,7 @@ class Pipeline:
         await self.values.encode_misses(flow, [k for ks in flow.vector_keys for k in ks])
         with timed(flow, "select_ms"):
             loop = asyncio.get_running_loop()
-            # The query's embedding: a short model pass, in the model thread
-            # unless every value was cached (then it must not wait for it).
-            pool = self.model_pool if flow.missing else flow.pool
-            q = await loop.run_in_executor(pool, self.selector.query, flow.req.query)
+            q = await flow.query_vector  # started with the request (_compress)
             contexts = [ContextParts(c, segs, []) for c, segs in zip(flow.req.contexts, flow.segmented)]
             vectors = [[flow.found[k] for k in ks] for ks in flow.vector_keys]
             total = sum(s.n_tokens for segs in flow.segmented for s in segs)
