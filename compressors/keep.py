@@ -2,17 +2,21 @@
 
 Torch-free and model-free: everything here works on a context's words (their
 character spans, keep scores and token counts, as LLMLingua2.encode caches
-them) and the request's parameters. `budgets` gives each context its tokens,
+them) and the request's parameters (`Params`, from the request's
+llmlingua2 message, checked). `budgets` gives each context its tokens,
 `select` picks the words (or whole sentences) to keep within them (or, in
 threshold mode, those that score at least the threshold), and
 `join` rebuilds the text from exact substrings of the input.
 """
 
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import ContextParts
+from segpress.v1 import segpress_pb2 as pb
+
+from .base import ContextParts, InvalidParams
 from .segmenter import SENTENCE_END
 
 DEFAULT_RATE = 0.5
@@ -21,6 +25,81 @@ DEFAULT_RATE = 0.5
 FINE_RATE = 0.8
 _DIGIT = re.compile(r"[0-9]")
 _SPACE_RUN = re.compile(r"\s+")
+
+MAX_FORCE_TOKENS = 100
+MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
+GRANULARITIES = {pb.GRANULARITY_WORD: "word", pb.GRANULARITY_SENTENCE: "sentence",
+                 pb.GRANULARITY_SENTENCE_THEN_WORD: "sentence_then_word"}
+
+
+def default_granularity(req: pb.CompressRequest) -> str:
+    """GRANULARITY_UNSPECIFIED: whole sentences unless query-aware selection
+    runs (a query, selection not disabled), where selection has already cut
+    to the relevant sentences and words fill the budget inside them. Without
+    a question, word-level output at rate 0.33 is telegraphic and a reader
+    answers far less from it than from whole sentences (docs/quality.md)."""
+    selecting = req.HasField("query") and not req.selection.disabled
+    return "word" if selecting else "sentence"
+
+
+@dataclass
+class Params:
+    rate: float | None = None
+    target_tokens: int | None = None
+    force_tokens: list[str] = field(default_factory=list)
+    force_reserve_digit: bool = False
+    drop_consecutive: bool = False
+    granularity: str = "word"  # "sentence": whole sentences; "sentence_then_word": both
+    threshold: float | None = None  # keep what scores at least this, instead of a budget
+
+    @classmethod
+    def from_proto(cls, req: pb.CompressRequest) -> "Params":
+        p = req.llmlingua2
+        return cls(
+            rate=p.rate if p.HasField("rate") else None,
+            target_tokens=p.target_tokens if p.HasField("target_tokens") else None,
+            force_tokens=list(p.force_tokens),
+            force_reserve_digit=p.force_reserve_digit,
+            drop_consecutive=p.drop_consecutive,
+            granularity=(default_granularity(req) if p.granularity == pb.GRANULARITY_UNSPECIFIED
+                         else GRANULARITIES.get(p.granularity, f"Granularity value {p.granularity}")),
+            threshold=p.threshold if p.HasField("threshold") else None,
+        )
+
+    def check(self) -> None:
+        if self.granularity not in GRANULARITIES.values():
+            raise InvalidParams(
+                f"llmlingua2.granularity must be GRANULARITY_WORD, GRANULARITY_SENTENCE or "
+                f"GRANULARITY_SENTENCE_THEN_WORD, got {self.granularity}"
+            )
+        given = [name for name in ("rate", "target_tokens", "threshold")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise InvalidParams(
+                f"llmlingua2.{' and llmlingua2.'.join(given)} are mutually exclusive; set one"
+            )
+        if self.rate is not None and not 0.0 < self.rate <= 1.0:  # NaN fails too
+            raise InvalidParams(f"llmlingua2.rate must be in (0, 1], got {self.rate}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            raise InvalidParams(f"llmlingua2.threshold must be in [0, 1], got {self.threshold}")
+        if self.target_tokens is not None and self.target_tokens <= 0:
+            raise InvalidParams(
+                f"llmlingua2.target_tokens must be > 0, got {self.target_tokens}"
+            )
+        if len(self.force_tokens) > MAX_FORCE_TOKENS:
+            raise InvalidParams(
+                f"llmlingua2.force_tokens has {len(self.force_tokens)} entries; "
+                f"the limit is {MAX_FORCE_TOKENS}"
+            )
+        for i, t in enumerate(self.force_tokens):
+            if t == "":
+                raise InvalidParams(f"llmlingua2.force_tokens[{i}] is empty")
+            if len(t) > MAX_FORCE_TOKEN_BYTES or len(t.encode("utf-8")) > MAX_FORCE_TOKEN_BYTES:
+                raise InvalidParams(
+                    f"llmlingua2.force_tokens[{i}] is {len(t.encode('utf-8'))} bytes; the "
+                    f"limit is max_force_token_bytes={MAX_FORCE_TOKEN_BYTES}"
+                )
+
 
 def select(text: str, w: dict[str, np.ndarray], budget: int, params,
            allowed: list[tuple[int, int]] | None = None):

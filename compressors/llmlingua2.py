@@ -47,18 +47,16 @@ Where this differs from the reference `llmlingua` package, and why:
 
 import logging
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from segpress.v1 import segpress_pb2 as pb
-
-from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment,
+from .base import (ContextParts, Encoded, Kind, Rendered, Segment,
                    check_word_scores, length_sorted_batches, pad_right)
-from .keep import budgets, context_words, join, select
+from .keep import (MAX_FORCE_TOKEN_BYTES, MAX_FORCE_TOKENS, Params, budgets, context_words,
+                   join, select)
 from .artifacts import fingerprint
 from .engines import open_engine
 from .export import calibration_passages
@@ -67,90 +65,15 @@ from .segmenter import (count_tokens, segment_text, split_gap, trim_spaces,
 
 NAME = "llmlingua2"
 log = logging.getLogger(__name__)
-MAX_FORCE_TOKENS = 100
-MAX_FORCE_TOKEN_BYTES = 256  # UTF-8 bytes of one force token
-# A word of more than MAX_WORD_TOKENS tokens (ordinary words have far fewer)
-# is kept or dropped in pieces of WORD_PIECE_TOKENS tokens.
 # Model inputs are padded to a multiple of this many tokens, and only inputs
 # of one padded width share a forward pass, so a segment's scores never depend
 # on its batch (see base.length_sorted_batches). A full window (510 tokens and
 # 2 special ones) is 512: no padding.
 PAD_MULTIPLE = 32
+# A word of more than MAX_WORD_TOKENS tokens (ordinary words have far fewer)
+# is kept or dropped in pieces of WORD_PIECE_TOKENS tokens.
 MAX_WORD_TOKENS = 8
 WORD_PIECE_TOKENS = 4
-GRANULARITIES = {pb.GRANULARITY_WORD: "word", pb.GRANULARITY_SENTENCE: "sentence",
-                 pb.GRANULARITY_SENTENCE_THEN_WORD: "sentence_then_word"}
-
-
-def default_granularity(req: pb.CompressRequest) -> str:
-    """GRANULARITY_UNSPECIFIED: whole sentences unless query-aware selection
-    runs (a query, selection not disabled), where selection has already cut
-    to the relevant sentences and words fill the budget inside them. Without
-    a question, word-level output at rate 0.33 is telegraphic and a reader
-    answers far less from it than from whole sentences (docs/quality.md)."""
-    selecting = req.HasField("query") and not req.selection.disabled
-    return "word" if selecting else "sentence"
-
-
-@dataclass
-class Params:
-    rate: float | None = None
-    target_tokens: int | None = None
-    force_tokens: list[str] = field(default_factory=list)
-    force_reserve_digit: bool = False
-    drop_consecutive: bool = False
-    granularity: str = "word"  # "sentence": whole sentences; "sentence_then_word": both
-    threshold: float | None = None  # keep what scores at least this, instead of a budget
-
-    @classmethod
-    def from_proto(cls, req: pb.CompressRequest) -> "Params":
-        p = req.llmlingua2
-        return cls(
-            rate=p.rate if p.HasField("rate") else None,
-            target_tokens=p.target_tokens if p.HasField("target_tokens") else None,
-            force_tokens=list(p.force_tokens),
-            force_reserve_digit=p.force_reserve_digit,
-            drop_consecutive=p.drop_consecutive,
-            granularity=(default_granularity(req) if p.granularity == pb.GRANULARITY_UNSPECIFIED
-                         else GRANULARITIES.get(p.granularity, f"Granularity value {p.granularity}")),
-            threshold=p.threshold if p.HasField("threshold") else None,
-        )
-
-    def check(self) -> None:
-        if self.granularity not in GRANULARITIES.values():
-            raise InvalidParams(
-                f"llmlingua2.granularity must be GRANULARITY_WORD, GRANULARITY_SENTENCE or "
-                f"GRANULARITY_SENTENCE_THEN_WORD, got {self.granularity}"
-            )
-        given = [name for name in ("rate", "target_tokens", "threshold")
-                 if getattr(self, name) is not None]
-        if len(given) > 1:
-            raise InvalidParams(
-                f"llmlingua2.{' and llmlingua2.'.join(given)} are mutually exclusive; set one"
-            )
-        if self.rate is not None and not 0.0 < self.rate <= 1.0:  # NaN fails too
-            raise InvalidParams(f"llmlingua2.rate must be in (0, 1], got {self.rate}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails too
-            raise InvalidParams(f"llmlingua2.threshold must be in [0, 1], got {self.threshold}")
-        if self.target_tokens is not None and self.target_tokens <= 0:
-            raise InvalidParams(
-                f"llmlingua2.target_tokens must be > 0, got {self.target_tokens}"
-            )
-        if len(self.force_tokens) > MAX_FORCE_TOKENS:
-            raise InvalidParams(
-                f"llmlingua2.force_tokens has {len(self.force_tokens)} entries; "
-                f"the limit is {MAX_FORCE_TOKENS}"
-            )
-        for i, t in enumerate(self.force_tokens):
-            if t == "":
-                raise InvalidParams(f"llmlingua2.force_tokens[{i}] is empty")
-            if len(t) > MAX_FORCE_TOKEN_BYTES or len(t.encode("utf-8")) > MAX_FORCE_TOKEN_BYTES:
-                raise InvalidParams(
-                    f"llmlingua2.force_tokens[{i}] is {len(t.encode('utf-8'))} bytes; the "
-                    f"limit is max_force_token_bytes={MAX_FORCE_TOKEN_BYTES}"
-                )
-
-
 class LLMLingua2:
     name = NAME
     kind = Kind.WORD_SCORES
