@@ -24,6 +24,7 @@ A context's relevance, in [0, 1], is its best sentence's mean of the two
 scores scaled within the request (see `fuse`); 1 is the best on both.
 """
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -256,9 +257,7 @@ class BM25:
         self.retriever = None
 
     def __call__(self, query: str) -> np.ndarray:
-        import bm25s
-
-        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+        bm25s = _bm25s()
         q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
         if not q:
             return np.zeros(len(self.texts))
@@ -271,6 +270,16 @@ class BM25:
         if not set(q) & self.vocab:
             return np.zeros(len(self.texts))
         return np.asarray(self.retriever.get_scores(q), dtype=np.float64)
+
+
+@functools.cache
+def _bm25s():
+    """The bm25s module, imported once; it sets its logger to DEBUG on
+    import, and setting it back costs logging a pass over every logger."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 def bm25(query: str, texts: list[str]) -> np.ndarray:
