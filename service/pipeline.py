@@ -240,8 +240,8 @@ class Pipeline:
     async def select(self, flow: Flow) -> None:
         """Which segments go on to the compressor: all of them without a
         query. With one: the sentence embeddings the cache did not have, the
-        query's (started with the request), then the most relevant sentences and a budget per
-        context (compressors/relevance.py). A soft compressor gets only the
+        query's (started with the request), then the most relevant sentences
+        and a budget per context (compressors/relevance.py). A soft compressor gets only the
         segments that hold a kept sentence (each costs a decoder pass, and
         only those are sent); a text compressor gets every segment, so that
         another question on the same contexts is all cache hits."""
