@@ -19,8 +19,11 @@ sentences of the request), minus the question's words and stop words.
 """
 
 import re
+from typing import Callable
 
 import numpy as np
+
+from .lexicon import Lexicon, hop_words, stopwords
 
 # Dev split (docs/quality.md): a gap of a quarter of the best score separates
 # the answer's passage from look-alikes on multidoc and multihop, and no
@@ -30,7 +33,6 @@ HOP_SENTENCES = 1    # the first-ranked sentences whose terms make the second ro
 RARE_SENTENCES = 2   # a lowercase word in at most this many sentences of the request is rare
 RARE_MIN_CHARS = 5   # ... and has at least this many characters
 MAX_TERMS = 8
-_WORD = re.compile(r"\w[\w'\u2019-]*\w|\w")
 
 
 def cut(scores: np.ndarray, separation: float | None = None) -> float:
@@ -48,21 +50,14 @@ def cut(scores: np.ndarray, separation: float | None = None) -> float:
     return float(s[gaps[0]]) if len(gaps) else 0.0
 
 
-def terms(query: str, texts: list[str], first: list[int], stopwords) -> list[str]:
-    """What the sentences `first` (indexes into `texts`, best first) name
-    that `query` does not: capitalised words, then rare lowercase words, each
-    once, at most MAX_TERMS."""
+def terms(query: str, first: list[str], lexicon: Lexicon, stopwords) -> list[str]:
+    """What the sentences `first` (texts, best first) name that `query` does
+    not: capitalised words, then rare lowercase words (by how many of the
+    request's sentences hold them, `lexicon`), each once, at most MAX_TERMS."""
     asked = {w.lower() for w in re.findall(r"\w+", query)}  # "choir's" asks for "choir"
-    frequency: dict[str, int] = {}
-    lower: set[str] = set()  # words that occur in lowercase somewhere
-    for t in texts:
-        found = _WORD.findall(t)
-        lower.update(w for w in found if w.islower())
-        for w in {w.lower() for w in found}:
-            frequency[w] = frequency.get(w, 0) + 1
     out: list[str] = []
-    for i in first:
-        words = _WORD.findall(texts[i])
+    for text in first:
+        words = hop_words(text)
         for j, w in enumerate(words):
             low = w.lower()
             if (low in asked or set(re.findall(r"\w+", low)) <= asked or low in stopwords
@@ -71,9 +66,9 @@ def terms(query: str, texts: list[str], first: list[int], stopwords) -> list[str
             # A capitalised word that opens the sentence is a name when the
             # next word is capitalised too ("Tara Novak") or it never occurs
             # in lowercase ("Tara is", not "However" or "Most").
-            entity = _capital(w) and (j > 0 or low not in lower or
+            entity = _capital(w) and (j > 0 or not lexicon.in_lowercase(low) or
                                       (j + 1 < len(words) and _capital(words[j + 1])))
-            rare = len(w) >= RARE_MIN_CHARS and frequency.get(low, 0) <= RARE_SENTENCES
+            rare = len(w) >= RARE_MIN_CHARS and lexicon.sentences_with(low) <= RARE_SENTENCES
             if entity or rare:
                 out.append(low)
     return out[:MAX_TERMS]
@@ -83,21 +78,19 @@ def _capital(word: str) -> bool:
     return len(word) > 1 and word[0].isupper()
 
 
-def chain(query: str, texts: list[str], relevance: np.ndarray, ctx: np.ndarray, k: int,
-          score) -> tuple[np.ndarray, np.ndarray, int]:
+def chain(query: str, text_of: Callable[[int], str], lexicon: Lexicon, relevance: np.ndarray,
+          ctx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(chain [k] bool, second-round score [n] in [0, 1], the source
-    context): the terms the first-ranked sentences (by `relevance` [n]) name,
-    scored against `texts` by `score(query)` (BM25 over them) as the second
-    round's query; the chain is the contexts, other than the source (the
-    context of the first-ranked sentence), whose best second-round score
-    stands clear of the others' (`cut`). `ctx` [n] is each sentence's context
-    of `k`."""
-    import bm25s.stopwords
-
+    context): the terms the first-ranked sentences (by `relevance` [n]; their
+    texts by `text_of(i)`) name, scored by BM25 over the request's sentences
+    (`lexicon`) as the second round's query; the chain is the contexts,
+    other than the source (the context of the first-ranked sentence), whose
+    best second-round score stands clear of the others' (`cut`). `ctx` [n]
+    is each sentence's context of `k`."""
     top = list(np.argsort(-relevance, kind="stable")[:HOP_SENTENCES])
     source = int(ctx[top[0]])
-    words = terms(query, texts, top, set(bm25s.stopwords.STOPWORDS_EN_PLUS))
-    second = score(" ".join(words)) if words else np.zeros(len(texts))
+    words = terms(query, [text_of(i) for i in top], lexicon, stopwords(plus=True))
+    second = lexicon.bm25(" ".join(words)) if words else np.zeros(len(relevance))
     none = np.zeros(k, dtype=bool)
     if not second.any():
         return none, second, source

@@ -10,8 +10,9 @@ render (the fine stage) then meets the exact budget inside what was kept.
 What is cached is query-independent, per segment, like the compressor's own
 values: each sentence's span and its embedding (compressors/sentence_vectors.py:
 all-MiniLM-L6-v2, unit length, float16). Per request there is
-one embedding (the query), dot products, a BM25 index over the request's
-sentences (bm25s), and a fusion of the two rankings:
+one embedding (the query), dot products, BM25 over the request's sentences
+(compressors/lexicon.py: each segment's words are tokenized once and kept in
+process), and a fusion of the two rankings:
 
     dense_i = <e(query), e(sentence_i)>           cosine (unit vectors)
     bm25_i  = BM25(query, sentence_i)              statistics of this request's sentences
@@ -24,9 +25,6 @@ A context's relevance, in [0, 1], is its best sentence's mean of the two
 scores scaled within the request (see `fuse`); 1 is the best on both.
 """
 
-import functools
-import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +33,7 @@ from segpress.v1 import segpress_pb2 as pb
 
 from . import hop
 from .base import ContextParts, Encoded, InvalidParams
+from .lexicon import Lexicon, SentenceWords
 
 RRF_K = 60
 # The coarse stage keeps this many times the compressor's budget (the fine
@@ -60,7 +59,6 @@ DYNAMIC = 0.3
 # Token costs are sums of float shares: a sum that should be a whole number
 # of tokens may miss it in the last bits.
 EPSILON = 1e-6
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -113,35 +111,43 @@ class Choice:
 
 
 def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
-           query_vector: np.ndarray, budget: int | None, options: Options) -> list[Choice]:
+           query_vector: np.ndarray, budget: int | None, options: Options,
+           words: list[list[SentenceWords]] | None = None) -> list[Choice]:
     """One Choice per context.
 
-    `vectors[k][j]` is the sentence value of segment j of context k;
-    `budget` the tokens the compressor keeps of all contexts (None: it has
-    no budget; the coarse stage alone decides what goes on)."""
+    `vectors[k][j]` is the sentence value of segment j of context k, and
+    `words[k][j]` its sentences' words (made here when not given: the
+    pipeline keeps them per segment); `budget` the tokens the compressor
+    keeps of all contexts (None: it has no budget; the coarse stage alone
+    decides what goes on)."""
     total_tokens = sum(s.n_tokens for p in parts for s in p.segments)
-    # Every sentence of the request: context, global span, tokens, vector.
-    ctx, spans, cost, vecs = [], [], [], []
+    # Every sentence of the request: context [n], global span [n, 2],
+    # tokens [n], vector [n, dim].
+    ctx, spans, cost, vecs, segment_words = [], [], [], [], []
     for k, (part, values) in enumerate(zip(parts, vectors)):
-        for seg, v in zip(part.segments, values):
+        for j, (seg, v) in enumerate(zip(part.segments, values)):
+            sp = np.asarray(v["spans"], np.int64).reshape(-1, 2)  # [m, 2] segment-relative
             # The compressor's tokens of a sentence: the segment's, shared by
             # the sentences' characters, so a segment's sentences cost all of
             # its tokens (keeping every sentence leaves the whole budget).
-            chars = max(int(sum(int(e) - int(s) for s, e in v["spans"])), 1)
-            for (s, e), vec in zip(v["spans"], v["vectors"]):
-                ctx.append(k)
-                spans.append((seg.start + int(s), seg.start + int(e)))
-                cost.append(seg.n_tokens * (int(e) - int(s)) / chars)
-                vecs.append(vec)
-    n = len(ctx)
+            chars = sp[:, 1] - sp[:, 0]
+            ctx.append(np.full(len(sp), k))
+            spans.append(sp + seg.start)
+            cost.append(seg.n_tokens * chars / max(int(chars.sum()), 1))
+            vecs.append(v["vectors"])
+            segment_words.append(words[k][j] if words is not None else
+                                 SentenceWords.of([seg.text[s:e] for s, e in sp.tolist()]))
+    n = sum(map(len, ctx))
     if n == 0:
         return [Choice(0.0, k, [], 0 if budget is not None else None) for k in range(len(parts))]
-    ctx_a, cost_a = np.array(ctx), np.array(cost)
-    texts = [parts[k].text[s:e] for k, (s, e) in zip(ctx, spans)]
+    ctx_a, cost_a, spans_a = np.concatenate(ctx), np.concatenate(cost), np.concatenate(spans)
+    lexicon = Lexicon(segment_words)  # BM25 for both rounds, the hop's counts, the repeat check
 
-    lexical = BM25(texts)  # one index for both rounds
-    fused, sentence_relevance = fuse(query, query_vector, np.asarray(vecs, np.float32), texts,
-                                     options.ranker, lexical)  # [n] each
+    def text_of(i: int) -> str:
+        return parts[ctx_a[i]].text[spans_a[i, 0]:spans_a[i, 1]]
+
+    fused, sentence_relevance = fuse(query, query_vector, np.concatenate(vecs).astype(np.float32),
+                                     options.ranker, lexicon)  # [n] each
     relevance = np.zeros(len(parts))
     np.maximum.at(relevance, ctx_a, sentence_relevance)
     first = _rank(fused, ctx_a, len(parts))  # [k] 0 = the best context of the first round
@@ -151,7 +157,7 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     # The second hop: contexts the terms of the most relevant sentence lead
     # to (their BM25 scores separate at the top), kept right after the best
     # context and that sentence's.
-    chain, second, source = hop.chain(query, texts, sentence_relevance, ctx_a, len(parts), lexical)
+    chain, second, source = hop.chain(query, text_of, lexicon, sentence_relevance, ctx_a, len(parts))
     lead = (first == 0) | (np.arange(len(parts)) == source)  # the best context, the hop's source
     chain &= ~lead
     group = np.where(lead, 0, np.where(chain, 1, 2))  # [k] the lead, its chain, the rest
@@ -177,14 +183,15 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
     seen = _Seen()
     used = 0.0
     first_kept = True
-    for i in order:
-        if not first_kept and (used + cost_a[i] > room + EPSILON or below[ctx_a[i]]):
+    costs, left_out = cost_a.tolist(), below[ctx_a].tolist()  # Python scalars: a fast loop
+    for i in order.tolist():
+        if not first_kept and (used + costs[i] > room + EPSILON or left_out[i]):
             continue  # does not fit, or a context the cut leaves out
-        words = tuple(w.lower() for w in _WORD.findall(texts[i]))
+        words = lexicon.words[i]
         if not options.keep_duplicates and seen.repeats(words):
             continue
         chosen[i], first_kept = True, False
-        used += cost_a[i]
+        used += costs[i]
         seen.add(words)
 
     kept_tokens = np.bincount(ctx_a, weights=cost_a * chosen, minlength=len(parts))
@@ -195,7 +202,7 @@ def choose(parts: list[ContextParts], vectors: list[list[Encoded]], query: str,
 
     out = []
     for k in range(len(parts)):
-        allowed = sorted(spans[i] for i in np.flatnonzero(chosen & (ctx_a == k)))
+        allowed = sorted((int(s), int(e)) for s, e in spans_a[chosen & (ctx_a == k)])
         out.append(Choice(float(min(relevance[k], 1.0)), int(rank[k]), allowed,
                           None if budgets is None else int(budgets[k]),
                           bool(below[k] and not allowed)))
@@ -212,8 +219,8 @@ def _rank(score: np.ndarray, ctx: np.ndarray, k: int) -> np.ndarray:
     return rank
 
 
-def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[str],
-         ranker: str, lexical: "BM25") -> tuple[np.ndarray, np.ndarray]:
+def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, ranker: str,
+         lexicon: Lexicon) -> tuple[np.ndarray, np.ndarray]:
     """Each sentence's relevance to the query, two ways, [n] each:
 
     - the ranking score: reciprocal rank fusion of the dense and BM25
@@ -222,13 +229,13 @@ def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[
       within this request (dense: min to max; BM25: over its max; a ranker
       that tells nothing apart, such as BM25 with no query word anywhere, is
       left out), which keeps the gaps RRF flattens."""
-    n = len(texts)
+    n = len(vectors)
     scores = []  # (score [n], the score that scales to 0)
     if ranker in ("hybrid", "dense"):
         dense = vectors @ query_vector.astype(np.float32)
         scores.append((dense, dense.min()))
     if ranker in ("hybrid", "bm25"):
-        scores.append((lexical(query), 0.0))
+        scores.append((lexicon.bm25(query), 0.0))
     fused, scaled = np.zeros(n), []
     for s, lo in scores:
         # Rank = how many score strictly higher: ties share a rank, so
@@ -241,50 +248,9 @@ def fuse(query: str, query_vector: np.ndarray, vectors: np.ndarray, texts: list[
     return fused, relevance
 
 
-class BM25:
-    """BM25 scores over one request's sentences (bm25s; English stop words
-    out; lowercased words), with the statistics of those sentences. The index
-    is built once, on the first query, and serves the question and the
-    second hop's query.
-
-    All zeros, no lexical signal, when the query or the texts have no word
-    BM25 indexes ("Is it there?", "?", an emoji, one-letter words, stop
-    words only): fuse then ranks by the embeddings alone."""
-
-    def __init__(self, texts: list[str]):
-        self.texts = texts
-        self.vocab: set[str] | None = None  # None: not tokenized yet
-        self.retriever = None
-
-    def __call__(self, query: str) -> np.ndarray:
-        bm25s = _bm25s()
-        q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
-        if not q:
-            return np.zeros(len(self.texts))
-        if self.vocab is None:
-            corpus = bm25s.tokenize(self.texts, stopwords="en", show_progress=False)
-            self.vocab = set(corpus.vocab)
-            if self.vocab:
-                self.retriever = bm25s.BM25()
-                self.retriever.index(corpus, show_progress=False)
-        if not set(q) & self.vocab:
-            return np.zeros(len(self.texts))
-        return np.asarray(self.retriever.get_scores(q), dtype=np.float64)
-
-
-@functools.cache
-def _bm25s():
-    """The bm25s module, imported once; it sets its logger to DEBUG on
-    import, and setting it back costs logging a pass over every logger."""
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    return bm25s
-
-
 def bm25(query: str, texts: list[str]) -> np.ndarray:
-    """BM25 scores [n] of `texts` for `query` (see BM25)."""
-    return BM25(texts)(query)
+    """BM25 scores [n] of `texts` for `query` (Lexicon.bm25)."""
+    return Lexicon.of(texts).bm25(query)
 
 
 class _Seen:

@@ -12,7 +12,7 @@ STAGE = Histogram("segpress_stage_seconds", "Time per request stage", ["stage"],
 CACHE = Counter("segpress_cache_segments_total", "Segments by cache outcome",
                 ["outcome"])  # hit, miss
 LOCAL_CACHE = Counter("segpress_local_cache_total", "In-process LRU lookups (--segment-cache-mb, "
-                      "--local-cache-mb)", ["cache", "outcome"])  # segments|values, hit|miss
+                      "--local-cache-mb)", ["cache", "outcome"])  # segments|words|values, hit|miss
 CACHE_ERRORS = Counter("segpress_cache_errors_total", "Failed cache operations")
 CACHE_REJECTED = Counter("segpress_cache_rejected_total", "Cached values whose HMAC tag failed "
                          "(--cache-secret): treated as misses and overwritten")

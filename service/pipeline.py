@@ -51,6 +51,7 @@ import grpc
 
 from cache.local import LocalCache
 from compressors.base import Compressor, ContextParts, Segment, overlaps
+from compressors.lexicon import SentenceWords
 from compressors.registry import default_of
 from compressors.relevance import choose
 from compressors.sentence_vectors import SentenceVectors
@@ -77,7 +78,8 @@ class Pipeline:
         self.model_requests = 0  # requests holding a model slot (max_queue)
         self.values = SegmentValues(config, store, self.model_pool)
         # Contexts' segmentations (tokenizing is most of a cached request's
-        # time), in process; they never change.
+        # time), and segments' sentences' words for selection, in process;
+        # they never change.
         self.segmentations = LocalCache(config.segment_cache_mb << 20)
 
     async def close(self) -> None:
@@ -255,13 +257,30 @@ class Pipeline:
             vectors = [[flow.found[k] for k in ks] for ks in flow.vector_keys]
             total = sum(s.n_tokens for segs in flow.segmented for s in segs)
             budget = flow.compressor.budget(flow.params, total)
-            flow.choices = await loop.run_in_executor(
-                flow.pool, choose, contexts, vectors, flow.req.query, q, budget, flow.options)
+
+            def pick():
+                words = [[self._sentence_words(k, seg, flow.found[k]) for seg, k in zip(segs, ks)]
+                         for segs, ks in zip(flow.segmented, flow.vector_keys)]
+                return choose(contexts, vectors, flow.req.query, q, budget, flow.options, words)
+
+            flow.choices = await loop.run_in_executor(flow.pool, pick)
         if flow.compressor.output == "tensor":
             keep = [[overlaps(seg, choice.allowed) for seg in segs]
                     for segs, choice in zip(flow.segmented, flow.choices)]
             flow.keys = [[k for k, m in zip(ks, ms) if m] for ks, ms in zip(flow.keys, keep)]
             flow.chosen = [[s for s, m in zip(ss, ms) if m] for ss, ms in zip(flow.chosen, keep)]
+
+    def _sentence_words(self, key: str, segment: Segment, value) -> SentenceWords:
+        """The words of a segment's sentences (compressors/lexicon.py), from
+        the in-process LRU when they are there (`key`: its sentence vectors')."""
+        if not self.segmentations:
+            return SentenceWords.of([segment.text[s:e] for s, e in value["spans"].tolist()])
+        words = self.segmentations.get(("words", key))
+        metrics.LOCAL_CACHE.labels("words", "miss" if words is None else "hit").inc()
+        if words is None:
+            words = SentenceWords.of([segment.text[s:e] for s, e in value["spans"].tolist()])
+            self.segmentations.put(("words", key), words, words.approx_bytes())
+        return words
 
     async def check_rows(self, flow: Flow) -> None:
         """A soft compressor's response size is known from its segments'

@@ -8,6 +8,7 @@ import pytest
 
 from compressors import hop
 from compressors.base import ContextParts, Segment
+from compressors.lexicon import Lexicon
 from compressors.relevance import Options, choose
 from compressors.segmenter import sentence_spans
 
@@ -36,10 +37,11 @@ def test_terms_are_what_the_sentence_names_that_the_question_does_not():
              "Tara Novak moved to Oslo.", "Olga is the warden.", "olga went home, however.",
              "It rained, however.", "It rained again."]
     q = "Which city did the keeper of the old lighthouse's cousin move to?"
-    assert hop.terms(q, texts, [0], STOP) == ["tara", "novak"]
-    assert hop.terms(q, texts, [1], STOP) == []  # "However" also lowercase; neither is rare
-    assert hop.terms(q, texts, [3], STOP) == ["warden"]   # "Olga" is also a lowercase word here
-    assert hop.terms("Who is Tara Novak?", texts, [2], STOP) == ["moved", "oslo"]
+    lexicon = Lexicon.of(texts)
+    assert hop.terms(q, [texts[0]], lexicon, STOP) == ["tara", "novak"]
+    assert hop.terms(q, [texts[1]], lexicon, STOP) == []  # "However" also lowercase; neither is rare
+    assert hop.terms(q, [texts[3]], lexicon, STOP) == ["warden"]  # "Olga" is also a lowercase word here
+    assert hop.terms("Who is Tara Novak?", [texts[2]], lexicon, STOP) == ["moved", "oslo"]
 
 
 def parts_and_vectors(contexts):

@@ -46,10 +46,10 @@ class CountingTiny(Tiny):
         return super().segment(text)
 
 
-def _run(config, compressor, requests):
+def _run(config, compressor, requests, selector=None):
     async def go():
         store, _ = await make_store(config)
-        pipeline = Pipeline(config, {compressor.name: compressor}, store)
+        pipeline = Pipeline(config, {compressor.name: compressor}, store, selector)
         try:
             return [await pipeline.compress(r) for r in requests], pipeline
         finally:
@@ -89,6 +89,28 @@ def test_segmentation_lru_off_segments_every_time(redis_proc):
     (a, b), _ = _run(config, tiny, [req, req])
     _same(a, b)
     assert tiny.segmented == 4
+
+
+def test_selection_words_come_from_the_lru_and_change_nothing(redis_proc, sentence_vectors):
+    """With a question, each segment's sentences' words (for BM25, the hop
+    and the repeat check) are tokenized once and kept in process; the
+    choices are those of a pipeline that tokenizes them every time."""
+    texts = [SAMPLE.read_text(encoding="utf-8"), "Tara Novak moved to Oslo. She keeps the lighthouse.",
+             "The keeper of the lighthouse wrote in his log every night."]
+    ns = f"words-{random.random()}"
+    reqs = [SegpressClient.request(texts, namespace=ns, compressor="tiny", query=q)
+            for q in ("Where did Tara Novak move?", "What did the keeper write?",
+                      "Where did Tara Novak move?")]
+    config = Config(redis_url=redis_proc.url)
+    with_lru, pipeline = _run(config, CountingTiny(), reqs, sentence_vectors)
+    words = [k for k in pipeline.segmentations._items if k[0] == "words"]
+    assert len(words) == with_lru[0].stats.segments  # one entry per segment, made once
+    assert pipeline.segmentations.hits >= 2 * len(words)  # ... and read by the next two requests
+    without, _ = _run(Config(redis_url=redis_proc.url, segment_cache_mb=0), CountingTiny(), reqs,
+                      sentence_vectors)
+    for a, b in zip(with_lru, without):
+        _same(a, b)
+    assert with_lru[0].contexts[1].rank == 0 and with_lru[1].contexts[2].rank == 0
 
 
 @pytest.mark.slow
