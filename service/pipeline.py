@@ -243,10 +243,11 @@ class Pipeline:
         """Which segments go on to the compressor: all of them without a
         query. With one: the sentence embeddings the cache did not have, the
         query's (started with the request), then the most relevant sentences
-        and a budget per context (compressors/relevance.py). A soft compressor gets only the
-        segments that hold a kept sentence (each costs a decoder pass, and
-        only those are sent); a text compressor gets every segment, so that
-        another question on the same contexts is all cache hits."""
+        and a budget per context (compressors/relevance.py); the compressor
+        gets only the segments that hold a kept sentence. So a question costs
+        the sentence embeddings and the compressor's passes over what it keeps,
+        not over every segment; a later question on the same contexts computes
+        the segments it keeps that no earlier one did (never one twice)."""
         if flow.options is None:
             return
         await self.values.encode_misses(flow, [k for ks in flow.vector_keys for k in ks])
@@ -264,11 +265,10 @@ class Pipeline:
                 return choose(contexts, vectors, flow.req.query, q, budget, flow.options, words)
 
             flow.choices = await loop.run_in_executor(flow.pool, pick)
-        if flow.compressor.output == "tensor":
-            keep = [[overlaps(seg, choice.allowed) for seg in segs]
-                    for segs, choice in zip(flow.segmented, flow.choices)]
-            flow.keys = [[k for k, m in zip(ks, ms) if m] for ks, ms in zip(flow.keys, keep)]
-            flow.chosen = [[s for s, m in zip(ss, ms) if m] for ss, ms in zip(flow.chosen, keep)]
+        keep = [[overlaps(seg, choice.allowed) for seg in segs]
+                for segs, choice in zip(flow.segmented, flow.choices)]
+        flow.keys = [[k for k, m in zip(ks, ms) if m] for ks, ms in zip(flow.keys, keep)]
+        flow.chosen = [[s for s, m in zip(ss, ms) if m] for ss, ms in zip(flow.chosen, keep)]
 
     def _sentence_words(self, key: str, segment: Segment, value) -> SentenceWords:
         """The words of a segment's sentences (compressors/lexicon.py), from

@@ -98,7 +98,8 @@ def test_a_cached_query_request_does_not_wait_for_the_model_thread(
     held = Held(srv.target)
     try:
         gated.open()
-        with SegpressClient(srv.target, timeout_s=60) as c:
+        with SegpressClient(srv.target, timeout_s=60) as c:  # every value: all segments, vectors
+            c.compress([CACHED, "Bread needs flour, water and salt."], namespace=ns)
             c.compress([CACHED, "Bread needs flour, water and salt."], namespace=ns,
                        query="When did the harbour freeze?")
         gated.gate.clear()

@@ -50,9 +50,12 @@ def _print_concurrency(k: dict) -> None:
         print(f"   {n:>2} clients: {v['tokens_per_s']:>8.0f} tokens/s ({v['vs_one_client']:.2f}x one client)")
 
 
-def _print_query(q: dict) -> None:
-    print(f"\n5. query-aware selection, {q['contexts']} contexts, {q['tokens']} tokens:")
-    for name in ("cached", "cold"):
-        v = q[name]
-        print(f"   {name:<6}: {v['with_query_ms']:.1f} ms with a query vs {v['without_query_ms']:.1f} ms "
-              f"without = {v['ratio']:.2f}x")
+def _print_query(shapes: dict) -> None:
+    print("\n5. query-aware selection:")
+    for shape, q in shapes.items():
+        print(f"   {shape}: {q['contexts']} contexts, {q['tokens']} tokens, "
+              f"{q['contexts_kept']} kept with the query")
+        for name in ("cached", "cold"):
+            v = q[name]
+            print(f"     {name:<6}: {v['with_query_ms']:.1f} ms with a query vs "
+                  f"{v['without_query_ms']:.1f} ms without = {v['ratio']:.2f}x")
