@@ -391,8 +391,11 @@ type CompressRequest struct {
 	// front of the compressor (see SelectionOptions): the contexts' sentences
 	// are ranked against it and only the most relevant go on to be compressed.
 	// It is never part of a cache key: what is cached per segment (the
-	// compressor's values and the sentence embeddings) is query-independent,
-	// so another question on the same contexts is all cache hits. Not empty
+	// compressor's values and the sentence embeddings) is query-independent.
+	// Sentence embeddings are made for every segment, the compressor's values
+	// only for the segments that hold a kept sentence, so another question on
+	// the same contexts reuses both and computes only the kept segments no
+	// earlier request computed. Not empty
 	// or only whitespace when set; counts toward max_request_bytes and, in
 	// the query embedder's tokens, Info.limits.max_query_tokens.
 	Query *string `protobuf:"bytes,2,opt,name=query,proto3,oneof" json:"query,omitempty"`
