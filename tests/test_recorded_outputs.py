@@ -54,7 +54,11 @@ from conftest import ROOT
 
 RECORDED = json.loads((ROOT / "tests" / "data" / "recorded_outputs.json").read_text())
 ROWS = ROOT / "tests" / "data" / "complm_rows.safetensors"  # complm's response rows on the sample, bfloat16
-ROWS_TOLERANCE = 0.05  # largest relative L2 difference of a row from its recorded value
+# Largest relative L2 difference of a row from its recorded value. bfloat16
+# vs float32 rows differ by <= 1.9% on the sample; a CPU with AMX (amx_bf16)
+# by up to 5.4% from the recording (made without AMX); the same weights 150
+# steps less trained by 12-32%, which this must still catch.
+ROWS_TOLERANCE = 0.08
 
 
 def cpu() -> str:
