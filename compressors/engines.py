@@ -47,9 +47,10 @@ class TorchEngine:
         import torch
         import transformers
 
-        from .export import ONNX_TASKS
+        from .export import ONNX_TASKS, model_output
 
         auto, self.output = ONNX_TASKS[task]
+        self._forward = model_output
         self.dtype = self.tag = resolve_dtype(dtype, device)
         self.device = device
         self.model = getattr(transformers, auto).from_pretrained(
@@ -59,9 +60,9 @@ class TorchEngine:
         import torch
 
         with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(input_ids).to(self.device),
-                             attention_mask=torch.from_numpy(attention_mask).to(self.device))
-            return getattr(out, self.output).float().cpu().numpy()
+            out = self._forward(self.model, self.output, torch.from_numpy(input_ids).to(self.device),
+                                torch.from_numpy(attention_mask).to(self.device))
+            return out.float().cpu().numpy()
 
 
 class OnnxEngine:
@@ -125,8 +126,9 @@ def open_engine(name: str, model_dir: Path, fingerprint: str, *, task: str, who:
     """The engine `name` (one of ENGINES, or "auto": AUTO_CPU on the CPU,
     else torch) for the checkpoint `model_dir`.
 
-    task: "token-classification" (output logits) or "feature-extraction"
-    (last_hidden_state). who: the model's name in error messages. into:
+    task: "token-classification" (output logits), "token-classification-
+    hidden" (logits and last hidden states, export.ONNX_TASKS) or
+    "feature-extraction" (last_hidden_state). who: the model's name in error messages. into:
     where exports go (default the model's directory). calibration: a
     function returning model inputs (openvino-int8 fixes its activation
     scales from them). Raises ValueError for a combination that cannot run
@@ -156,7 +158,7 @@ def open_engine(name: str, model_dir: Path, fingerprint: str, *, task: str, who:
         if name == "openvino":
             graph = ensure_onnx(model_dir, "float32", fingerprint, task=task, into=into) / "model.onnx"
             return OpenVINOEngine(graph, precision, f"openvino:{precision}")
-        built = ensure_openvino_int8(model_dir, fingerprint, calibration)
+        built = ensure_openvino_int8(model_dir, fingerprint, calibration, task)
         # The tag names the quantised weights and scales (another NNCF could
         # make others), and the precision of the float parts.
         scales = built_file_sha256(built, "model.bin")[:16]

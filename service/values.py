@@ -15,6 +15,7 @@ from cache import codec
 from cache.keys import segment_key
 from cache.local import LocalCache
 from compressors.base import Encoded
+from compressors.sentence_vectors import COMPANION
 
 from . import metrics
 from .batcher import MicroBatcher
@@ -166,10 +167,11 @@ class SegmentValues:
                 # (bypass, refresh, no store) every request computes its own.
                 reuse = flow.mode == "use" and self.store is not None
                 computed, owned, reused = await batcher.encode(work, reuse_finished=reuse)
+            computed, companions = self.split_companions(flow, computed)
             flow.found.update(computed)
             flow.owned += owned
             flow.reused += reused
-            await self.store_new(flow, owned + reused)
+            await self.store_new(flow, owned + reused + companions)
         finally:
             held = [k for k in work if k in flow.leases]
             if held:
@@ -177,6 +179,31 @@ class SegmentValues:
                 for k in held:
                     del flow.leases[k]
                 await self.store.release_leases(held, token)
+
+    def split_companions(self, flow: Flow, computed: dict[str, Encoded]
+                         ) -> tuple[dict[str, Encoded], list[str]]:
+        """A value that carries its segment's compressor value beside it
+        (COMPANION: sentence vectors pooled from the classifier's pass) gives
+        that segment's compressor value too, when the request's compressor is
+        that classifier (the same name and cache_id): it goes into flow.found
+        (and the cache) as if the compressor had computed it (it did, in the
+        same pass). Returns the values without it, and the compressor keys
+        so filled."""
+        out, filled = {}, []
+        mine = (flow.compressor.name, flow.compressor.cache_id)
+        for key, value in computed.items():
+            if COMPANION not in value:
+                out[key] = value
+                continue
+            out[key] = {name: array for name, array in value.items() if name != COMPANION}
+            *whose, companion = value[COMPANION]
+            if tuple(whose) != mine:
+                continue
+            ck = segment_key(flow.namespace, *mine, flow.texts[key], self.signer)
+            if ck in flow.texts and ck not in flow.found:
+                flow.found[ck] = companion
+                filled.append(ck)
+        return out, filled
 
     async def store_new(self, flow: Flow, new: list[str]) -> None:
         """Values this request computed or reused for a miss, written back

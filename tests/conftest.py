@@ -219,14 +219,24 @@ def sentence_vectors():
 
 
 @pytest.fixture(scope="session")
-def query_server(redis_proc, llmlingua2, sentence_vectors):
+def pooled_sentences(llmlingua2, sentence_vectors):
+    """Selection's default sentence vectors: pooled from the classifier's
+    pass (the llmlingua2 fixture's), the query embedded by MiniLM."""
+    from compressors.sentence_vectors import ClassifierSentences
+
+    return ClassifierSentences(llmlingua2, sentence_vectors)
+
+
+@pytest.fixture(scope="session")
+def query_server(redis_proc, llmlingua2, pooled_sentences):
     """The real pipeline in this process: llmlingua2 on the default
-    checkpoint and query-aware selection, a real Redis, a real gRPC server."""
+    checkpoint and query-aware selection as served by default (vectors
+    pooled from the classifier's pass), a real Redis, a real gRPC server."""
     from service.config import Config
     from helpers import InProcessServer
 
     s = InProcessServer(Config(port=0, redis_url=redis_proc.url, metrics_port=0),
-                        {"llmlingua2": llmlingua2}, sentence_vectors)
+                        {"llmlingua2": llmlingua2}, pooled_sentences)
     yield s
     s.stop()
 

@@ -48,7 +48,9 @@ def complm_server(redis_proc, decoder_dir):
     s = ServerProcess({
         "SEGPRESS_REDIS_URL": redis_proc.url,
         "SEGPRESS_CACHE_DIR": Config().cache_dir,  # for the shared models; Redis is redis_proc
-        "SEGPRESS_COMPRESSORS": "complm",
+        # llmlingua2 too: a query's sentence vectors come from its classifier
+        # (the default --sentence-vectors) while complm compresses.
+        "SEGPRESS_COMPRESSORS": "complm,llmlingua2",
     })
     yield s
     s.stop()

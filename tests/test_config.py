@@ -92,3 +92,19 @@ def test_the_cli_makes_them_usage_errors(args, env, words):
     r = segpress(*args, env={**os.environ, **env}, timeout=60)
     assert r.returncode == 2
     assert words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sentence_vectors_come_from_the_classifier_where_one_is_loaded(llmlingua2):
+    """--sentence-vectors classifier (the default) pools them from the
+    llmlingua2 instance that serves; minilm, or a server without llmlingua2,
+    embeds each sentence with the sentence model."""
+    from compressors.sentence_vectors import ClassifierSentences, SentenceVectors
+    from service.assemble import sentence_vectors
+
+    config = cfg.Config(sentence_engine="torch")
+    pooled = sentence_vectors(config, {"llmlingua2": llmlingua2})
+    assert isinstance(pooled, ClassifierSentences) and pooled.classifier is llmlingua2
+    assert pooled.cache_id.startswith(llmlingua2.cache_id + ":")
+    assert type(sentence_vectors(dataclasses.replace(config, sentence_vectors="minilm"),
+                                 {"llmlingua2": llmlingua2})) is SentenceVectors
+    assert type(sentence_vectors(config, {"complm": object()})) is SentenceVectors

@@ -39,6 +39,25 @@ def test_onnx_keeps_the_words_torch_keeps(engines, torch_fp32, sample_text):
     assert agreement(want, keep_decisions(engines["onnx-int8"], texts, 0.33)) >= 0.97
 
 
+def test_every_engine_pools_the_sentence_vectors_torch_pools(engines, torch_fp32, sample_text):
+    """Selection's default sentence vectors come out of the same graph as
+    the keep scores (export.LOGITS_HIDDEN): on every engine they point where
+    float32 torch's do (cosine per sentence, float16 vectors)."""
+    import numpy as np
+
+    texts = [s.text for s in torch_fp32.segment(bench_texts(sample_text, 2)[0])]
+    want = np.concatenate([v["vectors"] for v in torch_fp32.encode_with_sentences(texts)[1]])
+    want = want.astype(np.float32)
+    # Measured (min / mean): float32 and bfloat16 0.9999 / 1.0, onnx-int8
+    # 0.992 / 0.995, openvino-int8 0.9986 / 0.9989.
+    floors = {"onnx": 0.999, "openvino-float32": 0.999, "openvino-bfloat16": 0.99,
+              "onnx-int8": 0.98, "openvino-int8": 0.99}
+    for name, floor in floors.items():
+        got = np.concatenate([v["vectors"] for v in engines[name].encode_with_sentences(texts)[1]])
+        cos = (got.astype(np.float32) * want).sum(1)
+        assert cos.min() >= floor and cos.mean() >= (1 + floor) / 2, name
+
+
 def test_each_engine_has_its_own_cache_identity(engines, torch_fp32, model_dir):
     bf16 = LLMLingua2(model_dir, dtype="bfloat16")
     ids = {torch_fp32.cache_id, bf16.cache_id} | {e.cache_id for e in engines.values()}

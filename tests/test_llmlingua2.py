@@ -42,12 +42,17 @@ def test_encode_is_deterministic_and_batch_independent(model_dir, sample_text, e
     c = LLMLingua2(model_dir, dtype=dtype, engine=engine)
     paras = sample_text.split("\n\n")[:4] + [sample_text]
     assert len({len(c.tokenizer(p)["input_ids"]) for p in paras}) == len(paras)
-    alone = [c.encode([p])[0] for p in paras]
-    batched = c.encode(paras)
+    alone = [c.encode_with_sentences([p]) for p in paras]
+    batched = c.encode_with_sentences(paras)
     tolerance = 1e-5 if (engine, dtype) == ("torch", "float32") else 0.0
-    for a, b in zip(alone, batched):
+    for (a,), (v,) in alone:
+        b, w = batched[0].pop(0), batched[1].pop(0)
         assert np.array_equal(a["spans"], b["spans"])
         assert np.allclose(a["scores"], b["scores"], rtol=0, atol=tolerance)
+        # Sentence vectors from the same pass (float16: a float32 difference
+        # can flip a last bit, ~1e-3 at these magnitudes).
+        assert np.array_equal(v["spans"], w["spans"])
+        assert np.allclose(v["vectors"], w["vectors"], rtol=0, atol=100 * tolerance)
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.33, 0.5, 0.8])
@@ -287,3 +292,29 @@ def test_long_unspaced_runs_are_kept_in_pieces(llmlingua2):
         assert r.original_tokens > 1 and 0 < len(r.text) < len(text)
     (r,) = compress(llmlingua2, "two", rate=0.33)
     assert r.text == "two"
+
+
+def test_one_pass_gives_encodes_words_and_each_sentences_vector(llmlingua2):
+    """encode_with_sentences: the word values encode gives, bit for bit, and
+    per sentence (segmenter.sentence_spans) a unit float16 vector; a
+    segment's vectors do not depend on what else shares its pass."""
+    import numpy as np
+
+    from compressors.segmenter import sentence_spans
+
+    texts = ["Tara Novak moved to Hanoi last spring. The harbour froze early that winter.",
+             "서울은 한국의 수도이다. 인구는 약 천만 명이다.",
+             "One sentence only, with a number: 42."]
+    words, vectors = llmlingua2.encode_with_sentences(texts)
+    for w, want in zip(words, llmlingua2.encode(texts)):
+        assert set(w) == set(want) and all(np.array_equal(w[k], want[k]) for k in want)
+    for text, v in zip(texts, vectors):
+        assert v["spans"].tolist() == [list(s) for s in sentence_spans(text)]
+        assert v["vectors"].dtype == np.float16
+        assert v["vectors"].shape == (len(v["spans"]), llmlingua2.hidden_size)
+        assert np.allclose(np.linalg.norm(v["vectors"].astype(np.float32), axis=1), 1, atol=1e-2)
+    (alone,) = llmlingua2.encode_with_sentences(texts[:1])[1]  # torch float32: see above
+    assert np.allclose(alone["vectors"], vectors[0]["vectors"], rtol=0, atol=1e-3)
+    # Two sentences of one segment get different vectors.
+    a, b = vectors[0]["vectors"].astype(np.float32)
+    assert float(a @ b) < 0.95

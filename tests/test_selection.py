@@ -46,22 +46,53 @@ def test_the_passage_the_question_asks_about_comes_first(client, ns):
     assert "Porto" in resp.text and "\n\n\n\n" not in resp.text  # dropped contexts leave no gap
 
 
-def test_a_question_compresses_only_the_segments_it_keeps(client, ns):
-    """Sentence vectors are made for every segment; the compressor's values
-    only for the segments selection kept, each once across questions."""
+def test_one_pass_gives_a_question_its_vectors_and_every_segments_values(client, ns):
+    """Served by default, sentence vectors are pooled from the classifier's
+    pass: a question's one pass over every segment stores the compressor's
+    values of all of them too, so neither a later question nor a request
+    without one passes a segment through the model again."""
     first = client.compress(PASSAGES, namespace=ns, query="Who moved to Oslo?")
     n = first.stats.segments
     assert first.stats.sentence_vector_misses == n and first.stats.cache_hits == 0
-    assert 0 < first.stats.cache_misses < n  # the kept contexts' segments only
+    assert 0 < first.stats.cache_misses < n  # the kept contexts' segments, computed in that pass
     assert first.contexts[1].rank == 0 and "Oslo" in first.contexts[1].text
     again = client.compress(PASSAGES, namespace=ns, query="What did Hiro Gallo do last spring?")
     assert (again.stats.sentence_vector_hits, again.stats.sentence_vector_misses) == (n, 0)
+    assert again.stats.cache_misses == 0 and again.stats.cache_hits > 0
     assert again.contexts[4].rank == 0 and "Zagreb" in again.contexts[4].text
-    repeat = client.compress(PASSAGES, namespace=ns, query="Who moved to Oslo?")
-    assert repeat.stats.cache_misses == 0 and repeat.text == first.text
-    whole = client.compress(PASSAGES, namespace=ns)  # no question: every segment
-    assert whole.stats.cache_hits + whole.stats.cache_misses == n
-    assert whole.stats.cache_hits == first.stats.cache_misses + again.stats.cache_misses
+    whole = client.compress(PASSAGES, namespace=ns)  # no question: every segment, all cached
+    assert (whole.stats.cache_hits, whole.stats.cache_misses) == (n, 0)
+    fresh = client.compress(PASSAGES, namespace=ns + "-b")  # the same values computed alone
+    assert fresh.stats.cache_misses == n and fresh.text == whole.text
+
+
+def test_minilm_vectors_compress_only_the_segments_a_question_keeps(redis_proc, llmlingua2,
+                                                                    sentence_vectors, ns):
+    """With --sentence-vectors minilm, sentence vectors are MiniLM's over
+    every segment; the compressor's values only for the segments selection
+    kept, each once across questions."""
+    from helpers import InProcessServer
+    from service.config import Config
+
+    server = InProcessServer(Config(port=0, redis_url=redis_proc.url, metrics_port=0),
+                             {"llmlingua2": llmlingua2}, sentence_vectors)
+    try:
+        with SegpressClient(server.target, timeout_s=60) as c:
+            first = c.compress(PASSAGES, namespace=ns, query="Who moved to Oslo?")
+            n = first.stats.segments
+            assert first.stats.sentence_vector_misses == n and first.stats.cache_hits == 0
+            assert 0 < first.stats.cache_misses < n  # the kept contexts' segments only
+            assert first.contexts[1].rank == 0 and "Oslo" in first.contexts[1].text
+            again = c.compress(PASSAGES, namespace=ns, query="What did Hiro Gallo do last spring?")
+            assert (again.stats.sentence_vector_hits, again.stats.sentence_vector_misses) == (n, 0)
+            assert again.contexts[4].rank == 0 and "Zagreb" in again.contexts[4].text
+            repeat = c.compress(PASSAGES, namespace=ns, query="Who moved to Oslo?")
+            assert repeat.stats.cache_misses == 0 and repeat.text == first.text
+            whole = c.compress(PASSAGES, namespace=ns)  # no question: every segment
+            assert whole.stats.cache_hits + whole.stats.cache_misses == n
+            assert whole.stats.cache_hits == first.stats.cache_misses + again.stats.cache_misses
+    finally:
+        server.stop()
 
 
 def test_repeated_sentences_are_kept_once_but_same_template_facts_both(client, ns):
@@ -206,7 +237,7 @@ def test_a_malformed_cached_sentence_value_is_a_miss_with_the_same_output(client
     q = "Which city did Olga Petrov move to?"
     first = client.compress(PASSAGES, rate=0.33, namespace=ns, query=q)
     r = redis_proc.client()
-    keys = r.keys(f"segpress:v1:{ns}:sentences:*")
+    keys = r.keys(f"segpress:v1:{ns}:sentences-pooled:*")  # the default vectors
     assert len(keys) == first.stats.segments
     # A valid checksum, but spans outside the segment and the wrong width.
     r.set(keys[0], codec.encode(Kind.SENTENCE_VECTORS, {

@@ -97,9 +97,11 @@ def teacher_segments(cache_dir: str, comp: LLMLingua2, cfg: TrainConfig) -> list
         offsets, surprisal = teacher.tokens(text)
         items = []
         for seg in comp.segment(text):
-            ids, spans, word_of_token = comp._words(seg.text)
+            ids, spans, word_of_unit, unit_token, _ = comp._words(seg.text)
             if not spans:
                 continue
+            word_of_token = np.zeros(len(ids), dtype=np.int64)  # a token's (last) word
+            word_of_token[unit_token] = word_of_unit
             spans = np.asarray(spans, dtype=np.int64) + seg.start
             items.append({
                 "essay": name,

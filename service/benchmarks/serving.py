@@ -293,8 +293,9 @@ class Bench:
         from ..assemble import make_store, sentence_vectors
 
         store, embedded = self.loop.run_until_complete(make_store(self.config))
-        selector = sentence_vectors(self.config)
-        pipe = Pipeline(self.config, {"llmlingua2": self.comp}, store, selector)
+        compressors = {"llmlingua2": self.comp}
+        selector = sentence_vectors(self.config, compressors)
+        pipe = Pipeline(self.config, compressors, store, selector)
         runs = iter(range(10**6))
         try:
             for kw in ({}, {"query": question}):  # fill the cache, both kinds of values

@@ -53,14 +53,15 @@ class Env:
             self._llmlingua2[engine] = LLMLingua2(self.llmlingua2_dir, dtype=dtype, engine=engine)
         return self._llmlingua2[engine]
 
-    def selector(self):
-        """The sentence embedder of query-aware selection as the server runs
-        it (--sentence-engine etc.), loaded once."""
+    def selector(self, classifier):
+        """Query-aware selection's sentence vectors as the server makes them
+        (--sentence-vectors, --sentence-engine etc.), pooled from
+        `classifier`'s pass by default, loaded once."""
         if self._selector is None:
             from ..config import Config
             from ..assemble import sentence_vectors
 
-            self._selector = sentence_vectors(self.config or Config())
+            self._selector = sentence_vectors(self.config or Config(), {"llmlingua2": classifier})
         return self._selector
 
 
@@ -218,7 +219,7 @@ class SegpressQuery(Segpress):
 
     def __init__(self, env):
         super().__init__(env)
-        self.selector = env.selector()
+        self.selector = env.selector(self.comp)
 
     def prepare(self, ex):
         parts = super().prepare(ex)
