@@ -128,7 +128,8 @@ def open_engine(name: str, model_dir: Path, fingerprint: str, *, task: str, who:
 
     task: "token-classification" (output logits), "token-classification-
     hidden" (logits and last hidden states, export.ONNX_TASKS) or
-    "feature-extraction" (last_hidden_state). who: the model's name in error messages. into:
+    "feature-extraction" (last_hidden_state). who: the model's name in
+    error messages. into:
     where exports go (default the model's directory). calibration: a
     function returning model inputs (openvino-int8 fixes its activation
     scales from them). Raises ValueError for a combination that cannot run

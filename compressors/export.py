@@ -147,10 +147,10 @@ def _ByName(model, output: str):
 
 
 def _used(output: str, raw, mask):
-    import torch
-
     """What segpress reads of a model's output, compared by the export's
     probe: keep probabilities of real tokens, or unit mean-pooled vectors."""
+    import torch
+
     if output == LOGITS_HIDDEN:
         return torch.cat([_used("logits", raw[..., :2], mask).flatten(),
                           _used("last_hidden_state", raw[..., 2:], mask).flatten()])

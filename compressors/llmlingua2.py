@@ -165,7 +165,7 @@ class LLMLingua2:
         for si, (ids, *_) in enumerate(words):
             for k in range(0, max(len(ids), 1), self.window):
                 inputs.append((si, ids[k : k + self.window]))
-        chunks: dict[int, np.ndarray] = {}  # input index -> [tokens, 1 + hidden]
+        chunks: dict[int, tuple] = {}  # input index -> (keep [tokens], hidden [tokens, dim])
         special = len(self.prefix_ids) + len(self.suffix_ids)
         for batch in length_sorted_batches([len(ids) + special for _, ids in inputs],
                                            *self._batching()):
@@ -177,8 +177,8 @@ class LLMLingua2:
 
         values, vectors = [], []
         for text, (ids, spans, word_of_unit, unit_token, offsets), parts in zip(texts, words, per_segment):
-            out = np.concatenate(parts)[: len(ids)]  # [tokens, 1 + hidden]
-            unit_probs = out[:, 0][unit_token]
+            keep = np.concatenate([k for k, _ in parts])[: len(ids)]  # [tokens]
+            unit_probs = keep[unit_token]
             n_words = len(spans)
             counts = np.bincount(word_of_unit, minlength=n_words).astype(np.int32)
             sums = np.bincount(word_of_unit, weights=unit_probs, minlength=n_words)
@@ -189,7 +189,8 @@ class LLMLingua2:
                 "tokens": counts,
             })
             if sentences:
-                vectors.append(_sentence_vectors(text, offsets, out[:, 1:]))
+                hidden = np.concatenate([h for _, h in parts])[: len(ids)]  # [tokens, dim]
+                vectors.append(_sentence_vectors(text, offsets, hidden))
         return values, vectors
 
     def _words(self, text: str):
@@ -271,15 +272,14 @@ class LLMLingua2:
         multiple = self._batching()[1] if multiple is None else multiple
         return pad_right(seqs, self.tokenizer.pad_token_id, multiple=multiple)
 
-    def _token_outputs(self, batch: list[list[int]]) -> list[np.ndarray]:
-        """For a batch of token-id lists, every token's keep probability and
-        last hidden state: [tokens, 1 + hidden] each."""
+    def _token_outputs(self, batch: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For a batch of token-id lists, every token's keep probability
+        [tokens] and last hidden state [tokens, dim]."""
         input_ids, mask = self.model_inputs(batch)  # [batch, width] each
-        out = self.engine.run(input_ids.numpy(), mask.numpy())  # [batch, width, 2 + hidden]
-        keep = torch.from_numpy(out[..., :2]).softmax(-1)[..., 1:].numpy()  # [batch, width, 1]
-        out = np.concatenate([keep, out[..., 2:]], -1)
+        out = self.engine.run(input_ids.numpy(), mask.numpy())  # [batch, width, 2 + dim]
+        keep = torch.from_numpy(out[..., :2]).softmax(-1)[..., 1].numpy()  # [batch, width]
         n = len(self.prefix_ids)
-        return [out[i, n : n + len(ids)] for i, ids in enumerate(batch)]
+        return [(keep[i, n : n + len(ids)], out[i, n : n + len(ids), 2:]) for i, ids in enumerate(batch)]
 
     # -- render: the request's budget applied to cached scores -------------
 

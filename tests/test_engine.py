@@ -182,7 +182,10 @@ def test_pipeline_with_engine_onnx(model_dir, redis_proc, tmp_path, sample_text)
 
     (cold, warm), pipeline = asyncio.run(run())
     assert pipeline.compressors["llmlingua2"].cache_id.endswith(":onnx")
-    assert pipeline.selector.cache_id.endswith(":onnx:w8:float16")
+    # Sentence vectors pooled from the classifier's ONNX pass; the query's
+    # embedding from the sentence model on ONNX Runtime.
+    assert pipeline.selector.cache_id.endswith(":onnx:pooled1:float16")
+    assert pipeline.selector.queries.cache_id.endswith(":onnx:w8:float16")
     assert (tmp_path / "models" / "all-minilm-l6-v2" / "onnx-float32" / "model.onnx").is_file()
     assert cold.text == warm.text and cold.text
     assert warm.stats.cache_misses == 0 and warm.stats.sentence_vector_hits == warm.stats.segments
