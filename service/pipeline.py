@@ -126,6 +126,8 @@ class Pipeline:
                 await self.values.encode_misses(flow, [k for ks in flow.keys for k in ks])
         finally:
             await self.values.let_go(flow)
+            if flow.query_vector is not None and not flow.query_vector.done():
+                flow.query_vector.cancel()  # the request failed before selection needed it
         await self.render(flow)
         return responses.respond(flow, t0, self.config.max_message_bytes)
 

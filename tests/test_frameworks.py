@@ -219,6 +219,11 @@ def test_compressor_parameters_pass_through(server, fw):
     out = fw.run(fw.make(target=server.target, rate=0.3, force_tokens=["Wren"], namespace="fw-test"),
                  fw.docs(TEXTS))
     assert "Wren" in fw.text(out[1])
+    # Threshold mode: the words scoring at least 0.6, as the client's own call keeps them.
+    out = fw.run(fw.make(target=server.target, threshold=0.6, granularity="word"), fw.docs(TEXTS))
+    with SegpressClient(server.target) as client:
+        want = client.compress(TEXTS[:1], threshold=0.6, granularity="word")
+    assert fw.text(out[0]) == want.text and fw.meta(out[0])["segpress_compressed_tokens"] > 0
 
 
 def test_other_request_keywords_pass_through_options(server, fw):

@@ -43,7 +43,7 @@ log = logging.getLogger("segpress.integration")
 SOFT_TOKEN_COMPRESSORS = soft_token_compressors()
 ON_ERROR = ("raise", "passthrough")
 # The request keywords an integration passes through, by attribute name.
-OPTIONS = ("compressor", "rate", "target_tokens", "granularity", "force_tokens",
+OPTIONS = ("compressor", "rate", "target_tokens", "threshold", "granularity", "force_tokens",
            "force_reserve_digit", "drop_consecutive", "namespace", "cache")
 METADATA_KEYS = ("segpress_original_tokens", "segpress_compressed_tokens", "segpress_segments",
                  "segpress_cache_hits", "segpress_cache_misses", "segpress_compressor",

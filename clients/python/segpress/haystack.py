@@ -33,7 +33,8 @@ class SegpressDocumentCompressor:
     Connect with `target` ("host:port") and `client_options` (the keywords of
     SegpressClient: token, TLS, timeout_s, retry), or pass a `client` (and for
     `run_async` an `async_client`) you manage. `compressor`, `rate`,
-    `target_tokens`, `granularity` ("word" or "sentence"), `force_tokens`,
+    `target_tokens`, `threshold` (keep every word scoring at least it),
+    `granularity` ("word" or "sentence"), `force_tokens`,
     `force_reserve_digit`, `drop_consecutive`, `namespace` and `cache` go into
     every request as in `SegpressClient.compress`, and so do the keywords
     in `options` (for example the query-aware selection's `keep_rate`,
@@ -57,6 +58,7 @@ class SegpressDocumentCompressor:
         compressor: str = "",
         rate: float | None = None,
         target_tokens: int | None = None,
+        threshold: float | None = None,
         granularity: str | None = None,
         force_tokens: list[str] | None = None,
         force_reserve_digit: bool = False,
@@ -71,6 +73,7 @@ class SegpressDocumentCompressor:
         self.compressor = compressor
         self.rate = rate
         self.target_tokens = target_tokens
+        self.threshold = threshold
         self.granularity = granularity
         self.force_tokens = list(force_tokens or ())
         self.force_reserve_digit = force_reserve_digit
@@ -100,7 +103,7 @@ class SegpressDocumentCompressor:
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self, target=self.target, compressor=self.compressor, rate=self.rate,
-            target_tokens=self.target_tokens, granularity=self.granularity,
+            target_tokens=self.target_tokens, threshold=self.threshold, granularity=self.granularity,
             force_tokens=self.force_tokens, force_reserve_digit=self.force_reserve_digit,
             drop_consecutive=self.drop_consecutive, namespace=self.namespace, cache=self.cache,
             options=self.options, timeout_s=self.timeout_s, on_error=self.on_error)

@@ -37,7 +37,8 @@ class SegpressNodePostprocessor(BaseNodePostprocessor):
     Connect with `target` ("host:port") and `client_options` (the keywords of
     SegpressClient: token, TLS, timeout_s, retry), or pass a `client` (and for
     the async path an `async_client`) you manage. `compressor`, `rate`,
-    `target_tokens`, `granularity` ("word" or "sentence"), `force_tokens`,
+    `target_tokens`, `threshold` (keep every word scoring at least it),
+    `granularity` ("word" or "sentence"), `force_tokens`,
     `force_reserve_digit`, `drop_consecutive`, `namespace` and `cache` go into
     every request as in `SegpressClient.compress`, and so do the keywords
     in `options` (for example the query-aware selection's `keep_rate`,
@@ -56,6 +57,7 @@ class SegpressNodePostprocessor(BaseNodePostprocessor):
     compressor: str = ""
     rate: float | None = None
     target_tokens: int | None = None
+    threshold: float | None = None
     granularity: str | None = None
     force_tokens: list[str] = Field(default_factory=list)
     force_reserve_digit: bool = False
