@@ -56,7 +56,8 @@ def srv(redis_proc):
     s.stop()
 
 
-def compress_on_page(driver, url: str, text: str, question: str = "", split: bool = True) -> None:
+def compress_on_page(driver, url: str, text: str, question: str = "", split: bool = True,
+                     threshold: str = "") -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -68,6 +69,8 @@ def compress_on_page(driver, url: str, text: str, question: str = "", split: boo
         driver.find_element(By.ID, "split").click()
     if question:
         driver.find_element(By.ID, "question").send_keys(question)
+    if threshold:
+        driver.find_element(By.ID, "threshold").send_keys(threshold)
     runs = driver.execute_script("return Number(document.body.dataset.runs || 0)")
     driver.find_element(By.ID, "run").click()
     wait.until(lambda d: d.execute_script("return Number(document.body.dataset.runs || 0)") > runs
@@ -144,3 +147,19 @@ def test_selection_shows_relevance_and_kept_flags(browser, query_srv):
         assert " ".join(box["kept"]) == " ".join(c["text"].split())
         assert f"relevance {c['relevance']:.2f}, rank {c['rank'] + 1}" in box["header"]
         assert ("kept" if c["kept"] else "dropped") in box["header"]
+
+
+def test_a_threshold_replaces_the_rate(browser, query_srv):
+    """The page's threshold field sends llmlingua2.threshold in place of the
+    rate: every word scoring at least it, as the API keeps them."""
+    compress_on_page(browser, query_srv.http_url, TEXT, threshold="0.6")
+    contexts = TEXT.split("\n\n")
+    want = httpx.post(query_srv.http_url + "/v1/compress", timeout=60, json={
+        "contexts": contexts, "compressor": "llmlingua2",
+        "llmlingua2": {"threshold": 0.6, "granularity": "GRANULARITY_WORD"}}).json()
+    rate = httpx.post(query_srv.http_url + "/v1/compress", timeout=60, json={
+        "contexts": contexts, "compressor": "llmlingua2",
+        "llmlingua2": {"rate": 0.33, "granularity": "GRANULARITY_WORD"}}).json()
+    assert want["text"] != rate["text"]  # the threshold is not the rate's output
+    for box, c in zip(rendered(browser), want["contexts"]):
+        assert " ".join(box["kept"]) == " ".join(c["text"].split())
