@@ -11,6 +11,7 @@ Adding an engine is one class here with `run`, `tag`, `pads` and `dtype`,
 one branch in `open_engine`, and one test in tests/test_engine.py.
 """
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -47,10 +48,9 @@ class TorchEngine:
         import torch
         import transformers
 
-        from .export import ONNX_TASKS, model_output
+        from .export import ONNX_TASKS
 
         auto, self.output = ONNX_TASKS[task]
-        self._forward = model_output
         self.dtype = self.tag = resolve_dtype(dtype, device)
         self.device = device
         self.model = getattr(transformers, auto).from_pretrained(
@@ -59,9 +59,11 @@ class TorchEngine:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         import torch
 
+        from .export import model_output
+
         with torch.inference_mode():
-            out = self._forward(self.model, self.output, torch.from_numpy(input_ids).to(self.device),
-                                torch.from_numpy(attention_mask).to(self.device))
+            out = model_output(self.model, self.output, torch.from_numpy(input_ids).to(self.device),
+                               torch.from_numpy(attention_mask).to(self.device))
             return out.float().cpu().numpy()
 
 
@@ -160,9 +162,12 @@ def open_engine(name: str, model_dir: Path, fingerprint: str, *, task: str, who:
             graph = ensure_onnx(model_dir, "float32", fingerprint, task=task, into=into) / "model.onnx"
             return OpenVINOEngine(graph, precision, f"openvino:{precision}")
         built = ensure_openvino_int8(model_dir, fingerprint, calibration, task)
-        # The tag names the quantised weights and scales (another NNCF could
-        # make others), and the precision of the float parts.
-        scales = built_file_sha256(built, "model.bin")[:16]
+        # The tag names the quantised graph, its weights and scales (another
+        # NNCF, or another float graph, could make others: the graph with
+        # hidden states kept model.bin's bytes and moved logits by up to 0.18),
+        # and the precision of the float parts.
+        scales = hashlib.sha256("".join(built_file_sha256(built, f) for f in ("model.xml", "model.bin"))
+                                .encode()).hexdigest()[:16]
         engine = OpenVINOEngine(built / "model.xml", precision, f"openvino-int8-{scales}:{precision}")
         engine.name = name
         return engine

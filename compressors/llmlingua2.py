@@ -171,7 +171,7 @@ class LLMLingua2:
                                            *self._batching()):
             for i, out in zip(batch, self._token_outputs([inputs[i][1] for i in batch])):
                 chunks[i] = out
-        per_segment: list[list[np.ndarray]] = [[] for _ in texts]
+        per_segment: list[list[tuple]] = [[] for _ in texts]
         for i, (si, _) in enumerate(inputs):
             per_segment[si].append(chunks[i])
 

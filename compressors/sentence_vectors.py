@@ -169,7 +169,6 @@ class ClassifierSentences:
         self.classifier = classifier
         self.queries = queries
         self.dim = int(classifier.hidden_size)
-        self.model_id = f"{classifier.model_id} (pooled sentences)"
         # The classifier's weights and engine, and this pooling's version.
         self.cache_id = f"{classifier.cache_id}:pooled1:float16"
 
