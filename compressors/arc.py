@@ -46,7 +46,7 @@ from segpress.v1 import segpress_pb2 as pb
 
 from .arc_model import DEFAULT_WEIGHTS, load_model
 from .base import InvalidParams
-from .soft_tokens import SoftTokens, check_output_dtype, output_dtype
+from .soft_tokens import SoftTokens, check_output_dtype, check_refine_steps, output_dtype
 
 NAME = "arc"
 DEFAULT_FACTOR = 4
@@ -57,15 +57,18 @@ class Params:
     pooling_factor: int = DEFAULT_FACTOR  # tokens per row
     output_dtype: str = "float32"  # element type of the returned tensors
     decoder: str = ""  # the decoder the caller will use; "" = ours
+    refine_steps: int = 0  # optimizer steps on each segment's rows (compressors/refine.py)
 
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.arc
         return cls(pooling_factor=p.pooling_factor or DEFAULT_FACTOR,
-                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder)
+                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder,
+                   refine_steps=p.refine_steps)
 
     def check(self) -> None:
         check_output_dtype(NAME, self.output_dtype)
+        check_refine_steps(NAME, self.refine_steps)
 
 
 def rows_name(factor: int) -> str:
@@ -82,8 +85,8 @@ class Arc(SoftTokens):
     load_model = staticmethod(load_model)
 
     def __init__(self, decoder_dir, weights=DEFAULT_WEIGHTS, device: str = "cpu",
-                 batch_size: int = 32, dtype: str = "float32"):
-        super().__init__(decoder_dir, weights, device, batch_size, dtype)
+                 batch_size: int = 32, dtype: str = "float32", max_refine_steps: int = 0):
+        super().__init__(decoder_dir, weights, device, batch_size, dtype, max_refine_steps)
         # Every factor the weights were trained for is served (Info lists them).
         self.pooling_factors = tuple(self.config.factors)
         if DEFAULT_FACTOR not in self.pooling_factors:

@@ -126,6 +126,12 @@ class Compressor(Protocol):
         """Raises InvalidParams for parameters this model cannot serve."""
         ...
 
+    def variant(self, params) -> "Compressor":
+        """The compressor that serves `params` (already checked): itself,
+        unless a parameter changes what is cached (a soft compressor's
+        refine_steps), in which case one with its own cache_id."""
+        ...
+
     def budget(self, params, total_tokens: int) -> int | None:
         """Tokens the request keeps of `total_tokens` (all its contexts), or
         None when the compressor has no budget (a fixed rate): what the

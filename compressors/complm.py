@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from segpress.v1 import segpress_pb2 as pb
 
 from .complm_model import DEFAULT_WEIGHTS, load_model
-from .soft_tokens import SoftTokens, check_output_dtype, output_dtype
+from .soft_tokens import SoftTokens, check_output_dtype, check_refine_steps, output_dtype
 
 NAME = "complm"
 
@@ -57,14 +57,17 @@ NAME = "complm"
 class Params:
     output_dtype: str = "float32"  # element type of the returned tensors
     decoder: str = ""  # the decoder the caller will use; "" = ours
+    refine_steps: int = 0  # optimizer steps on each segment's CEs (compressors/refine.py)
 
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.complm
-        return cls(output_dtype=output_dtype(p.output_dtype), decoder=p.decoder)
+        return cls(output_dtype=output_dtype(p.output_dtype), decoder=p.decoder,
+                   refine_steps=p.refine_steps)
 
     def check(self) -> None:
         check_output_dtype(NAME, self.output_dtype)
+        check_refine_steps(NAME, self.refine_steps)
 
 
 class CompLLM(SoftTokens):
@@ -76,8 +79,8 @@ class CompLLM(SoftTokens):
     load_model = staticmethod(load_model)
 
     def __init__(self, decoder_dir, weights=DEFAULT_WEIGHTS, device: str = "cpu",
-                 batch_size: int = 64, dtype: str = "float32"):
-        super().__init__(decoder_dir, weights, device, batch_size, dtype)
+                 batch_size: int = 64, dtype: str = "float32", max_refine_steps: int = 0):
+        super().__init__(decoder_dir, weights, device, batch_size, dtype, max_refine_steps)
 
     def value_rows(self, n_tokens: int) -> dict[str, int]:
         return {"ces": self.model.slots(n_tokens)}

@@ -131,6 +131,9 @@ class LLMLingua2:
     def check_params(self, params: Params) -> None:
         """Checks that need the model: none (Params.check covers them all)."""
 
+    def variant(self, params: Params) -> "LLMLingua2":
+        return self  # no parameter changes what is cached
+
     # -- segment -----------------------------------------------------------
 
     def segment(self, text: str) -> list[Segment]:

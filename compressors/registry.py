@@ -51,7 +51,8 @@ def _complm(config) -> Compressor:
     from .models import ensure_smollm2
 
     return CompLLM(ensure_smollm2(config.models_dir), weights_path("complm", config),
-                   device=config.device, batch_size=config.batch_size * 4, dtype=config.model_dtype)
+                   device=config.device, batch_size=config.batch_size * 4, dtype=config.model_dtype,
+                   max_refine_steps=config.max_refine_steps)
 
 
 def _arc(config) -> Compressor:
@@ -59,7 +60,8 @@ def _arc(config) -> Compressor:
     from .models import ensure_smollm2
 
     return Arc(ensure_smollm2(config.models_dir), weights_path("arc", config),
-               device=config.device, batch_size=config.batch_size * 2, dtype=config.model_dtype)
+               device=config.device, batch_size=config.batch_size * 2, dtype=config.model_dtype,
+               max_refine_steps=config.max_refine_steps)
 
 
 REGISTRY: dict[str, Entry] = {

@@ -6,9 +6,16 @@ rows per segment, and answer with a context's rows followed by a learned
 <Cont> row. A subclass says only what differs: its name and Params, how its
 model is loaded, which rows a segment's cached value holds (`value_rows`,
 `encode_batch`) and which of them a request reads (`rows_name`).
+
+A request with `refine_steps` > 0 is served by `variant(params)`: the same
+compressor with those rows refined at compress time (compressors/refine.py)
+under a cache identity of their own, its value holding only the refined
+array the request reads.
 """
 
+import copy
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment
                    length_sorted_batches, overlaps)
 from .engines import resolve_dtype
 from .models import SMOLLM2
+from .refine import LR, refine_rows
 from .segmenter import count_tokens, segment_text
 
 # Element types the response tensor can have (proto DType -> name).
@@ -43,6 +51,13 @@ def check_output_dtype(name: str, output_dtype: str) -> None:
                             f"got {output_dtype!r}")
 
 
+def check_refine_steps(name: str, steps: int) -> None:
+    """A soft compressor's `refine_steps` is not negative (the most a server
+    allows is checked with the model: SoftTokens.check_params)."""
+    if steps < 0:
+        raise InvalidParams(f"{name}.refine_steps must be 0 (no refinement) or more, got {steps}")
+
+
 class SoftTokens:
     """Base of complm and arc (see base.SoftCompressor for the contract)."""
 
@@ -54,9 +69,18 @@ class SoftTokens:
     # (decoder_dir, weights, dtype, device, fold) -> (model, tokenizer)
     load_model: Callable
 
+    refine_steps = 0  # > 0 in a variant: its rows are refined this many steps
+    refined_rows = ""  # the array a variant's value holds (its rows_name)
+
     def __init__(self, decoder_dir: str | Path, weights: str | Path, device: str = "cpu",
-                 batch_size: int = 32, dtype: str = "float32"):
+                 batch_size: int = 32, dtype: str = "float32", max_refine_steps: int = 0):
         self.dtype = resolve_dtype(dtype, device)
+        self.decoder_dir, self.device = decoder_dir, device
+        # Most refine_steps a request may ask for (Info: limits.max_refine_steps).
+        self.limits = {"max_refine_steps": max_refine_steps}
+        self._variants: dict[tuple[int, str], SoftTokens] = {}
+        self._plain: list = []  # the unchanged decoder refinement reads, loaded on first use
+        self._lock = threading.Lock()
         # The server only compresses (the caller's decoder reads the rows),
         # so the LoRA is folded into the layers it adapts: one matmul each.
         self.model, self.tokenizer = type(self).load_model(decoder_dir, weights, self.dtype, device,
@@ -91,12 +115,39 @@ class SoftTokens:
     # -- the contract ------------------------------------------------------------
 
     def check_params(self, params) -> None:
-        """The request's decoder, if named, must be the one the rows are made for."""
+        """The request's decoder, if named, must be the one the rows are made
+        for, and refine_steps within this server's limit."""
+        most = self.limits["max_refine_steps"]
+        if params.refine_steps and params.refine_steps > most:
+            raise InvalidParams(
+                f"{self.name}.refine_steps is {params.refine_steps}; this server refines at most "
+                f"{most} steps (Info: limits.max_refine_steps; the server's --max-refine-steps)")
         if params.decoder and params.decoder not in (self.decoder_id, self.decoder_fingerprint):
             raise InvalidParams(
                 f"{self.name}.decoder is {params.decoder!r}, but this server's {self.name} makes "
                 f"{self.what} only for decoder {self.decoder_id!r} (fingerprint "
                 f"{self.decoder_fingerprint}); leave {self.name}.decoder empty or name that decoder")
+
+    def variant(self, params) -> "SoftTokens":
+        """The compressor that serves `params`: this one, or, with
+        refine_steps, a copy whose value is the request's rows refined that
+        many steps, cached under its own identity (one copy per steps and
+        rows, shared by every request that asks for them)."""
+        if not params.refine_steps:
+            return self
+        key = (params.refine_steps, self.rows_name(params))
+        with self._lock:
+            if key not in self._variants:
+                v = copy.copy(self)
+                v.refine_steps, v.refined_rows = key
+                v.cache_id = f"{self.cache_id}:refine{key[0]}:lr{LR}:{key[1]}"
+                self._variants[key] = v
+            return self._variants[key]
+
+    def cached_rows(self, n_tokens: int) -> dict[str, int]:
+        """value_rows, or a variant's one refined array of them."""
+        rows = self.value_rows(n_tokens)
+        return {self.refined_rows: rows[self.refined_rows]} if self.refine_steps else rows
 
     def budget(self, params, total_tokens: int) -> None:
         """No token budget: a segment's rows are fixed by its tokens."""
@@ -113,7 +164,7 @@ class SoftTokens:
 
     def rows(self, segment: Segment, params) -> int:
         """Rows render gives `segment` with `params`, from its tokens alone."""
-        return self.value_rows(self.n_tokens(segment.text))[self.rows_name(params)]
+        return self.cached_rows(self.n_tokens(segment.text))[self.rows_name(params)]
 
     def end_rows(self) -> int:
         return 1  # the <Cont> row
@@ -121,7 +172,7 @@ class SoftTokens:
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
         """Exactly the arrays encode makes of this segment's text: float32
         [rows, hidden] each, finite."""
-        want = self.value_rows(self.n_tokens(segment.text))
+        want = self.cached_rows(self.n_tokens(segment.text))
         try:
             return set(encoded) == set(want) and all(
                 encoded[k].dtype == np.float32 and encoded[k].shape == (rows, self.hidden_size)
@@ -129,16 +180,40 @@ class SoftTokens:
         except (AttributeError, TypeError):
             return False
 
-    @torch.inference_mode()
     def encode(self, texts: list[str]) -> list[Encoded]:
-        """Per segment: its value, float32 arrays by name (value_rows)."""
+        """Per segment: its value, float32 arrays by name (cached_rows)."""
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         out: list[Encoded] = [{} for _ in ids]
         for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
-            for name, per_segment in self.encode_batch([ids[i] for i in batch]).items():
+            with torch.inference_mode():
+                arrays = self.encode_batch([ids[i] for i in batch])
+            if self.refine_steps:
+                arrays = {self.refined_rows: self._refine(arrays[self.refined_rows], [ids[i] for i in batch])}
+            for name, per_segment in arrays.items():
                 for i, r in zip(batch, per_segment):
                     out[i][name] = r.float().cpu().numpy()
         return out
+
+    def _refine(self, rows: list[torch.Tensor], ids: list[list[int]]) -> list[torch.Tensor]:
+        """The variant's rows of a batch, refined (compressors/refine.py) on
+        the unchanged decoder, padded to one width for segments of up to
+        max_segment_tokens tokens."""
+        most = self.value_rows(self.max_segment_tokens)[self.refined_rows]
+        width = max([1 + most + self.max_segment_tokens] + [1 + len(r) + len(t) for r, t in zip(rows, ids)])
+        rec = self.model.task("rec").detach()
+        bos_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        return refine_rows(self._plain_decoder(), bos_id, rec, [r.float() for r in rows], ids,
+                           self.refine_steps, width)
+
+    def _plain_decoder(self):
+        """The decoder without the encoder's LoRA, frozen: what reads the rows."""
+        with self._lock:
+            if not self._plain:
+                from transformers import AutoModelForCausalLM
+
+                decoder = AutoModelForCausalLM.from_pretrained(self.decoder_dir, dtype=getattr(torch, self.dtype))
+                self._plain.append(decoder.to(self.device).eval().requires_grad_(False))
+            return self._plain[0]
 
     def render(self, contexts: list[ContextParts], params, query: str | None = None) -> list[Rendered]:
         """Each context's rows (the request's array of each segment that

@@ -49,6 +49,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --query: keep repeated sentences every time")
     p.add_argument("--min-relevance", type=float,
                    help="with --query: drop contexts less relevant than this, in [0, 1]")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="complm/arc: optimizer steps on each segment's rows at compress time "
+                   "(slower once, then cached; better answers from the rows)")
     p.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     p.add_argument("--namespace", default="")
 
@@ -61,4 +64,4 @@ def request_options(args) -> dict:
                 compressor=args.compressor, rate=args.rate, target_tokens=args.target_tokens,
                 threshold=args.threshold, force_tokens=list(args.force_tokens),
                 force_reserve_digit=args.force_reserve_digit, granularity=args.granularity,
-                cache=args.cache, namespace=args.namespace)
+                refine_steps=args.refine_steps, cache=args.cache, namespace=args.namespace)

@@ -81,6 +81,10 @@ class Config:
     torch_threads: int = field(default=0, metadata={
         "help": "torch intra-op threads for the model (0: torch's default)"})
     batch_size: int = field(default=16, metadata={"help": "segments per model forward pass"})
+    max_refine_steps: int = field(default=32, metadata={
+        "help": "most refine_steps a complm or arc request may ask for (optimizer steps on each "
+                "segment's rows at compress time, about one decoder forward and backward pass "
+                "per segment and step); 0 turns refinement off"})
     max_contexts: int = field(default=256, metadata={"help": "most contexts per request"})
     max_request_bytes: int = field(default=8 << 20, metadata={
         "help": "most UTF-8 bytes of contexts plus query per request"})

@@ -75,7 +75,7 @@ def validate(req: pb.CompressRequest, config, compressors: dict[str, Compressor]
         options = Options.from_proto(req.selection)
     except InvalidParams as e:
         raise RequestError(invalid, str(e)) from None
-    return compressor, params, _check_query(req, options, selector)
+    return compressor.variant(params), params, _check_query(req, options, selector)
 
 def _check_query(req: pb.CompressRequest, options: Options, selector) -> Options | None:
     """The selection options when selection runs for this request."""

@@ -29,7 +29,7 @@ class SegmentValues:
         self.signer = getattr(store, "signer", None)
         self.model_pool = model_pool
         self.max_batch_segments = config.max_batch_segments
-        self._batchers: dict[str, MicroBatcher] = {}
+        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         # When --local-cache-mb is set, decoded values in front of Redis.
         self.hot_values = LocalCache(config.local_cache_mb << 20)
 
@@ -38,11 +38,12 @@ class SegmentValues:
             await b.close()
 
     def batcher(self, encoder) -> MicroBatcher:
-        """The micro-batcher of a compressor or of the sentence embedder."""
-        if encoder.name not in self._batchers:
-            self._batchers[encoder.name] = MicroBatcher(
-                encoder, self.model_pool, self.max_batch_segments)
-        return self._batchers[encoder.name]
+        """The micro-batcher of a compressor or of the sentence embedder, one
+        per cache identity (a soft compressor's refined rows have their own)."""
+        key = (encoder.name, encoder.cache_id)
+        if key not in self._batchers:
+            self._batchers[key] = MicroBatcher(encoder, self.model_pool, self.max_batch_segments)
+        return self._batchers[key]
 
     async def let_go(self, flow: Flow) -> None:
         """After a request's values are stored (or it failed): single flight

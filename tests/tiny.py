@@ -49,6 +49,9 @@ class Tiny:
     def check_params(self, params) -> None:
         pass
 
+    def variant(self, params):
+        return self
+
     def budget(self, params, total_tokens: int) -> None:
         return None  # it keeps what scores >= 0.5, whatever the size
 

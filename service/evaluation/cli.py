@@ -50,6 +50,8 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pooling-factor", type=int, default=0, help="arc: tokens per row (0: its default)")
+    p.add_argument("--refine-steps", type=int, default=0, help="optimizer steps on each segment's rows "
+                   "at compress time (compressors/refine.py; 0: the encoder's rows as they are)")
     p.add_argument("--reconstructions", type=int, default=32,
                    help="held-out segments regenerated greedily from their rows and <Rec> "
                         "(weights with task rows; 0: skip)")

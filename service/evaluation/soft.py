@@ -125,19 +125,26 @@ def continuation_losses(decoder, comp, params, examples: list[dict], bos_id: int
 def soft_compressor(name: str, decoder_dir, config, args):
     """(compressor, its Params for this run, weights path) for `name`: the
     weights of --weights, else those the configuration names (SEGPRESS_WEIGHTS),
-    else the shipped ones."""
+    else the shipped ones; with --refine-steps, the variant that refines its
+    rows that many steps."""
     from compressors.registry import weights_path
 
     weights = args.weights_file or weights_path(name, config)
+    steps = args.refine_steps
     if name == "arc":
         from compressors.arc import Arc
 
-        comp = Arc(decoder_dir, weights, dtype=config.model_dtype)
-        return comp, comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor), weights
-    from compressors.complm import CompLLM
+        comp = Arc(decoder_dir, weights, dtype=config.model_dtype, max_refine_steps=steps)
+        params = comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor,
+                             refine_steps=steps)
+    else:
+        from compressors.complm import CompLLM
 
-    comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype)
-    return comp, comp.Params(), weights
+        comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype, max_refine_steps=steps)
+        params = comp.Params(refine_steps=steps)
+    params.check()
+    comp.check_params(params)
+    return comp.variant(params), params, weights
 
 
 

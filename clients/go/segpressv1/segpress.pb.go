@@ -825,7 +825,17 @@ type CompLLMParams struct {
 	// compressor's own decoder. Any other decoder is INVALID_ARGUMENT, with a
 	// message naming the decoder this server makes embeddings for: embeddings
 	// made for one decoder mean nothing to another.
-	Decoder       string `protobuf:"bytes,2,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	Decoder string `protobuf:"bytes,2,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	// Optimizer steps on each segment's embeddings at compress time, against
+	// the decoder reconstructing the segment from them (0, the default: none,
+	// the encoder's embeddings as they are). Refined embeddings answer
+	// questions about the text better (docs/soft-tokens.md) at a cost of
+	// about one decoder forward and backward pass per segment and step; a
+	// segment is refined once and its refined embeddings are cached apart
+	// from the unrefined ones (under each number of steps), so later requests
+	// with the same refine_steps are cache hits. Negative, or more than
+	// Limits.max_refine_steps, is INVALID_ARGUMENT.
+	RefineSteps   int32 `protobuf:"varint,3,opt,name=refine_steps,json=refineSteps,proto3" json:"refine_steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -874,6 +884,13 @@ func (x *CompLLMParams) GetDecoder() string {
 	return ""
 }
 
+func (x *CompLLMParams) GetRefineSteps() int32 {
+	if x != nil {
+		return x.RefineSteps
+	}
+	return 0
+}
+
 // Parameters of the arc compressor (ARC-Encoder-style soft tokens: every
 // segment of at most Info's max_segment_tokens tokens becomes
 // ceil(tokens / pooling_factor) rows in the input-embedding space of one
@@ -893,7 +910,10 @@ type ArcParams struct {
 	OutputDtype DType `protobuf:"varint,2,opt,name=output_dtype,json=outputDtype,proto3,enum=segpress.v1.DType" json:"output_dtype,omitempty"`
 	// The decoder the caller will feed the rows to, by id or fingerprint, as
 	// in CompLLMParams.decoder.
-	Decoder       string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	Decoder string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	// Optimizer steps on each segment's rows at this pooling_factor, as in
+	// CompLLMParams.refine_steps (cached apart per factor and steps).
+	RefineSteps   int32 `protobuf:"varint,4,opt,name=refine_steps,json=refineSteps,proto3" json:"refine_steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -947,6 +967,13 @@ func (x *ArcParams) GetDecoder() string {
 		return x.Decoder
 	}
 	return ""
+}
+
+func (x *ArcParams) GetRefineSteps() int32 {
+	if x != nil {
+		return x.RefineSteps
+	}
+	return 0
 }
 
 // Soft tokens: embedding vectors a decoder LLM reads in place of text.
@@ -1888,8 +1915,12 @@ type Limits struct {
 	// Most bytes (UTF-8) of CompressRequest.query; a longer query is refused
 	// with RESOURCE_EXHAUSTED before it is tokenized.
 	MaxQueryBytes int32 `protobuf:"varint,9,opt,name=max_query_bytes,json=maxQueryBytes,proto3" json:"max_query_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Most CompLLMParams.refine_steps and ArcParams.refine_steps (more is
+	// INVALID_ARGUMENT); 0 when refinement is off or no soft-token compressor
+	// runs.
+	MaxRefineSteps int32 `protobuf:"varint,10,opt,name=max_refine_steps,json=maxRefineSteps,proto3" json:"max_refine_steps,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1981,6 +2012,13 @@ func (x *Limits) GetMaxStreamsPerClient() int32 {
 func (x *Limits) GetMaxQueryBytes() int32 {
 	if x != nil {
 		return x.MaxQueryBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxRefineSteps() int32 {
+	if x != nil {
+		return x.MaxRefineSteps
 	}
 	return 0
 }
@@ -2103,14 +2141,16 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05_rateB\x10\n" +
 	"\x0e_target_tokensB\f\n" +
 	"\n" +
-	"_threshold\"`\n" +
+	"_threshold\"\x83\x01\n" +
 	"\rCompLLMParams\x125\n" +
 	"\foutput_dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
-	"\adecoder\x18\x02 \x01(\tR\adecoder\"\x83\x01\n" +
+	"\adecoder\x18\x02 \x01(\tR\adecoder\x12!\n" +
+	"\frefine_steps\x18\x03 \x01(\x05R\vrefineSteps\"\xa6\x01\n" +
 	"\tArcParams\x12%\n" +
 	"\x0epooling_factor\x18\x01 \x01(\x05R\rpoolingFactor\x125\n" +
 	"\foutput_dtype\x18\x02 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
-	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xd5\x01\n" +
+	"\adecoder\x18\x03 \x01(\tR\adecoder\x12!\n" +
+	"\frefine_steps\x18\x04 \x01(\x05R\vrefineSteps\"\xd5\x01\n" +
 	"\x06Tensor\x12(\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +
@@ -2186,7 +2226,7 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
 	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\x12'\n" +
-	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\x8b\x03\n" +
+	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\xb5\x03\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
@@ -2196,7 +2236,9 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x15max_force_token_bytes\x18\x06 \x01(\x05R\x12maxForceTokenBytes\x12\"\n" +
 	"\rstream_idle_s\x18\a \x01(\x01R\vstreamIdleS\x123\n" +
 	"\x16max_streams_per_client\x18\b \x01(\x05R\x13maxStreamsPerClient\x12&\n" +
-	"\x0fmax_query_bytes\x18\t \x01(\x05R\rmaxQueryBytes\"\xc3\x01\n" +
+	"\x0fmax_query_bytes\x18\t \x01(\x05R\rmaxQueryBytes\x12(\n" +
+	"\x10max_refine_steps\x18\n" +
+	" \x01(\x05R\x0emaxRefineSteps\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12=\n" +
 	"\vcompressors\x18\x02 \x03(\v2\x1b.segpress.v1.CompressorInfoR\vcompressors\x12-\n" +

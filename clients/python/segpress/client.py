@@ -108,6 +108,7 @@ class CompressOptions(TypedDict, total=False):
     output_dtype: str | None
     decoder: str
     pooling_factor: int | None
+    refine_steps: int
     cache: str
     namespace: str
     request_id: str
@@ -187,6 +188,7 @@ class _ClientBase:
         output_dtype: str | None = None,
         decoder: str = "",
         pooling_factor: int | None = None,
+        refine_steps: int = 0,
         cache: str = "use",
         namespace: str = "",
         request_id: str = "",
@@ -203,8 +205,11 @@ class _ClientBase:
         parameters; output_dtype ("float32",
         "float16" or "bfloat16") and decoder (the decoder id or fingerprint
         the soft tokens are for) are the soft-token compressors' (complm's,
-        or arc's with compressor="arc"); pooling_factor (tokens per row) is
-        arc's. Setting text and soft-token parameters together is an error."""
+        or arc's with compressor="arc"), and so is refine_steps (optimizer
+        steps on each segment's rows at compress time: slower once, cached,
+        better answers; see CompLLMParams.refine_steps); pooling_factor
+        (tokens per row) is arc's. Setting text and soft-token parameters
+        together is an error."""
         if isinstance(contexts, str):
             contexts = [contexts]
         if cache not in _CACHE_MODES:
@@ -247,10 +252,10 @@ class _ClientBase:
                     raise ValueError(f"granularity must be one of {sorted(_GRANULARITIES)}, "
                                      f"got {granularity!r}")
                 params.granularity = _GRANULARITIES[granularity]
-        if output_dtype is not None or decoder or pooling_factor is not None:
+        if output_dtype is not None or decoder or pooling_factor is not None or refine_steps:
             if req.HasField("llmlingua2"):
-                raise ValueError("output_dtype, decoder and pooling_factor (soft-token compressors) "
-                                 "cannot be combined with llmlingua2 parameters")
+                raise ValueError("output_dtype, decoder, pooling_factor and refine_steps (soft-token "
+                                 "compressors) cannot be combined with llmlingua2 parameters")
             if output_dtype is not None and output_dtype not in DTYPES:
                 raise ValueError(f"output_dtype must be one of {sorted(DTYPES)}, got {output_dtype!r}")
             soft = getattr(req, soft_params_case(compressor, pooling_factor is not None))
@@ -258,6 +263,7 @@ class _ClientBase:
                 soft.pooling_factor = pooling_factor
             soft.output_dtype = DTYPES[output_dtype or "float32"]
             soft.decoder = decoder
+            soft.refine_steps = refine_steps
         return req
 
 
@@ -272,7 +278,7 @@ def soft_params_case(compressor: str, pooling: bool) -> str:
     for f in cases:
         if f.name == compressor or not compressor:
             return f.name
-    raise ValueError(f"output_dtype, decoder{' and pooling_factor' if pooling else ''} are not "
+    raise ValueError(f"output_dtype, decoder, refine_steps{' and pooling_factor' if pooling else ''} are not "
                      f"parameters of compressor {compressor!r}; they are of {[f.name for f in cases]}")
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asegpress/v1/segpress.proto\x12\x0bsegpress.v1\"\xee\x02\n\x0f\x43ompressRequest\x12\x10\n\x08\x63ontexts\x18\x01 \x03(\t\x12\x12\n\x05query\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x12\n\ncompressor\x18\x03 \x01(\t\x12\x33\n\nllmlingua2\x18\x04 \x01(\x0b\x32\x1d.segpress.v1.LLMLingua2ParamsH\x00\x12,\n\x06\x63omplm\x18\x08 \x01(\x0b\x32\x1a.segpress.v1.CompLLMParamsH\x00\x12%\n\x03\x61rc\x18\n \x01(\x0b\x32\x16.segpress.v1.ArcParamsH\x00\x12*\n\ncache_mode\x18\x05 \x01(\x0e\x32\x16.segpress.v1.CacheMode\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x30\n\tselection\x18\t \x01(\x0b\x32\x1d.segpress.v1.SelectionOptionsB\x08\n\x06paramsB\x08\n\x06_query\"\xd9\x01\n\x10SelectionOptions\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x16\n\tkeep_rate\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12#\n\x06ranker\x18\x03 \x01(\x0e\x32\x13.segpress.v1.Ranker\x12!\n\x05order\x18\x04 \x01(\x0e\x32\x12.segpress.v1.Order\x12\x17\n\x0fkeep_duplicates\x18\x05 \x01(\x08\x12\x1a\n\rmin_relevance\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x0c\n\n_keep_rateB\x10\n\x0e_min_relevance\"\xfe\x01\n\x10LLMLingua2Params\x12\x11\n\x04rate\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\rtarget_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x0c\x66orce_tokens\x18\x03 \x03(\t\x12\x1b\n\x13\x66orce_reserve_digit\x18\x04 \x01(\x08\x12\x18\n\x10\x64rop_consecutive\x18\x05 \x01(\x08\x12-\n\x0bgranularity\x18\x06 \x01(\x0e\x32\x18.segpress.v1.Granularity\x12\x16\n\tthreshold\x18\x07 \x01(\x02H\x02\x88\x01\x01\x42\x07\n\x05_rateB\x10\n\x0e_target_tokensB\x0c\n\n_threshold\"J\n\rCompLLMParams\x12(\n\x0coutput_dtype\x18\x01 \x01(\x0e\x32\x12.segpress.v1.DType\x12\x0f\n\x07\x64\x65\x63oder\x18\x02 \x01(\t\"^\n\tArcParams\x12\x16\n\x0epooling_factor\x18\x01 \x01(\x05\x12(\n\x0coutput_dtype\x18\x02 \x01(\x0e\x32\x12.segpress.v1.DType\x12\x0f\n\x07\x64\x65\x63oder\x18\x03 \x01(\t\"\x92\x01\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.segpress.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x17\n\x0fsegment_offsets\x18\x04 \x03(\x03\x12\x12\n\ndecoder_id\x18\x05 \x01(\t\x12\x1b\n\x13\x64\x65\x63oder_fingerprint\x18\x06 \x01(\t\"\x87\x02\n\x11\x43ompressedContext\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0foriginal_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompressed_tokens\x18\x04 \x01(\x03\x12\x10\n\x08segments\x18\x05 \x01(\x05\x12\x11\n\trow_start\x18\x06 \x01(\x03\x12\x0f\n\x07row_end\x18\x07 \x01(\x03\x12\x15\n\rsegment_start\x18\x08 \x01(\x05\x12\x13\n\x0bsegment_end\x18\t \x01(\x05\x12\x11\n\trelevance\x18\n \x01(\x02\x12\x0c\n\x04rank\x18\x0b \x01(\x05\x12\x0c\n\x04kept\x18\x0c \x01(\x08\x12\x11\n\tbelow_cut\x18\r \x01(\x08J\x04\x08\x02\x10\x03R\x06tensor\"\x99\x01\n\x07Timings\x12\x12\n\nsegment_ms\x18\x01 \x01(\x01\x12\x17\n\x0f\x63\x61\x63he_lookup_ms\x18\x02 \x01(\x01\x12\x11\n\tencode_ms\x18\x03 \x01(\x01\x12\x16\n\x0e\x63\x61\x63he_store_ms\x18\x04 \x01(\x01\x12\x11\n\trender_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x11\n\tselect_ms\x18\x07 \x01(\x01\"\x8f\x02\n\x05Stats\x12\x17\n\x0foriginal_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompressed_tokens\x18\x02 \x01(\x03\x12\r\n\x05ratio\x18\x03 \x01(\x01\x12\x0c\n\x04rate\x18\x04 \x01(\x01\x12\x10\n\x08segments\x18\x05 \x01(\x05\x12\x12\n\ncache_hits\x18\x06 \x01(\x05\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x07 \x01(\x05\x12\x14\n\x0c\x63\x61\x63he_errors\x18\x08 \x01(\x05\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.segpress.v1.Timings\x12\x1c\n\x14sentence_vector_hits\x18\n \x01(\x05\x12\x1e\n\x16sentence_vector_misses\x18\x0b \x01(\x05\",\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\xe9\x01\n\x10\x43ompressResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x08\x63ontexts\x18\x02 \x03(\x0b\x32\x1e.segpress.v1.CompressedContext\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x06tensor\x18\x04 \x01(\x0b\x32\x13.segpress.v1.Tensor\x12\x12\n\ncompressor\x18\x05 \x01(\t\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.segpress.v1.ModelInfo\x12!\n\x05stats\x18\x07 \x01(\x0b\x32\x12.segpress.v1.Stats\"+\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\x16\x43ompressStreamResponse\x12\r\n\x05index\x18\x01 \x01(\x03\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.segpress.v1.ItemStatus\x12/\n\x08response\x18\x03 \x01(\x0b\x32\x1d.segpress.v1.CompressResponse\"\r\n\x0bInfoRequest\"\xcc\x01\n\x0e\x43ompressorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0e\x32\x17.segpress.v1.OutputKind\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.segpress.v1.ModelInfo\x12\x1a\n\x12max_segment_tokens\x18\x04 \x01(\x05\x12\'\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x16.segpress.v1.ModelInfo\x12\x17\n\x0fpooling_factors\x18\x06 \x03(\x05\"\xf7\x01\n\x06Limits\x12\x14\n\x0cmax_contexts\x18\x01 \x01(\x05\x12\x19\n\x11max_request_bytes\x18\x02 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\x12\x18\n\x10max_force_tokens\x18\x04 \x01(\x05\x12\x18\n\x10max_query_tokens\x18\x05 \x01(\x05\x12\x1d\n\x15max_force_token_bytes\x18\x06 \x01(\x05\x12\x15\n\rstream_idle_s\x18\x07 \x01(\x01\x12\x1e\n\x16max_streams_per_client\x18\x08 \x01(\x05\x12\x17\n\x0fmax_query_bytes\x18\t \x01(\x05\"\x92\x01\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x30\n\x0b\x63ompressors\x18\x02 \x03(\x0b\x32\x1b.segpress.v1.CompressorInfo\x12\x1a\n\x12\x64\x65\x66\x61ult_compressor\x18\x03 \x01(\t\x12#\n\x06limits\x18\x04 \x01(\x0b\x32\x13.segpress.v1.Limits*j\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_MODE_USE\x10\x01\x12\x15\n\x11\x43\x41\x43HE_MODE_BYPASS\x10\x02\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x03*V\n\x06Ranker\x12\x16\n\x12RANKER_UNSPECIFIED\x10\x00\x12\x11\n\rRANKER_HYBRID\x10\x01\x12\x10\n\x0cRANKER_DENSE\x10\x02\x12\x0f\n\x0bRANKER_BM25\x10\x03*G\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x12\n\x0eORDER_ORIGINAL\x10\x01\x12\x13\n\x0fORDER_RELEVANCE\x10\x02*~\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n\x10GRANULARITY_WORD\x10\x01\x12\x18\n\x14GRANULARITY_SENTENCE\x10\x02\x12\"\n\x1eGRANULARITY_SENTENCE_THEN_WORD\x10\x03*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03*\\\n\nOutputKind\x12\x1b\n\x17OUTPUT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTPUT_KIND_TEXT\x10\x01\x12\x1b\n\x17OUTPUT_KIND_SOFT_TOKENS\x10\x02\x32\xe9\x01\n\x08Segpress\x12G\n\x08\x43ompress\x12\x1c.segpress.v1.CompressRequest\x1a\x1d.segpress.v1.CompressResponse\x12W\n\x0e\x43ompressStream\x12\x1c.segpress.v1.CompressRequest\x1a#.segpress.v1.CompressStreamResponse(\x01\x30\x01\x12;\n\x04Info\x12\x18.segpress.v1.InfoRequest\x1a\x19.segpress.v1.InfoResponseB?Z=github.com/segpress/segpress/clients/go/segpressv1;segpressv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asegpress/v1/segpress.proto\x12\x0bsegpress.v1\"\xee\x02\n\x0f\x43ompressRequest\x12\x10\n\x08\x63ontexts\x18\x01 \x03(\t\x12\x12\n\x05query\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x12\n\ncompressor\x18\x03 \x01(\t\x12\x33\n\nllmlingua2\x18\x04 \x01(\x0b\x32\x1d.segpress.v1.LLMLingua2ParamsH\x00\x12,\n\x06\x63omplm\x18\x08 \x01(\x0b\x32\x1a.segpress.v1.CompLLMParamsH\x00\x12%\n\x03\x61rc\x18\n \x01(\x0b\x32\x16.segpress.v1.ArcParamsH\x00\x12*\n\ncache_mode\x18\x05 \x01(\x0e\x32\x16.segpress.v1.CacheMode\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x30\n\tselection\x18\t \x01(\x0b\x32\x1d.segpress.v1.SelectionOptionsB\x08\n\x06paramsB\x08\n\x06_query\"\xd9\x01\n\x10SelectionOptions\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x16\n\tkeep_rate\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12#\n\x06ranker\x18\x03 \x01(\x0e\x32\x13.segpress.v1.Ranker\x12!\n\x05order\x18\x04 \x01(\x0e\x32\x12.segpress.v1.Order\x12\x17\n\x0fkeep_duplicates\x18\x05 \x01(\x08\x12\x1a\n\rmin_relevance\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x0c\n\n_keep_rateB\x10\n\x0e_min_relevance\"\xfe\x01\n\x10LLMLingua2Params\x12\x11\n\x04rate\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\rtarget_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x0c\x66orce_tokens\x18\x03 \x03(\t\x12\x1b\n\x13\x66orce_reserve_digit\x18\x04 \x01(\x08\x12\x18\n\x10\x64rop_consecutive\x18\x05 \x01(\x08\x12-\n\x0bgranularity\x18\x06 \x01(\x0e\x32\x18.segpress.v1.Granularity\x12\x16\n\tthreshold\x18\x07 \x01(\x02H\x02\x88\x01\x01\x42\x07\n\x05_rateB\x10\n\x0e_target_tokensB\x0c\n\n_threshold\"`\n\rCompLLMParams\x12(\n\x0coutput_dtype\x18\x01 \x01(\x0e\x32\x12.segpress.v1.DType\x12\x0f\n\x07\x64\x65\x63oder\x18\x02 \x01(\t\x12\x14\n\x0crefine_steps\x18\x03 \x01(\x05\"t\n\tArcParams\x12\x16\n\x0epooling_factor\x18\x01 \x01(\x05\x12(\n\x0coutput_dtype\x18\x02 \x01(\x0e\x32\x12.segpress.v1.DType\x12\x0f\n\x07\x64\x65\x63oder\x18\x03 \x01(\t\x12\x14\n\x0crefine_steps\x18\x04 \x01(\x05\"\x92\x01\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.segpress.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x17\n\x0fsegment_offsets\x18\x04 \x03(\x03\x12\x12\n\ndecoder_id\x18\x05 \x01(\t\x12\x1b\n\x13\x64\x65\x63oder_fingerprint\x18\x06 \x01(\t\"\x87\x02\n\x11\x43ompressedContext\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0foriginal_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompressed_tokens\x18\x04 \x01(\x03\x12\x10\n\x08segments\x18\x05 \x01(\x05\x12\x11\n\trow_start\x18\x06 \x01(\x03\x12\x0f\n\x07row_end\x18\x07 \x01(\x03\x12\x15\n\rsegment_start\x18\x08 \x01(\x05\x12\x13\n\x0bsegment_end\x18\t \x01(\x05\x12\x11\n\trelevance\x18\n \x01(\x02\x12\x0c\n\x04rank\x18\x0b \x01(\x05\x12\x0c\n\x04kept\x18\x0c \x01(\x08\x12\x11\n\tbelow_cut\x18\r \x01(\x08J\x04\x08\x02\x10\x03R\x06tensor\"\x99\x01\n\x07Timings\x12\x12\n\nsegment_ms\x18\x01 \x01(\x01\x12\x17\n\x0f\x63\x61\x63he_lookup_ms\x18\x02 \x01(\x01\x12\x11\n\tencode_ms\x18\x03 \x01(\x01\x12\x16\n\x0e\x63\x61\x63he_store_ms\x18\x04 \x01(\x01\x12\x11\n\trender_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x11\n\tselect_ms\x18\x07 \x01(\x01\"\x8f\x02\n\x05Stats\x12\x17\n\x0foriginal_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompressed_tokens\x18\x02 \x01(\x03\x12\r\n\x05ratio\x18\x03 \x01(\x01\x12\x0c\n\x04rate\x18\x04 \x01(\x01\x12\x10\n\x08segments\x18\x05 \x01(\x05\x12\x12\n\ncache_hits\x18\x06 \x01(\x05\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x07 \x01(\x05\x12\x14\n\x0c\x63\x61\x63he_errors\x18\x08 \x01(\x05\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.segpress.v1.Timings\x12\x1c\n\x14sentence_vector_hits\x18\n \x01(\x05\x12\x1e\n\x16sentence_vector_misses\x18\x0b \x01(\x05\",\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\xe9\x01\n\x10\x43ompressResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x08\x63ontexts\x18\x02 \x03(\x0b\x32\x1e.segpress.v1.CompressedContext\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x06tensor\x18\x04 \x01(\x0b\x32\x13.segpress.v1.Tensor\x12\x12\n\ncompressor\x18\x05 \x01(\t\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.segpress.v1.ModelInfo\x12!\n\x05stats\x18\x07 \x01(\x0b\x32\x12.segpress.v1.Stats\"+\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\x16\x43ompressStreamResponse\x12\r\n\x05index\x18\x01 \x01(\x03\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.segpress.v1.ItemStatus\x12/\n\x08response\x18\x03 \x01(\x0b\x32\x1d.segpress.v1.CompressResponse\"\r\n\x0bInfoRequest\"\xcc\x01\n\x0e\x43ompressorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0e\x32\x17.segpress.v1.OutputKind\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.segpress.v1.ModelInfo\x12\x1a\n\x12max_segment_tokens\x18\x04 \x01(\x05\x12\'\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x16.segpress.v1.ModelInfo\x12\x17\n\x0fpooling_factors\x18\x06 \x03(\x05\"\x91\x02\n\x06Limits\x12\x14\n\x0cmax_contexts\x18\x01 \x01(\x05\x12\x19\n\x11max_request_bytes\x18\x02 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\x12\x18\n\x10max_force_tokens\x18\x04 \x01(\x05\x12\x18\n\x10max_query_tokens\x18\x05 \x01(\x05\x12\x1d\n\x15max_force_token_bytes\x18\x06 \x01(\x05\x12\x15\n\rstream_idle_s\x18\x07 \x01(\x01\x12\x1e\n\x16max_streams_per_client\x18\x08 \x01(\x05\x12\x17\n\x0fmax_query_bytes\x18\t \x01(\x05\x12\x18\n\x10max_refine_steps\x18\n \x01(\x05\"\x92\x01\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x30\n\x0b\x63ompressors\x18\x02 \x03(\x0b\x32\x1b.segpress.v1.CompressorInfo\x12\x1a\n\x12\x64\x65\x66\x61ult_compressor\x18\x03 \x01(\t\x12#\n\x06limits\x18\x04 \x01(\x0b\x32\x13.segpress.v1.Limits*j\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_MODE_USE\x10\x01\x12\x15\n\x11\x43\x41\x43HE_MODE_BYPASS\x10\x02\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x03*V\n\x06Ranker\x12\x16\n\x12RANKER_UNSPECIFIED\x10\x00\x12\x11\n\rRANKER_HYBRID\x10\x01\x12\x10\n\x0cRANKER_DENSE\x10\x02\x12\x0f\n\x0bRANKER_BM25\x10\x03*G\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x12\n\x0eORDER_ORIGINAL\x10\x01\x12\x13\n\x0fORDER_RELEVANCE\x10\x02*~\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n\x10GRANULARITY_WORD\x10\x01\x12\x18\n\x14GRANULARITY_SENTENCE\x10\x02\x12\"\n\x1eGRANULARITY_SENTENCE_THEN_WORD\x10\x03*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03*\\\n\nOutputKind\x12\x1b\n\x17OUTPUT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTPUT_KIND_TEXT\x10\x01\x12\x1b\n\x17OUTPUT_KIND_SOFT_TOKENS\x10\x02\x32\xe9\x01\n\x08Segpress\x12G\n\x08\x43ompress\x12\x1c.segpress.v1.CompressRequest\x1a\x1d.segpress.v1.CompressResponse\x12W\n\x0e\x43ompressStream\x12\x1c.segpress.v1.CompressRequest\x1a#.segpress.v1.CompressStreamResponse(\x01\x30\x01\x12;\n\x04Info\x12\x18.segpress.v1.InfoRequest\x1a\x19.segpress.v1.InfoResponseB?Z=github.com/segpress/segpress/clients/go/segpressv1;segpressv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,18 +32,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'segpress.v1.segpress_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z=github.com/segpress/segpress/clients/go/segpressv1;segpressv1'
-  _globals['_CACHEMODE']._serialized_start=2986
-  _globals['_CACHEMODE']._serialized_end=3092
-  _globals['_RANKER']._serialized_start=3094
-  _globals['_RANKER']._serialized_end=3180
-  _globals['_ORDER']._serialized_start=3182
-  _globals['_ORDER']._serialized_end=3253
-  _globals['_GRANULARITY']._serialized_start=3255
-  _globals['_GRANULARITY']._serialized_end=3381
-  _globals['_DTYPE']._serialized_start=3383
-  _globals['_DTYPE']._serialized_end=3471
-  _globals['_OUTPUTKIND']._serialized_start=3473
-  _globals['_OUTPUTKIND']._serialized_end=3565
+  _globals['_CACHEMODE']._serialized_start=3056
+  _globals['_CACHEMODE']._serialized_end=3162
+  _globals['_RANKER']._serialized_start=3164
+  _globals['_RANKER']._serialized_end=3250
+  _globals['_ORDER']._serialized_start=3252
+  _globals['_ORDER']._serialized_end=3323
+  _globals['_GRANULARITY']._serialized_start=3325
+  _globals['_GRANULARITY']._serialized_end=3451
+  _globals['_DTYPE']._serialized_start=3453
+  _globals['_DTYPE']._serialized_end=3541
+  _globals['_OUTPUTKIND']._serialized_start=3543
+  _globals['_OUTPUTKIND']._serialized_end=3635
   _globals['_COMPRESSREQUEST']._serialized_start=44
   _globals['_COMPRESSREQUEST']._serialized_end=410
   _globals['_SELECTIONOPTIONS']._serialized_start=413
@@ -51,33 +51,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LLMLINGUA2PARAMS']._serialized_start=633
   _globals['_LLMLINGUA2PARAMS']._serialized_end=887
   _globals['_COMPLLMPARAMS']._serialized_start=889
-  _globals['_COMPLLMPARAMS']._serialized_end=963
-  _globals['_ARCPARAMS']._serialized_start=965
-  _globals['_ARCPARAMS']._serialized_end=1059
-  _globals['_TENSOR']._serialized_start=1062
-  _globals['_TENSOR']._serialized_end=1208
-  _globals['_COMPRESSEDCONTEXT']._serialized_start=1211
-  _globals['_COMPRESSEDCONTEXT']._serialized_end=1474
-  _globals['_TIMINGS']._serialized_start=1477
-  _globals['_TIMINGS']._serialized_end=1630
-  _globals['_STATS']._serialized_start=1633
-  _globals['_STATS']._serialized_end=1904
-  _globals['_MODELINFO']._serialized_start=1906
-  _globals['_MODELINFO']._serialized_end=1950
-  _globals['_COMPRESSRESPONSE']._serialized_start=1953
-  _globals['_COMPRESSRESPONSE']._serialized_end=2186
-  _globals['_ITEMSTATUS']._serialized_start=2188
-  _globals['_ITEMSTATUS']._serialized_end=2231
-  _globals['_COMPRESSSTREAMRESPONSE']._serialized_start=2234
-  _globals['_COMPRESSSTREAMRESPONSE']._serialized_end=2363
-  _globals['_INFOREQUEST']._serialized_start=2365
-  _globals['_INFOREQUEST']._serialized_end=2378
-  _globals['_COMPRESSORINFO']._serialized_start=2381
-  _globals['_COMPRESSORINFO']._serialized_end=2585
-  _globals['_LIMITS']._serialized_start=2588
-  _globals['_LIMITS']._serialized_end=2835
-  _globals['_INFORESPONSE']._serialized_start=2838
-  _globals['_INFORESPONSE']._serialized_end=2984
-  _globals['_SEGPRESS']._serialized_start=3568
-  _globals['_SEGPRESS']._serialized_end=3801
+  _globals['_COMPLLMPARAMS']._serialized_end=985
+  _globals['_ARCPARAMS']._serialized_start=987
+  _globals['_ARCPARAMS']._serialized_end=1103
+  _globals['_TENSOR']._serialized_start=1106
+  _globals['_TENSOR']._serialized_end=1252
+  _globals['_COMPRESSEDCONTEXT']._serialized_start=1255
+  _globals['_COMPRESSEDCONTEXT']._serialized_end=1518
+  _globals['_TIMINGS']._serialized_start=1521
+  _globals['_TIMINGS']._serialized_end=1674
+  _globals['_STATS']._serialized_start=1677
+  _globals['_STATS']._serialized_end=1948
+  _globals['_MODELINFO']._serialized_start=1950
+  _globals['_MODELINFO']._serialized_end=1994
+  _globals['_COMPRESSRESPONSE']._serialized_start=1997
+  _globals['_COMPRESSRESPONSE']._serialized_end=2230
+  _globals['_ITEMSTATUS']._serialized_start=2232
+  _globals['_ITEMSTATUS']._serialized_end=2275
+  _globals['_COMPRESSSTREAMRESPONSE']._serialized_start=2278
+  _globals['_COMPRESSSTREAMRESPONSE']._serialized_end=2407
+  _globals['_INFOREQUEST']._serialized_start=2409
+  _globals['_INFOREQUEST']._serialized_end=2422
+  _globals['_COMPRESSORINFO']._serialized_start=2425
+  _globals['_COMPRESSORINFO']._serialized_end=2629
+  _globals['_LIMITS']._serialized_start=2632
+  _globals['_LIMITS']._serialized_end=2905
+  _globals['_INFORESPONSE']._serialized_start=2908
+  _globals['_INFORESPONSE']._serialized_end=3054
+  _globals['_SEGPRESS']._serialized_start=3638
+  _globals['_SEGPRESS']._serialized_end=3871
 # @@protoc_insertion_point(module_scope)

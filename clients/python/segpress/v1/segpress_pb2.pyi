@@ -501,6 +501,7 @@ class CompLLMParams(_message.Message):
 
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
+    REFINE_STEPS_FIELD_NUMBER: _builtins.int
     output_dtype: Global___DType.ValueType
     """Element type of the returned tensors: DTYPE_FLOAT32, DTYPE_FLOAT16 or
     DTYPE_BFLOAT16 (rounded to nearest even). Unset (DTYPE_UNSPECIFIED)
@@ -513,15 +514,27 @@ class CompLLMParams(_message.Message):
     message naming the decoder this server makes embeddings for: embeddings
     made for one decoder mean nothing to another.
     """
+    refine_steps: _builtins.int
+    """Optimizer steps on each segment's embeddings at compress time, against
+    the decoder reconstructing the segment from them (0, the default: none,
+    the encoder's embeddings as they are). Refined embeddings answer
+    questions about the text better (docs/soft-tokens.md) at a cost of
+    about one decoder forward and backward pass per segment and step; a
+    segment is refined once and its refined embeddings are cached apart
+    from the unrefined ones (under each number of steps), so later requests
+    with the same refine_steps are cache hits. Negative, or more than
+    Limits.max_refine_steps, is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         output_dtype: Global___DType.ValueType = ...,
         decoder: _builtins.str = ...,
+        refine_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "refine_steps", b"refine_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +558,7 @@ class ArcParams(_message.Message):
     POOLING_FACTOR_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
+    REFINE_STEPS_FIELD_NUMBER: _builtins.int
     pooling_factor: _builtins.int
     """Tokens per row: one of the factors the weights were trained for
     (Info: CompressorInfo.pooling_factors). Unset (0) means 4. Any other
@@ -556,16 +570,21 @@ class ArcParams(_message.Message):
     """The decoder the caller will feed the rows to, by id or fingerprint, as
     in CompLLMParams.decoder.
     """
+    refine_steps: _builtins.int
+    """Optimizer steps on each segment's rows at this pooling_factor, as in
+    CompLLMParams.refine_steps (cached apart per factor and steps).
+    """
     def __init__(
         self,
         *,
         pooling_factor: _builtins.int = ...,
         output_dtype: Global___DType.ValueType = ...,
         decoder: _builtins.str = ...,
+        refine_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor", "refine_steps", b"refine_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1069,6 +1088,7 @@ class Limits(_message.Message):
     STREAM_IDLE_S_FIELD_NUMBER: _builtins.int
     MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _builtins.int
     MAX_QUERY_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REFINE_STEPS_FIELD_NUMBER: _builtins.int
     max_contexts: _builtins.int
     """Most contexts in one request."""
     max_request_bytes: _builtins.int
@@ -1098,6 +1118,11 @@ class Limits(_message.Message):
     """Most bytes (UTF-8) of CompressRequest.query; a longer query is refused
     with RESOURCE_EXHAUSTED before it is tokenized.
     """
+    max_refine_steps: _builtins.int
+    """Most CompLLMParams.refine_steps and ArcParams.refine_steps (more is
+    INVALID_ARGUMENT); 0 when refinement is off or no soft-token compressor
+    runs.
+    """
     def __init__(
         self,
         *,
@@ -1110,10 +1135,11 @@ class Limits(_message.Message):
         stream_idle_s: _builtins.float = ...,
         max_streams_per_client: _builtins.int = ...,
         max_query_bytes: _builtins.int = ...,
+        max_refine_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_bytes", b"max_query_bytes", "max_query_tokens", b"max_query_tokens", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_bytes", b"max_query_bytes", "max_query_tokens", b"max_query_tokens", "max_refine_steps", b"max_refine_steps", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
