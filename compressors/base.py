@@ -173,6 +173,7 @@ class SoftCompressor(Compressor, Protocol):
     decoder_fingerprint: str   # sha256 of that decoder's weights
     hidden_size: int           # the decoder's input-embedding width (columns)
     pooling_factors: tuple[int, ...]  # factors a request may pick (Info lists them); () if none
+    refine_steps: int          # steps its rows are refined (a variant's; 0: none)
 
     def rows(self, segment: Segment, params) -> int:
         """The rows render gives `segment` with `params` (without a context's

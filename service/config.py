@@ -85,6 +85,9 @@ class Config:
         "help": "most refine_steps a complm or arc request may ask for (optimizer steps on each "
                 "segment's rows at compress time, about one decoder forward and backward pass "
                 "per segment and step); 0 turns refinement off"})
+    max_refine_segment_steps: int = field(default=8192, metadata={
+        "help": "most uncached segments x refine_steps one request may need refined (about "
+                "0.06 s each on 2 CPU cores); more is refused with RESOURCE_EXHAUSTED"})
     max_contexts: int = field(default=256, metadata={"help": "most contexts per request"})
     max_request_bytes: int = field(default=8 << 20, metadata={
         "help": "most UTF-8 bytes of contexts plus query per request"})

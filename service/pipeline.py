@@ -286,8 +286,9 @@ class Pipeline:
 
     async def check_rows(self, flow: Flow) -> None:
         """A soft compressor's response size is known from its segments'
-        tokens: a response over max_message_bytes is refused before any
-        model time is spent on it, not after. With every segment cached
+        tokens: a response over max_message_bytes (or refinement over
+        max_refine_segment_steps) is refused before any model time is spent
+        on it, not after. With every segment cached
         there is no model time to save: respond's exact check suffices, and
         a cached request is not tokenized again."""
         comp = flow.compressor
@@ -298,6 +299,15 @@ class Pipeline:
             return sum(sum(comp.rows(s, flow.params) for s in segs) + (comp.end_rows() if segs else 0)
                        for segs in flow.chosen)
 
+        if comp.refine_steps:  # refinement's work is bounded before it starts, as the size is
+            todo = sum(k in flow.missing for ks in flow.keys for k in ks)
+            most = self.config.max_refine_segment_steps
+            if todo * comp.refine_steps > most:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"refining {todo} uncached segments {comp.refine_steps} steps each is "
+                                   f"{todo * comp.refine_steps} segment-steps; the limit is "
+                                   f"max_refine_segment_steps={most}: send fewer or shorter contexts "
+                                   f"per request, or ask for fewer {comp.name}.refine_steps")
         rows = await asyncio.get_running_loop().run_in_executor(self.cpu_pool, count)
         dtype = flow.params.output_dtype
         size = rows * comp.hidden_size * responses.TENSOR_ITEMSIZE[dtype] + responses.STATS_HEADROOM

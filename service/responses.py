@@ -93,6 +93,8 @@ def info(pipeline) -> pb.InfoResponse:
     resp.limits.max_query_bytes = cfg.max_query_bytes
     resp.limits.max_request_bytes = cfg.max_request_bytes
     resp.limits.max_message_bytes = cfg.max_message_bytes
+    if resp.limits.max_refine_steps:
+        resp.limits.max_refine_segment_steps = cfg.max_refine_segment_steps
     return resp
 
 

@@ -1,6 +1,7 @@
 """Refinement at compress time (compressors/refine.py): in process on the real
 decoder and the shipped weights, and through a real `segpress serve` (with
-complm and --max-refine-steps 4) on a real Redis."""
+complm, --max-refine-steps 4 and --max-refine-segment-steps 12) on a real
+Redis."""
 
 import grpc
 import numpy as np
@@ -120,6 +121,7 @@ def client(redis_proc):
         "SEGPRESS_CACHE_DIR": Config().cache_dir,  # for the shared models; Redis is redis_proc
         "SEGPRESS_COMPRESSORS": "complm",
         "SEGPRESS_MAX_REFINE_STEPS": "4",
+        "SEGPRESS_MAX_REFINE_SEGMENT_STEPS": "12",
     })
     try:
         with SegpressClient(s.target, timeout_s=120) as c:
@@ -150,3 +152,21 @@ def test_served_refinement_is_cached_apart_and_limited(client):
         with pytest.raises(SegpressError) as e:
             client.compress(FACTS, compressor="complm", refine_steps=steps)
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details
+
+
+def test_refinement_over_the_segment_steps_limit_is_refused_before_any_is_done(client):
+    from segpress import SegpressError
+
+    ns = "refine-limit"
+    assert client.info().limits.max_refine_segment_steps == 12
+    with pytest.raises(SegpressError) as e:  # FACTS: 3 segments x 4 steps fit; with another, not
+        client.compress([FACTS, "A second context. It has two segments, or more."], compressor="complm",
+                        namespace=ns, refine_steps=4)
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_refine_segment_steps=12" in e.value.details and "refine_steps" in e.value.details
+    first = client.compress(FACTS, compressor="complm", namespace=ns, refine_steps=4)
+    assert first.stats.cache_misses == 3
+    # Cached segments need no refinement: only the new context's count.
+    both = client.compress([FACTS, "A second context. It has two segments, or more."], compressor="complm",
+                           namespace=ns, refine_steps=4)
+    assert both.stats.cache_hits == 3

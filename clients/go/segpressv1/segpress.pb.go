@@ -1919,8 +1919,12 @@ type Limits struct {
 	// INVALID_ARGUMENT); 0 when refinement is off or no soft-token compressor
 	// runs.
 	MaxRefineSteps int32 `protobuf:"varint,10,opt,name=max_refine_steps,json=maxRefineSteps,proto3" json:"max_refine_steps,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Most refinement one request may need: its uncached segments times its
+	// refine_steps (a request over it is RESOURCE_EXHAUSTED before any is
+	// done).
+	MaxRefineSegmentSteps int32 `protobuf:"varint,11,opt,name=max_refine_segment_steps,json=maxRefineSegmentSteps,proto3" json:"max_refine_segment_steps,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -2019,6 +2023,13 @@ func (x *Limits) GetMaxQueryBytes() int32 {
 func (x *Limits) GetMaxRefineSteps() int32 {
 	if x != nil {
 		return x.MaxRefineSteps
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxRefineSegmentSteps() int32 {
+	if x != nil {
+		return x.MaxRefineSegmentSteps
 	}
 	return 0
 }
@@ -2226,7 +2237,7 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05model\x18\x03 \x01(\v2\x16.segpress.v1.ModelInfoR\x05model\x12,\n" +
 	"\x12max_segment_tokens\x18\x04 \x01(\x05R\x10maxSegmentTokens\x120\n" +
 	"\adecoder\x18\x05 \x01(\v2\x16.segpress.v1.ModelInfoR\adecoder\x12'\n" +
-	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\xb5\x03\n" +
+	"\x0fpooling_factors\x18\x06 \x03(\x05R\x0epoolingFactors\"\xee\x03\n" +
 	"\x06Limits\x12!\n" +
 	"\fmax_contexts\x18\x01 \x01(\x05R\vmaxContexts\x12*\n" +
 	"\x11max_request_bytes\x18\x02 \x01(\x03R\x0fmaxRequestBytes\x12*\n" +
@@ -2238,7 +2249,8 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x16max_streams_per_client\x18\b \x01(\x05R\x13maxStreamsPerClient\x12&\n" +
 	"\x0fmax_query_bytes\x18\t \x01(\x05R\rmaxQueryBytes\x12(\n" +
 	"\x10max_refine_steps\x18\n" +
-	" \x01(\x05R\x0emaxRefineSteps\"\xc3\x01\n" +
+	" \x01(\x05R\x0emaxRefineSteps\x127\n" +
+	"\x18max_refine_segment_steps\x18\v \x01(\x05R\x15maxRefineSegmentSteps\"\xc3\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12=\n" +
 	"\vcompressors\x18\x02 \x03(\v2\x1b.segpress.v1.CompressorInfoR\vcompressors\x12-\n" +

@@ -1089,6 +1089,7 @@ class Limits(_message.Message):
     MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _builtins.int
     MAX_QUERY_BYTES_FIELD_NUMBER: _builtins.int
     MAX_REFINE_STEPS_FIELD_NUMBER: _builtins.int
+    MAX_REFINE_SEGMENT_STEPS_FIELD_NUMBER: _builtins.int
     max_contexts: _builtins.int
     """Most contexts in one request."""
     max_request_bytes: _builtins.int
@@ -1123,6 +1124,11 @@ class Limits(_message.Message):
     INVALID_ARGUMENT); 0 when refinement is off or no soft-token compressor
     runs.
     """
+    max_refine_segment_steps: _builtins.int
+    """Most refinement one request may need: its uncached segments times its
+    refine_steps (a request over it is RESOURCE_EXHAUSTED before any is
+    done).
+    """
     def __init__(
         self,
         *,
@@ -1136,10 +1142,11 @@ class Limits(_message.Message):
         max_streams_per_client: _builtins.int = ...,
         max_query_bytes: _builtins.int = ...,
         max_refine_steps: _builtins.int = ...,
+        max_refine_segment_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_bytes", b"max_query_bytes", "max_query_tokens", b"max_query_tokens", "max_refine_steps", b"max_refine_steps", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_contexts", b"max_contexts", "max_force_token_bytes", b"max_force_token_bytes", "max_force_tokens", b"max_force_tokens", "max_message_bytes", b"max_message_bytes", "max_query_bytes", b"max_query_bytes", "max_query_tokens", b"max_query_tokens", "max_refine_segment_steps", b"max_refine_segment_steps", "max_refine_steps", b"max_refine_steps", "max_request_bytes", b"max_request_bytes", "max_streams_per_client", b"max_streams_per_client", "stream_idle_s", b"stream_idle_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
