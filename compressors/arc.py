@@ -57,14 +57,15 @@ class Params:
     pooling_factor: int = DEFAULT_FACTOR  # tokens per row
     output_dtype: str = "float32"  # element type of the returned tensors
     decoder: str = ""  # the decoder the caller will use; "" = ours
-    refine_steps: int = 0  # optimizer steps on each segment's rows (compressors/refine.py)
+    # Optimizer steps on each segment's rows (compressors/refine.py): for
+    # `segpress eval arc --refine-steps` only; not served (docs/soft-tokens.md).
+    refine_steps: int = 0
 
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.arc
         return cls(pooling_factor=p.pooling_factor or DEFAULT_FACTOR,
-                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder,
-                   refine_steps=p.refine_steps)
+                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder)
 
     def check(self) -> None:
         check_output_dtype(NAME, self.output_dtype)

@@ -60,8 +60,7 @@ def _arc(config) -> Compressor:
     from .models import ensure_smollm2
 
     return Arc(ensure_smollm2(config.models_dir), weights_path("arc", config),
-               device=config.device, batch_size=config.batch_size * 2, dtype=config.model_dtype,
-               max_refine_steps=config.max_refine_steps)
+               device=config.device, batch_size=config.batch_size * 2, dtype=config.model_dtype)
 
 
 REGISTRY: dict[str, Entry] = {

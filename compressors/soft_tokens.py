@@ -77,7 +77,8 @@ class SoftTokens:
         self.dtype = resolve_dtype(dtype, device)
         self.decoder_dir, self.device = decoder_dir, device
         # Most refine_steps a request may ask for (Info: limits.max_refine_steps).
-        self.limits = {"max_refine_steps": max_refine_steps}
+        self.max_refine_steps = max_refine_steps
+        self.limits = {"max_refine_steps": max_refine_steps} if max_refine_steps else {}
         self._variants: dict[tuple[int, str], SoftTokens] = {}
         self._plain: list = []  # the unchanged decoder refinement reads, loaded on first use
         self._lock = threading.Lock()
@@ -117,7 +118,7 @@ class SoftTokens:
     def check_params(self, params) -> None:
         """The request's decoder, if named, must be the one the rows are made
         for, and refine_steps within this server's limit."""
-        most = self.limits["max_refine_steps"]
+        most = self.max_refine_steps
         if params.refine_steps and params.refine_steps > most:
             raise InvalidParams(
                 f"{self.name}.refine_steps is {params.refine_steps}; this server refines at most "

@@ -82,7 +82,7 @@ class Config:
         "help": "torch intra-op threads for the model (0: torch's default)"})
     batch_size: int = field(default=16, metadata={"help": "segments per model forward pass"})
     max_refine_steps: int = field(default=32, metadata={
-        "help": "most refine_steps a complm or arc request may ask for (optimizer steps on each "
+        "help": "most refine_steps a complm request may ask for (optimizer steps on each "
                 "segment's rows at compress time, about one decoder forward and backward pass "
                 "per segment and step); 0 turns refinement off"})
     max_refine_segment_steps: int = field(default=8192, metadata={

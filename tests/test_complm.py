@@ -277,6 +277,11 @@ def test_request_keywords():
         SegpressClient.request(["x"], rate=0.5, output_dtype="float16")
     with pytest.raises(ValueError):
         SegpressClient.request(["x"], output_dtype="int8")
+    req = SegpressClient.request(["x"], compressor="complm", refine_steps=10)
+    assert req.complm.refine_steps == 10 and req.complm.output_dtype == pb.DTYPE_FLOAT32
+    assert SegpressClient.request(["x"], refine_steps=3).complm.refine_steps == 3  # complm's parameter
+    with pytest.raises(ValueError, match="refine_steps are not parameters of compressor 'arc'"):
+        SegpressClient.request(["x"], compressor="arc", refine_steps=10)
 
 
 def test_inputs_embeds_and_vllm_form(decoder_dir):

@@ -91,7 +91,9 @@ def test_refine_steps_are_checked(complm):
     complm.check_params(p(refine_steps=8))
 
 
-def test_arc_refines_only_the_requested_factor(decoder_dir):
+def test_arc_refines_only_the_requested_factor_for_the_evaluation(decoder_dir):
+    """arc's rows refined (`segpress eval arc --refine-steps`; not served:
+    refining them measured worse)."""
     from compressors.arc import DEFAULT_WEIGHTS as ARC_WEIGHTS, Arc
 
     if not ARC_WEIGHTS.exists():

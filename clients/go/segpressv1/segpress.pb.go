@@ -910,10 +910,7 @@ type ArcParams struct {
 	OutputDtype DType `protobuf:"varint,2,opt,name=output_dtype,json=outputDtype,proto3,enum=segpress.v1.DType" json:"output_dtype,omitempty"`
 	// The decoder the caller will feed the rows to, by id or fingerprint, as
 	// in CompLLMParams.decoder.
-	Decoder string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
-	// Optimizer steps on each segment's rows at this pooling_factor, as in
-	// CompLLMParams.refine_steps (cached apart per factor and steps).
-	RefineSteps   int32 `protobuf:"varint,4,opt,name=refine_steps,json=refineSteps,proto3" json:"refine_steps,omitempty"`
+	Decoder       string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -967,13 +964,6 @@ func (x *ArcParams) GetDecoder() string {
 		return x.Decoder
 	}
 	return ""
-}
-
-func (x *ArcParams) GetRefineSteps() int32 {
-	if x != nil {
-		return x.RefineSteps
-	}
-	return 0
 }
 
 // Soft tokens: embedding vectors a decoder LLM reads in place of text.
@@ -1915,9 +1905,9 @@ type Limits struct {
 	// Most bytes (UTF-8) of CompressRequest.query; a longer query is refused
 	// with RESOURCE_EXHAUSTED before it is tokenized.
 	MaxQueryBytes int32 `protobuf:"varint,9,opt,name=max_query_bytes,json=maxQueryBytes,proto3" json:"max_query_bytes,omitempty"`
-	// Most CompLLMParams.refine_steps and ArcParams.refine_steps (more is
-	// INVALID_ARGUMENT); 0 when refinement is off or no soft-token compressor
-	// runs.
+	// Most CompLLMParams.refine_steps (more is INVALID_ARGUMENT); 0 when
+	// refinement is off or complm does not run. (arc's pooled rows are not
+	// refined: refining them measured worse, docs/soft-tokens.md.)
 	MaxRefineSteps int32 `protobuf:"varint,10,opt,name=max_refine_steps,json=maxRefineSteps,proto3" json:"max_refine_steps,omitempty"`
 	// Most refinement one request may need: its uncached segments times its
 	// refine_steps (a request over it is RESOURCE_EXHAUSTED before any is
@@ -2156,12 +2146,11 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\rCompLLMParams\x125\n" +
 	"\foutput_dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
 	"\adecoder\x18\x02 \x01(\tR\adecoder\x12!\n" +
-	"\frefine_steps\x18\x03 \x01(\x05R\vrefineSteps\"\xa6\x01\n" +
+	"\frefine_steps\x18\x03 \x01(\x05R\vrefineSteps\"\x83\x01\n" +
 	"\tArcParams\x12%\n" +
 	"\x0epooling_factor\x18\x01 \x01(\x05R\rpoolingFactor\x125\n" +
 	"\foutput_dtype\x18\x02 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
-	"\adecoder\x18\x03 \x01(\tR\adecoder\x12!\n" +
-	"\frefine_steps\x18\x04 \x01(\x05R\vrefineSteps\"\xd5\x01\n" +
+	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xd5\x01\n" +
 	"\x06Tensor\x12(\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +

@@ -205,10 +205,10 @@ class _ClientBase:
         parameters; output_dtype ("float32",
         "float16" or "bfloat16") and decoder (the decoder id or fingerprint
         the soft tokens are for) are the soft-token compressors' (complm's,
-        or arc's with compressor="arc"), and so is refine_steps (optimizer
-        steps on each segment's rows at compress time: slower once, cached,
-        better answers; see CompLLMParams.refine_steps); pooling_factor
-        (tokens per row) is arc's. Setting text and soft-token parameters
+        or arc's with compressor="arc"); refine_steps (optimizer steps on
+        each segment's rows at compress time: slower once, then cached,
+        better answers; see CompLLMParams.refine_steps) is complm's and
+        pooling_factor (tokens per row) arc's. Setting text and soft-token parameters
         together is an error."""
         if isinstance(contexts, str):
             contexts = [contexts]
@@ -258,28 +258,32 @@ class _ClientBase:
                                  "compressors) cannot be combined with llmlingua2 parameters")
             if output_dtype is not None and output_dtype not in DTYPES:
                 raise ValueError(f"output_dtype must be one of {sorted(DTYPES)}, got {output_dtype!r}")
-            soft = getattr(req, soft_params_case(compressor, pooling_factor is not None))
+            named = [n for n, v in (("pooling_factor", pooling_factor is not None),
+                                    ("refine_steps", refine_steps)) if v]
+            soft = getattr(req, soft_params_case(compressor, named))
             if pooling_factor is not None:
                 soft.pooling_factor = pooling_factor
             soft.output_dtype = DTYPES[output_dtype or "float32"]
             soft.decoder = decoder
-            soft.refine_steps = refine_steps
+            if refine_steps:
+                soft.refine_steps = refine_steps
         return req
 
 
-def soft_params_case(compressor: str, pooling: bool) -> str:
+def soft_params_case(compressor: str, named: list[str]) -> str:
     """The CompressRequest.params case for soft-token parameters: the one
     named like `compressor`, or with no compressor named the first soft-token
-    case (with a pooling_factor when `pooling`). Read from the .proto: a case
-    is a soft-token compressor's when its message has output_dtype."""
+    case that has every field in `named` (e.g. pooling_factor). Read from the
+    .proto: a case is a soft-token compressor's when its message has
+    output_dtype."""
     cases = [f for f in pb.CompressRequest.DESCRIPTOR.oneofs_by_name["params"].fields
              if "output_dtype" in f.message_type.fields_by_name
-             and (not pooling or "pooling_factor" in f.message_type.fields_by_name)]
+             and all(n in f.message_type.fields_by_name for n in named)]
     for f in cases:
         if f.name == compressor or not compressor:
             return f.name
-    raise ValueError(f"output_dtype, decoder, refine_steps{' and pooling_factor' if pooling else ''} are not "
-                     f"parameters of compressor {compressor!r}; they are of {[f.name for f in cases]}")
+    raise ValueError(f"output_dtype, decoder{''.join(f', {n}' for n in named)} are not parameters "
+                     f"of compressor {compressor!r}; they are of {[f.name for f in cases]}")
 
 
 def soft_token_compressors() -> frozenset[str]:

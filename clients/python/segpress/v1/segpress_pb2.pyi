@@ -558,7 +558,6 @@ class ArcParams(_message.Message):
     POOLING_FACTOR_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
-    REFINE_STEPS_FIELD_NUMBER: _builtins.int
     pooling_factor: _builtins.int
     """Tokens per row: one of the factors the weights were trained for
     (Info: CompressorInfo.pooling_factors). Unset (0) means 4. Any other
@@ -570,21 +569,16 @@ class ArcParams(_message.Message):
     """The decoder the caller will feed the rows to, by id or fingerprint, as
     in CompLLMParams.decoder.
     """
-    refine_steps: _builtins.int
-    """Optimizer steps on each segment's rows at this pooling_factor, as in
-    CompLLMParams.refine_steps (cached apart per factor and steps).
-    """
     def __init__(
         self,
         *,
         pooling_factor: _builtins.int = ...,
         output_dtype: Global___DType.ValueType = ...,
         decoder: _builtins.str = ...,
-        refine_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor", "refine_steps", b"refine_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1120,9 +1114,9 @@ class Limits(_message.Message):
     with RESOURCE_EXHAUSTED before it is tokenized.
     """
     max_refine_steps: _builtins.int
-    """Most CompLLMParams.refine_steps and ArcParams.refine_steps (more is
-    INVALID_ARGUMENT); 0 when refinement is off or no soft-token compressor
-    runs.
+    """Most CompLLMParams.refine_steps (more is INVALID_ARGUMENT); 0 when
+    refinement is off or complm does not run. (arc's pooled rows are not
+    refined: refining them measured worse, docs/soft-tokens.md.)
     """
     max_refine_segment_steps: _builtins.int
     """Most refinement one request may need: its uncached segments times its
