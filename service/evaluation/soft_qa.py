@@ -115,7 +115,9 @@ def needle_qa(reader, comp, params, docs: dict[str, str], n: int, words: int, se
     except ValueError as e:
         raise SystemExit(f"{e}: --needle-tokens {tokens[0]},{tokens[1]} does not suit --needle-words "
                          f"{words}; change one, or --needle-tokens '' for no bounds") from e
+    t1 = time.time()
     soft = [wire_tensor(comp, ex.context, params) for ex in exs]  # each context compressed once
+    compress_s = time.time() - t1
     other = [control_index(exs, i) for i in range(len(exs))] if len(exs) > 1 else [None] * len(exs)
     progress(f"needle: {len(exs)} contexts compressed ({time.time() - t0:.0f} s)")
     E = reader.model.get_input_embeddings()
@@ -160,7 +162,9 @@ def needle_qa(reader, comp, params, docs: dict[str, str], n: int, words: int, se
                                         for k in QA_CONDITIONS.values()}, bootstrap_n, seed),
             "context_tokens": {"min": min(ctx), "max": max(ctx), "bounds": list(tokens) if tokens else None},
             "mean_soft_rows": float(np.mean([r["soft_rows"] for r in out])),
-            "words": words, "new_tokens": new_tokens, "batch": batch, "seconds": round(time.time() - t0, 1)})
+            "words": words, "new_tokens": new_tokens, "batch": batch, "seconds": round(time.time() - t0, 1),
+            # compressing the contexts, one after another, as the server would (no cache)
+            "compress": {"seconds": round(compress_s, 2), "segments": sum(len(t.segment_offsets) - 1 for t in soft)}})
         result["soft_over_text"] = result["conditions"].pop("soft_over_text")
     return result
 
