@@ -1,13 +1,13 @@
 """Refining soft tokens at compress time: a few optimizer steps on each
 segment's rows against the frozen decoder (issue 25, item 5).
 
-complm's and arc's encoders make a segment's rows in one forward pass. The
-decoder, reading them teacher-forced, gets about 78% of the segment's tokens
-back (complm, dev needle contexts), and the tokens it misses are the rare
-ones a question asks for: names, numbers. A segment is compressed once and
-then served from the cache, so a batch job over a document store can afford
-more than one pass: refinement treats the rows themselves as parameters and
-takes `steps` Adam steps on the decoder's reconstruction loss:
+complm's encoder makes a segment's CEs in one forward pass; the decoder,
+reading them teacher-forced, gets about 78% of the segment's tokens back
+(dev needle contexts). A segment is compressed once and then served from
+the cache, so a job over a document store can afford more than one pass:
+refinement treats the rows themselves as parameters and takes `steps` Adam
+steps on the decoder's reconstruction loss (served for complm only; on
+arc's pooled rows it measured worse, docs/soft-tokens.md):
 
     r_0 = the encoder's rows of the segment          [k, D]
     x   = [E(eot), r, <rec>, E(t_1) .. E(t_n-1)]     the decoder's input
