@@ -172,3 +172,15 @@ def test_refinement_over_the_segment_steps_limit_is_refused_before_any_is_done(c
     both = client.compress([FACTS, "A second context. It has two segments, or more."], compressor="complm",
                            namespace=ns, refine_steps=4)
     assert both.stats.cache_hits == 3
+
+
+def test_the_cost_benchmark_times_both_side_by_side(capsys):
+    import json
+
+    from service.benchmarks import refine
+
+    threads = str(torch.get_num_threads())  # the benchmark sets torch's threads: leave them as they are
+    assert refine.main(["--segments", "2", "--steps", "1", "--threads", threads, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["segments"] == 2 and [r["refine_steps"] for r in out["rows"]] == [0, 1]
+    assert out["rows"][0]["ratio"] == 1.0 and all(r["seconds"] > 0 for r in out["rows"])
