@@ -329,9 +329,11 @@ def test_tiny_training_run_resumes_and_serves_with_a_cont_row(tmp_path, decoder_
     out = tmp_path / "complm.safetensors"
     args = ("train", "complm", "--steps", "4", "--batch-size", "2", "--ctx-min", "20", "--ctx-max", "30",
             "--continuation", "4", "--dev-examples", "2", "--rank", "4", "--checkpoint-every", "2",
-            "--rec-share", "0.5", "--corpus", "essays", "--out", str(out), "--cache-dir", Config().cache_dir)
+            "--rec-share", "0.5", "--qa-share", "0.5", "--corpus", "essays", "--out", str(out),
+            "--cache-dir", Config().cache_dir)
     card = train_stopped_and_resumed(args, out)
-    assert set(card["dev_after"]["ces"]) == {"loss_rows", "rec_token_accuracy", "gap_closed"}
+    assert set(card["dev_after"]["ces"]) == {"loss_rows", "rec_token_accuracy", "gap_closed", "qa"}
+    assert card["config"]["qa_share"] == 0.5 and set(card["dev_after"]["qa_text"]) == {"loss", "token_accuracy"}
     state = load_file(str(out))
     assert state["head.weight"].abs().max() > 0
     assert len([k for k in state if k.startswith("lora.")]) == 30 * 7 * 2  # attention + MLP

@@ -29,7 +29,8 @@ class SoftTrainConfig:
     ctx_min: int = 40  # context tokens of an example
     ctx_max: int = 120
     continuation: int = 32  # tokens the continuation loss is on
-    rec_share: float = 0.5  # share of reconstruction examples
+    rec_share: float = 0.5  # share of reconstruction examples (among those that are not qa)
+    qa_share: float = 0.0  # share of question-answering examples (soft.qa_examples)
     distill: float = 0.0  # weight of the KL to the full-text teacher on continuation tokens (soft.batch_loss)
     bf16: bool = True  # decoder passes in bfloat16 autocast
     dev_examples: int = 24  # held-out examples (split "dev") scored before and after

@@ -10,6 +10,9 @@ a task:
           `continuation` tokens of the document
     rec   the decoder reads [eot, rows, <rec>] and predicts the context's
           own tokens (reconstruction)
+    qa    the context holds one made-up fact (facts.py); the decoder reads a
+          chat prompt with [rows, <cont>] where the text would be and a
+          question about the fact, and predicts the short answer
 
 The loss is plain cross-entropy on those tokens through the frozen decoder;
 gradients flow through it into the rows and from there into the compressor.
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..segmenter import segment_text
-from . import corpus
+from . import corpus, facts
 
 
 SOURCES = ("essays", "prose")
@@ -103,11 +106,51 @@ def train_and_dev(cache_dir: str, tok, cfg, segment_tokens: int) -> tuple[list[d
     `cfg.dev_examples` from split "dev" (cfg.ctx_max tokens, documents
     uniformly, all continuation; the same for every seed, so runs compare)."""
     sources = cfg.corpus.split(",")
-    data = examples(documents(cache_dir, "train", sources), tok, cfg.steps * cfg.batch_size, cfg.seed,
+    train_docs = documents(cache_dir, "train", sources)
+    n = cfg.steps * cfg.batch_size
+    n_qa = round(n * cfg.qa_share)
+    data = examples(train_docs, tok, n - n_qa, cfg.seed,
                     cfg.ctx_min, cfg.ctx_max, cfg.continuation, segment_tokens, cfg.rec_share)
     dev = examples(documents(cache_dir, "dev", sources), tok, cfg.dev_examples, DEV_SEED,
                    cfg.ctx_max, cfg.ctx_max, cfg.continuation, segment_tokens, uniform_docs=True)
+    if n_qa:
+        data += qa_examples(train_docs, tok, n_qa, cfg.seed, cfg.ctx_min, cfg.ctx_max, segment_tokens)
+        random.Random(f"mix-{cfg.seed}").shuffle(data)
+        dev += qa_examples(documents(cache_dir, "dev", sources), tok, cfg.dev_examples, DEV_SEED,
+                           cfg.ctx_max, cfg.ctx_max, segment_tokens)
     return data, dev
+
+
+_MARK = "\u2063context\u2063"  # stands in for the rows while the chat template is applied
+
+
+def qa_examples(docs: dict[str, str], tok, n: int, seed: int, ctx_min: int, ctx_max: int,
+                segment_tokens: int) -> list[dict]:
+    """`n` "qa" examples, fixed by `seed`: a stretch of ctx_min..ctx_max
+    tokens of a document with a made-up fact inserted (facts.py), and the
+    token ids of the chat prompt before and after the context (`before`,
+    `after`: a question about the fact, then the assistant's turn) and of
+    the answer, ended by the end-of-turn token."""
+    rng = random.Random(f"qa-{seed}")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    out = []
+    for ex in examples(docs, tok, n, seed, ctx_min, ctx_max, 0, segment_tokens, stream="qa"):
+        sentence, question, answer = facts.fact(rng)
+        text = facts.insert(rng, ex["context"], sentence)
+        user = facts.prompt(rng, question).replace("{context}", _MARK)
+        chat = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                       add_generation_prompt=True)
+        before, after = chat.split(_MARK)
+        out.append({
+            "doc": ex["doc"], "context": text, "task": "qa", "question": question,
+            "context_ids": tok(text, add_special_tokens=False)["input_ids"],
+            "segments": [tok(seg.text, add_special_tokens=False)["input_ids"]
+                         for seg in segment_text(text, tok, segment_tokens)],
+            "before": tok(before, add_special_tokens=False)["input_ids"],
+            "after": tok(after, add_special_tokens=False)["input_ids"],
+            "answer": tok(answer, add_special_tokens=False)["input_ids"] + [end],
+        })
+    return out
 
 
 def decoder_logits(decoder, prefixes: list[torch.Tensor], targets: list[list[int]]):
@@ -159,6 +202,32 @@ def prefix(embed, bos_id: int, rows: torch.Tensor, task: torch.Tensor | None) ->
     return torch.cat(parts)
 
 
+def student_prefix(model, bos_id: int, ex: dict, rows: torch.Tensor) -> torch.Tensor:
+    """What the decoder reads before example `ex`'s targets, with `rows`
+    [r, D] for its context: [eot, rows, <task>], or for "qa" the chat
+    prompt with [rows, <cont>] where the text would be (as a client puts
+    the server's rows, which end with <cont>, into its prompt)."""
+    if ex["task"] != "qa":
+        return prefix(model.embed, bos_id, rows, model.task(ex["task"]))
+    E = lambda ids: model.embed(torch.tensor(ids, device=rows.device)).to(rows.dtype)  # noqa: E731
+    return torch.cat([E(ex["before"]), rows, model.task("cont").to(rows.dtype)[None], E(ex["after"])])
+
+
+def targets_of(ex: dict) -> list[int]:
+    """The tokens example `ex`'s loss is on."""
+    if ex["task"] == "rec":
+        return ex["context_ids"]
+    return ex["answer"] if ex["task"] == "qa" else ex["continuation"]
+
+
+def teacher_ids(ex: dict, bos_id: int) -> list[int]:
+    """What the full-text teacher reads before `ex`'s targets: the context's
+    tokens where the student has its rows."""
+    if ex["task"] == "qa":
+        return ex["before"] + ex["context_ids"] + ex["after"]
+    return [bos_id] + ex["context_ids"]
+
+
 # encode(segments' token ids) -> each segment's rows [k_i, D]
 Encode = Callable[[list[list[int]]], list[torch.Tensor]]
 
@@ -179,8 +248,8 @@ def batch_loss(model, encode: Encode, batch: list[dict], bos_id: int, bf16: bool
     `task(name)` (a learned row, or None).
 
     With `distill` > 0, the loss adds `distill` times the KL divergence from
-    the full-text teacher to the rows on the continuation examples' target
-    tokens: the same frozen decoder reading [eot, context tokens] gives the
+    the full-text teacher to the rows on the continuation and qa examples'
+    target tokens: the same frozen decoder reading the context's tokens gives the
     next-token distributions the rows should lead it to (dense
     distillation; one extra forward pass without gradients)."""
     with autocast(model, bf16):
@@ -188,17 +257,16 @@ def batch_loss(model, encode: Encode, batch: list[dict], bos_id: int, bf16: bool
         prefixes, targets = [], []
         for ex in batch:
             r = torch.cat([next(rows) for _ in ex["segments"]])  # [rows, D]
-            prefixes.append(prefix(model.embed, bos_id, r, model.task(ex["task"])))
-            targets.append(ex["context_ids"] if ex["task"] == "rec" else ex["continuation"])
+            prefixes.append(student_prefix(model, bos_id, ex, r))
+            targets.append(targets_of(ex))
         logits, example, want = decoder_logits(model.decoder, prefixes, targets)
         loss, per_example, accuracy = _losses(logits, example, want, len(batch))
-        cont = [i for i, ex in enumerate(batch) if ex["task"] == "cont"]
+        cont = [i for i, ex in enumerate(batch) if ex["task"] != "rec"]
         if distill and cont:
             device = logits.device
             with torch.no_grad():
-                full = [model.embed(torch.tensor([bos_id] + batch[i]["context_ids"], device=device))
-                        for i in cont]
-                teacher = decoder_logits(model.decoder, full, [batch[i]["continuation"] for i in cont])[0]
+                full = [model.embed(torch.tensor(teacher_ids(batch[i], bos_id), device=device)) for i in cont]
+                teacher = decoder_logits(model.decoder, full, [targets_of(batch[i]) for i in cont])[0]
             is_cont = torch.zeros(len(batch), dtype=torch.bool, device=device)
             is_cont[cont] = True
             student = logits[is_cont[example]]  # [N_cont, vocab], the same tokens in the same order
@@ -212,9 +280,13 @@ def batch_loss(model, encode: Encode, batch: list[dict], bos_id: int, bf16: bool
 def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int, bf16: bool) -> dict:
     """The continuation loss of `dev` with the full text and with no context,
     and for each of `encoders`: with its rows, the share of the gap closed,
-    and teacher-forced reconstruction token accuracy."""
+    and teacher-forced reconstruction token accuracy. With "qa" examples in
+    `dev`, also the answers' loss and teacher-forced token accuracy from the
+    text and from each encoder's rows."""
     E = model.embed
     device = E.weight.device
+    qa = [ex for ex in dev if ex["task"] == "qa"]
+    dev = [ex for ex in dev if ex["task"] != "qa"]
     cont = [dict(ex, task="cont") for ex in dev]
     rec = [dict(ex, task="rec") for ex in dev]
     full, none = [], []
@@ -227,6 +299,15 @@ def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int,
             none += decoder_loss(model.decoder, [E(torch.tensor([bos_id], device=device)) for _ in b],
                                  targets)[1].tolist()
     out = {"loss_full": sum(full) / len(dev), "loss_none": sum(none) / len(dev)}
+    if qa:
+        loss, acc = [], []
+        for i in range(0, len(qa), 8):
+            b = qa[i : i + 8]
+            with autocast(model, bf16):
+                _, l, a = decoder_loss(model.decoder, [E(torch.tensor(teacher_ids(ex, bos_id), device=device))
+                                                       for ex in b], [ex["answer"] for ex in b])
+            loss, acc = loss + l.tolist(), acc + a.tolist()
+        out["qa_text"] = {"loss": sum(loss) / len(qa), "token_accuracy": sum(acc) / len(qa)}
     for name, encode in encoders.items():
         loss, acc = [], []
         for i in range(0, len(dev), 8):
@@ -235,4 +316,10 @@ def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int,
         mean = sum(loss) / len(dev)
         out[name] = {"loss_rows": mean, "rec_token_accuracy": sum(acc) / len(dev),
                      "gap_closed": (out["loss_none"] - mean) / (out["loss_none"] - out["loss_full"])}
+        if qa:
+            loss, acc = [], []
+            for i in range(0, len(qa), 8):
+                _, l, a = batch_loss(model, encode, qa[i : i + 8], bos_id, bf16)
+                loss, acc = loss + l.tolist(), acc + a.tolist()
+            out[name]["qa"] = {"loss": sum(loss) / len(qa), "token_accuracy": sum(acc) / len(qa)}
     return out

@@ -1,0 +1,108 @@
+"""Question-answering examples for training a soft-token compressor: a
+stretch of a training document with one made-up fact sentence inserted at a
+sentence boundary, a question about that fact and its short answer, asked in
+one of a few prompt wordings (soft.py turns them into the "qa" task).
+
+The templates, names and values here are for training only and share none
+with the evaluation's needle facts (service/evaluation/tasks.py: access
+codes, cities, colours, dogs' names), so that the evaluation measures
+whether looking a fact up from soft tokens was learned, not its templates.
+"""
+
+import random
+import re
+
+FIRST = ["Abel", "Bianca", "Cyrus", "Delia", "Emil", "Fiona", "Gideon", "Hana", "Ivo", "Jana",
+         "Kofi", "Leila", "Milo", "Nadia", "Oscar", "Priya", "Quentin", "Renata", "Samir", "Tomas",
+         "Ulla", "Vera", "Wendell", "Yusuf", "Zofia"]
+LAST = ["Abbott", "Bauer", "Costa", "Dalton", "Ekberg", "Ferreira", "Grant", "Hale", "Ibarra",
+        "Keller", "Lund", "Mercer", "Nakamura", "Ortiz", "Pike", "Quinn", "Reyes", "Sato", "Torres",
+        "Varga", "Weber", "Young"]
+COUNTRIES = ["Portugal", "Kenya", "Chile", "Norway", "Vietnam", "Peru", "Ghana", "Finland",
+             "Mongolia", "Uruguay", "Nepal", "Morocco", "Iceland", "Laos", "Latvia", "Bolivia"]
+JOBS = ["carpenter", "nurse", "pilot", "librarian", "baker", "surveyor", "dentist", "plumber",
+        "chemist", "translator", "welder", "florist", "architect", "beekeeper"]
+INSTRUMENTS = ["cello", "trumpet", "banjo", "harp", "oboe", "accordion", "violin", "flute",
+               "drums", "saxophone", "clarinet", "ukulele"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+DISHES = ["lentil soup", "mushroom risotto", "fish tacos", "beef stew", "onion tart", "pad thai",
+          "cheese omelette", "pea salad", "lamb curry", "tomato pasta"]
+THINGS = ["crate", "anchor", "statue", "barrel", "boiler", "generator", "bell", "trunk"]
+TOWNS = ["Ashford", "Brookvale", "Carrow", "Dunmore", "Elmstead", "Fairholm", "Glenrock",
+         "Harwick", "Ivybridge", "Kelso", "Larkhill", "Millbrook"]
+WORDS = ["falcon", "marble", "juniper", "cobalt", "saffron", "thistle", "lantern", "quartz",
+         "meadow", "harbour", "pebble", "willow"]
+SYSTEMS = ["billing system", "staff portal", "lab computer", "office wifi", "alarm panel", "backup server"]
+BRANDS = ["Volvo", "Toyota", "Fiat", "Skoda", "Subaru", "Renault", "Mazda", "Peugeot"]
+
+
+def _person(rng: random.Random) -> str:
+    return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+
+
+def fact(rng: random.Random) -> tuple[str, str, str]:
+    """(fact sentence, question, answer), one of 12 kinds."""
+    p = _person(rng)
+    kind = rng.randrange(12)
+    if kind == 0:
+        y = str(rng.randint(1901, 2019))
+        return f"{p} was born in {y}.", f"In which year was {p} born?", y
+    if kind == 1:
+        c = rng.choice(COUNTRIES)
+        return f"{p} spent last winter in {c}.", f"Where did {p} spend last winter?", c
+    if kind == 2:
+        j = rng.choice(JOBS)
+        return f"{p} works as a {j}.", f"What does {p} work as?", j
+    if kind == 3:
+        i = rng.choice(INSTRUMENTS)
+        return f"{p} plays the {i} in a band.", f"Which instrument does {p} play?", i
+    if kind == 4:
+        m = rng.choice(MONTHS)
+        return f"{p}'s wedding is planned for {m}.", f"In which month is {p}'s wedding planned?", m
+    if kind == 5:
+        d = rng.choice(DISHES)
+        return f"For lunch, {p} ordered the {d}.", f"What did {p} order for lunch?", d
+    if kind == 6:
+        t, n = rng.choice(THINGS), str(rng.randint(12, 950))
+        return f"The old {t} weighs {n} kilograms.", f"How many kilograms does the old {t} weigh?", n
+    if kind == 7:
+        t, n = rng.choice(TOWNS), str(rng.randint(2, 19))
+        return (f"The train to {t} leaves from platform {n}.",
+                f"Which platform does the train to {t} leave from?", n)
+    if kind == 8:
+        s, w = rng.choice(SYSTEMS), rng.choice(WORDS)
+        return f"The password for the {s} is {w}.", f"What is the password for the {s}?", w
+    if kind == 9:
+        b = rng.choice(BRANDS)
+        return f"{p} drives an old {b}.", f"What make of car does {p} drive?", b
+    if kind == 10:
+        q = _person(rng)
+        return f"The new head of the school is {q}.", "Who is the new head of the school?", q
+    n = str(rng.randint(3, 98))
+    return f"{p} has read {n} books this year.", f"How many books has {p} read this year?", n
+
+
+PROMPTS = [
+    "Answer the question using the text below. Reply with the answer only.\n\n"
+    "Text:\n{context}\n\nQuestion: {question}",
+    "Read the text and answer the question in a few words.\n\n{context}\n\nQuestion: {question}",
+    "{context}\n\nBased on the text above, {question_lower}",
+]
+"""Prompt wordings; the first is the one the README's example and the
+evaluation use, the others keep the rows from being fitted to one frame."""
+
+
+def insert(rng: random.Random, text: str, sentence: str) -> str:
+    """`text` with `sentence` put at one of its sentence boundaries (or its start or end)."""
+    cuts = [0] + [m.end() for m in re.finditer(r"(?<=[.?!])\s+", text)] + [len(text)]
+    at = rng.choice(cuts)
+    before, after = text[:at].rstrip(), text[at:].lstrip()
+    return " ".join(s for s in (before, sentence, after) if s)
+
+
+def prompt(rng: random.Random, question: str) -> str:
+    """A user message holding "{context}" once, with `question` filled in."""
+    p = rng.choice(PROMPTS)
+    lower = question[0].lower() + question[1:]
+    return p.replace("{question_lower}", lower).replace("{question}", question)
