@@ -88,7 +88,7 @@ def test_tiny_run_trains_both_and_the_weights_join_and_load(staged, tmp_path, de
 
     out, work = tmp_path / "out", tmp_path / "work"
     tiny = ["steps=2", "batch_size=1", "checkpoint_every=1", "ctx_min=20", "ctx_max=30", "continuation=4",
-            "dev_examples=1"]
+            "dev_examples=1", "qa_share=0.5"]  # step 0's example is made qa, step 1's is not
     cli("run", "--stage", staged, "--out", out, "--work", work, "--device", "cpu", "--minutes", 0,
         *[a for s in tiny for a in ("--set", s)], timeout=1200)
     for name in ("complm", "arc"):
@@ -96,6 +96,7 @@ def test_tiny_run_trains_both_and_the_weights_join_and_load(staged, tmp_path, de
         assert len(files) >= 2 and all(f.stat().st_size <= device.MAX_FILE for f in files)
         card = json.loads((out / name / f"{name}.json").read_text())
         assert card["step"] == 2 and card["seen"]["examples"] == 2 and "dev_after" in card
+        assert card["run"]["qa_share"] == 0.5
     assert not list(work.glob("*.ckpt"))  # finished runs leave no checkpoint
 
     complm_file, arc_file = tmp_path / "complm.safetensors", tmp_path / "arc.safetensors"

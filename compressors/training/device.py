@@ -38,6 +38,7 @@ import hashlib
 import json
 import lzma
 import os
+import random
 import subprocess
 import sys
 import tarfile
@@ -124,6 +125,7 @@ class RunConfig:
     ctx_max: int = 120
     continuation: int = 32
     rec_share: float = 0.5
+    qa_share: float = 0.0  # share of the examples made "qa" (soft.qa_example) on the device
     distill: float = 1.0  # weight of the KL to the full-text teacher (soft.batch_loss)
     factors: str = "2,4,8"  # arc: pooling factors, one drawn per example
     seed: int = 0
@@ -169,10 +171,13 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
 
     def batches(step: int) -> list[dict]:
         batch = sampler.batch(step, run.batch_size)
+        if run.qa_share:  # the shard's text, decoded, with a fact in it and a question about it
+            rng = random.Random(f"qa-{run.seed}-{step}")
+            batch = [soft.qa_example(rng, tok, tok.decode(ex["context_ids"]), model.config.segment_tokens)
+                     if rng.random() < run.qa_share else ex for ex in batch]
         seen["examples"] += len(batch)
         seen["context_tokens"] += sum(len(ex["context_ids"]) for ex in batch)
-        seen["target_tokens"] += sum(len(ex["context_ids"] if ex["task"] == "rec" else ex["continuation"])
-                                     for ex in batch)
+        seen["target_tokens"] += sum(len(soft.targets_of(ex)) for ex in batch)
         return batch
 
     if run.compressor == "complm":

@@ -126,31 +126,33 @@ _MARK = "\u2063context\u2063"  # stands in for the rows while the chat template 
 
 def qa_examples(docs: dict[str, str], tok, n: int, seed: int, ctx_min: int, ctx_max: int,
                 segment_tokens: int) -> list[dict]:
-    """`n` "qa" examples, fixed by `seed`: a stretch of ctx_min..ctx_max
-    tokens of a document with a made-up fact inserted (facts.py), and the
+    """`n` "qa" examples (qa_example), fixed by `seed`, on stretches of
+    ctx_min..ctx_max tokens of `docs`."""
+    rng = random.Random(f"qa-{seed}")
+    return [qa_example(rng, tok, ex["context"], segment_tokens, ex["doc"])
+            for ex in examples(docs, tok, n, seed, ctx_min, ctx_max, 0, segment_tokens, stream="qa")]
+
+
+def qa_example(rng: random.Random, tok, text: str, segment_tokens: int, doc: str = "") -> dict:
+    """A "qa" example from `text`: a made-up fact inserted (facts.py), the
     token ids of the chat prompt before and after the context (`before`,
     `after`: a question about the fact, then the assistant's turn) and of
     the answer, ended by the end-of-turn token."""
-    rng = random.Random(f"qa-{seed}")
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    out = []
-    for ex in examples(docs, tok, n, seed, ctx_min, ctx_max, 0, segment_tokens, stream="qa"):
-        sentence, question, answer = facts.fact(rng)
-        text = facts.insert(rng, ex["context"], sentence)
-        user = facts.prompt(rng, question).replace("{context}", _MARK)
-        chat = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                       add_generation_prompt=True)
-        before, after = chat.split(_MARK)
-        out.append({
-            "doc": ex["doc"], "context": text, "task": "qa", "question": question,
-            "context_ids": tok(text, add_special_tokens=False)["input_ids"],
-            "segments": [tok(seg.text, add_special_tokens=False)["input_ids"]
-                         for seg in segment_text(text, tok, segment_tokens)],
-            "before": tok(before, add_special_tokens=False)["input_ids"],
-            "after": tok(after, add_special_tokens=False)["input_ids"],
-            "answer": tok(answer, add_special_tokens=False)["input_ids"] + [end],
-        })
-    return out
+    sentence, question, answer = facts.fact(rng)
+    text = facts.insert(rng, text, sentence)
+    user = facts.prompt(rng, question).replace("{context}", _MARK)
+    chat = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                   add_generation_prompt=True)
+    before, after = chat.split(_MARK)
+    return {
+        "doc": doc, "context": text, "task": "qa", "question": question,
+        "context_ids": tok(text, add_special_tokens=False)["input_ids"],
+        "segments": [tok(seg.text, add_special_tokens=False)["input_ids"]
+                     for seg in segment_text(text, tok, segment_tokens)],
+        "before": tok(before, add_special_tokens=False)["input_ids"],
+        "after": tok(after, add_special_tokens=False)["input_ids"],
+        "answer": tok(answer, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")],
+    }
 
 
 def decoder_logits(decoder, prefixes: list[torch.Tensor], targets: list[list[int]]):
