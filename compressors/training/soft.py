@@ -104,7 +104,9 @@ def train_and_dev(cache_dir: str, tok, cfg, segment_tokens: int) -> tuple[list[d
     split "train" (contexts of cfg.ctx_min..ctx_max tokens, documents in
     proportion to their length, reconstruction with cfg.rec_share), and
     `cfg.dev_examples` from split "dev" (cfg.ctx_max tokens, documents
-    uniformly, all continuation; the same for every seed, so runs compare)."""
+    uniformly, all continuation; the same for every seed, so runs compare).
+    With cfg.qa_share, that share of the training examples are qa_examples
+    (mixed in by seed), and the dev examples get as many qa examples more."""
     sources = cfg.corpus.split(",")
     train_docs = documents(cache_dir, "train", sources)
     n = cfg.steps * cfg.batch_size
@@ -211,8 +213,11 @@ def student_prefix(model, bos_id: int, ex: dict, rows: torch.Tensor) -> torch.Te
     the server's rows, which end with <cont>, into its prompt)."""
     if ex["task"] != "qa":
         return prefix(model.embed, bos_id, rows, model.task(ex["task"]))
-    E = lambda ids: model.embed(torch.tensor(ids, device=rows.device)).to(rows.dtype)  # noqa: E731
-    return torch.cat([E(ex["before"]), rows, model.task("cont").to(rows.dtype)[None], E(ex["after"])])
+
+    def embed(ids: list[int]) -> torch.Tensor:
+        return model.embed(torch.tensor(ids, device=rows.device)).to(rows.dtype)
+
+    return torch.cat([embed(ex["before"]), rows, model.task("cont").to(rows.dtype)[None], embed(ex["after"])])
 
 
 def targets_of(ex: dict) -> list[int]:
