@@ -307,14 +307,12 @@ def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int,
                                  targets)[1].tolist()
     out = {"loss_full": sum(full) / len(dev), "loss_none": sum(none) / len(dev)}
     if qa:
-        loss, acc = [], []
-        for i in range(0, len(qa), 8):
-            b = qa[i : i + 8]
+        def from_text(b: list[dict]):
             with autocast(model, bf16):
-                _, l, a = decoder_loss(model.decoder, [E(torch.tensor(teacher_ids(ex, bos_id), device=device))
-                                                       for ex in b], [ex["answer"] for ex in b])
-            loss, acc = loss + l.tolist(), acc + a.tolist()
-        out["qa_text"] = {"loss": sum(loss) / len(qa), "token_accuracy": sum(acc) / len(qa)}
+                return decoder_loss(model.decoder, [E(torch.tensor(teacher_ids(ex, bos_id), device=device))
+                                                    for ex in b], [ex["answer"] for ex in b])
+
+        out["qa_text"] = _answer_scores(qa, from_text)
     for name, encode in encoders.items():
         loss, acc = [], []
         for i in range(0, len(dev), 8):
@@ -324,9 +322,15 @@ def dev_report(model, dev: list[dict], encoders: dict[str, Encode], bos_id: int,
         out[name] = {"loss_rows": mean, "rec_token_accuracy": sum(acc) / len(dev),
                      "gap_closed": (out["loss_none"] - mean) / (out["loss_none"] - out["loss_full"])}
         if qa:
-            loss, acc = [], []
-            for i in range(0, len(qa), 8):
-                _, l, a = batch_loss(model, encode, qa[i : i + 8], bos_id, bf16)
-                loss, acc = loss + l.tolist(), acc + a.tolist()
-            out[name]["qa"] = {"loss": sum(loss) / len(qa), "token_accuracy": sum(acc) / len(qa)}
+            out[name]["qa"] = _answer_scores(qa, lambda b: batch_loss(model, encode, b, bos_id, bf16))
     return out
+
+
+def _answer_scores(qa: list[dict], score) -> dict:
+    """The mean per-example loss and token accuracy of `score(batch)` (the
+    triple of decoder_loss and batch_loss) over `qa`, 8 examples a batch."""
+    loss, acc = [], []
+    for i in range(0, len(qa), 8):
+        _, per_example, accuracy = score(qa[i : i + 8])
+        loss, acc = loss + per_example.tolist(), acc + accuracy.tolist()
+    return {"loss": sum(loss) / len(qa), "token_accuracy": sum(acc) / len(qa)}
