@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..artifacts import sha256
-
+from ..engines import resolve_dtype
 from .staging import KEEP, MAX_FILE, MIB, ROOT, SEGMENTS, STAGE, gather, plan, receive, stage
 
 
@@ -129,7 +129,7 @@ class RunConfig:
     distill: float = 1.0  # weight of the KL to the full-text teacher (soft.batch_loss)
     factors: str = "2,4,8"  # arc: pooling factors, one drawn per example
     seed: int = 0
-    bf16: bool = True
+    bf16: bool = True  # `run` sets it for its device: bfloat16 on CUDA and CPUs with bf16 instructions
     checkpoint_every: int = 200
     dev_examples: int = 24  # of the staged dev examples (the CPU runs' cards score the same 24)
     stop_after: int = 0
@@ -361,7 +361,8 @@ def main(argv=None) -> int:
     elif args.command == "run":
         runs = []
         for name in args.runs.split(","):
-            r = RunConfig(compressor=name, lr=3e-4 if name == "complm" else 5e-4)
+            r = RunConfig(compressor=name, lr=3e-4 if name == "complm" else 5e-4,
+                          bf16=resolve_dtype("auto", args.device) == "bfloat16")  # CUDA: yes
             for item in args.set:
                 key, value = item.split("=", 1)
                 kind = type(getattr(r, key))
