@@ -3,7 +3,8 @@
 weights: `.venv/bin/python tests/record_complm.py`. The other entries stay
 as they are; say so in the commit. The rows are compared with a tolerance,
 so one CPU's recording holds for all: other CPUs' complm entries are
-dropped."""
+dropped, but for the float32 entries' cache id and keys, which name the
+weights and are recorded again from a float32 run."""
 
 import copy
 import json
@@ -23,7 +24,9 @@ from test_recorded_outputs import RECORDED, ROWS, run_pipeline  # noqa: E402
 
 def main() -> None:
     path = ROOT / "tests" / "data" / "recorded_outputs.json"
-    got = run_pipeline(str(ensure_default_llmlingua2(Config().models_dir)))
+    model_dir = str(ensure_default_llmlingua2(Config().models_dir))
+    got = run_pipeline(model_dir, model_dtype="bfloat16")  # the main recording's precision
+    float32 = run_pipeline(model_dir, model_dtype="float32")["keys"]["complm"]
     rows = got["complm"].pop("rows")
     del got["keys"]["complm"]["values"]  # the response's rows, recorded with them
     save_file({"rows": torch.tensor(rows).bfloat16()}, ROWS)  # the CEs are bfloat16: exact
@@ -32,6 +35,8 @@ def main() -> None:
     for other in others:
         other["differs"].pop("complm", None)
         other["differs"].get("keys", {}).pop("complm", None)
+        if other["dtype"] == "float32":
+            other["differs"]["keys"]["complm"] = {k: float32[k] for k in ("cache_id", "keys")}
         if other["differs"].get("keys") == {}:
             del other["differs"]["keys"]
     if others:

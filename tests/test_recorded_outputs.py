@@ -29,8 +29,16 @@ tests/test_engine.py checks against torch's.
 The last bits of scores and CEs depend on the CPU's instructions (and one
 word at a budget edge with them), so the file also holds, for each other CPU
 recorded (`tests/record_cpu.py`), where its outputs differ; an output passes
-when it is what one recorded CPU gave. Cache ids, segments and keys must be
-the same everywhere. complm's rows are compared with a tolerance instead,
+when it is what one recorded CPU gave. The precision is the default's,
+"auto": bfloat16 on a CPU with bf16 instructions, float32 on one without
+(an AVX2-only CPU would emulate bfloat16 about 100x slower). The main
+recording is bfloat16; a float32 entry (`tests/record_cpu.py --dtype
+float32`, which any CPU can record) holds what float32 changes: the cache
+ids and keys, which name the precision, a word or three at budget edges,
+and llmlingua2's cached scores, compared within SCORES_TOLERANCE since
+float32's last bits move with the CPU's kernels. Segments must be the same
+everywhere, and cache ids and keys in one precision. complm's rows are
+compared with a tolerance instead,
 so that new weights recorded on one CPU pass on every other: bfloat16 CEs
 differ from float32 ones by at most 1.9% per row on the sample, and the
 rows of weights trained 150 steps less by 12-32%.
@@ -47,6 +55,7 @@ from google.protobuf import json_format
 from cache import codec
 from cache.keys import segment_key
 from compressors.complm import DEFAULT_WEIGHTS
+from compressors.engines import resolve_dtype
 from segpress import SegpressClient
 from service.config import SAMPLE, Config
 
@@ -59,6 +68,13 @@ ROWS = ROOT / "tests" / "data" / "complm_rows.safetensors"  # complm's response 
 # by up to 5.4% from the recording (made without AMX); the same weights 150
 # steps less trained by 12-32%, which this must still catch.
 ROWS_TOLERANCE = 0.08
+# The precision the default ("auto") runs the models in on this CPU, and the
+# recordings these outputs are compared with.
+DTYPE = resolve_dtype("auto")
+# Largest difference of a float32 keep score (a probability) from its
+# recording: the last bits move with the CPU's kernels (~1e-6); bfloat16
+# scores differ from float32 ones by ~1e-2.
+SCORES_TOLERANCE = 1e-4
 
 
 def cpu() -> str:
@@ -75,27 +91,29 @@ def cpu() -> str:
                      *sorted(flags)])
 
 
-def recordings() -> list[dict]:
-    """The main recording, then, for each other CPU recorded, the main one
-    with that CPU's differences (the last bits of the scores and CEs, and so
-    the odd word at a budget edge, depend on the CPU's instructions)."""
+def recordings(dtype: str = DTYPE) -> list[dict]:
+    """What was recorded in `dtype`: for bfloat16 the main recording, then,
+    for each CPU recorded in `dtype`, the main one with that CPU's
+    differences (the last bits of the scores and CEs, and so the odd word at
+    a budget edge, depend on the CPU's instructions and the precision)."""
     main = {k: v for k, v in RECORDED.items() if k != "other_cpus"}
 
     def merged(base, diff):
-        if not isinstance(diff, dict):
+        if not isinstance(diff, dict) or not isinstance(base, dict):
             return diff
-        return {k: merged(base.get(k), diff[k]) if k in diff else v for k, v in base.items()}
+        return {**diff, **{k: merged(v, diff[k]) if k in diff else v for k, v in base.items()}}
 
-    return [main] + [merged(main, other["differs"]) for other in RECORDED.get("other_cpus", [])]
+    return ([main] if dtype == "bfloat16" else []) + [
+        merged(main, other["differs"]) for other in RECORDED.get("other_cpus", []) if other["dtype"] == dtype]
 
 
-def run_pipeline(model_dir: str) -> dict:
+def run_pipeline(model_dir: str, model_dtype: str = "auto") -> dict:
     """What `segpress compress` returns on the sample, with both compressors,
     in the shape of recorded_outputs.json."""
     from service.assemble import open_pipeline
 
     config = Config(cache_dir=Config().cache_dir, llmlingua2_model=model_dir,
-                    compressors="llmlingua2,complm", engine="torch")
+                    compressors="llmlingua2,complm", engine="torch", model_dtype=model_dtype)
     text = SAMPLE.read_text(encoding="utf-8")
 
     async def run():
@@ -135,6 +153,7 @@ def run_pipeline(model_dir: str) -> dict:
         else:
             observed["keys"][name]["value_sha256"] = [hashlib.sha256(codec.encode(compressor.kind, v)).hexdigest()
                                                       for v in values]
+            observed["keys"][name]["scores"] = [np.round(v["scores"], 6).tolist() for v in values]
     return observed
 
 
@@ -176,6 +195,7 @@ def assert_recorded(got, path: tuple[str, ...]):
         return r
 
     wants = [at(r) for r in recordings()]
+    assert wants, f"nothing recorded in {DTYPE}: run tests/record_cpu.py --dtype {DTYPE}"
     if got not in wants:
         assert got == wants[0], f"not recorded for any CPU; this one is {cpu()!r}"
 
@@ -204,13 +224,19 @@ def test_complm_tensor_is_unchanged(observed):
 
 @pytest.mark.parametrize("name", ["llmlingua2", "complm"])
 def test_segments_keys_and_cached_values_are_unchanged(observed, name):
-    got, want = observed["keys"][name], RECORDED["keys"][name]
-    assert got["cache_id"] == want["cache_id"]
-    assert got["segments"] == want["segments"]
-    assert got["keys"] == want["keys"]
+    got = observed["keys"][name]
+    assert got["cache_id"].endswith(f":{DTYPE}")  # a cache id names the precision that ran
+    assert_recorded(got["cache_id"], ("keys", name, "cache_id"))
+    assert got["segments"] == RECORDED["keys"][name]["segments"]
+    assert_recorded(got["keys"], ("keys", name, "keys"))
     if name == "complm":  # a segment's cached rows are its rows in the response
         offsets, rows = [int(o) for o in RECORDED["complm"]["segment_offsets"]], recorded_rows()
         for i, value in enumerate(got["values"]):
             assert_rows_close(value, rows[offsets[i]:offsets[i + 1]])
-    else:
+    elif DTYPE == "bfloat16":  # the same bytes
         assert_recorded(got["value_sha256"], ("keys", name, "value_sha256"))
+    else:  # float32: the same scores but for the last bits
+        wants = [r["keys"][name]["scores"] for r in recordings()]
+        assert any(len(want) == len(got["scores"]) and all(
+            len(w) == len(g) and np.abs(np.array(g) - np.array(w)).max() <= SCORES_TOLERANCE
+            for g, w in zip(got["scores"], want)) for want in wants), "llmlingua2's scores differ from their recording"
