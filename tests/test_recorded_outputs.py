@@ -73,7 +73,7 @@ ROWS_TOLERANCE = 0.08
 DTYPE = resolve_dtype("auto")
 # Largest difference of a float32 keep score (a probability) from its
 # recording: the last bits move with the CPU's kernels (~1e-6); bfloat16
-# scores differ from float32 ones by ~1e-2.
+# scores differ from float32 ones by up to 5.3e-3 on the sample (median 8e-4).
 SCORES_TOLERANCE = 1e-4
 
 
