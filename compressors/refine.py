@@ -12,7 +12,8 @@ arc's pooled rows it measured worse, docs/soft-tokens.md):
     r_0 = the encoder's rows of the segment          [k, D]
     x   = [E(eot), r, <rec>, E(t_1) .. E(t_n-1)]     the decoder's input
     L(r) = mean_j CE(decoder(x)[k + 1 + j], t_j)     teacher-forced reconstruction
-    r  <- Adam(lr=LR) on L, `steps` times            the decoder and <rec> stay fixed
+    P(r) = sum_i |r_i - r_0,i|^2 / sum_i |r_0,i|^2     relative drift from the encoder's rows
+    r  <- Adam(lr=LR) on L + pull * P, `steps` times    the decoder and <rec> stay fixed
 
 The decoder is the unchanged one that reads the rows (not the server's copy
 with the encoder's LoRA folded in), in the compressor's precision. Each
@@ -27,15 +28,17 @@ import torch
 import torch.nn.functional as F
 
 LR = 0.01  # Adam's step size on the rows, chosen on dev (docs/soft-tokens.md)
+PULL = 0.0  # weight of the pull toward the encoder's rows (0: none; docs/soft-tokens.md)
 
 
 def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor], ids: list[list[int]],
-                steps: int, width: int) -> list[torch.Tensor]:
+                steps: int, width: int, pull: float = PULL) -> list[torch.Tensor]:
     """Each segment's rows after `steps` Adam steps on its reconstruction
     loss. rows[i]: [k_i, D] float32, the encoder's rows of segment i;
     ids[i]: its n_i token ids; rec: the <rec> row [D]; width: the padded
-    sequence length, at least 1 + k_i + n_i for every segment. Returns
-    float32 [k_i, D] each."""
+    sequence length, at least 1 + k_i + n_i for every segment; pull: the
+    weight of each segment's relative drift from its encoder's rows.
+    Returns float32 [k_i, D] each."""
     E = decoder.get_input_embeddings()
     dtype = E.weight.dtype
     device = E.weight.device
@@ -53,7 +56,8 @@ def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor
     want = torch.tensor([x for t in ids for x in t], device=device)  # [N]
     count = torch.bincount(example, minlength=B).float()  # [B]: tokens per segment
 
-    params = [r.detach().to(device, torch.float32).clone().requires_grad_(True) for r in rows]
+    start = [r.detach().to(device, torch.float32) for r in rows]  # [k_i, D] each
+    params = [r.clone().requires_grad_(True) for r in start]
     opt = torch.optim.Adam(params, lr=LR)
     with torch.enable_grad():
         for _ in range(steps):
@@ -65,6 +69,8 @@ def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor
             logits = decoder.lm_head(h[example, position]).float()  # [N, vocab]
             token_loss = F.cross_entropy(logits, want, reduction="none")  # [N]
             loss = (torch.zeros(B, device=device).index_add(0, example, token_loss) / count).sum()
+            if pull:
+                loss = loss + pull * sum(((p - r0) ** 2).sum() / (r0 ** 2).sum() for p, r0 in zip(params, start))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -29,7 +29,7 @@ from .base import (ContextParts, Encoded, InvalidParams, Kind, Rendered, Segment
                    length_sorted_batches, overlaps)
 from .engines import resolve_dtype
 from .models import SMOLLM2
-from .refine import LR, refine_rows
+from .refine import LR, PULL, refine_rows
 from .segmenter import count_tokens, segment_text
 
 # Element types the response tensor can have (proto DType -> name).
@@ -71,6 +71,7 @@ class SoftTokens:
 
     refine_steps = 0  # > 0 in a variant: its rows are refined this many steps
     refined_rows = ""  # the array a variant's value holds (its rows_name)
+    refine_pull = PULL  # weight of refinement's pull toward the encoder's rows (refine.py)
 
     def __init__(self, decoder_dir: str | Path, weights: str | Path, device: str = "cpu",
                  batch_size: int = 32, dtype: str = "float32", max_refine_steps: int = 0):
@@ -141,7 +142,8 @@ class SoftTokens:
             if key not in self._variants:
                 v = copy.copy(self)
                 v.refine_steps, v.refined_rows = key
-                v.cache_id = f"{self.cache_id}:refine{key[0]}:lr{LR}:{key[1]}"
+                pull = f":pull{self.refine_pull}" if self.refine_pull else ""
+                v.cache_id = f"{self.cache_id}:refine{key[0]}:lr{LR}{pull}:{key[1]}"
                 self._variants[key] = v
             return self._variants[key]
 
@@ -204,7 +206,7 @@ class SoftTokens:
         rec = self.model.task("rec").detach()
         bos_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         return refine_rows(self._plain_decoder(), bos_id, rec, [r.float() for r in rows], ids,
-                           self.refine_steps, width)
+                           self.refine_steps, width, self.refine_pull)
 
     def _plain_decoder(self):
         """The decoder without the encoder's LoRA, frozen: what reads the rows."""

@@ -82,6 +82,30 @@ def test_a_variant_per_steps_with_its_own_cache_identity(complm):
     assert not v2.check_encoded({**value, "extra": value["ces"]}, seg)
 
 
+def test_the_pull_keeps_the_rows_near_the_encoders_and_is_in_the_identity(decoder_dir, complm):
+    """A pull toward the encoder's rows (refine.py's P) leaves the refined
+    rows closer to them than the same steps without it, and is part of the
+    cache identity (rows refined with another pull are other values)."""
+    from compressors.complm import CompLLM
+
+    texts = [s.text for s in complm.segment(FACTS)]
+    plain = complm.encode(texts)
+    other = CompLLM(decoder_dir, dtype="float32", max_refine_steps=8)
+    loose, tight = (complm.refine_pull, 100.0)
+    other.refine_pull = tight
+    p = complm.Params(refine_steps=5)
+    a, b = complm.variant(p), other.variant(p)
+    assert a.cache_id != b.cache_id and b.cache_id.startswith(complm.cache_id)
+    assert f"pull{tight}" in b.cache_id and (f"pull{loose}" in a.cache_id) == bool(loose)
+
+    def drift(values):
+        return [float(np.linalg.norm(v["ces"] - q["ces"]) / np.linalg.norm(q["ces"]))
+                for v, q in zip(values, plain)]
+
+    far, near = drift(a.encode(texts)), drift(b.encode(texts))
+    assert all(n < 0.85 * f for n, f in zip(near, far)), (near, far)  # measured: 0.48-0.72 of it
+
+
 def test_refine_steps_are_checked(complm):
     p = complm.Params
     with pytest.raises(InvalidParams, match="complm.refine_steps must be 0"):

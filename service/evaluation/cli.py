@@ -52,6 +52,8 @@ def add_complm_arguments(p) -> None:
     p.add_argument("--pooling-factor", type=int, default=0, help="arc: tokens per row (0: its default)")
     p.add_argument("--refine-steps", type=int, default=0, help="optimizer steps on each segment's rows "
                    "at compress time (compressors/refine.py; 0: the encoder's rows as they are)")
+    p.add_argument("--refine-pull", type=float, default=None, help="weight of refinement's pull toward "
+                   "the encoder's rows (default: compressors/refine.py's PULL, what complm serves)")
     p.add_argument("--reconstructions", type=int, default=32,
                    help="held-out segments regenerated greedily from their rows and <Rec> "
                         "(weights with task rows; 0: skip)")

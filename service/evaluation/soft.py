@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compressors.refine import LR
 from compressors.training.cards import command, portable
 
 from .soft_decoding import prefill_times, reconstruction, rows_of
@@ -126,7 +127,7 @@ def soft_compressor(name: str, decoder_dir, config, args):
     """(compressor, its Params for this run, weights path) for `name`: the
     weights of --weights, else those the configuration names (SEGPRESS_WEIGHTS),
     else the shipped ones; with --refine-steps, the variant that refines its
-    rows that many steps."""
+    rows that many steps (pulled toward the encoder's rows by --refine-pull)."""
     from compressors.registry import weights_path
 
     weights = args.weights_file or weights_path(name, config)
@@ -142,6 +143,8 @@ def soft_compressor(name: str, decoder_dir, config, args):
 
         comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype, max_refine_steps=steps)
         params = comp.Params(refine_steps=steps)
+    if args.refine_pull is not None:
+        comp.refine_pull = args.refine_pull
     params.check()
     comp.check_params(params)
     return comp.variant(params), params, weights
@@ -181,6 +184,7 @@ def main(args, config) -> int:
         "decoder": {"id": comp.decoder_id, "fingerprint": comp.decoder_fingerprint,
                     "dtype": reader.dtype},
         "compressor": name, "params": {k: v for k, v in vars(params).items()},
+        "refine": {"lr": LR, "pull": comp.refine_pull} if params.refine_steps else None,
         "data": {"sources": soft.provenance(sources), "split": args.split},
         "torch_threads": torch.get_num_threads(),
     }
