@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 LR = 0.01  # Adam's step size on the rows, chosen on dev (docs/soft-tokens.md)
-PULL = 0.0  # weight of the pull toward the encoder's rows (0: none; docs/soft-tokens.md)
+PULL = 10.0  # weight of the pull toward the encoder's rows, chosen on dev (docs/soft-tokens.md)
 
 
 def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor], ids: list[list[int]],
