@@ -827,8 +827,9 @@ type CompLLMParams struct {
 	// made for one decoder mean nothing to another.
 	Decoder string `protobuf:"bytes,2,opt,name=decoder,proto3" json:"decoder,omitempty"`
 	// Optimizer steps on each segment's embeddings at compress time, against
-	// the decoder reconstructing the segment from them (0, the default: none,
-	// the encoder's embeddings as they are). Refined embeddings answer
+	// the decoder reconstructing the segment from them, with a pull that keeps
+	// them near the encoder's (0, the default: none, the encoder's embeddings
+	// as they are). Refined embeddings answer
 	// questions about the text better (docs/soft-tokens.md) at a cost of
 	// about one decoder forward and backward pass per segment and step; a
 	// segment is refined once and its refined embeddings are cached apart

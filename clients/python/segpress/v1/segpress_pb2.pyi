@@ -516,8 +516,9 @@ class CompLLMParams(_message.Message):
     """
     refine_steps: _builtins.int
     """Optimizer steps on each segment's embeddings at compress time, against
-    the decoder reconstructing the segment from them (0, the default: none,
-    the encoder's embeddings as they are). Refined embeddings answer
+    the decoder reconstructing the segment from them, with a pull that keeps
+    them near the encoder's (0, the default: none, the encoder's embeddings
+    as they are). Refined embeddings answer
     questions about the text better (docs/soft-tokens.md) at a cost of
     about one decoder forward and backward pass per segment and step; a
     segment is refined once and its refined embeddings are cached apart
