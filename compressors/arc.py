@@ -35,6 +35,9 @@ Choices where ARC leaves details open (or where we differ):
   so a request at another factor is still all cache hits.
 - The server folds complm's LoRA into the layers it adapts (one matmul
   each); it never reads the rows with that decoder.
+- Digits pass verbatim, as in complm (compressors/soft_tokens.py): one row
+  per digit token, the decoder's input embedding of it, at every factor;
+  each run of the other tokens is pooled as above on its own.
 
 Training: compressors/training/train_arc.py (CPU) and
 compressors/training/device.py (GPU). The math: compressors/arc_model.py.

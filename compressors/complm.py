@@ -22,6 +22,10 @@ Choices where the paper leaves details open (or where we differ):
 - Segments: at most S = 20 tokens (the paper's S), cut by the shared
   segmenter, which prefers sentence ends and whitespace. Each segment is
   tokenized on its own, so the same text gives the same CEs in any context.
+- Digits pass verbatim (ours; compressors/soft_tokens.py): a number's
+  digit tokens are rows of their own, the decoder's input embeddings of
+  them, and each run of the segment's other tokens is compressed as above
+  on its own. The CEs lost numbers (dev needle codes: 0 of 8 answered).
 - Slots: k copies of the eos token after the segment, as in the paper;
   rotary positions tell them apart. C = 2 (CompLLMConfig.tokens_per_ce) is
   fixed at training time: it is a property of the trained weights, not a
@@ -38,7 +42,7 @@ Choices where the paper leaves details open (or where we differ):
   continuation (the next tokens), as ICAE and ARC-Encoder do; the paper
   distils hidden states on answer tokens.
 
-What the cache holds per segment: the CEs as float32 [k, hidden]; `render`
+What the cache holds per segment: its rows as float32 [rows, hidden]; `render`
 concatenates a context's segments and reports each segment's row count.
 The model itself (LoRA, head, loading) is compressors/complm_model.py.
 """
@@ -71,7 +75,8 @@ class Params:
 
 
 class CompLLM(SoftTokens):
-    """A segment's value: {"ces": float32 [ceil(tokens / C), hidden]}."""
+    """A segment's value: {"ces": float32 [rows, hidden]}, ceil(n / C) CEs
+    for each run of n tokens that are not digits and one row per digit."""
 
     name = NAME
     Params = Params

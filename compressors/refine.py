@@ -32,13 +32,15 @@ PULL = 10.0  # weight of the pull toward the encoder's rows, chosen on dev (docs
 
 
 def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor], ids: list[list[int]],
-                steps: int, width: int, pull: float = PULL) -> list[torch.Tensor]:
+                steps: int, width: int, pull: float = PULL,
+                fixed: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Each segment's rows after `steps` Adam steps on its reconstruction
     loss. rows[i]: [k_i, D] float32, the encoder's rows of segment i;
     ids[i]: its n_i token ids; rec: the <rec> row [D]; width: the padded
     sequence length, at least 1 + k_i + n_i for every segment; pull: the
-    weight of each segment's relative drift from its encoder's rows.
-    Returns float32 [k_i, D] each."""
+    weight of each segment's relative drift from its encoder's rows;
+    fixed[i]: bool [k_i], rows of segment i that stay as they are (the
+    token embeddings complm keeps verbatim). Returns float32 [k_i, D] each."""
     E = decoder.get_input_embeddings()
     dtype = E.weight.dtype
     device = E.weight.device
@@ -58,6 +60,10 @@ def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor
 
     start = [r.detach().to(device, torch.float32) for r in rows]  # [k_i, D] each
     params = [r.clone().requires_grad_(True) for r in start]
+    for p, f in zip(params, fixed or []):
+        if bool(f.any()):  # a zero gradient leaves Adam's step at zero
+            keep = (~f).to(device, torch.float32)[:, None]  # [k_i, 1]
+            p.register_hook(lambda g, keep=keep: g * keep)
     opt = torch.optim.Adam(params, lr=LR)
     with torch.enable_grad():
         for _ in range(steps):

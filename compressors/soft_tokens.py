@@ -7,10 +7,22 @@ rows per segment, and answer with a context's rows followed by a learned
 model is loaded, which rows a segment's cached value holds (`value_rows`,
 `encode_batch`) and which of them a request reads (`rows_name`).
 
+Digits pass verbatim. A segment's tokens are cut into runs of digit tokens
+(SmolLM2 writes a number one digit per token) and runs of the rest; each run
+of the rest is encoded as a segment of its own, and each digit becomes a row
+that is the decoder's own input embedding of it, where the digit stood:
+
+    "The code is 9224."  ->  rows("The code is ") E(9) E(2) E(2) E(4) rows(".")
+
+The decoder reads such a row as the digit itself. Numbers are what the
+encoders' rows lose most (dev needle codes: 0 of 8 answered from complm's
+CEs, 8 of 8 with the digits verbatim), for a few more rows (dev needle
+contexts: complm 2.4%, arc x4 7%). docs/soft-tokens.md has the measurements.
+
 A request with `refine_steps` > 0 is served by `variant(params)`: the same
 compressor with those rows refined at compress time (compressors/refine.py)
 under a cache identity of their own, its value holding only the refined
-array the request reads.
+array the request reads. Refinement leaves the verbatim rows as they are.
 """
 
 import copy
@@ -72,6 +84,7 @@ class SoftTokens:
     refine_steps = 0  # > 0 in a variant: its rows are refined this many steps
     refined_rows = ""  # the array a variant's value holds (its rows_name)
     refine_pull = PULL  # weight of refinement's pull toward the encoder's rows (refine.py)
+    verbatim_digits = True  # digits pass as the decoder's own embeddings (module doc)
 
     def __init__(self, decoder_dir: str | Path, weights: str | Path, device: str = "cpu",
                  batch_size: int = 32, dtype: str = "float32", max_refine_steps: int = 0):
@@ -94,20 +107,24 @@ class SoftTokens:
         self.decoder_id = SMOLLM2
         self.decoder_fingerprint = fingerprint(decoder_dir)
         self.model_id, self.fingerprint = self._identity(decoder_dir, weights)
-        # The rows depend on the decoder, the trained weights and the precision.
-        self.cache_id = f"{self.fingerprint}:{self.dtype}"
+        # The rows depend on the decoder, the trained weights, the precision
+        # and whether digits pass verbatim.
+        self.cache_id = f"{self.fingerprint}{':digits' if self.verbatim_digits else ''}:{self.dtype}"
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        # Token ids that are digits only (SmolLM2's ten, one digit each).
+        self.digit_ids = frozenset(i for i, t in enumerate(vocab) if t and t.isascii() and t.isdigit())
         # The learned <Cont> row every context ends with, float32 [1, hidden].
         self.cont_row = self.model.task("cont").detach().float().cpu().numpy()[None]
 
     # -- what a subclass says --------------------------------------------------
 
     def value_rows(self, n_tokens: int) -> dict[str, int]:
-        """The rows of each array in the cached value of a segment of
-        `n_tokens` tokens, by name."""
+        """The rows of each array the encoder makes of `n_tokens` tokens
+        (one run of a segment), by name."""
         raise NotImplementedError
 
     def encode_batch(self, ids: list[list[int]]) -> dict[str, list[torch.Tensor]]:
-        """The arrays of each segment's value, by name: [rows, hidden] each."""
+        """The encoder's arrays of each run of tokens, by name: [rows, hidden] each."""
         raise NotImplementedError
 
     def rows_name(self, params) -> str:
@@ -147,10 +164,29 @@ class SoftTokens:
                 self._variants[key] = v
             return self._variants[key]
 
-    def cached_rows(self, n_tokens: int) -> dict[str, int]:
-        """value_rows, or a variant's one refined array of them."""
-        rows = self.value_rows(n_tokens)
-        return {self.refined_rows: rows[self.refined_rows]} if self.refine_steps else rows
+    def runs(self, ids: list[int]) -> list[tuple[bool, list[int]]]:
+        """A segment's tokens as (verbatim, ids) runs: digits verbatim, the
+        rest for the encoder (one run, all of them, without verbatim_digits)."""
+        out: list[tuple[bool, list[int]]] = []
+        for i in ids:
+            verbatim = self.verbatim_digits and i in self.digit_ids
+            if out and out[-1][0] == verbatim:
+                out[-1][1].append(i)
+            else:
+                out.append((verbatim, [i]))
+        return out
+
+    def cached_rows(self, ids: list[int]) -> dict[str, int]:
+        """The rows of each array in the cached value of the segment of
+        token `ids`, by name: its runs' value_rows and one row per verbatim
+        token; a variant's one refined array of them."""
+        names = self.value_rows(1) if not self.refine_steps else {self.refined_rows: 0}
+        rows = dict.fromkeys(names, 0)
+        for verbatim, run in self.runs(ids):
+            encoded = self.value_rows(len(run))
+            for name in rows:
+                rows[name] += len(run) if verbatim else encoded[name]
+        return rows
 
     def budget(self, params, total_tokens: int) -> None:
         """No token budget: a segment's rows are fixed by its tokens."""
@@ -162,12 +198,12 @@ class SoftTokens:
     def count_tokens(self, text: str, stop_after: int) -> int:
         return count_tokens(text, self.tokenizer, stop_after)
 
-    def n_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def rows(self, segment: Segment, params) -> int:
         """Rows render gives `segment` with `params`, from its tokens alone."""
-        return self.cached_rows(self.n_tokens(segment.text))[self.rows_name(params)]
+        return self.cached_rows(self.ids(segment.text))[self.rows_name(params)]
 
     def end_rows(self) -> int:
         return 1  # the <Cont> row
@@ -175,7 +211,7 @@ class SoftTokens:
     def check_encoded(self, encoded: Encoded, segment: Segment) -> bool:
         """Exactly the arrays encode makes of this segment's text: float32
         [rows, hidden] each, finite."""
-        want = self.cached_rows(self.n_tokens(segment.text))
+        want = self.cached_rows(self.ids(segment.text))
         try:
             return set(encoded) == set(want) and all(
                 encoded[k].dtype == np.float32 and encoded[k].shape == (rows, self.hidden_size)
@@ -185,28 +221,61 @@ class SoftTokens:
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         """Per segment: its value, float32 arrays by name (cached_rows)."""
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        out: list[Encoded] = [{} for _ in ids]
-        for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
-            with torch.inference_mode():
-                arrays = self.encode_batch([ids[i] for i in batch])
-            if self.refine_steps:
-                arrays = {self.refined_rows: self._refine(arrays[self.refined_rows], [ids[i] for i in batch])}
-            for name, per_segment in arrays.items():
-                for i, r in zip(batch, per_segment):
-                    out[i][name] = r.float().cpu().numpy()
-        return out
+        ids = [self.ids(t) for t in texts]
+        with torch.inference_mode():
+            values, fixed = self._encode_runs([self.runs(i) for i in ids])
+        if self.refine_steps:
+            for batch in length_sorted_batches([len(i) for i in ids], self.batch_size):
+                refined = self._refine([values[i][self.refined_rows] for i in batch], [ids[i] for i in batch],
+                                       [fixed[i] for i in batch])
+                for i, r in zip(batch, refined):
+                    values[i] = {self.refined_rows: r}
+        return [{name: r.float().cpu().numpy() for name, r in v.items()} for v in values]
 
-    def _refine(self, rows: list[torch.Tensor], ids: list[list[int]]) -> list[torch.Tensor]:
+    def _encode_runs(self, segments: list[list[tuple[bool, list[int]]]]):
+        """Each segment's arrays from its runs (runs), in order: the
+        encoder's arrays of a run that is not verbatim (all such runs in
+        length-sorted batches), the decoder's input embeddings of a verbatim
+        run's tokens. Also, per segment, bool [rows]: which rows of the array
+        refinement moves are verbatim."""
+        todo = [run for segment in segments for verbatim, run in segment if not verbatim]
+        made: list[dict[str, torch.Tensor]] = [{} for _ in todo]
+        for batch in length_sorted_batches([len(r) for r in todo], self.batch_size):
+            for name, per_run in self.encode_batch([todo[i] for i in batch]).items():
+                for i, r in zip(batch, per_run):
+                    made[i][name] = r.float()
+        names = list(self.value_rows(1))
+        moved = self.refined_rows or names[0]
+        E = self.model.embed
+        values, fixed, encoded = [], [], iter(made)
+        for segment in segments:
+            parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+            keep: list[bool] = []
+            for verbatim, run in segment:
+                if verbatim:
+                    rows = E(torch.tensor(run, device=E.weight.device)).float()  # [len(run), hidden]
+                    got = dict.fromkeys(names, rows)
+                else:
+                    got = next(encoded)
+                for name in names:
+                    parts[name].append(got[name])
+                keep += [verbatim] * len(got[moved])
+            values.append({name: torch.cat(p) for name, p in parts.items()})
+            fixed.append(torch.tensor(keep, dtype=torch.bool))
+        return values, fixed
+
+    def _refine(self, rows: list[torch.Tensor], ids: list[list[int]],
+                fixed: list[torch.Tensor]) -> list[torch.Tensor]:
         """The variant's rows of a batch, refined (compressors/refine.py) on
-        the unchanged decoder, padded to one width for segments of up to
-        max_segment_tokens tokens."""
+        the unchanged decoder, the verbatim rows (`fixed`) kept, padded to one
+        width for segments of up to max_segment_tokens tokens (wider for one
+        with more rows than the encoder's, where digits pass verbatim)."""
         most = self.value_rows(self.max_segment_tokens)[self.refined_rows]
         width = max([1 + most + self.max_segment_tokens] + [1 + len(r) + len(t) for r, t in zip(rows, ids)])
         rec = self.model.task("rec").detach()
         bos_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        return refine_rows(self._plain_decoder(), bos_id, rec, [r.float() for r in rows], ids,
-                           self.refine_steps, width, self.refine_pull)
+        return refine_rows(self._plain_decoder(), bos_id, rec, rows, ids,
+                           self.refine_steps, width, self.refine_pull, fixed)
 
     def _plain_decoder(self):
         """The decoder without the encoder's LoRA, frozen: what reads the rows."""

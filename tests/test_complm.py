@@ -7,6 +7,7 @@ the compressor uses the shipped LoRA + head.
 
 import base64
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -76,8 +77,13 @@ def test_encode_and_render(complm):
     enc = complm.encode([s.text for s in segs])
     hidden = complm.model.decoder.config.hidden_size
     for s, e in zip(segs, enc):
-        n = len(complm.tokenizer(s.text, add_special_tokens=False)["input_ids"])
-        assert e["ces"].dtype == np.float32 and e["ces"].shape == (-(-n // 2), hidden)
+        # ceil(n / 2) CEs for each run of n tokens that are not digits, one
+        # row per digit (the text has two years)
+        ids = complm.tokenizer(s.text, add_special_tokens=False)["input_ids"]
+        runs = [(digit, len(list(run))) for digit, run in
+                itertools.groupby(ids, key=lambda i: complm.tokenizer.decode([i]).isdigit())]
+        rows = sum(n if digit else -(-n // 2) for digit, n in runs)
+        assert e["ces"].dtype == np.float32 and e["ces"].shape == (rows, hidden)
         assert np.isfinite(e["ces"]).all() and np.abs(e["ces"]).max() > 0
     # A segment's CEs do not depend on the batch it is encoded in.
     alone = complm.encode([segs[1].text])[0]["ces"]
@@ -102,13 +108,39 @@ def test_the_folded_lora_gives_the_trained_models_ces(complm, decoder_dir):
     from compressors.complm_model import load_model
 
     trained, tok = load_model(decoder_dir)  # float32, the LoRA kept apart and switched on to compress
-    segs = complm.segment(CONTEXTS[0])
+    segs = complm.segment(CONTEXTS[1])  # no digits: every row is a CE
     with torch.inference_mode():
         want = trained.concept_embeddings([tok(s.text, add_special_tokens=False)["input_ids"] for s in segs])
     got = complm.encode([s.text for s in segs])
     assert all(lora.folded for lora in complm.model.loras) and not any(l.folded for l in trained.loras)
     for w, g in zip(want, got):
         np.testing.assert_allclose(g["ces"], w.numpy(), atol=2e-4)
+
+
+def test_digits_pass_verbatim_as_the_decoders_embeddings(complm):
+    """A number's digits become the decoder's own input embeddings, in
+    place; the text around them becomes CEs, each run encoded on its own."""
+    import torch
+
+    text = "The access code for the archive is 9224."
+    [seg] = complm.segment(text)
+    ids = complm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    first = ids.index(complm.tokenizer.convert_tokens_to_ids("9"))
+    digits, after = ids[first:first + 4], ids[first + 4:]
+    assert complm.tokenizer.decode(digits) == "9224" and complm.tokenizer.decode(after) == "."
+    rows = complm.encode([text])[0]["ces"]
+    k = -(-first // 2)  # CEs of the tokens before the number
+    assert rows.shape[0] == k + 4 + 1 == complm.rows(seg, complm.Params())
+    E = complm.model.embed.weight.detach()
+    np.testing.assert_array_equal(rows[k:k + 4], E[digits].float().numpy())
+    with torch.inference_mode():
+        before, end = complm.model.concept_embeddings([ids[:first], after])
+    np.testing.assert_allclose(rows[:k], before.numpy(), atol=1e-5)
+    np.testing.assert_allclose(rows[k + 4:], end.numpy(), atol=1e-5)
+    # Refinement leaves the digits' rows as they are and moves the CEs.
+    r = complm.variant(complm.Params(refine_steps=2)).encode([text])[0]["ces"]
+    np.testing.assert_array_equal(r[k:k + 4], rows[k:k + 4])
+    assert not np.allclose(r[:k], rows[:k], atol=1e-3)
 
 
 # -- a real server ------------------------------------------------------------------
@@ -366,7 +398,8 @@ def test_small_real_complm_eval(tmp_path):
     assert gap["ci95"][0] <= gap["value"] <= gap["ci95"][1]
     assert set(result["needle"]["accuracy"]) == {"full", "ce", "none"} and result["needle"]["examples"] == 1
     (row,) = result["prefill"]
-    assert row["context_tokens"] == 64 and row["ce_rows"] == 32 + 1 and row["prefill_ce_s"] > 0  # + <Cont>
+    # 32 CEs and <Cont>, and one more row for each number's digits (verbatim)
+    assert row["context_tokens"] == 64 and 32 + 1 <= row["ce_rows"] <= 64 + 1 and row["prefill_ce_s"] > 0
     rec = result["reconstruction"]
     (row,) = rec["rows"]  # the first segment of the first example, regenerated from its rows
     assert row["want"] and 0 < row["tokens"] <= 20 and 0 <= row["correct"] <= row["in_order"] <= row["tokens"]

@@ -486,9 +486,12 @@ Global___LLMLingua2Params: _TypeAlias = LLMLingua2Params  # noqa: Y015
 @_typing.final
 class CompLLMParams(_message.Message):
     """Parameters of the complm compressor (soft tokens: every segment of at most
-    Info's max_segment_tokens tokens becomes ceil(tokens / 2) concept
-    embeddings, vectors in the input-embedding space of one decoder LLM, which
-    reads them in place of the segment's token embeddings). The rate is fixed
+    Info's max_segment_tokens tokens becomes concept embeddings, vectors in the
+    input-embedding space of one decoder LLM, which reads them in place of the
+    segment's token embeddings). Digits pass verbatim: each digit token of a
+    number is one row, the decoder's own input embedding of that token, where
+    the digit stands; each run of the segment's other tokens becomes
+    ceil(tokens / 2) concept embeddings. The rate is fixed
     by the trained weights; the result is the same for any query. Weights
     trained with task embeddings (CompLLMConfig.tasks) end each context's
     embeddings with one more row, the learned <Cont> embedding, as arc does:
@@ -544,9 +547,10 @@ Global___CompLLMParams: _TypeAlias = CompLLMParams  # noqa: Y015
 @_typing.final
 class ArcParams(_message.Message):
     """Parameters of the arc compressor (ARC-Encoder-style soft tokens: every
-    segment of at most Info's max_segment_tokens tokens becomes
-    ceil(tokens / pooling_factor) rows in the input-embedding space of one
-    decoder LLM). After each context's rows comes one more row, the learned
+    segment of at most Info's max_segment_tokens tokens becomes rows in the
+    input-embedding space of one decoder LLM: each digit token one row, the
+    decoder's own input embedding of it, as in CompLLMParams, and each run of
+    the other tokens ceil(tokens / pooling_factor) rows). After each context's rows comes one more row, the learned
     <Cont> embedding, which tells the decoder to go on from the context: put a
     context's rows (CompressedContext.row_start to row_end) where its text
     would go and nothing else is needed. In Tensor.segment_offsets that row
