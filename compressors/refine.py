@@ -39,8 +39,8 @@ def refine_rows(decoder, bos_id: int, rec: torch.Tensor, rows: list[torch.Tensor
     ids[i]: its n_i token ids; rec: the <rec> row [D]; width: the padded
     sequence length, at least 1 + k_i + n_i for every segment; pull: the
     weight of each segment's relative drift from its encoder's rows;
-    fixed[i]: bool [k_i], rows of segment i that stay as they are (the
-    token embeddings complm keeps verbatim). Returns float32 [k_i, D] each."""
+    fixed[i]: bool [k_i], rows of segment i that stay as they are (its
+    digits' token embeddings, which pass verbatim). Returns float32 [k_i, D] each."""
     E = decoder.get_input_embeddings()
     dtype = E.weight.dtype
     device = E.weight.device

@@ -233,7 +233,7 @@ class SoftTokens:
         return [{name: r.float().cpu().numpy() for name, r in v.items()} for v in values]
 
     def _encode_runs(self, segments: list[list[tuple[bool, list[int]]]]):
-        """Each segment's arrays from its runs (runs), in order: the
+        """Each segment's arrays from its runs (SoftTokens.runs), in order: the
         encoder's arrays of a run that is not verbatim (all such runs in
         length-sorted batches), the decoder's input embeddings of a verbatim
         run's tokens. Also, per segment, bool [rows]: which rows of the array
