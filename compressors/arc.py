@@ -82,7 +82,8 @@ def rows_name(factor: int) -> str:
 
 class Arc(SoftTokens):
     """A segment's value: for every factor x of the weights, "x<x>": float32
-    [ceil(tokens / x), hidden], all from one encoder pass."""
+    [rows, hidden], ceil(n / x) rows for each run of n tokens that are not
+    digits and one row per digit, all from one encoder pass."""
 
     name = NAME
     Params = Params
