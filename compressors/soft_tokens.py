@@ -49,6 +49,25 @@ OUTPUT_DTYPES = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32",
                  pb.DTYPE_FLOAT16: "float16", pb.DTYPE_BFLOAT16: "bfloat16"}
 
 
+def digit_ids(tokenizer) -> frozenset[int]:
+    """Token ids that are digits only (SmolLM2's ten, one digit each)."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return frozenset(i for i, t in enumerate(vocab) if t and t.isascii() and t.isdigit())
+
+
+def digit_runs(ids: list[int], digits: frozenset[int]) -> list[tuple[bool, list[int]]]:
+    """Token `ids` as (verbatim, ids) runs, in order: runs of `digits`
+    (verbatim) and runs of the rest."""
+    out: list[tuple[bool, list[int]]] = []
+    for i in ids:
+        verbatim = i in digits
+        if out and out[-1][0] == verbatim:
+            out[-1][1].append(i)
+        else:
+            out.append((verbatim, [i]))
+    return out
+
+
 def output_dtype(value: int) -> str:
     """The proto DType `value` by name (an unknown value named so that
     check_output_dtype refuses it)."""
@@ -110,9 +129,7 @@ class SoftTokens:
         # The rows depend on the decoder, the trained weights, the precision
         # and whether digits pass verbatim.
         self.cache_id = f"{self.fingerprint}{':digits' if self.verbatim_digits else ''}:{self.dtype}"
-        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-        # Token ids that are digits only (SmolLM2's ten, one digit each).
-        self.digit_ids = frozenset(i for i, t in enumerate(vocab) if t and t.isascii() and t.isdigit())
+        self.digit_ids = digit_ids(self.tokenizer)
         # The learned <Cont> row every context ends with, float32 [1, hidden].
         self.cont_row = self.model.task("cont").detach().float().cpu().numpy()[None]
 
@@ -167,14 +184,7 @@ class SoftTokens:
     def runs(self, ids: list[int]) -> list[tuple[bool, list[int]]]:
         """A segment's tokens as (verbatim, ids) runs: digits verbatim, the
         rest for the encoder (one run, all of them, without verbatim_digits)."""
-        out: list[tuple[bool, list[int]]] = []
-        for i in ids:
-            verbatim = self.verbatim_digits and i in self.digit_ids
-            if out and out[-1][0] == verbatim:
-                out[-1][1].append(i)
-            else:
-                out.append((verbatim, [i]))
-        return out
+        return digit_runs(ids, self.digit_ids if self.verbatim_digits else frozenset())
 
     def cached_rows(self, ids: list[int]) -> dict[str, int]:
         """The rows of each array in the cached value of the segment of

@@ -128,6 +128,25 @@ def rows_at(arc, text: str, f: int) -> int:
     return sum(n if digit else -(-n // f) for digit, n in runs)
 
 
+def test_training_makes_the_rows_the_server_serves(warm, arc):
+    """Training's encoder cuts segments at their digits as the server does,
+    each segment at the factor drawn for it."""
+    import torch
+
+    from compressors.arc import rows_name
+    from compressors.training import soft, train_arc
+
+    model, tok = warm
+    texts = ["Room 12 opens with code 9224, not 13.", CONTEXTS[1]]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    with torch.no_grad():
+        rows = train_arc.encoder(model, soft.verbatim_ids(tok, True), [8, 4].__getitem__)(ids)
+    served = arc.encode(texts)
+    assert rows[0].shape[0] == rows_at(arc, texts[0], 8) > -(-len(ids[0]) // 8)
+    np.testing.assert_allclose(rows[0].numpy(), served[0][rows_name(8)], atol=1e-4)
+    np.testing.assert_allclose(rows[1].numpy(), served[1][rows_name(4)], atol=1e-4)
+
+
 def test_encode_has_every_factor_and_does_not_depend_on_the_batch(arc):
     assert arc.pooling_factors == FACTORS and arc.max_segment_tokens == 40
     segs = arc.segment(CONTEXTS[0])

@@ -143,6 +143,25 @@ def test_digits_pass_verbatim_as_the_decoders_embeddings(complm):
     assert not np.allclose(r[:k], rows[:k], atol=1e-3)
 
 
+def test_training_makes_the_rows_the_server_serves(complm, decoder_dir):
+    """Training's encoder cuts a segment at its digits as the server does,
+    so the model learns to write the rows it serves; with
+    --verbatim-digits False it encodes the segment whole."""
+    import torch
+
+    from compressors.complm_model import load_model
+    from compressors.training import soft, train_complm
+
+    model, tok = load_model(decoder_dir, DEFAULT_WEIGHTS)  # the LoRA unfolded, as training has it
+    text = "Room 12 opens with code 9224, not 13."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        rows = train_complm.encoder(model, soft.verbatim_ids(tok, True))([ids])[0]
+        whole = train_complm.encoder(model, soft.verbatim_ids(tok, False))([ids])[0]
+    np.testing.assert_allclose(rows.numpy(), complm.encode([text])[0]["ces"], atol=1e-4)
+    assert whole.shape[0] == -(-len(ids) // 2) < rows.shape[0]
+
+
 # -- a real server ------------------------------------------------------------------
 
 

@@ -127,6 +127,7 @@ class RunConfig:
     rec_share: float = 0.5
     qa_share: float = 0.0  # share of the examples made "qa" (soft.qa_example) on the device
     distill: float = 1.0  # weight of the KL to the full-text teacher (soft.batch_loss)
+    verbatim_digits: bool = True  # rows made as the server makes them: digits as the decoder's embeddings
     factors: str = "2,4,8"  # arc: pooling factors, one drawn per example
     seed: int = 0
     bf16: bool = True  # `run` sets it for its device: bfloat16 on CUDA and CPUs with bf16 instructions
@@ -180,20 +181,25 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
         seen["target_tokens"] += sum(len(soft.targets_of(ex)) for ex in batch)
         return batch
 
+    digits = soft.verbatim_ids(tok, run.verbatim_digits)
     if run.compressor == "complm":
-        def step_loss(step, batch):
-            return soft.batch_loss(model, model.concept_embeddings, batch, bos_id, run.bf16, run.distill)
+        from .train_complm import encoder
 
-        encoders = {"ces": model.concept_embeddings}
+        ces = encoder(model, digits)
+
+        def step_loss(step, batch):
+            return soft.batch_loss(model, ces, batch, bos_id, run.bf16, run.distill)
+
+        encoders = {"ces": ces}
     else:
-        from .train_arc import drawn_factors, one_factor
+        from .train_arc import drawn_factors, encoder, one_factor
 
         def step_loss(step, batch):
             per_segment = drawn_factors(factors, run.seed, step, batch)
-            return soft.batch_loss(model, lambda segs: model.rows(segs, per_segment), batch, bos_id, run.bf16,
-                                   run.distill)
+            return soft.batch_loss(model, encoder(model, digits, per_segment.__getitem__), batch, bos_id,
+                                   run.bf16, run.distill)
 
-        encoders = {f"x{f}": one_factor(model, f) for f in factors}
+        encoders = {f"x{f}": one_factor(model, digits, f) for f in factors}
 
     def dev_report() -> dict:
         return soft.dev_report(model, dev, encoders, bos_id, run.bf16)

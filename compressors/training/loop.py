@@ -33,6 +33,7 @@ class SoftTrainConfig:
     rec_share: float = 0.5  # share of reconstruction examples (among those that are not qa)
     qa_share: float = 0.0  # share of question-answering examples (soft.qa_examples)
     distill: float = 0.0  # weight of the KL to the full-text teacher on continuation tokens (soft.batch_loss)
+    verbatim_digits: bool = True  # rows made as the server makes them: digits as the decoder's embeddings
     # Decoder passes in bfloat16 autocast: by default where the CPU has bf16
     # instructions. Elsewhere torch emulates it, ~100x slower than float32
     # (a 1024x576 by 576x1536 matmul on 2 AVX2 cores: 11 ms vs 1.45 s).

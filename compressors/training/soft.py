@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..segmenter import segment_text
+from ..soft_tokens import digit_ids, digit_runs
 from . import corpus, facts
 
 
@@ -237,6 +238,28 @@ def teacher_ids(ex: dict, bos_id: int) -> list[int]:
 
 # encode(segments' token ids) -> each segment's rows [k_i, D]
 Encode = Callable[[list[list[int]]], list[torch.Tensor]]
+
+
+def verbatim_ids(tok, verbatim_digits: bool) -> frozenset[int]:
+    """The token ids runs_encoder passes verbatim: the digits, or none."""
+    return digit_ids(tok) if verbatim_digits else frozenset()
+
+
+def runs_encoder(encode_runs, embed, digits: frozenset[int]) -> Encode:
+    """An Encode that makes rows as the server does (compressors/
+    soft_tokens.py): each segment cut into runs of `digits` tokens and runs
+    of the rest (digit_runs; one run each when `digits` is empty), a digit's
+    row the decoder's input embedding `embed` of it, each other run encoded
+    on its own by `encode_runs(runs, owners)` (owners[j]: the index of run
+    j's segment), all in one call."""
+    def encode(segments: list[list[int]]) -> list[torch.Tensor]:
+        cut = [digit_runs(ids, digits) for ids in segments]
+        todo = [(k, run) for k, runs in enumerate(cut) for verbatim, run in runs if not verbatim]
+        made = iter(encode_runs([run for _, run in todo], [k for k, _ in todo]) if todo else [])
+        device = embed.weight.device
+        return [torch.cat([embed(torch.tensor(run, device=device)) if verbatim else next(made)
+                           for verbatim, run in runs]) for runs in cut]  # [rows_k, D]
+    return encode
 
 
 def autocast(model, bf16: bool):

@@ -52,9 +52,17 @@ def drawn_factors(factors: tuple[int, ...], seed: int, step: int, batch: list[di
     return [f for ex in batch for f in [rng.choice(factors)] * len(ex["segments"])]
 
 
-def one_factor(model: ArcModel, factor: int) -> soft.Encode:
+def encoder(model: ArcModel, digits: frozenset[int], factor_of) -> soft.Encode:
+    """The rows of segments as the server makes them, segment k's at pooling
+    `factor_of(k)`: runs of `digits` pass verbatim, each other run is pooled
+    on its own (soft.runs_encoder)."""
+    return soft.runs_encoder(lambda runs, owners: model.rows(runs, [factor_of(k) for k in owners]),
+                             model.embed, digits)
+
+
+def one_factor(model: ArcModel, digits: frozenset[int], factor: int) -> soft.Encode:
     """The rows of segments at pooling `factor`."""
-    return lambda segments: model.rows(segments, [factor] * len(segments))
+    return encoder(model, digits, lambda k: factor)
 
 
 def start(decoder_dir: Path, cfg: TrainConfig) -> tuple[ArcModel, object, dict]:
@@ -79,14 +87,15 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
     model, tok, init = start(decoder_dir, cfg)
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     data, dev = soft.train_and_dev(cache_dir, tok, cfg, model.config.segment_tokens)
+    digits = soft.verbatim_ids(tok, cfg.verbatim_digits)
 
     def step_loss(step: int, batch: list[dict]):
         factors = drawn_factors(model.config.factors, cfg.seed, step, batch)
-        return soft.batch_loss(model, lambda segments: model.rows(segments, factors), batch, bos_id, cfg.bf16,
+        return soft.batch_loss(model, encoder(model, digits, factors.__getitem__), batch, bos_id, cfg.bf16,
                                cfg.distill)
 
     def dev_report() -> dict:
-        return soft.dev_report(model, dev, {f"x{f}": one_factor(model, f) for f in model.config.factors},
+        return soft.dev_report(model, dev, {f"x{f}": one_factor(model, digits, f) for f in model.config.factors},
                                bos_id, cfg.bf16)
 
     finished, record = train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,

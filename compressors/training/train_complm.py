@@ -8,6 +8,7 @@ CompLLMConfig.segment_tokens tokens by the segmenter the server uses, and a
 task, reconstruction with probability `rec_share`, else continuation:
 
     CEs   = concat over segments of CompLLMModel.concept_embeddings(segment)
+            (digits as the decoder's embeddings, as the server makes CEs: encoder())
     loss  = CE(decoder([eot, CEs, <task>, targets]) on targets)
             targets: the next `continuation` tokens (cont) or the context (rec)
 
@@ -46,6 +47,12 @@ class TrainConfig(SoftTrainConfig):
     init_from: str = ""  # start from these trained weights (their rank and targets) instead of fresh ones
 
 
+def encoder(model, digits: frozenset[int]) -> soft.Encode:
+    """The CEs of segments as the server makes them: runs of `digits` pass
+    verbatim, each other run is encoded on its own (soft.runs_encoder)."""
+    return soft.runs_encoder(lambda runs, owners: model.concept_embeddings(runs), model.embed, digits)
+
+
 def train(cache_dir: str, cfg: TrainConfig, out: Path):
     torch.manual_seed(cfg.seed)
     decoder_dir = models.ensure_smollm2(Path(cache_dir) / "models")
@@ -56,12 +63,13 @@ def train(cache_dir: str, cfg: TrainConfig, out: Path):
         model, tok = load_model(decoder_dir, None, config=config)
     bos_id = tok.convert_tokens_to_ids("<|endoftext|>")  # documents start after it
     data, dev = soft.train_and_dev(cache_dir, tok, cfg, model.config.segment_tokens)
+    ces = encoder(model, soft.verbatim_ids(tok, cfg.verbatim_digits))
 
     def step_loss(step: int, batch: list[dict]):
-        return soft.batch_loss(model, model.concept_embeddings, batch, bos_id, cfg.bf16, cfg.distill)
+        return soft.batch_loss(model, ces, batch, bos_id, cfg.bf16, cfg.distill)
 
     def dev_report() -> dict:
-        return soft.dev_report(model, dev, {"ces": model.concept_embeddings}, bos_id, cfg.bf16)
+        return soft.dev_report(model, dev, {"ces": ces}, bos_id, cfg.bf16)
 
     finished, record = train_loop(model, cfg, soft.batches(data, cfg.batch_size), step_loss, dev_report,
                                        out.with_suffix(".ckpt"))
