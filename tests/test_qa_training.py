@@ -4,6 +4,7 @@ tokenizer, and their loss through the real decoder and the shipped complm
 weights."""
 
 import random
+import re
 
 import pytest
 import torch
@@ -34,6 +35,31 @@ def test_training_facts_share_nothing_with_the_evaluations():
         assert not [p for p in tasks.OBJECTS + tasks.ROOMS if f" {p} " in text], (sentence, question)
         assert answer in sentence and answer not in question
     assert not {"code", "colour", "dog", "moved"} & {w.strip(".?") for s, q, _ in made for w in q.split()}
+
+
+def test_name_facts_are_many_and_spell_no_evaluation_value():
+    """Made-up names (facts.name_fact) cannot be guessed from a short list,
+    spell none of the evaluation's names or values, and leave the facts of
+    a seed as they were when no name is asked for (the shipped weights'
+    cards name commands that must still make the same examples)."""
+    rng = random.Random(0)
+    assert [facts.fact(rng)[2] for _ in range(3)] == ["1934", "500", "drums"]
+    rng = random.Random(1)
+    named = [facts.name_fact(rng) for _ in range(2000)]
+    assert len({a for _, _, a in named}) > 1800  # hardly a value twice
+    kinds = ("village", "nickname", "ferry", "horse", "password", "band")
+    assert all(any(k in q for _, q, _ in named) for k in kinds)  # every kind came up
+    for sentence, question, answer in named:
+        assert answer in sentence and answer not in question
+    syllable = "(%s)(%s)(%s)?" % tuple("|".join(sorted(xs, key=len, reverse=True)) for xs in
+                                       (facts.ONSETS, facts.VOWELS, [c for c in facts.CODAS if c]))
+    spellable = re.compile(f"({syllable}){{2,3}}")
+    values = tasks.FIRST + tasks.LAST + tasks.CITIES + tasks.COLOURS + tasks.PETS
+    values += [w for p in tasks.OBJECTS + tasks.ROOMS for w in p.split()]
+    assert {v.lower() for v in values if spellable.fullmatch(v.lower())} <= facts._EVAL_WORDS
+    assert not {a.lower() for _, _, a in named} & facts._EVAL_WORDS
+    always = [facts.fact(rng, names=1.0)[2].lower() for _ in range(50)]
+    assert all(spellable.fullmatch(a) for a in always)
 
 
 def test_insert_puts_the_fact_between_sentences():

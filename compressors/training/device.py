@@ -126,6 +126,7 @@ class RunConfig:
     continuation: int = 32
     rec_share: float = 0.5
     qa_share: float = 0.0  # share of the examples made "qa" (soft.qa_example) on the device
+    qa_names: float = 0.0  # share of those whose answer is a made-up name (facts.name_fact)
     distill: float = 1.0  # weight of the KL to the full-text teacher (soft.batch_loss)
     verbatim_digits: bool = True  # rows made as the server makes them: digits as the decoder's embeddings
     factors: str = "2,4,8"  # arc: pooling factors, one drawn per example
@@ -174,7 +175,8 @@ def train(run: RunConfig, files: Path, manifest: dict, decoder_dir: Path, out: P
         batch = sampler.batch(step, run.batch_size)
         if run.qa_share:  # the shard's text, decoded, with a fact in it and a question about it
             rng = random.Random(f"qa-{run.seed}-{step}")
-            batch = [soft.qa_example(rng, tok, tok.decode(ex["context_ids"]), model.config.segment_tokens)
+            batch = [soft.qa_example(rng, tok, tok.decode(ex["context_ids"]), model.config.segment_tokens,
+                                     names=run.qa_names)
                      if rng.random() < run.qa_share else ex for ex in batch]
         seen["examples"] += len(batch)
         seen["context_tokens"] += sum(len(ex["context_ids"]) for ex in batch)

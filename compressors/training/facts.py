@@ -7,6 +7,12 @@ The templates, names and values here are for training only and share none
 with the evaluation's needle facts (service/evaluation/tasks.py: access
 codes, cities, colours, dogs' names), so that the evaluation measures
 whether looking a fact up from soft tokens was learned, not its templates.
+
+Every value above comes from a short list, so a model can answer many of
+these questions from a prior over the list without reading the value from
+the rows. `fact(rng, names=...)` makes that share of the facts about a
+made-up name (name_fact): a word built from syllables, one of tens of
+thousands, that only the context can give.
 """
 
 import random
@@ -37,12 +43,60 @@ SYSTEMS = ["billing system", "staff portal", "lab computer", "office wifi", "ala
 BRANDS = ["Volvo", "Toyota", "Fiat", "Skoda", "Subaru", "Renault", "Mazda", "Peugeot"]
 
 
+ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+          "br", "dr", "gr", "kr", "pl", "st", "tr", "sh"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
+CODAS = ["", "", "", "n", "r", "l", "s", "m", "k"]
+_EVAL_WORDS = {"boris", "gallo", "garden", "greta", "hiro", "kira", "lisbon", "mango", "nairobi",
+               "nikolai", "novak", "pavel", "porto", "purple", "rosa", "server", "storage", "tara",
+               "viktor"}
+"""The evaluation's names and values (service/evaluation/tasks.py) that these
+syllables can spell; tests/test_qa_training.py checks the list is complete."""
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable word of 2 or 3 syllables that is not an evaluation
+    value, in lower case: "dravenok", "tilbas"."""
+    while True:
+        w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+                    for _ in range(rng.randint(2, 3)))
+        if w not in _EVAL_WORDS:
+            return w
+
+
+def name_fact(rng: random.Random) -> tuple[str, str, str]:
+    """(fact sentence, question, answer) whose answer is a made-up word, one of 6 kinds."""
+    p, n = _person(rng), made_up_word(rng)
+    kind = rng.randrange(6)
+    if kind == 0:
+        n = n.capitalize()
+        return f"{p} grew up in a village called {n}.", f"What was the village {p} grew up in called?", n
+    if kind == 1:
+        n = n.capitalize()
+        return f"{p}'s nickname at school was {n}.", f"What was {p}'s nickname at school?", n
+    if kind == 2:
+        n = n.capitalize()
+        return f"The ferry {p} takes to work is called the {n}.", f"What is the ferry {p} takes to work called?", n
+    if kind == 3:
+        n = n.capitalize()
+        return f"{p} named the new horse {n}.", f"What did {p} name the new horse?", n
+    if kind == 4:
+        s = rng.choice(SYSTEMS)
+        return f"The password for the {s} is {n}.", f"What is the password for the {s}?", n
+    n = n.capitalize()
+    return f"The band {p} started is called {n}.", f"What is the band {p} started called?", n
+
+
 def _person(rng: random.Random) -> str:
     return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
 
 
-def fact(rng: random.Random) -> tuple[str, str, str]:
-    """(fact sentence, question, answer), one of 12 kinds."""
+def fact(rng: random.Random, names: float = 0.0) -> tuple[str, str, str]:
+    """(fact sentence, question, answer), one of 12 kinds, or with
+    probability `names` a name_fact. With names=0 no draw is added, so the
+    facts of a seed are those of runs made before name facts existed."""
+    if names and rng.random() < names:
+        return name_fact(rng)
     p = _person(rng)
     kind = rng.randrange(12)
     if kind == 0:

@@ -32,6 +32,7 @@ class SoftTrainConfig:
     continuation: int = 32  # tokens the continuation loss is on
     rec_share: float = 0.5  # share of reconstruction examples (among those that are not qa)
     qa_share: float = 0.0  # share of question-answering examples (soft.qa_examples)
+    qa_names: float = 0.0  # share of those whose answer is a made-up name (facts.name_fact)
     distill: float = 0.0  # weight of the KL to the full-text teacher on continuation tokens (soft.batch_loss)
     verbatim_digits: bool = True  # rows made as the server makes them: digits as the decoder's embeddings
     # Decoder passes in bfloat16 autocast: by default where the CPU has bf16

@@ -107,7 +107,9 @@ def train_and_dev(cache_dir: str, tok, cfg, segment_tokens: int) -> tuple[list[d
     `cfg.dev_examples` from split "dev" (cfg.ctx_max tokens, documents
     uniformly, all continuation; the same for every seed, so runs compare).
     With cfg.qa_share, that share of the training examples are qa_examples
-    (mixed in by seed), and the dev examples get as many qa examples more."""
+    (mixed in by seed; cfg.qa_names of their facts made-up names), and the
+    dev examples get as many qa examples more (never names, so every run's
+    dev scores compare)."""
     sources = cfg.corpus.split(",")
     train_docs = documents(cache_dir, "train", sources)
     n = cfg.steps * cfg.batch_size
@@ -117,7 +119,8 @@ def train_and_dev(cache_dir: str, tok, cfg, segment_tokens: int) -> tuple[list[d
     dev = examples(documents(cache_dir, "dev", sources), tok, cfg.dev_examples, DEV_SEED,
                    cfg.ctx_max, cfg.ctx_max, cfg.continuation, segment_tokens, uniform_docs=True)
     if n_qa:
-        data += qa_examples(train_docs, tok, n_qa, cfg.seed, cfg.ctx_min, cfg.ctx_max, segment_tokens)
+        data += qa_examples(train_docs, tok, n_qa, cfg.seed, cfg.ctx_min, cfg.ctx_max, segment_tokens,
+                            cfg.qa_names)
         random.Random(f"mix-{cfg.seed}").shuffle(data)
         dev += qa_examples(documents(cache_dir, "dev", sources), tok, cfg.dev_examples, DEV_SEED,
                            cfg.ctx_max, cfg.ctx_max, segment_tokens)
@@ -128,20 +131,21 @@ _MARK = "\u2063context\u2063"  # stands in for the rows while the chat template 
 
 
 def qa_examples(docs: dict[str, str], tok, n: int, seed: int, ctx_min: int, ctx_max: int,
-                segment_tokens: int) -> list[dict]:
+                segment_tokens: int, names: float = 0.0) -> list[dict]:
     """`n` "qa" examples (qa_example), fixed by `seed`, on stretches of
-    ctx_min..ctx_max tokens of `docs`."""
+    ctx_min..ctx_max tokens of `docs`; `names` as in facts.fact."""
     rng = random.Random(f"qa-{seed}")
-    return [qa_example(rng, tok, ex["context"], segment_tokens, ex["doc"])
+    return [qa_example(rng, tok, ex["context"], segment_tokens, ex["doc"], names)
             for ex in examples(docs, tok, n, seed, ctx_min, ctx_max, 0, segment_tokens, stream="qa")]
 
 
-def qa_example(rng: random.Random, tok, text: str, segment_tokens: int, doc: str = "") -> dict:
+def qa_example(rng: random.Random, tok, text: str, segment_tokens: int, doc: str = "",
+               names: float = 0.0) -> dict:
     """A "qa" example from `text`: a made-up fact inserted (facts.py), the
     token ids of the chat prompt before and after the context (`before`,
     `after`: a question about the fact, then the assistant's turn) and of
     the answer, ended by the end-of-turn token."""
-    sentence, question, answer = facts.fact(rng)
+    sentence, question, answer = facts.fact(rng, names)
     text = facts.insert(rng, text, sentence)
     user = facts.prompt(rng, question).replace("{context}", _MARK)
     chat = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
