@@ -64,27 +64,25 @@ def made_up_word(rng: random.Random) -> str:
             return w
 
 
+NAME_TEMPLATES = [
+    ("{p} grew up in a village called {N}.", "What was the village {p} grew up in called?"),
+    ("{p}'s nickname at school was {N}.", "What was {p}'s nickname at school?"),
+    ("The ferry {p} takes to work is called the {N}.", "What is the ferry {p} takes to work called?"),
+    ("{p} named the new horse {N}.", "What did {p} name the new horse?"),
+    ("The password for the {s} is {n}.", "What is the password for the {s}?"),
+    ("The band {p} started is called {N}.", "What is the band {p} started called?"),
+]
+"""name_fact's (sentence, question): {p} a person, {s} a system, the name as
+{N} (capitalised) or {n} (as made)."""
+
+
 def name_fact(rng: random.Random) -> tuple[str, str, str]:
-    """(fact sentence, question, answer) whose answer is a made-up word, one of 6 kinds."""
+    """(fact sentence, question, answer) whose answer is a made-up word, one of NAME_TEMPLATES."""
     p, n = _person(rng), made_up_word(rng)
-    kind = rng.randrange(6)
-    if kind == 0:
-        n = n.capitalize()
-        return f"{p} grew up in a village called {n}.", f"What was the village {p} grew up in called?", n
-    if kind == 1:
-        n = n.capitalize()
-        return f"{p}'s nickname at school was {n}.", f"What was {p}'s nickname at school?", n
-    if kind == 2:
-        n = n.capitalize()
-        return f"The ferry {p} takes to work is called the {n}.", f"What is the ferry {p} takes to work called?", n
-    if kind == 3:
-        n = n.capitalize()
-        return f"{p} named the new horse {n}.", f"What did {p} name the new horse?", n
-    if kind == 4:
-        s = rng.choice(SYSTEMS)
-        return f"The password for the {s} is {n}.", f"What is the password for the {s}?", n
-    n = n.capitalize()
-    return f"The band {p} started is called {n}.", f"What is the band {p} started called?", n
+    sentence, question = NAME_TEMPLATES[rng.randrange(len(NAME_TEMPLATES))]
+    fill = {"p": p, "n": n, "N": n.capitalize(), "s": rng.choice(SYSTEMS) if "{s}" in sentence else ""}
+    answer = fill["N"] if "{N}" in sentence else n
+    return sentence.format(**fill), question.format(**fill), answer
 
 
 def _person(rng: random.Random) -> str:
