@@ -38,6 +38,9 @@ Choices where ARC leaves details open (or where we differ):
 - Digits pass verbatim, as in complm (compressors/soft_tokens.py): one row
   per digit token, the decoder's input embedding of it, at every factor;
   each run of the other tokens is pooled as above on its own.
+- Names too, when a request asks (ArcParams.verbatim_names): each token
+  of a capitalised word that does not start a sentence is one row, as a
+  digit is (soft_tokens.name_mask); those rows are cached apart.
 
 Training: compressors/training/train_arc.py (CPU) and
 compressors/training/device.py (GPU). The math: compressors/arc_model.py.
@@ -60,6 +63,7 @@ class Params:
     pooling_factor: int = DEFAULT_FACTOR  # tokens per row
     output_dtype: str = "float32"  # element type of the returned tensors
     decoder: str = ""  # the decoder the caller will use; "" = ours
+    verbatim_names: bool = False  # names pass verbatim too (compressors/soft_tokens.py)
     # Optimizer steps on each segment's rows (compressors/refine.py): for
     # `segpress eval arc --refine-steps` only; not served (docs/soft-tokens.md).
     refine_steps: int = 0
@@ -68,7 +72,8 @@ class Params:
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.arc
         return cls(pooling_factor=p.pooling_factor or DEFAULT_FACTOR,
-                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder)
+                   output_dtype=output_dtype(p.output_dtype), decoder=p.decoder,
+                   verbatim_names=p.verbatim_names)
 
     def check(self) -> None:
         check_output_dtype(NAME, self.output_dtype)

@@ -26,6 +26,8 @@ Choices where the paper leaves details open (or where we differ):
   digit tokens are rows of their own, the decoder's input embeddings of
   them, and each run of the segment's other tokens is compressed as above
   on its own. The CEs lost numbers (dev needle codes: 0 of 8 answered).
+  Names pass so too when a request asks (CompLLMParams.verbatim_names;
+  soft_tokens.name_mask), in a variant cached apart.
 - Slots: k copies of the eos token after the segment, as in the paper;
   rotary positions tell them apart. C = 2 (CompLLMConfig.tokens_per_ce) is
   fixed at training time: it is a property of the trained weights, not a
@@ -62,12 +64,13 @@ class Params:
     output_dtype: str = "float32"  # element type of the returned tensors
     decoder: str = ""  # the decoder the caller will use; "" = ours
     refine_steps: int = 0  # optimizer steps on each segment's CEs (compressors/refine.py)
+    verbatim_names: bool = False  # names pass verbatim too (compressors/soft_tokens.py)
 
     @classmethod
     def from_proto(cls, req: pb.CompressRequest) -> "Params":
         p = req.complm
         return cls(output_dtype=output_dtype(p.output_dtype), decoder=p.decoder,
-                   refine_steps=p.refine_steps)
+                   refine_steps=p.refine_steps, verbatim_names=p.verbatim_names)
 
     def check(self) -> None:
         check_output_dtype(NAME, self.output_dtype)

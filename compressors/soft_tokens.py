@@ -19,14 +19,23 @@ encoders' rows lose most (dev needle codes: 0 of 8 answered from complm's
 CEs, 8 of 8 with the digits verbatim), for a few more rows (dev needle
 contexts: complm 2.4%, arc x4 7%). docs/soft-tokens.md has the measurements.
 
-A request with `refine_steps` > 0 is served by `variant(params)`: the same
-compressor with those rows refined at compress time (compressors/refine.py)
-under a cache identity of their own, its value holding only the refined
-array the request reads. Refinement leaves the verbatim rows as they are.
+Names may pass verbatim too, when a request asks (`verbatim_names`): the
+tokens of each word that starts with a capital and a small letter and does
+not start a sentence ("Lisbon", "Biscuit", not "The" or "IPO"), found by
+`name_mask`. Names are the other thing the rows lose (people, places,
+pets); they cost more rows than digits, so they are opt-in, and the rows
+with them are cached apart (a variant, below).
+
+A request with `verbatim_names` or `refine_steps` > 0 is served by
+`variant(params)`: the same compressor with names verbatim, or with those
+rows refined at compress time (compressors/refine.py), or both, under a
+cache identity of its own; a refined variant's value holds only the array
+the request reads. Refinement leaves the verbatim rows as they are.
 """
 
 import copy
 import hashlib
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -55,16 +64,59 @@ def digit_ids(tokenizer) -> frozenset[int]:
     return frozenset(i for i, t in enumerate(vocab) if t and t.isascii() and t.isdigit())
 
 
+def cut_runs(ids: list[int], verbatim: list[bool]) -> list[tuple[bool, list[int]]]:
+    """Token `ids` as (verbatim, ids) runs, in order: runs of tokens whose
+    `verbatim` flag is set and runs of the rest."""
+    out: list[tuple[bool, list[int]]] = []
+    for i, v in zip(ids, verbatim, strict=True):
+        if out and out[-1][0] == v:
+            out[-1][1].append(i)
+        else:
+            out.append((v, [i]))
+    return out
+
+
 def digit_runs(ids: list[int], digits: frozenset[int]) -> list[tuple[bool, list[int]]]:
     """Token `ids` as (verbatim, ids) runs, in order: runs of `digits`
     (verbatim) and runs of the rest."""
-    out: list[tuple[bool, list[int]]] = []
-    for i in ids:
-        verbatim = i in digits
-        if out and out[-1][0] == verbatim:
-            out[-1][1].append(i)
-        else:
-            out.append((verbatim, [i]))
+    return cut_runs(ids, [i in digits for i in ids])
+
+
+# A word: letters only (digits and punctuation end it).
+_WORD = re.compile(r"[^\W\d_]+")
+# What may stand between a sentence's end and its first word: spaces, opening quotes, brackets.
+_OPENING = " \t\n\"'\u201c\u2018(["
+
+
+def name_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each name in `text`: a word whose first letter is a
+    capital and second a small letter, unless it starts a sentence (nothing
+    but spaces, quotes or brackets before it, since the text's start, a
+    line break or one of . ! ? :). "Lars moved to Oslo." -> Oslo only."""
+    out = []
+    for m in _WORD.finditer(text):
+        w = m.group()
+        if len(w) < 2 or not (w[0].isupper() and w[1].islower()):
+            continue
+        j = m.start()
+        while j and text[j - 1] in _OPENING:  # back over the spaces, quotes, brackets before it
+            j -= 1
+        if j and text[j - 1] not in ".!?:" and "\n" not in text[j:m.start()]:
+            out.append((m.start(), m.end()))
+    return out
+
+
+def name_mask(pieces: list[str]) -> list[bool]:
+    """Whether each token, given as its decoded text (`pieces`, in order),
+    holds a letter of a name (name_spans of the pieces joined)."""
+    spans, out, at = iter(name_spans("".join(pieces))), [], 0
+    span = next(spans, None)
+    for p in pieces:
+        end = at + len(p)
+        while span and span[1] <= at:  # names that end before this token
+            span = next(spans, None)
+        out.append(bool(span) and span[0] < end)
+        at = end
     return out
 
 
@@ -104,6 +156,7 @@ class SoftTokens:
     refined_rows = ""  # the array a variant's value holds (its rows_name)
     refine_pull = PULL  # weight of refinement's pull toward the encoder's rows (refine.py)
     verbatim_digits = True  # digits pass as the decoder's own embeddings (module doc)
+    verbatim_names = False  # True in a variant: names pass so too (module doc)
 
     def __init__(self, decoder_dir: str | Path, weights: str | Path, device: str = "cpu",
                  batch_size: int = 32, dtype: str = "float32", max_refine_steps: int = 0):
@@ -112,7 +165,7 @@ class SoftTokens:
         # Most refine_steps a request may ask for (Info: limits.max_refine_steps).
         self.max_refine_steps = max_refine_steps
         self.limits = {"max_refine_steps": max_refine_steps} if max_refine_steps else {}
-        self._variants: dict[tuple[int, str], SoftTokens] = {}
+        self._variants: dict[tuple[bool, int, str], SoftTokens] = {}
         self._plain: list = []  # the unchanged decoder refinement reads, loaded on first use
         self._lock = threading.Lock()
         # The server only compresses (the caller's decoder reads the rows),
@@ -166,25 +219,35 @@ class SoftTokens:
 
     def variant(self, params) -> "SoftTokens":
         """The compressor that serves `params`: this one, or, with
-        refine_steps, a copy whose value is the request's rows refined that
-        many steps, cached under its own identity (one copy per steps and
-        rows, shared by every request that asks for them)."""
-        if not params.refine_steps:
+        verbatim_names and/or refine_steps, a copy with names verbatim and/or
+        whose value is the request's rows refined that many steps, cached
+        under its own identity (one copy per (names, steps, rows), shared by
+        every request that asks for them)."""
+        names, steps = bool(params.verbatim_names), params.refine_steps
+        if not names and not steps:
             return self
-        key = (params.refine_steps, self.rows_name(params))
+        key = (names, steps, self.rows_name(params) if steps else "")
         with self._lock:
             if key not in self._variants:
                 v = copy.copy(self)
-                v.refine_steps, v.refined_rows = key
-                pull = f":pull{self.refine_pull}" if self.refine_pull else ""
-                v.cache_id = f"{self.cache_id}:refine{key[0]}:lr{LR}{pull}:{key[1]}"
+                v.verbatim_names, v.refine_steps, v.refined_rows = key
+                if names:
+                    v.cache_id += ":names"
+                if steps:
+                    pull = f":pull{self.refine_pull}" if self.refine_pull else ""
+                    v.cache_id += f":refine{steps}:lr{LR}{pull}:{key[2]}"
                 self._variants[key] = v
             return self._variants[key]
 
     def runs(self, ids: list[int]) -> list[tuple[bool, list[int]]]:
-        """A segment's tokens as (verbatim, ids) runs: digits verbatim, the
-        rest for the encoder (one run, all of them, without verbatim_digits)."""
-        return digit_runs(ids, self.digit_ids if self.verbatim_digits else frozenset())
+        """A segment's tokens as (verbatim, ids) runs: digits (and, in a
+        names variant, names) verbatim, the rest for the encoder (one run,
+        all of them, with neither)."""
+        verbatim = [self.verbatim_digits and i in self.digit_ids for i in ids]
+        if self.verbatim_names:
+            named = name_mask([self.tokenizer.decode([i]) for i in ids])
+            verbatim = [v or n for v, n in zip(verbatim, named)]
+        return cut_runs(ids, verbatim)
 
     def cached_rows(self, ids: list[int]) -> dict[str, int]:
         """The rows of each array in the cached value of the segment of

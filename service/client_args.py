@@ -52,6 +52,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-steps", type=int, default=0,
                    help="complm/arc: optimizer steps on each segment's rows at compress time "
                    "(slower once, then cached; better answers from the rows)")
+    p.add_argument("--verbatim-names", action="store_true",
+                   help="complm/arc: names pass as the decoder's own embeddings, as digits do "
+                   "(more rows; better answers about people and places)")
     p.add_argument("--cache", default="use", choices=["use", "bypass", "refresh"])
     p.add_argument("--namespace", default="")
 
@@ -64,4 +67,4 @@ def request_options(args) -> dict:
                 compressor=args.compressor, rate=args.rate, target_tokens=args.target_tokens,
                 threshold=args.threshold, force_tokens=list(args.force_tokens),
                 force_reserve_digit=args.force_reserve_digit, granularity=args.granularity,
-                refine_steps=args.refine_steps, cache=args.cache, namespace=args.namespace)
+                refine_steps=args.refine_steps, verbatim_names=args.verbatim_names, cache=args.cache, namespace=args.namespace)

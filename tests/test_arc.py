@@ -147,6 +147,28 @@ def test_training_makes_the_rows_the_server_serves(warm, arc):
     np.testing.assert_allclose(rows[1].numpy(), served[1][rows_name(4)], atol=1e-4)
 
 
+def test_names_pass_verbatim_at_every_factor_when_asked(arc):
+    """A verbatim_names variant (cached apart) gives each token of a name one
+    row, the decoder's input embedding, at every factor."""
+    text = "The keeper, Ingrid Dahl, sailed to Lisbon in 1902."
+    [seg] = arc.segment(text)
+    named = arc.variant(arc.Params(verbatim_names=True))
+    assert named.cache_id == arc.cache_id + ":names"
+    runs = named.runs(arc.ids(text))
+    assert [arc.tokenizer.decode(run) for v, run in runs if v] == [" Ingrid Dahl", " Lisbon", "1902"]
+    value = named.encode([text])[0]
+    assert named.check_encoded(value, seg) and not arc.check_encoded(value, seg)
+    E = arc.model.embed.weight.detach().float().numpy()
+    for f in FACTORS:
+        rows, at = value[f"x{f}"], 0
+        assert rows.shape[0] == sum(len(r) if v else -(-len(r) // f) for v, r in runs) > rows_at(arc, text, f)
+        for v, run in runs:
+            n = len(run) if v else -(-len(run) // f)
+            if v:
+                np.testing.assert_array_equal(rows[at:at + n], E[run])
+            at += n
+
+
 def test_encode_has_every_factor_and_does_not_depend_on_the_batch(arc):
     assert arc.pooling_factors == FACTORS and arc.max_segment_tokens == 40
     segs = arc.segment(CONTEXTS[0])

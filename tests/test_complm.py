@@ -143,6 +143,53 @@ def test_digits_pass_verbatim_as_the_decoders_embeddings(complm):
     assert not np.allclose(r[:k], rows[:k], atol=1e-3)
 
 
+def test_names_are_the_capitalised_words_that_do_not_start_a_sentence():
+    from compressors.soft_tokens import name_mask, name_spans
+
+    text = ('Tara Novak moved to Lisbon. Then "Bob" met (Mary) at the IPO of Apple:\n\n'
+            "Biscuit, the dog, is 3. The End")
+    assert [text[a:b] for a, b in name_spans(text)] == ["Novak", "Lisbon", "Bob", "Mary", "Apple", "End"]
+    other = "I said A to O'Brien"  # one letter is not a name; after the apostrophe it is
+    assert name_spans("") == [] and [other[a:b] for a, b in name_spans(other)] == ["Brien"]
+    # A token holds a name when any of its characters is one of the name's.
+    assert name_mask(["He", " has", " a", " dog", " named", " Bis", "cuit", "."]) == \
+        [False] * 5 + [True, True, False]
+    assert name_mask(["Ada", " met", " Bob", "'s", " sister"]) == [False, False, True, False, False]
+
+
+def test_names_pass_verbatim_when_a_request_asks(complm):
+    """With verbatim_names each token of a name is the decoder's own input
+    embedding, in place, in a variant cached apart; without, the name is in
+    the CEs. Refinement keeps those rows too."""
+    text = "Tara Novak took Biscuit to Lisbon in 2019."
+    [seg] = complm.segment(text)
+    ids = complm.ids(text)
+    named = complm.variant(complm.Params(verbatim_names=True))
+    assert named is complm.variant(complm.Params(verbatim_names=True))
+    assert named.cache_id == complm.cache_id + ":names" and complm.verbatim_names is False
+    runs = named.runs(ids)
+    verbatim = [complm.tokenizer.decode(run) for v, run in runs if v]
+    assert verbatim == [" Novak", " Biscuit", " Lisbon", "2019"]
+    rows = named.encode([text])[0]["ces"]
+    plain = complm.encode([text])[0]["ces"]
+    want = sum(len(run) if v else -(-len(run) // 2) for v, run in runs)
+    assert rows.shape[0] == want == named.rows(seg, named.Params()) > plain.shape[0]
+    assert named.check_encoded({"ces": rows}, seg) and not complm.check_encoded({"ces": rows}, seg)
+    E = complm.model.embed.weight.detach().float().numpy()
+    at = 0
+    for v, run in runs:
+        n = len(run) if v else -(-len(run) // 2)
+        if v:
+            np.testing.assert_array_equal(rows[at:at + n], E[run])
+        at += n
+    refined = complm.variant(complm.Params(verbatim_names=True, refine_steps=2))
+    assert refined.cache_id.startswith(named.cache_id + ":refine2")
+    r = refined.encode([text])[0]["ces"]
+    fixed = np.concatenate([[v] * (len(run) if v else -(-len(run) // 2)) for v, run in runs])
+    np.testing.assert_array_equal(r[fixed], rows[fixed])
+    assert not np.allclose(r[~fixed], rows[~fixed], atol=1e-3)
+
+
 def test_training_makes_the_rows_the_server_serves(complm, decoder_dir):
     """Training's encoder cuts a segment at its digits as the server does,
     so the model learns to write the rows it serves; with
@@ -201,6 +248,24 @@ def test_served_tensor_repeat_is_cached_and_bit_identical(client, complm):
     assert again.tensor.data == t.data and list(again.tensor.shape) == list(t.shape)
     assert list(again.tensor.segment_offsets) == list(t.segment_offsets)
     assert [c.SerializeToString() for c in again.contexts] == [c.SerializeToString() for c in first.contexts]
+
+
+def test_names_verbatim_are_served_and_cached_apart(client, complm):
+    """verbatim_names=True: more rows (the contexts name an island and a
+    keeper), the variant's own cache entries, then all hits."""
+    ns = "complm-names"
+    plain = client.compress(CONTEXTS, compressor="complm", namespace=ns)
+    named = client.compress(CONTEXTS, compressor="complm", namespace=ns, verbatim_names=True)
+    assert named.stats.cache_misses == named.stats.segments == plain.stats.segments
+    variant = complm.variant(complm.Params(verbatim_names=True))
+    want = []
+    for c in CONTEXTS:
+        n = [variant.rows(s, variant.Params()) for s in complm.segment(c)]
+        want += n[:-1] + [n[-1] + 1]  # the <Cont> row
+    assert np.diff(list(named.tensor.segment_offsets)).tolist() == want
+    assert named.tensor.shape[0] > plain.tensor.shape[0]
+    again = client.compress(CONTEXTS, compressor="complm", namespace=ns, verbatim_names=True)
+    assert again.stats.cache_hits == again.stats.segments and again.tensor.data == named.tensor.data
 
 
 def assert_ranges_tile(resp) -> None:
@@ -333,6 +398,9 @@ def test_request_keywords():
     assert SegpressClient.request(["x"], refine_steps=3).complm.refine_steps == 3  # complm's parameter
     with pytest.raises(ValueError, match="refine_steps are not parameters of compressor 'arc'"):
         SegpressClient.request(["x"], compressor="arc", refine_steps=10)
+    assert SegpressClient.request(["x"], compressor="arc", verbatim_names=True).arc.verbatim_names
+    assert SegpressClient.request(["x"], verbatim_names=True).complm.verbatim_names
+    assert not SegpressClient.request(["x"], compressor="complm", decoder="d").complm.verbatim_names
 
 
 def test_inputs_embeds_and_vllm_form(decoder_dir):

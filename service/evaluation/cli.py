@@ -54,6 +54,8 @@ def add_complm_arguments(p) -> None:
                    "at compress time (compressors/refine.py; 0: the encoder's rows as they are)")
     p.add_argument("--refine-pull", type=float, default=None, help="weight of refinement's pull toward "
                    "the encoder's rows (default: compressors/refine.py's PULL, what complm serves)")
+    p.add_argument("--verbatim-names", action="store_true", help="names pass verbatim too, as digits "
+                   "do (the request's verbatim_names; compressors/soft_tokens.py)")
     p.add_argument("--reconstructions", type=int, default=32,
                    help="held-out segments regenerated greedily from their rows and <Rec> "
                         "(weights with task rows; 0: skip)")

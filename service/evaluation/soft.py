@@ -127,7 +127,8 @@ def soft_compressor(name: str, decoder_dir, config, args):
     """(compressor, its Params for this run, weights path) for `name`: the
     weights of --weights, else those the configuration names (SEGPRESS_WEIGHTS),
     else the shipped ones; with --refine-steps, the variant that refines its
-    rows that many steps (pulled toward the encoder's rows by --refine-pull)."""
+    rows that many steps (pulled toward the encoder's rows by --refine-pull);
+    with --verbatim-names, the variant that passes names verbatim."""
     from compressors.registry import weights_path
 
     weights = args.weights_file or weights_path(name, config)
@@ -137,12 +138,12 @@ def soft_compressor(name: str, decoder_dir, config, args):
 
         comp = Arc(decoder_dir, weights, dtype=config.model_dtype, max_refine_steps=steps)
         params = comp.Params(pooling_factor=args.pooling_factor or comp.Params().pooling_factor,
-                             refine_steps=steps)
+                             refine_steps=steps, verbatim_names=args.verbatim_names)
     else:
         from compressors.complm import CompLLM
 
         comp = CompLLM(decoder_dir, weights, dtype=config.model_dtype, max_refine_steps=steps)
-        params = comp.Params(refine_steps=steps)
+        params = comp.Params(refine_steps=steps, verbatim_names=args.verbatim_names)
     if args.refine_pull is not None:
         comp.refine_pull = args.refine_pull
     params.check()

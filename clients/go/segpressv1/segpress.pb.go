@@ -839,7 +839,15 @@ type CompLLMParams struct {
 	// from the unrefined ones (under each number of steps), so later requests
 	// with the same refine_steps are cache hits. Negative, or more than
 	// Limits.max_refine_steps, is INVALID_ARGUMENT.
-	RefineSteps   int32 `protobuf:"varint,3,opt,name=refine_steps,json=refineSteps,proto3" json:"refine_steps,omitempty"`
+	RefineSteps int32 `protobuf:"varint,3,opt,name=refine_steps,json=refineSteps,proto3" json:"refine_steps,omitempty"`
+	// Names pass verbatim too, as digits do: each token of a name is one row,
+	// the decoder's own input embedding of it, where the name stands. A name is
+	// a word whose first letter is a capital and second a small letter and
+	// that does not start a sentence ("moved to Lisbon": Lisbon). The decoder
+	// answers questions about people and places better from them, for more
+	// rows (docs/soft-tokens.md has both). The rows with names verbatim are
+	// cached apart from those without (and combine with refine_steps).
+	VerbatimNames bool `protobuf:"varint,4,opt,name=verbatim_names,json=verbatimNames,proto3" json:"verbatim_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -895,6 +903,13 @@ func (x *CompLLMParams) GetRefineSteps() int32 {
 	return 0
 }
 
+func (x *CompLLMParams) GetVerbatimNames() bool {
+	if x != nil {
+		return x.VerbatimNames
+	}
+	return false
+}
+
 // Parameters of the arc compressor (ARC-Encoder-style soft tokens: every
 // segment of at most Info's max_segment_tokens tokens becomes rows in the
 // input-embedding space of one decoder LLM: each digit token one row, the
@@ -915,7 +930,10 @@ type ArcParams struct {
 	OutputDtype DType `protobuf:"varint,2,opt,name=output_dtype,json=outputDtype,proto3,enum=segpress.v1.DType" json:"output_dtype,omitempty"`
 	// The decoder the caller will feed the rows to, by id or fingerprint, as
 	// in CompLLMParams.decoder.
-	Decoder       string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	Decoder string `protobuf:"bytes,3,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	// Names pass verbatim too, at every pooling factor, as in
+	// CompLLMParams.verbatim_names (cached apart from the rows without).
+	VerbatimNames bool `protobuf:"varint,4,opt,name=verbatim_names,json=verbatimNames,proto3" json:"verbatim_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -969,6 +987,13 @@ func (x *ArcParams) GetDecoder() string {
 		return x.Decoder
 	}
 	return ""
+}
+
+func (x *ArcParams) GetVerbatimNames() bool {
+	if x != nil {
+		return x.VerbatimNames
+	}
+	return false
 }
 
 // Soft tokens: embedding vectors a decoder LLM reads in place of text.
@@ -2147,15 +2172,17 @@ const file_segpress_v1_segpress_proto_rawDesc = "" +
 	"\x05_rateB\x10\n" +
 	"\x0e_target_tokensB\f\n" +
 	"\n" +
-	"_threshold\"\x83\x01\n" +
+	"_threshold\"\xaa\x01\n" +
 	"\rCompLLMParams\x125\n" +
 	"\foutput_dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
 	"\adecoder\x18\x02 \x01(\tR\adecoder\x12!\n" +
-	"\frefine_steps\x18\x03 \x01(\x05R\vrefineSteps\"\x83\x01\n" +
+	"\frefine_steps\x18\x03 \x01(\x05R\vrefineSteps\x12%\n" +
+	"\x0everbatim_names\x18\x04 \x01(\bR\rverbatimNames\"\xaa\x01\n" +
 	"\tArcParams\x12%\n" +
 	"\x0epooling_factor\x18\x01 \x01(\x05R\rpoolingFactor\x125\n" +
 	"\foutput_dtype\x18\x02 \x01(\x0e2\x12.segpress.v1.DTypeR\voutputDtype\x12\x18\n" +
-	"\adecoder\x18\x03 \x01(\tR\adecoder\"\xd5\x01\n" +
+	"\adecoder\x18\x03 \x01(\tR\adecoder\x12%\n" +
+	"\x0everbatim_names\x18\x04 \x01(\bR\rverbatimNames\"\xd5\x01\n" +
 	"\x06Tensor\x12(\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x12.segpress.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +

@@ -109,6 +109,7 @@ class CompressOptions(TypedDict, total=False):
     decoder: str
     pooling_factor: int | None
     refine_steps: int
+    verbatim_names: bool
     cache: str
     namespace: str
     request_id: str
@@ -189,6 +190,7 @@ class _ClientBase:
         decoder: str = "",
         pooling_factor: int | None = None,
         refine_steps: int = 0,
+        verbatim_names: bool = False,
         cache: str = "use",
         namespace: str = "",
         request_id: str = "",
@@ -207,9 +209,11 @@ class _ClientBase:
         the soft tokens are for) are the soft-token compressors' (complm's,
         or arc's with compressor="arc"); refine_steps (optimizer steps on
         each segment's rows at compress time: slower once, then cached,
-        better answers; see CompLLMParams.refine_steps) is complm's and
-        pooling_factor (tokens per row) arc's. Setting text and soft-token parameters
-        together is an error."""
+        better answers; see CompLLMParams.refine_steps) is complm's,
+        pooling_factor (tokens per row) arc's, and verbatim_names (names
+        pass as the decoder's own embeddings, as digits do: more rows,
+        better answers about people and places) both's. Setting text and
+        soft-token parameters together is an error."""
         if isinstance(contexts, str):
             contexts = [contexts]
         if cache not in _CACHE_MODES:
@@ -252,10 +256,11 @@ class _ClientBase:
                     raise ValueError(f"granularity must be one of {sorted(_GRANULARITIES)}, "
                                      f"got {granularity!r}")
                 params.granularity = _GRANULARITIES[granularity]
-        if output_dtype is not None or decoder or pooling_factor is not None or refine_steps:
+        if output_dtype is not None or decoder or pooling_factor is not None or refine_steps \
+                or verbatim_names:
             if req.HasField("llmlingua2"):
-                raise ValueError("output_dtype, decoder, pooling_factor and refine_steps (soft-token "
-                                 "compressors) cannot be combined with llmlingua2 parameters")
+                raise ValueError("output_dtype, decoder, pooling_factor, refine_steps and verbatim_names "
+                                 "(soft-token compressors) cannot be combined with llmlingua2 parameters")
             if output_dtype is not None and output_dtype not in DTYPES:
                 raise ValueError(f"output_dtype must be one of {sorted(DTYPES)}, got {output_dtype!r}")
             named = [n for n, v in (("pooling_factor", pooling_factor is not None),
@@ -267,6 +272,7 @@ class _ClientBase:
             soft.decoder = decoder
             if refine_steps:
                 soft.refine_steps = refine_steps
+            soft.verbatim_names = verbatim_names
         return req
 
 

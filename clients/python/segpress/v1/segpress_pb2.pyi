@@ -505,6 +505,7 @@ class CompLLMParams(_message.Message):
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
     REFINE_STEPS_FIELD_NUMBER: _builtins.int
+    VERBATIM_NAMES_FIELD_NUMBER: _builtins.int
     output_dtype: Global___DType.ValueType
     """Element type of the returned tensors: DTYPE_FLOAT32, DTYPE_FLOAT16 or
     DTYPE_BFLOAT16 (rounded to nearest even). Unset (DTYPE_UNSPECIFIED)
@@ -529,16 +530,26 @@ class CompLLMParams(_message.Message):
     with the same refine_steps are cache hits. Negative, or more than
     Limits.max_refine_steps, is INVALID_ARGUMENT.
     """
+    verbatim_names: _builtins.bool
+    """Names pass verbatim too, as digits do: each token of a name is one row,
+    the decoder's own input embedding of it, where the name stands. A name is
+    a word whose first letter is a capital and second a small letter and
+    that does not start a sentence ("moved to Lisbon": Lisbon). The decoder
+    answers questions about people and places better from them, for more
+    rows (docs/soft-tokens.md has both). The rows with names verbatim are
+    cached apart from those without (and combine with refine_steps).
+    """
     def __init__(
         self,
         *,
         output_dtype: Global___DType.ValueType = ...,
         decoder: _builtins.str = ...,
         refine_steps: _builtins.int = ...,
+        verbatim_names: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "refine_steps", b"refine_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "refine_steps", b"refine_steps", "verbatim_names", b"verbatim_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -563,6 +574,7 @@ class ArcParams(_message.Message):
     POOLING_FACTOR_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
+    VERBATIM_NAMES_FIELD_NUMBER: _builtins.int
     pooling_factor: _builtins.int
     """Tokens per row: one of the factors the weights were trained for
     (Info: CompressorInfo.pooling_factors). Unset (0) means 4. Any other
@@ -574,16 +586,21 @@ class ArcParams(_message.Message):
     """The decoder the caller will feed the rows to, by id or fingerprint, as
     in CompLLMParams.decoder.
     """
+    verbatim_names: _builtins.bool
+    """Names pass verbatim too, at every pooling factor, as in
+    CompLLMParams.verbatim_names (cached apart from the rows without).
+    """
     def __init__(
         self,
         *,
         pooling_factor: _builtins.int = ...,
         output_dtype: Global___DType.ValueType = ...,
         decoder: _builtins.str = ...,
+        verbatim_names: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder", b"decoder", "output_dtype", b"output_dtype", "pooling_factor", b"pooling_factor", "verbatim_names", b"verbatim_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
